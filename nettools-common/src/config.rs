@@ -1,0 +1,68 @@
+//! Load-time settings: userspace resolves these from the running kernel (BTF, tracefs) and writes
+//! them into the eBPF object's globals before loading it. Nothing kernel-specific is compiled in.
+
+/// Name of the global holding [`KernelOffsets`].
+pub const OFFSETS_GLOBAL: &str = "NETTOOLS_OFFSETS";
+/// Name of the global holding [`KfreeSkbLayout`].
+pub const KFREE_SKB_GLOBAL: &str = "NETTOOLS_KFREE_SKB";
+/// Name of the global holding [`Filter`].
+pub const FILTER_GLOBAL: &str = "NETTOOLS_FILTER";
+
+/// Offset value meaning "this kernel has no such field".
+pub const ABSENT: u32 = u32::MAX;
+
+/// Byte offsets of the kernel struct fields the probes read, resolved from
+/// `/sys/kernel/btf/vmlinux` at start-up (Rust eBPF has no CO-RE relocations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sk_buff`: `dev`.
+    pub skb_dev: u32,
+    /// `struct sk_buff`: `sk`.
+    pub skb_sk: u32,
+    /// `struct sk_buff`: `head`.
+    pub skb_head: u32,
+    /// `struct sk_buff`: `network_header` (u16 offset from `head`).
+    pub skb_network_header: u32,
+    /// `struct sk_buff`: `transport_header` (u16 offset from `head`).
+    pub skb_transport_header: u32,
+    /// `struct net_device`: `ifindex`.
+    pub dev_ifindex: u32,
+    /// `struct net_device`: `nd_net.net` (pointer to `struct net`).
+    pub dev_net: u32,
+    /// `struct sock`: `__sk_common.skc_net.net` (pointer to `struct net`).
+    pub sk_net: u32,
+    /// `struct net`: `ns.inum` (the namespace inode number).
+    pub net_inum: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// Field offsets in the `skb:kfree_skb` tracepoint record, read from its tracefs `format` file
+/// (they move between kernels: `rx_sk` appeared in 6.12 and shifted the fields after it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KfreeSkbLayout {
+    pub skbaddr: u32,
+    pub location: u32,
+    pub protocol: u32,
+    /// [`ABSENT`] before Linux 5.17.
+    pub reason: u32,
+    /// [`ABSENT`] before Linux 6.12.
+    pub rx_sk: u32,
+    /// Reason values that are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`,
+    /// `SKB_DROP_REASON_NOT_SPECIFIED`), [`ABSENT`] where this kernel lacks them.
+    pub not_drops: [u32; 3],
+}
+
+/// Which network namespaces the probes report on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// 1: report every namespace; 0: only those in the `TRACED_NETNS` map.
+    pub all: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+crate::user_pod!(KernelOffsets, KfreeSkbLayout, Filter);

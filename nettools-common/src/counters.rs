@@ -1,0 +1,17 @@
+//! Indices of the per-CPU health counters (`COUNTERS` map) that make losses visible.
+//!
+//! Every place where the kernel side gives up on something (a full ring buffer, a full map, a
+//! kernel read that failed) bumps one of these, and the report shows them: nothing is lost silently.
+
+/// An event could not be reserved in the ring buffer (userspace too slow or buffer too small).
+pub const EVENTS_LOST: u32 = 0;
+/// A drop could not be counted because the `DROP_COUNTS` map was full.
+pub const DROP_COUNT_MAP_FULL: u32 = 1;
+/// `skb:kfree_skb` fired with a reason that is not a drop (`NOT_SPECIFIED`, `CONSUMED`).
+pub const FREES_NOT_DROPS: u32 = 2;
+/// A drop whose network namespace could not be read from the skb, its device or its socket.
+pub const DROP_NETNS_UNKNOWN: u32 = 3;
+/// Drops seen in namespaces that are not traced (filtered out in the kernel).
+pub const DROPS_FILTERED: u32 = 4;
+/// Number of counters (size of the `COUNTERS` array).
+pub const COUNT: u32 = 8;

@@ -1,0 +1,43 @@
+//! The drop probe (`skb:kfree_skb`): one event per dropped packet, and exact counts per
+//! namespace, reason and kernel location kept in the kernel.
+
+use crate::{event::EventHeader, flow::Flow};
+
+/// Reason code meaning "this kernel's tracepoint has no `reason` field" (before Linux 5.17).
+pub const REASON_UNAVAILABLE: u32 = u32::MAX;
+
+/// Key of the in-kernel `DROP_COUNTS` per-CPU hash: drops are counted exactly there, even when
+/// the ring buffer overflows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// Network namespace inode the drop is attributed to (0 if unknown).
+    pub netns: u32,
+    /// `enum skb_drop_reason` value, or [`REASON_UNAVAILABLE`].
+    pub reason: u32,
+    /// Kernel text address where the packet was freed (`location` in the tracepoint).
+    pub location: u64,
+}
+
+/// One dropped packet, as sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub header: EventHeader,
+    /// Network namespace inode, reason and kernel location (same meaning as [`DropKey`]).
+    pub key: DropKey,
+    /// Interface index of `skb->dev` (0 if none), in the namespace of the drop.
+    pub ifindex: u32,
+    /// EtherType of the packet, host byte order (`0x0800` IPv4, `0x86dd` IPv6, `0x0806` ARP).
+    pub protocol: u16,
+    /// Reserved, zero.
+    pub _pad: u16,
+    /// Kernel stack id in the `STACKS` map, or negative when no stack was recorded.
+    pub stack_id: i32,
+    /// Reserved, zero.
+    pub _pad2: u32,
+    /// Addresses and ports read from the packet's headers, when it has them.
+    pub flow: Flow,
+}
+
+crate::user_pod!(DropKey, DropEvent);

@@ -1,0 +1,21 @@
+//! The header every ring-buffer event starts with, so userspace can tell the kinds apart.
+
+/// Which event follows the header. Stored as a `u32` so the header stays aligned.
+pub mod kind {
+    /// A packet drop ([`crate::drops::DropEvent`]).
+    pub const DROP: u32 = 1;
+}
+
+/// First field of every event sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// CPU the event was recorded on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event was recorded.
+    pub ts_ns: u64,
+}
+
+crate::user_pod!(EventHeader);

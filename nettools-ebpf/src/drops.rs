@@ -1,0 +1,130 @@
+//! The drop probe: `skb:kfree_skb`.
+//!
+//! Every freed packet whose reason is a real drop (not `NOT_SPECIFIED`, not a normal consume) and
+//! whose namespace is traced is counted exactly in `DROP_COUNTS` (per namespace, reason and
+//! kernel location) and described in one `DropEvent` on the ring buffer.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::PerCpuHashMap,
+    programs::TracePointContext,
+    programs::tracing::StackIdContext as _,
+};
+use nettools_common::{
+    config::{ABSENT, KfreeSkbLayout},
+    counters,
+    drops::{DropEvent, DropKey, REASON_UNAVAILABLE},
+    event::{EventHeader, kind},
+};
+
+use crate::{
+    kernel,
+    maps::{EVENTS, STACKS, bump, is_traced},
+};
+
+/// Exact drop counts per (namespace, reason, location).
+#[map]
+static DROP_COUNTS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Field offsets of this kernel's `skb:kfree_skb` record, written by userspace before load.
+#[unsafe(no_mangle)]
+static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
+    aya_ebpf::Global::new(KfreeSkbLayout {
+        skbaddr: ABSENT,
+        location: ABSENT,
+        protocol: ABSENT,
+        reason: ABSENT,
+        rx_sk: ABSENT,
+        not_drops: [ABSENT; 3],
+    });
+
+/// `skb:kfree_skb`.
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    kernel::read::<T>(ctx.as_ptr().cast::<u8>().cast_const(), offset)
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
+    let layout = NETTOOLS_KFREE_SKB.load();
+    let reason = if layout.reason == ABSENT {
+        REASON_UNAVAILABLE
+    } else {
+        field::<u32>(ctx, layout.reason)?
+    };
+    if reason == layout.not_drops[0]
+        || reason == layout.not_drops[1]
+        || reason == layout.not_drops[2]
+    {
+        bump(counters::FREES_NOT_DROPS);
+        return None;
+    }
+    let skb = field::<*const u8>(ctx, layout.skbaddr)?;
+    let location = field::<u64>(ctx, layout.location).unwrap_or(0);
+    let protocol = field::<u16>(ctx, layout.protocol).unwrap_or(0);
+    let rx_sk = field::<*const u8>(ctx, layout.rx_sk).unwrap_or(core::ptr::null());
+    let (netns, ifindex) = kernel::skb_netns(skb, rx_sk);
+    if netns == 0 {
+        bump(counters::DROP_NETNS_UNKNOWN);
+        aya_log_ebpf::debug!(ctx, "drop at {:x}: network namespace unreadable", location);
+    }
+    if !is_traced(netns) {
+        bump(counters::DROPS_FILTERED);
+        return None;
+    }
+    let key = DropKey {
+        netns,
+        reason,
+        location,
+    };
+    count(&key);
+
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        bump(counters::EVENTS_LOST);
+        return None;
+    };
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    entry.write(DropEvent {
+        header: EventHeader {
+            kind: kind::DROP,
+            // SAFETY: plain helper calls without arguments.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        key,
+        ifindex,
+        protocol,
+        _pad: 0,
+        stack_id,
+        _pad2: 0,
+        flow: kernel::skb_flow(skb, protocol),
+    });
+    entry.submit(0);
+    Some(())
+}
+
+/// Adds one to the drop's exact count.
+#[inline(always)]
+fn count(key: &DropKey) {
+    if let Some(n) = DROP_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe { *n += 1 };
+        return;
+    }
+    if DROP_COUNTS.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
+        // Either a racing insert on this CPU (then count into it) or the map is full.
+        match DROP_COUNTS.get_ptr_mut(key) {
+            // SAFETY: as above.
+            Some(n) => unsafe { *n += 1 },
+            None => bump(counters::DROP_COUNT_MAP_FULL),
+        }
+    }
+}

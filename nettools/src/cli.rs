@@ -1,0 +1,121 @@
+//! The command line: what a person types, with help that teaches.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{probe::ProbeKind, report::Output, trace};
+
+/// Per-container network tracing with eBPF: which packets die, where in the kernel and why.
+///
+/// nettools attaches observe-only eBPF probes to this kernel and attributes everything it sees
+/// to network namespaces, the way containers and pods are isolated. Run it as root on the node
+/// (or as a privileged container with the host's PID and network namespaces).
+#[derive(Debug, Parser)]
+#[command(name = "nettools", version, propagate_version = true)]
+pub struct Cli {
+    /// Show debug logs, the kernel programs' own messages and full error causes.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace network namespaces and report drops per namespace.
+    #[command(after_help = TRACE_EXAMPLES)]
+    Trace(TraceArgs),
+    /// Check what this kernel and these privileges allow, and what to do about what is missing.
+    Doctor,
+    /// Build a throwaway lab (namespaces on a bridge, a firewall drop), trace it, tear it down.
+    #[command(after_help = LAB_EXAMPLES)]
+    Lab(LabArgs),
+}
+
+const TRACE_EXAMPLES: &str = "\
+Examples:
+  nettools trace --netns web                 a namespace from `ip netns list`
+  nettools trace --pid 4242 --duration 30s   the namespace of process 4242, for 30 seconds
+  nettools trace --all -o json --out t.json  every namespace, JSON lines to t.json
+
+The report lists, per namespace, packets dropped by reason (from this kernel's own list of drop
+reasons) and kernel location, and the flows dropped most. \"events lost\" counts events that did
+not fit in the ring buffer: totals stay exact (they are counted in the kernel), only per-packet
+detail is missing then; raise --ring-buffer.";
+
+const LAB_EXAMPLES: &str = "\
+The lab is three namespaces on a bridge: a server whose firewall drops UDP port 7777, a client
+that sends to it and pings the third. nettools traces all three and shows the firewall drops
+attributed to the server, with the kernel function that dropped them. Everything is removed
+afterwards (--keep leaves it up and prints how to trace it by hand).";
+
+/// What to trace.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct Targets {
+    /// A network namespace by name (`ip netns list`) or path (e.g. /proc/PID/ns/net). Repeatable.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Vec<String>,
+    /// The network namespace of a process. Repeatable.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Every network namespace on this node, each labelled by name or process.
+    #[arg(long, conflicts_with_all = ["netns", "pid"])]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
+    #[arg(short, long, value_parser = trace::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Which probes to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "drops")]
+    pub probes: Vec<ProbeKind>,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
+    pub ring_buffer: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// How long to trace the lab.
+    #[arg(short, long, value_parser = trace::parse_duration, default_value = "5s")]
+    pub duration: std::time::Duration,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Leave the lab up after the trace and print how to trace it and remove it by hand.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn trace_needs_a_target() {
+        assert!(Cli::try_parse_from(["nettools", "trace"]).is_err());
+        assert!(Cli::try_parse_from(["nettools", "trace", "--all", "--netns", "x"]).is_err());
+        let ok = Cli::try_parse_from([
+            "nettools", "trace", "--netns", "a", "--netns", "b", "-d", "2s",
+        ]);
+        assert!(ok.is_ok());
+    }
+}

@@ -1,0 +1,17 @@
+//! nettools: per-container network tracing with eBPF.
+//!
+//! The pipeline, one module per step: [`discover`] finds what to trace (network namespaces and
+//! their names), [`probe`] loads and attaches the kernel programs with this kernel's offsets,
+//! [`collect`] reads and aggregates their events, [`report`] renders the answers. [`trace`] runs
+//! that pipeline; [`preflight`] and [`doctor`] say what this machine allows; [`lab`] builds
+//! throwaway network labs for demos and tests.
+
+pub mod cli;
+pub mod collect;
+pub mod discover;
+pub mod doctor;
+pub mod lab;
+pub mod preflight;
+pub mod probe;
+pub mod report;
+pub mod trace;

@@ -1,0 +1,87 @@
+//! The `nettools` command. Errors end the program with one sentence on stderr and exit code 1
+//! (`--verbose` adds their causes); nothing here panics on bad input.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use nettools::{
+    cli::{Cli, Command},
+    discover::{self, Workload},
+    doctor, lab,
+    trace::{self, TraceSpec},
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.verbose {
+        "debug,aya=info,aya_obj=info"
+    } else {
+        "warn"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nettools: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let verbose = cli.verbose;
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            if verbose {
+                eprintln!("nettools: {e:#}");
+            } else {
+                eprintln!("nettools: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Trace(args) => {
+            let mut workloads: Vec<Workload> = Vec::new();
+            for spec in &args.targets.netns {
+                workloads.push(discover::netns::by_name_or_path(spec)?);
+            }
+            for pid in &args.targets.pid {
+                workloads.push(discover::netns::by_pid(*pid)?);
+            }
+            // The same namespace named twice is traced once.
+            let mut seen = std::collections::HashSet::new();
+            workloads.retain(|w| seen.insert(w.netns));
+            let mut probes = args.probes.clone();
+            probes.sort();
+            probes.dedup();
+            trace::run(TraceSpec {
+                workloads,
+                all: args.targets.all,
+                duration: args.duration,
+                probes,
+                output: args.output,
+                out: args.out,
+                ring_buffer_bytes: args.ring_buffer,
+                verbose: cli.verbose,
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => Ok(if doctor::run() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        Command::Lab(args) => {
+            lab::demo::run(&args, cli.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

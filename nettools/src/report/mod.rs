@@ -1,0 +1,354 @@
+//! Turning what was collected into answers: one [`Summary`] model that both the table (for
+//! people) and JSON (for machines) render, so their figures cannot disagree.
+
+pub mod json;
+pub mod table;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+
+use nettools_common::{
+    counters,
+    flow::{AF_INET, AF_INET6, Flow},
+};
+use serde::Serialize;
+
+use crate::{
+    collect::{aggregate::Aggregate, kallsyms::Kallsyms},
+    discover::Workload,
+    probe::{KernelInfo, ProbeKind},
+};
+
+/// How many kernel locations and flows a reason or namespace lists.
+const TOP_LOCATIONS: usize = 3;
+const TOP_FLOWS: usize = 5;
+
+/// The output formats of `nettools trace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A report for people, per namespace.
+    Table,
+    /// JSON lines: one object per event, then one summary object.
+    Json,
+}
+
+/// Health of the pipeline: everything the kernel side could not deliver.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Events that did not fit in the ring buffer (counts stay exact; detail is lost).
+    pub events_lost: u64,
+    /// Drops not counted because the in-kernel count map was full.
+    pub drop_count_map_full: u64,
+    /// Drops whose network namespace could not be read.
+    pub drops_netns_unknown: u64,
+    /// Drops in namespaces not traced (filtered in the kernel).
+    pub drops_in_other_namespaces: u64,
+    /// `kfree_skb` calls that were not drops (NOT_SPECIFIED, CONSUMED).
+    pub frees_not_drops: u64,
+    /// Records userspace could not decode.
+    pub undecodable_events: u64,
+}
+
+impl Health {
+    pub fn from_counters(c: &[u64; counters::COUNT as usize], undecodable: u64) -> Self {
+        Self {
+            events_lost: c[counters::EVENTS_LOST as usize],
+            drop_count_map_full: c[counters::DROP_COUNT_MAP_FULL as usize],
+            drops_netns_unknown: c[counters::DROP_NETNS_UNKNOWN as usize],
+            drops_in_other_namespaces: c[counters::DROPS_FILTERED as usize],
+            frees_not_drops: c[counters::FREES_NOT_DROPS as usize],
+            undecodable_events: undecodable,
+        }
+    }
+}
+
+/// One kernel location where packets were dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LocationCount {
+    /// `function+0xoffset`, or the raw address when it cannot be named.
+    pub location: String,
+    pub address: String,
+    pub count: u64,
+}
+
+/// Drops with one reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    /// Name from this kernel's `enum skb_drop_reason`, e.g. `NETFILTER_DROP`.
+    pub reason: String,
+    pub code: u32,
+    pub count: u64,
+    /// Where in the kernel, most frequent first.
+    pub locations: Vec<LocationCount>,
+}
+
+/// A dropped flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FlowCount {
+    /// e.g. `udp 10.231.0.2:40000 -> 10.231.0.1:7777`.
+    pub flow: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+/// Drops in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DropSummary {
+    /// Exact total (counted in the kernel).
+    pub total: u64,
+    pub by_reason: Vec<ReasonCount>,
+    /// Most dropped flows, from events (a sample when events were lost).
+    pub top_flows: Vec<FlowCount>,
+}
+
+/// Everything reported for one network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadSummary {
+    pub name: String,
+    pub netns: u32,
+    pub netns_path: Option<String>,
+    pub pid: Option<u32>,
+    pub drops: DropSummary,
+}
+
+/// The final (or periodic) report.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub duration_s: f64,
+    pub kernel: String,
+    pub probes: Vec<ProbeKind>,
+    /// Whether every namespace was traced (`--all`).
+    pub all_namespaces: bool,
+    pub health: Health,
+    /// Sentences about what this kernel cannot do (missing fields, no reason names).
+    pub notes: Vec<String>,
+    pub workloads: Vec<WorkloadSummary>,
+}
+
+/// What a summary is built from.
+pub struct Inputs<'a> {
+    pub aggregate: &'a Aggregate,
+    /// Traced workloads (always listed, even without events).
+    pub traced: &'a [Workload],
+    /// Names for other namespaces (with `--all`).
+    pub labels: &'a BTreeMap<u32, Workload>,
+    pub kernel: &'a KernelInfo,
+    pub kallsyms: &'a Kallsyms,
+    pub health: Health,
+    pub duration_s: f64,
+    pub probes: Vec<ProbeKind>,
+    pub all_namespaces: bool,
+}
+
+/// Names a network namespace for the report.
+pub fn workload_for(netns: u32, traced: &[Workload], labels: &BTreeMap<u32, Workload>) -> Workload {
+    traced
+        .iter()
+        .find(|w| w.netns == netns)
+        .or_else(|| labels.get(&netns))
+        .cloned()
+        .unwrap_or_else(|| Workload {
+            name: if netns == 0 {
+                "unknown namespace".to_string()
+            } else {
+                format!("netns {netns}")
+            },
+            netns,
+            netns_path: None,
+            pid: None,
+        })
+}
+
+impl Summary {
+    pub fn build(i: &Inputs<'_>) -> Self {
+        // Traced workloads first, in the order given, then other namespaces with activity.
+        let mut order: Vec<u32> = i.traced.iter().map(|w| w.netns).collect();
+        for (netns, stats) in &i.aggregate.namespaces {
+            if !order.contains(netns) && stats.drops.total() + stats.drops.events > 0 {
+                order.push(*netns);
+            }
+        }
+        let workloads = order
+            .into_iter()
+            .map(|netns| {
+                let w = workload_for(netns, i.traced, i.labels);
+                let drops = i
+                    .aggregate
+                    .namespaces
+                    .get(&netns)
+                    .map(|s| drop_summary(&s.drops, i.kernel, i.kallsyms))
+                    .unwrap_or_default();
+                WorkloadSummary {
+                    name: w.name,
+                    netns,
+                    netns_path: w.netns_path.map(|p| p.display().to_string()),
+                    pid: w.pid,
+                    drops,
+                }
+            })
+            .collect();
+        Self {
+            kind: "summary",
+            duration_s: i.duration_s,
+            kernel: i.kernel.release.clone(),
+            probes: i.probes.clone(),
+            all_namespaces: i.all_namespaces,
+            health: i.health.clone(),
+            notes: i.kernel.notes.clone(),
+            workloads,
+        }
+    }
+}
+
+fn drop_summary(
+    d: &crate::collect::aggregate::DropStats,
+    kernel: &KernelInfo,
+    kallsyms: &Kallsyms,
+) -> DropSummary {
+    let mut by_reason: Vec<ReasonCount> = d
+        .counts
+        .iter()
+        .map(|(&code, locations)| {
+            let mut locs: Vec<(u64, u64)> = locations.iter().map(|(&a, &n)| (a, n)).collect();
+            locs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            ReasonCount {
+                reason: kernel.drop_reasons.name(code),
+                code,
+                count: locations.values().sum(),
+                locations: locs
+                    .into_iter()
+                    .take(TOP_LOCATIONS)
+                    .map(|(addr, count)| LocationCount {
+                        location: kallsyms.describe(addr),
+                        address: format!("{addr:#x}"),
+                        count,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    by_reason.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+    let mut flows: Vec<(&(Flow, u32), &u64)> = d.flows.iter().collect();
+    flows.sort_by(|a, b| {
+        b.1.cmp(a.1)
+            .then_with(|| format_flow(&a.0.0).cmp(&format_flow(&b.0.0)))
+    });
+    DropSummary {
+        total: d.total(),
+        by_reason,
+        top_flows: flows
+            .into_iter()
+            .take(TOP_FLOWS)
+            .map(|((flow, reason), &count)| FlowCount {
+                flow: format_flow(flow),
+                reason: kernel.drop_reasons.name(*reason),
+                count,
+            })
+            .collect(),
+    }
+}
+
+/// Name of an IP protocol number.
+pub fn l4_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        other => format!("proto {other}"),
+    }
+}
+
+/// The address of a flow endpoint.
+pub fn addr(family: u8, raw: &[u8; 16]) -> Option<std::net::IpAddr> {
+    match family {
+        AF_INET => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+        AF_INET6 => Some(Ipv6Addr::from(*raw).into()),
+        _ => None,
+    }
+}
+
+/// `udp 10.0.0.2:40000 -> 10.0.0.1:7777`, `icmp 10.0.0.2 -> 10.0.0.1 type 8 code 0`,
+/// `tcp [fd00::2]:1 -> [fd00::1]:80`; `non-IP packet` when the flow is unknown.
+pub fn format_flow(f: &Flow) -> String {
+    let (Some(src), Some(dst)) = (addr(f.family, &f.saddr), addr(f.family, &f.daddr)) else {
+        return "non-IP packet".to_string();
+    };
+    let mut s = l4_name(f.l4_proto);
+    let endpoint = |ip: std::net::IpAddr, port: u16| match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+    };
+    match f.l4_proto {
+        6 | 17 | 132 => {
+            let _ = write!(
+                s,
+                " {} -> {}",
+                endpoint(src, f.sport),
+                endpoint(dst, f.dport)
+            );
+        }
+        1 | 58 => {
+            let _ = write!(s, " {src} -> {dst} type {} code {}", f.sport, f.dport);
+        }
+        _ => {
+            let _ = write!(s, " {src} -> {dst}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..4].copy_from_slice(&a);
+        out
+    }
+
+    #[test]
+    fn formats_flows() {
+        let mut f = Flow {
+            family: AF_INET,
+            l4_proto: 17,
+            sport: 40000,
+            dport: 7777,
+            saddr: v4([10, 231, 0, 2]),
+            daddr: v4([10, 231, 0, 1]),
+            ..Default::default()
+        };
+        assert_eq!(format_flow(&f), "udp 10.231.0.2:40000 -> 10.231.0.1:7777");
+        f.l4_proto = 1;
+        f.sport = 8;
+        f.dport = 0;
+        assert_eq!(
+            format_flow(&f),
+            "icmp 10.231.0.2 -> 10.231.0.1 type 8 code 0"
+        );
+        let v6 = Flow {
+            family: AF_INET6,
+            l4_proto: 6,
+            sport: 1,
+            dport: 80,
+            saddr: "fd00::2"
+                .parse::<Ipv6Addr>()
+                .map(|a| a.octets())
+                .unwrap_or_default(),
+            daddr: "fd00::1"
+                .parse::<Ipv6Addr>()
+                .map(|a| a.octets())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        assert_eq!(format_flow(&v6), "tcp [fd00::2]:1 -> [fd00::1]:80");
+        assert_eq!(format_flow(&Flow::default()), "non-IP packet");
+    }
+}

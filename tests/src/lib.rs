@@ -1,0 +1,229 @@
+//! What the integration tests share: the nettools binary under test, a trace running in the
+//! background, and the kernel's own counters that serve as the oracle.
+//!
+//! Labs come from `nettools::lab` (namespaces on a bridge, removed on drop even when a test
+//! fails). Tests run one at a time (`--test-threads=1`): they share one kernel.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+pub use nettools::lab::{Lab, Node, sh};
+use serde_json::Value;
+
+/// The binary under test: `NETTOOLS_BIN` (set by `cargo xtask test`) or the debug build.
+pub fn nettools_bin() -> PathBuf {
+    std::env::var_os("NETTOOLS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/nettools")
+        })
+}
+
+/// Fails the test with a clear message when not run as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "integration tests build network labs and load eBPF: run them as root (cargo xtask test)"
+    );
+}
+
+/// Runs nettools to completion.
+pub fn nettools(args: &[&str]) -> Result<Output> {
+    Command::new(nettools_bin())
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {}", nettools_bin().display()))
+}
+
+/// A unique temporary file path, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(suffix: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("nettools-test-{}-{n}{suffix}", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `nettools trace` running in the background, writing its report to a file.
+pub struct Trace {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    out: TempFile,
+}
+
+/// What a finished trace produced.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub report: String,
+    pub stderr: String,
+}
+
+impl Trace {
+    /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let out = TempFile::new(".report");
+        let mut child = Command::new(nettools_bin())
+            .arg("trace")
+            .args(args)
+            .arg("--out")
+            .arg(&out.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", nettools_bin().display()))?;
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let pipe = child.stderr.take().context("no stderr pipe")?;
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut trace = Self { child, stderr, out };
+        let started = Instant::now();
+        loop {
+            if trace.stderr_text().contains("nettools: tracing") {
+                return Ok(trace);
+            }
+            if let Some(status) = trace.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "nettools exited ({status}) before tracing: {}",
+                    trace.stderr_text()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "nettools did not start tracing within 60 s: {}",
+                    trace.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the final report.
+    pub fn stop(self) -> Result<Finished> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits for the trace to end by itself (e.g. `--duration`).
+    pub fn wait(mut self) -> Result<Finished> {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait()? {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+                bail!(
+                    "nettools did not finish within 60 s: {}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(Finished {
+            success: status.success(),
+            report: std::fs::read_to_string(&self.out.0).unwrap_or_default(),
+            stderr: self.stderr_text(),
+        })
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends `count` UDP datagrams from `node` to `dst`, paced so no queue overflows.
+pub fn udp_burst(node: &Node, dst: SocketAddr, count: u32) -> Result<()> {
+    node.enter(|| -> Result<()> {
+        let socket = UdpSocket::bind(if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        for _ in 0..count {
+            socket.send_to(b"nettools test", dst)?;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    })?
+}
+
+/// The packet counter of rule `n` (1-based) of `chain` in `node`'s iptables filter table.
+pub fn iptables_packets(node: &Node, chain: &str, n: usize) -> Result<u64> {
+    let out = node.run(&["iptables", "-L", chain, "-v", "-x", "-n"])?;
+    out.lines()
+        .nth(1 + n)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rule {n} in chain {chain}:\n{out}"))
+}
+
+/// Parses JSON lines.
+pub fn json_lines(text: &str) -> Result<Vec<Value>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
+
+/// The summary object of a JSON report.
+pub fn summary(lines: &[Value]) -> Result<&Value> {
+    lines
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "summary")
+        .context("the JSON report has no summary object")
+}
+
+/// The summary's entry for a namespace.
+pub fn workload(summary: &Value, netns: u32) -> Result<&Value> {
+    summary["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["netns"] == netns))
+        .with_context(|| format!("namespace {netns} is not in the summary: {summary}"))
+}
+
+/// Drops with `reason` in one workload of the summary.
+pub fn drops_with_reason(workload: &Value, reason: &str) -> u64 {
+    workload["drops"]["by_reason"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter(|r| r["reason"] == reason)
+                .filter_map(|r| r["count"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,203 @@
+//! The drop probe against the kernel's own count: iptables rule counters.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use nettools_tests::*;
+
+/// Three namespaces on a bridge, like three pods on a node, with IPv6 off so that only the
+/// test's own traffic crosses the lab.
+fn three_pods() -> Result<(Lab, Node, Node, Node)> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.232.0.1/24", None)?;
+    let b = lab.node("b", "10.232.0.2/24", None)?;
+    let c = lab.node("c", "10.232.0.3/24", None)?;
+    Ok((lab, a, b, c))
+}
+
+fn drop_udp_port(node: &Node, port: u16) -> Result<()> {
+    node.run(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "udp",
+        "--dport",
+        &port.to_string(),
+        "-j",
+        "DROP",
+    ])
+    .map(|_| ())
+}
+
+#[test]
+fn firewall_drops_equal_the_rule_counter_and_stay_in_their_namespace() -> Result<()> {
+    let (_lab, a, b, c) = three_pods()?;
+    drop_udp_port(&a, 7777)?;
+    let trace = Trace::start(&[
+        "--netns", &a.netns, "--netns", &b.netns, "--netns", &c.netns, "-o", "json",
+    ])?;
+    udp_burst(&b, SocketAddr::from((a.ipv4, 7777)), 250)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "nettools failed: {}", done.stderr);
+
+    let counted_by_kernel = iptables_packets(&a, "INPUT", 1)?;
+    assert_eq!(counted_by_kernel, 250, "the lab itself misbehaved");
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+    assert_eq!(s["health"]["events_lost"], 0);
+    let wa = workload(s, a.inode()?)?;
+    assert_eq!(
+        drops_with_reason(wa, "NETFILTER_DROP"),
+        counted_by_kernel,
+        "{wa}"
+    );
+    for other in [&b, &c] {
+        let w = workload(s, other.inode()?)?;
+        assert_eq!(
+            drops_with_reason(w, "NETFILTER_DROP"),
+            0,
+            "firewall drops leaked into {}: {w}",
+            other.netns
+        );
+    }
+
+    // Every drop is also an event with the flow, the namespace and a named kernel location.
+    let events: Vec<_> = lines
+        .iter()
+        .filter(|l| l["type"] == "drop" && l["reason"] == "NETFILTER_DROP")
+        .collect();
+    assert_eq!(events.len() as u64, counted_by_kernel);
+    for e in events {
+        assert_eq!(e["netns"], a.inode()?);
+        assert_eq!(e["workload"], a.netns.as_str());
+        assert_eq!(e["src"], b.ipv4.to_string());
+        assert_eq!(e["dst"], a.ipv4.to_string());
+        assert_eq!(e["dport"], 7777);
+        assert_eq!(e["l4"], "udp");
+        let location = e["location"].as_str().context("no location")?;
+        assert!(
+            location.contains('+') && !location.starts_with("0x"),
+            "location not symbolised: {location}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn drops_in_two_namespaces_are_attributed_to_each() -> Result<()> {
+    let (_lab, a, b, c) = three_pods()?;
+    drop_udp_port(&a, 7001)?;
+    drop_udp_port(&c, 7002)?;
+    let trace = Trace::start(&[
+        "--netns", &a.netns, "--netns", &b.netns, "--netns", &c.netns, "-o", "json",
+    ])?;
+    udp_burst(&b, SocketAddr::from((a.ipv4, 7001)), 120)?;
+    udp_burst(&b, SocketAddr::from((c.ipv4, 7002)), 70)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "nettools failed: {}", done.stderr);
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+    let in_a = iptables_packets(&a, "INPUT", 1)?;
+    let in_c = iptables_packets(&c, "INPUT", 1)?;
+    assert_eq!((in_a, in_c), (120, 70));
+    assert_eq!(
+        drops_with_reason(workload(s, a.inode()?)?, "NETFILTER_DROP"),
+        in_a
+    );
+    assert_eq!(
+        drops_with_reason(workload(s, c.inode()?)?, "NETFILTER_DROP"),
+        in_c
+    );
+    assert_eq!(
+        drops_with_reason(workload(s, b.inode()?)?, "NETFILTER_DROP"),
+        0
+    );
+    Ok(())
+}
+
+#[test]
+fn untraced_namespaces_are_filtered_in_the_kernel() -> Result<()> {
+    let (_lab, a, b, c) = three_pods()?;
+    drop_udp_port(&a, 7003)?;
+    drop_udp_port(&c, 7004)?;
+    // Only c is traced: a's drops must not appear at all.
+    let trace = Trace::start(&["--netns", &c.netns, "-o", "json"])?;
+    udp_burst(&b, SocketAddr::from((a.ipv4, 7003)), 50)?;
+    udp_burst(&b, SocketAddr::from((c.ipv4, 7004)), 30)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+    let names: Vec<&str> = s["workloads"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec![c.netns.as_str()],
+        "only the traced namespace is reported"
+    );
+    assert_eq!(
+        drops_with_reason(workload(s, c.inode()?)?, "NETFILTER_DROP"),
+        iptables_packets(&c, "INPUT", 1)?
+    );
+    assert!(
+        s["health"]["drops_in_other_namespaces"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 50
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["type"] != "drop" || l["netns"] == c.inode().unwrap_or(0))
+    );
+    Ok(())
+}
+
+/// The table for people and the JSON summary for machines show the same figures: the same
+/// staged fault, traced once per format, gives the rule's count in both.
+#[test]
+fn table_and_json_report_the_same_figures() -> Result<()> {
+    let (_lab, a, b, _c) = three_pods()?;
+    drop_udp_port(&a, 7005)?;
+    let mut figures = Vec::new();
+    for format in ["table", "json"] {
+        let before = iptables_packets(&a, "INPUT", 1)?;
+        let trace = Trace::start(&["--netns", &a.netns, "-o", format])?;
+        udp_burst(&b, SocketAddr::from((a.ipv4, 7005)), 90)?;
+        std::thread::sleep(Duration::from_millis(200));
+        let done = trace.stop()?;
+        assert!(done.success, "{}", done.stderr);
+        let expected = iptables_packets(&a, "INPUT", 1)? - before;
+        let figure = if format == "json" {
+            let lines = json_lines(&done.report)?;
+            let w = workload(summary(&lines)?, a.inode()?)?;
+            assert_eq!(
+                w["drops"]["total"].as_u64(),
+                Some(drops_with_reason(w, "NETFILTER_DROP"))
+            );
+            drops_with_reason(w, "NETFILTER_DROP")
+        } else {
+            // "    NETFILTER_DROP        90  nft_do_chain+0x… (90)"
+            done.report
+                .lines()
+                .find_map(|l| {
+                    let mut parts = l.split_whitespace();
+                    (parts.next() == Some("NETFILTER_DROP"))
+                        .then(|| parts.next()?.parse::<u64>().ok())?
+                })
+                .with_context(|| format!("no NETFILTER_DROP row in the table:\n{}", done.report))?
+        };
+        assert_eq!(figure, expected, "{format} report");
+        figures.push(figure);
+    }
+    assert_eq!(figures[0], figures[1]);
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `cargo xtask`: everything a developer or CI runs, each command setting up what it needs first.
+//!
+//! - `setup`: install the BPF toolchain and the lab tools on a fresh Debian machine (no-op when
+//!   everything is present).
+//! - `build [--release]`: build nettools (the eBPF object is built once, by nettools/build.rs).
+//! - `test [--quick]`: formatting, clippy, unit tests, then the integration tests as root, one at
+//!   a time (they build real network labs in this kernel).
+//! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
+
+mod process;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  setup            install what building and testing need (apt packages, bpf-linker); no-op when present
+  build [--release]
+                   build nettools (and its eBPF object)
+  test [--quick]   fmt + clippy + unit tests + integration tests (root; real network labs).
+                   --quick skips fmt and clippy
+  lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let (command, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => {
+            eprint!("{USAGE}");
+            bail!("no command given");
+        }
+    };
+    match command {
+        "setup" => setup::run(),
+        "build" => {
+            setup::run()?;
+            let release = rest.iter().any(|a| a == "--release");
+            process::build_nettools(release).map(|_| ())
+        }
+        "test" => {
+            setup::run()?;
+            test::run(rest.iter().any(|a| a == "--quick"))
+        }
+        "lab" => {
+            setup::run()?;
+            let bin = process::build_nettools(true)?;
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg("lab").args(rest);
+            process::status(&mut cmd)
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command {other:?}")
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask setup`: make a fresh Debian machine of this project's kind able to build and test
+//! nettools, installing only what is missing (a no-op when everything is present).
+//!
+//! Two ways to compile Rust for BPF are accepted (see ../shared/NOTES.md):
+//! - the standard aya path, rustup's nightly with `rust-src` (`-Z build-std=core`), used when the
+//!   machine has it;
+//! - otherwise Debian's `rustc-web` with its prebuilt `core` for bpfel (`libstd-rust-web-dev-bpf`),
+//!   which needs no download from rustup.
+//!
+//! Either way bpf-linker is needed; it is built from the crate registry against Debian's LLVM 22
+//! (bookworm has no LLVM 23, bpf-linker's default).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::process::status;
+
+/// Packages the tests and the lab run (network tools).
+const LAB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "iputils-ping",
+    "procps",
+    "util-linux",
+];
+/// Debian's BPF-capable Rust compiler and the LLVM bpf-linker builds against.
+const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
+const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Whether a Debian package is installed.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Whether rustup's nightly has rust-src (the standard aya build path).
+fn nightly_with_rust_src() -> bool {
+    let Ok(out) = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .output()
+    else {
+        return false;
+    };
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    out.status.success()
+        && Path::new(&sysroot)
+            .join("lib/rustlib/src/rust/library/core")
+            .exists()
+}
+
+/// The bpf-linker on PATH and its version, if any.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker").arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "these packages are missing and installing them needs root: {} (run `sudo cargo xtask setup` \
+             or `sudo apt-get install {}`)",
+            packages.join(" "),
+            packages.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", packages.join(" "));
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        status(&mut cmd)
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    apt(&args)
+}
+
+/// Installs whatever is missing.
+pub fn run() -> Result<()> {
+    let standard = nightly_with_rust_src();
+    let mut wanted: Vec<&str> = LAB_PACKAGES.to_vec();
+    if !standard {
+        wanted.extend_from_slice(DEBIAN_BPF_PACKAGES);
+    }
+    let linker = bpf_linker_version();
+    if linker.is_none() {
+        wanted.extend_from_slice(LLVM_PACKAGES);
+    }
+    let missing: Vec<&str> = wanted.into_iter().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if linker.is_none() {
+        eprintln!(
+            "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cmd.args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+        // Build it with rustup's compiler, not whatever RUSTC the caller had set.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER");
+        status(&mut cmd).context("installing bpf-linker failed")?;
+        if bpf_linker_version().is_none() {
+            bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+        }
+    }
+    if !standard && !Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists() {
+        bail!(
+            "libstd-rust-web-dev-bpf is installed but /usr/lib/rustlib/bpfel-unknown-none/lib is missing"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest.
+
+use anyhow::Result;
+
+use crate::process::{build_nettools, cargo, status, step};
+
+pub fn run(quick: bool) -> Result<()> {
+    if !quick {
+        step("format", || {
+            status(cargo().args(["fmt", "--all", "--check"]))
+        })?;
+        step("clippy", || {
+            status(cargo().args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "nettools-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })?;
+    }
+    step("unit tests", || {
+        status(cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "nettools-ebpf",
+            "--exclude",
+            "nettools-tests",
+        ]))
+    })?;
+    let bin = build_nettools(false)?;
+    step("integration tests (real labs, one at a time)", || {
+        status(
+            cargo()
+                .args([
+                    "test",
+                    "--package",
+                    "nettools-tests",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .env("NETTOOLS_BIN", &bin),
+        )
+    })
+}
