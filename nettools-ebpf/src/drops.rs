@@ -56,17 +56,21 @@ fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     let layout = NETTOOLS_KFREE_SKB.load();
     let reason = if layout.reason == ABSENT {
+        // Before 5.17 there is no reason, and every kfree_skb is a drop (normal frees go to
+        // skb:consume_skb). REASON_UNAVAILABLE and the unset `not_drops` slots are both
+        // u32::MAX, so they must not be compared: that would discard every drop.
         REASON_UNAVAILABLE
     } else {
-        field::<u32>(ctx, layout.reason)?
+        let reason = field::<u32>(ctx, layout.reason)?;
+        if reason == layout.not_drops[0]
+            || reason == layout.not_drops[1]
+            || reason == layout.not_drops[2]
+        {
+            bump(counters::FREES_NOT_DROPS);
+            return None;
+        }
+        reason
     };
-    if reason == layout.not_drops[0]
-        || reason == layout.not_drops[1]
-        || reason == layout.not_drops[2]
-    {
-        bump(counters::FREES_NOT_DROPS);
-        return None;
-    }
     let skb = field::<*const u8>(ctx, layout.skbaddr)?;
     let location = field::<u64>(ctx, layout.location).unwrap_or(0);
     let protocol = field::<u16>(ctx, layout.protocol).unwrap_or(0);
