@@ -3,13 +3,16 @@
 //! - `setup`: install the BPF toolchain and the lab tools on a fresh Debian machine (no-op when
 //!   everything is present).
 //! - `build [--release]`: build nettools (the eBPF object is built once, by nettools/build.rs).
-//! - `test [--quick]`: formatting, clippy, unit tests, then the integration tests as root, one at
-//!   a time (they build real network labs in this kernel).
+//! - `test [--quick] [--no-vm]`: formatting, clippy, unit tests, then the integration tests as
+//!   root, one at a time (they build real network labs in this kernel), then the same tests on
+//!   the kernel matrix under QEMU.
+//! - `vmtest [--kernel VERSION]…`: the integration tests on other kernels, under QEMU.
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 
 mod process;
 mod setup;
 mod test;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -22,8 +25,14 @@ commands:
   setup            install what building and testing need (apt packages, bpf-linker); no-op when present
   build [--release]
                    build nettools (and its eBPF object)
-  test [--quick]   fmt + clippy + unit tests + integration tests (root; real network labs).
-                   --quick skips fmt and clippy
+  test [--quick] [--no-vm]
+                   fmt + clippy + unit tests + integration tests (root; real network labs), then
+                   the kernel matrix (vmtest). --quick skips fmt and clippy, --no-vm the matrix
+                   (also NETTOOLS_NO_VM=1)
+  vmtest [--kernel VERSION]... [--timeout SECONDS] [--verbose] [-- TEST-ARGS...]
+                   the integration tests on Debian kernels booted under QEMU (-accel tcg).
+                   VERSION: a series (5.10, 6.1, 6.12, 6.18, 7.3), an exact release or `newest`;
+                   default 5.10 6.1 6.12 6.18 newest. TEST-ARGS go to every test binary
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
 ";
 
@@ -55,7 +64,13 @@ fn run(args: &[String]) -> Result<()> {
         }
         "test" => {
             setup::run()?;
-            test::run(rest.iter().any(|a| a == "--quick"))
+            let no_vm = rest.iter().any(|a| a == "--no-vm")
+                || std::env::var_os("NETTOOLS_NO_VM").is_some_and(|v| v != "0" && !v.is_empty());
+            test::run(rest.iter().any(|a| a == "--quick"), !no_vm)
+        }
+        "vmtest" => {
+            setup::run()?;
+            vmtest::run(rest)
         }
         "lab" => {
             setup::run()?;

@@ -24,6 +24,19 @@ const LAB_PACKAGES: &[&str] = &[
     "procps",
     "util-linux",
 ];
+/// What `cargo xtask vmtest` needs: QEMU (installed without its recommends: no GUI), a static
+/// busybox for the guest, kmod (modinfo) and xz for kernel modules, dpkg-deb for the kernel
+/// packages, binutils (strip) and the Debian archive keys for the private apt sources.
+const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "binutils",
+    "dpkg",
+    "debian-archive-keyring",
+];
 /// Debian's BPF-capable Rust compiler and the LLVM bpf-linker builds against.
 const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
@@ -98,6 +111,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
 pub fn run() -> Result<()> {
     let standard = nightly_with_rust_src();
     let mut wanted: Vec<&str> = LAB_PACKAGES.to_vec();
+    wanted.extend_from_slice(VM_PACKAGES);
     if !standard {
         wanted.extend_from_slice(DEBIAN_BPF_PACKAGES);
     }

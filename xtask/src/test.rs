@@ -1,10 +1,11 @@
-//! `cargo xtask test`: every check CI runs, in the order that fails fastest.
+//! `cargo xtask test`: every check CI runs, in the order that fails fastest; the kernel matrix
+//! (`vmtest`) last, as it takes longest.
 
 use anyhow::Result;
 
 use crate::process::{build_nettools, cargo, status, step};
 
-pub fn run(quick: bool) -> Result<()> {
+pub fn run(quick: bool, vm: bool) -> Result<()> {
     if !quick {
         step("format", || {
             status(cargo().args(["fmt", "--all", "--check"]))
@@ -45,5 +46,13 @@ pub fn run(quick: bool) -> Result<()> {
                 ])
                 .env("NETTOOLS_BIN", &bin),
         )
-    })
+    })?;
+    if !vm {
+        eprintln!("xtask: == kernel matrix: skipped (--no-vm / NETTOOLS_NO_VM)");
+        return Ok(());
+    }
+    step(
+        "kernel matrix (the same tests on other kernels, QEMU)",
+        || crate::vmtest::run_with(&bin, &crate::vmtest::Options::default()),
+    )
 }

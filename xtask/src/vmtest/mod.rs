@@ -1,0 +1,561 @@
+//! `cargo xtask vmtest`: the same nettools binary and integration tests, run on other kernels.
+//!
+//! For each kernel (by default 5.10, 6.1, 6.12, 6.18 and the newest Debian has): fetch the
+//! Debian cloud kernel through apt (kernel.rs), build an initramfs with the tools, the nettools
+//! binary, the test binaries and the kernel's modules (image.rs), boot it under
+//! `qemu-system-x86_64 -accel tcg` and read the verdict from the serial console (serial.rs).
+//! Everything lives under `target/vmtest/`: `apt/` (private apt state), `kernels/<release>/`
+//! (unpacked kernels), `images/` (initramfs parts, reused while their inputs are unchanged) and
+//! `logs/<release>.log` (each guest's whole serial output).
+
+mod cpio;
+mod image;
+mod kernel;
+mod serial;
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash as _, Hasher as _},
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::process::{cargo, step};
+
+/// The kernels a plain `cargo xtask vmtest` (and `cargo xtask test`) proves nettools on.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "newest"];
+/// Time one kernel may take to boot and run every test before it counts as failed.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const QEMU: &str = "qemu-system-x86_64";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub kernels: Vec<String>,
+    pub timeout: Duration,
+    pub verbose: bool,
+    pub test_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            kernels: DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect(),
+            timeout: DEFAULT_TIMEOUT,
+            verbose: false,
+            test_args: Vec::new(),
+        }
+    }
+}
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Self::default();
+        let mut kernels = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--kernel" | "-k" => kernels.push(
+                    it.next()
+                        .context("--kernel needs a version, e.g. --kernel 5.10")?
+                        .clone(),
+                ),
+                "--timeout" => {
+                    let v = it.next().context("--timeout needs a number of seconds")?;
+                    let secs: u64 = v
+                        .parse()
+                        .with_context(|| format!("--timeout {v:?} is not a number of seconds"))?;
+                    o.timeout = Duration::from_secs(secs);
+                }
+                "--verbose" | "-v" => o.verbose = true,
+                "--" => {
+                    o.test_args = it.cloned().collect();
+                    break;
+                }
+                other => bail!("vmtest: unknown option {other:?}"),
+            }
+        }
+        if !kernels.is_empty() {
+            o.kernels = kernels;
+        }
+        Ok(o)
+    }
+}
+
+/// The outcome for one kernel.
+enum Verdict {
+    Passed(serial::Outcome),
+    Failed(String, Option<serial::Outcome>),
+    Skipped(String),
+}
+
+struct Row {
+    spec: String,
+    release: String,
+    /// Debian package version.
+    version: String,
+    verdict: Verdict,
+    seconds: f64,
+    log: Option<PathBuf>,
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::process::workspace().join("target"))
+}
+
+fn display(path: &Path) -> String {
+    let ws = crate::process::workspace();
+    path.strip_prefix(&ws).unwrap_or(path).display().to_string()
+}
+
+/// Builds the integration test binaries and returns them by name.
+fn build_tests() -> Result<image::TestBinaries> {
+    let out = cargo()
+        .args([
+            "test",
+            "--package",
+            "nettools-tests",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = msg["reason"] == "compiler-artifact"
+            && msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(name), Some(exe)) = (
+            is_test,
+            msg["target"]["name"].as_str(),
+            msg["executable"].as_str(),
+        ) {
+            tests.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    if tests.is_empty() {
+        bail!("cargo built no integration test binaries for nettools-tests");
+    }
+    tests.sort();
+    Ok(tests)
+}
+
+/// A key that changes whenever one of these files (or the extra text) changes.
+fn fingerprint(files: &[&Path], extra: &str) -> String {
+    let mut h = DefaultHasher::new();
+    extra.hash(&mut h);
+    for f in files {
+        f.hash(&mut h);
+        if let Ok(m) = std::fs::metadata(f) {
+            m.len().hash(&mut h);
+            m.modified().ok().hash(&mut h);
+        }
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// The userspace archive, rebuilt only when nettools, a test binary or the guest init changed.
+fn userspace_image(
+    images: &Path,
+    nettools: &Path,
+    tests: &image::TestBinaries,
+    test_args: &[String],
+) -> Result<PathBuf> {
+    let mut files: Vec<&Path> = vec![nettools];
+    files.extend(tests.iter().map(|(_, p)| p.as_path()));
+    let key = fingerprint(
+        &files,
+        &format!("{}{tests:?}{test_args:?}", image::userspace_key()),
+    );
+    let path = images.join(format!("userspace-{key}.cpio"));
+    if path.exists() {
+        return Ok(path);
+    }
+    let mut bytes = image::userspace(nettools, tests, &images.join("scratch"))?;
+    if !test_args.is_empty() {
+        let mut args = cpio::Archive::new();
+        args.file(
+            "vmtest/test-args",
+            (test_args.join("\n") + "\n").into_bytes(),
+            false,
+        )?;
+        bytes.extend(args.to_bytes()?);
+    }
+    remove_matching(images, "userspace-", ".cpio");
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// The modules archive of one kernel, built once per kernel and module list.
+fn modules_image(images: &Path, k: &kernel::Kernel) -> Result<PathBuf> {
+    let key = fingerprint(&[], &image::modules_key());
+    let path = images.join(format!("modules-{}-{key}.cpio", k.release));
+    if path.exists() {
+        return Ok(path);
+    }
+    let (bytes, _) = image::modules(k)?;
+    remove_matching(images, &format!("modules-{}-", k.release), ".cpio");
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn remove_matching(dir: &Path, prefix: &str, suffix: &str) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && name.ends_with(suffix) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Boots one kernel with this initramfs and collects its serial output.
+fn boot(
+    k: &kernel::Kernel,
+    initrd: &Path,
+    log_path: &Path,
+    opts: &Options,
+) -> Result<serial::Outcome> {
+    let mut child = Command::new(QEMU)
+        // /dev/kvm here hangs QEMU (see NOTES.md); CI machines may lack it anyway.
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1536",
+            "-smp",
+            "2",
+            "-nodefaults",
+            "-nographic",
+        ])
+        .args(["-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet mitigations=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("cannot start {QEMU} (cargo xtask setup installs qemu-system-x86)")
+        })?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut file = std::fs::File::create(log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let stdout = child.stdout.take().context("no pipe from QEMU")?;
+    let stderr = child.stderr.take().context("no pipe from QEMU")?;
+    let (sink, verbose, release) = (log.clone(), opts.verbose, k.release.clone());
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_string();
+            let _ = writeln!(file, "{line}");
+            if verbose {
+                eprintln!("[{release}] {line}");
+            } else if line.starts_with("@@vmtest result")
+                || (line.starts_with("test ") && line.ends_with("FAILED"))
+            {
+                eprintln!(
+                    "xtask: vmtest: {release}: {}",
+                    line.trim_start_matches("@@vmtest ")
+                );
+            }
+            if let Ok(mut l) = sink.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
+        text
+    });
+    let started = Instant::now();
+    let timed_out = loop {
+        if child.try_wait()?.is_some() {
+            break false;
+        }
+        if started.elapsed() > opts.timeout {
+            // Our own QEMU, by its PID (Child::kill).
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = reader.join();
+    let qemu_errors = errors.join().unwrap_or_default();
+    let text = log.lock().map(|l| l.clone()).unwrap_or_default();
+    let outcome = serial::parse(&text);
+    if timed_out {
+        eprintln!(
+            "xtask: vmtest: {}: stopped after {} s (--timeout)",
+            k.release,
+            opts.timeout.as_secs()
+        );
+    }
+    if outcome.release.is_none() && !qemu_errors.trim().is_empty() {
+        bail!("QEMU failed: {}", qemu_errors.trim());
+    }
+    Ok(outcome)
+}
+
+/// The part of the log that says why tests failed (libtest's failure reports), for CI output.
+fn failure_excerpt(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line == "failures:" {
+            inside = true;
+        } else if line.starts_with("test result:") {
+            inside = false;
+        }
+        if inside || line.starts_with("@@vmtest module-failed") {
+            out.push(line);
+        }
+    }
+    if out.is_empty() {
+        // No libtest report: the last lines say how the guest ended.
+        out = text.lines().rev().take(30).collect();
+        out.reverse();
+    }
+    let total = out.len();
+    let shown: Vec<&str> = out.into_iter().take(150).collect();
+    let mut s = shown.join("\n");
+    if total > shown.len() {
+        s.push_str(&format!(
+            "\n… ({} more lines in the log)",
+            total - shown.len()
+        ));
+    }
+    s
+}
+
+/// One kernel: fetch, image, boot, verdict.
+fn one_kernel(
+    spec: &str,
+    apt: &Result<kernel::Apt>,
+    dirs: &Dirs,
+    userspace: &Path,
+    opts: &Options,
+    done: &[String],
+) -> Row {
+    let mut row = Row {
+        spec: spec.to_string(),
+        release: "-".to_string(),
+        version: String::new(),
+        verdict: Verdict::Skipped(String::new()),
+        seconds: 0.0,
+        log: None,
+    };
+    let k = match kernel::fetch(spec, apt, &dirs.kernels) {
+        Ok(k) => k,
+        Err(e) => {
+            row.verdict = Verdict::Skipped(format!("cannot fetch kernel {spec}: {e:#}"));
+            return row;
+        }
+    };
+    row.release = k.release.clone();
+    row.version = k.package_version.clone();
+    if done.contains(&k.release) {
+        row.verdict = Verdict::Skipped(format!("same kernel as above ({})", k.release));
+        return row;
+    }
+    let initrd = match modules_image(&dirs.images, &k).and_then(|modules| {
+        let path = dirs.images.join(format!("initrd-{}.cpio", k.release));
+        let mut bytes = std::fs::read(&modules)?;
+        bytes.extend(std::fs::read(userspace)?);
+        std::fs::write(&path, bytes)?;
+        Ok(path)
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            row.verdict = Verdict::Skipped(format!("cannot build its initramfs: {e:#}"));
+            return row;
+        }
+    };
+    let log = dirs.logs.join(format!("{}.log", k.release));
+    eprintln!("xtask: vmtest: booting {} under QEMU (TCG)", k.release);
+    let booted = Instant::now();
+    row.verdict = match boot(&k, &initrd, &log, opts) {
+        Err(e) => Verdict::Failed(format!("{e:#}"), None),
+        Ok(o) if o.release.as_deref().is_some_and(|r| r != k.release) => Verdict::Failed(
+            format!(
+                "the guest runs {} instead of {}",
+                o.release.clone().unwrap_or_default(),
+                k.release
+            ),
+            Some(o),
+        ),
+        Ok(o) if o.passed() => Verdict::Passed(o),
+        Ok(o) => Verdict::Failed(o.problem(), Some(o)),
+    };
+    let _ = std::fs::remove_file(&initrd);
+    row.seconds = booted.elapsed().as_secs_f64();
+    row.log = Some(log);
+    row
+}
+
+struct Dirs {
+    kernels: PathBuf,
+    images: PathBuf,
+    logs: PathBuf,
+}
+
+/// Runs the matrix with an already built nettools binary; fails unless every kernel passed.
+pub fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
+    let root = target_dir().join("vmtest");
+    let dirs = Dirs {
+        kernels: root.join("kernels"),
+        images: root.join("images"),
+        logs: root.join("logs"),
+    };
+    for d in [&dirs.kernels, &dirs.images, &dirs.logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let started = Instant::now();
+    let tests = build_tests()?;
+    let mut userspace = PathBuf::new();
+    step("vmtest: guest userspace image", || {
+        userspace = userspace_image(&dirs.images, nettools, &tests, &opts.test_args)?;
+        Ok(())
+    })?;
+    let apt = kernel::Apt::new(&root.join("apt")).and_then(|a| a.update().map(|()| a));
+    if let Err(e) = &apt {
+        eprintln!("xtask: vmtest: {e:#}; only cached kernels can run");
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for spec in &opts.kernels {
+        let done: Vec<String> = rows
+            .iter()
+            .filter(|r| !matches!(r.verdict, Verdict::Skipped(_)))
+            .map(|r| r.release.clone())
+            .collect();
+        let row = one_kernel(spec, &apt, &dirs, &userspace, opts, &done);
+        if let (Verdict::Failed(..), Some(log)) = (&row.verdict, &row.log) {
+            eprintln!(
+                "xtask: vmtest: {} failed; from {}:\n{}",
+                row.release,
+                display(log),
+                failure_excerpt(log)
+            );
+        }
+        rows.push(row);
+    }
+    // A kernel asked for twice (e.g. `newest` is also 6.18's release) is not a skip.
+    rows.retain(|r| !matches!(&r.verdict, Verdict::Skipped(w) if w.starts_with("same kernel")));
+    print_summary(&rows, started.elapsed());
+    let bad = rows
+        .iter()
+        .filter(|r| !matches!(r.verdict, Verdict::Passed(_)))
+        .count();
+    if bad > 0 {
+        bail!("{bad} of {} kernels did not pass (see above)", rows.len());
+    }
+    Ok(())
+}
+
+fn print_summary(rows: &[Row], elapsed: Duration) {
+    println!("kernel matrix (QEMU -accel tcg, integration tests one at a time):");
+    let width = rows.iter().map(|r| r.release.len()).max().unwrap_or(1);
+    for r in rows {
+        let (word, detail) = match &r.verdict {
+            Verdict::Passed(o) => (
+                "passed",
+                format!(
+                    "{} tests{}",
+                    o.passed.len(),
+                    if o.skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} skipped in the guest", o.skipped.len())
+                    }
+                ),
+            ),
+            Verdict::Failed(why, _) => ("FAILED", why.clone()),
+            Verdict::Skipped(why) => ("skipped", why.clone()),
+        };
+        let time = if r.seconds > 0.0 {
+            format!("{:>5.0} s  ", r.seconds)
+        } else {
+            "         ".to_string()
+        };
+        let version = if r.version.is_empty() {
+            String::new()
+        } else {
+            format!("  [Debian {}]", r.version)
+        };
+        println!(
+            "  {:<7} {:<width$}  {word:<7}  {time}{detail}{version}",
+            r.spec, r.release
+        );
+        if let Verdict::Passed(o) | Verdict::Failed(_, Some(o)) = &r.verdict {
+            for (test, reason) in &o.skipped {
+                println!("            skipped {test}: {reason}");
+            }
+            for m in &o.modules_failed {
+                println!("            module {m} did not load");
+            }
+        }
+        if let (Verdict::Failed(..), Some(log)) = (&r.verdict, &r.log) {
+            println!("            log: {}", display(log));
+        }
+    }
+    let count = |f: fn(&Verdict) -> bool| rows.iter().filter(|r| f(&r.verdict)).count();
+    println!(
+        "kernel matrix: {} passed, {} failed, {} skipped in {:.0} s",
+        count(|v| matches!(v, Verdict::Passed(_))),
+        count(|v| matches!(v, Verdict::Failed(..))),
+        count(|v| matches!(v, Verdict::Skipped(_))),
+        elapsed.as_secs_f64()
+    );
+}
+
+/// `cargo xtask vmtest`: builds nettools and runs the matrix.
+pub fn run(args: &[String]) -> Result<()> {
+    let opts = Options::parse(args)?;
+    let nettools = crate::process::build_nettools(false)?;
+    run_with(&nettools, &opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() -> Result<()> {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = Options::parse(&[])?;
+        assert_eq!(o.kernels, DEFAULT_KERNELS);
+        let o = Options::parse(&args(&[
+            "--kernel", "5.10", "-k", "newest", "--", "drops", "--exact",
+        ]))?;
+        assert_eq!(o.kernels, ["5.10", "newest"]);
+        assert_eq!(o.test_args, ["drops", "--exact"]);
+        assert!(Options::parse(&args(&["--kernel"])).is_err());
+        assert!(Options::parse(&args(&["--timeout", "soon"])).is_err());
+        assert!(Options::parse(&args(&["--bogus"])).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The guest's verdict, read from its serial console (see init.sh for the `@@vmtest` lines).
+//! QEMU's own exit status is never used: it exits 0 whatever happened inside.
+
+/// One test that passed, failed or was skipped, `binary::name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// `uname -r` the guest reported (proves which kernel ran).
+    pub release: Option<String>,
+    pub modules_failed: Vec<String>,
+    /// Binaries that ran to the end, with their exit code.
+    pub results: Vec<(String, i32)>,
+    pub passed: Vec<String>,
+    pub failed: Vec<String>,
+    /// Tests that decided this kernel cannot run them: (test, reason).
+    pub skipped: Vec<(String, String)>,
+    /// `#[ignore]`d tests.
+    pub ignored: Vec<String>,
+    /// Every binary ran and the guest said so.
+    pub done: bool,
+    /// The binary running when the output stopped.
+    pub running: Option<String>,
+}
+
+/// What a test prints (on stdout) to say it was skipped, and why; see `nettools_tests::skip`.
+pub const SKIP_MARKER: &str = "nettools-tests: skipped: ";
+
+impl Outcome {
+    /// Whether this kernel passed: the guest finished, every binary exited 0, nothing failed.
+    pub fn passed(&self) -> bool {
+        self.done
+            && self.failed.is_empty()
+            && !self.results.is_empty()
+            && self.results.iter().all(|(_, rc)| *rc == 0)
+    }
+
+    /// Why it did not pass, in one line.
+    pub fn problem(&self) -> String {
+        if self.release.is_none() {
+            return "the guest never started its tests (kernel did not boot or /init failed)"
+                .to_string();
+        }
+        if !self.failed.is_empty() {
+            return format!("failed: {}", self.failed.join(", "));
+        }
+        if let Some((binary, rc)) = self.results.iter().find(|(_, rc)| *rc != 0) {
+            return format!("test binary {binary} exited with {rc}");
+        }
+        if !self.done {
+            return match &self.running {
+                Some(b) => format!("the guest stopped while running {b} (crash or timeout)"),
+                None => "the guest stopped before finishing".to_string(),
+            };
+        }
+        "no test binary ran".to_string()
+    }
+}
+
+/// Parses the serial log. Tolerates kernel messages and `\r` in between.
+pub fn parse(log: &str) -> Outcome {
+    let mut o = Outcome::default();
+    // "---- name stdout ----" section of libtest's --show-output / failure report.
+    let mut section: Option<String> = None;
+    let mut pending: Option<String> = None;
+    for raw in log.lines() {
+        let line = raw.trim_end_matches('\r');
+        // Terminal escapes from the firmware may precede a marker on its line.
+        if let Some(rest) = line
+            .find("@@vmtest ")
+            .map(|i| &line[i + "@@vmtest ".len()..])
+        {
+            let mut words = rest.split_whitespace();
+            match words.next() {
+                Some("begin") => o.release = words.next().map(str::to_string),
+                Some("module-failed") => o.modules_failed.extend(words.next().map(str::to_string)),
+                Some("run") => o.running = words.next().map(str::to_string),
+                Some("result") => {
+                    if let (Some(b), Some(rc)) = (words.next(), words.next()) {
+                        o.results.push((b.to_string(), rc.parse().unwrap_or(-1)));
+                        o.running = None;
+                    }
+                }
+                Some("done") => o.done = true,
+                _ => {}
+            }
+            section = None;
+            pending = None;
+            continue;
+        }
+        let binary = o.running.clone().unwrap_or_default();
+        // "test name ... ok"; the verdict may come lines later when the test or the kernel
+        // printed something in between.
+        let mut verdict = None;
+        if let Some(rest) = line.strip_prefix("test ")
+            && let Some((name, v)) = rest.split_once(" ... ")
+        {
+            pending = Some(format!("{binary}::{}", name.trim()));
+            verdict = Some(v.trim());
+        } else if pending.is_some() {
+            verdict = Some(line.trim());
+        }
+        if let Some(v) = verdict {
+            let list = match v {
+                "ok" => Some(&mut o.passed),
+                "FAILED" => Some(&mut o.failed),
+                v if v.starts_with("ignored") => Some(&mut o.ignored),
+                _ => None,
+            };
+            if let (Some(list), Some(test)) = (list, pending.clone()) {
+                list.push(test);
+                pending = None;
+                continue;
+            }
+        }
+        if let Some(name) = line
+            .strip_prefix("---- ")
+            .and_then(|l| l.strip_suffix(" stdout ----"))
+        {
+            section = Some(format!("{binary}::{name}"));
+            continue;
+        }
+        if let (Some(test), Some(reason)) = (&section, line.split_once(SKIP_MARKER).map(|x| x.1)) {
+            o.skipped.push((test.clone(), reason.trim().to_string()));
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "SeaBIOS\r
+\x1bc\x1b[?7l\x1b[2J@@vmtest begin 5.10.0-46-cloud-amd64\r
+@@vmtest module-failed act_bpf
+@@vmtest run cli
+
+running 2 tests
+test doctor_passes_here ... ok
+test no_btf ... ok
+
+successes:
+
+---- no_btf stdout ----
+nettools-tests: skipped: this kernel has no BTF to hide
+
+test result: ok. 2 passed; 0 failed
+@@vmtest result cli 0
+@@vmtest run drops
+running 2 tests
+test firewall ... [   12.3] bridge: some kernel message
+FAILED
+test filtered ... ok
+test slow ... ignored, needs a day
+@@vmtest result drops 101
+@@vmtest done
+";
+
+    #[test]
+    fn reads_the_markers_and_libtest_lines() {
+        let o = parse(LOG);
+        assert_eq!(o.release.as_deref(), Some("5.10.0-46-cloud-amd64"));
+        assert_eq!(o.modules_failed, ["act_bpf"]);
+        assert_eq!(
+            o.results,
+            [("cli".to_string(), 0), ("drops".to_string(), 101)]
+        );
+        assert_eq!(
+            o.passed,
+            ["cli::doctor_passes_here", "cli::no_btf", "drops::filtered"]
+        );
+        assert_eq!(o.ignored, ["drops::slow"]);
+        assert_eq!(
+            o.skipped,
+            [(
+                "cli::no_btf".to_string(),
+                "this kernel has no BTF to hide".to_string()
+            )]
+        );
+        assert!(o.done);
+        assert!(!o.passed(), "a test failed");
+        assert_eq!(o.problem(), "failed: drops::firewall");
+    }
+
+    #[test]
+    fn a_guest_that_stops_early_did_not_pass() {
+        let o = parse("@@vmtest begin 6.1.0\n@@vmtest run drops\ntest a ... ok\n");
+        assert!(!o.passed());
+        assert!(
+            o.problem().contains("while running drops"),
+            "{}",
+            o.problem()
+        );
+        let o = parse("Kernel panic - not syncing\n");
+        assert!(!o.passed());
+        assert!(o.problem().contains("never started"));
+        let o = parse("@@vmtest begin 6.1.0\n@@vmtest done\n");
+        assert!(!o.passed(), "no binary ran at all");
+        let ok = parse(
+            "@@vmtest begin 6.1\n@@vmtest run a\ntest t ... ok\n@@vmtest result a 0\n@@vmtest done\n",
+        );
+        assert!(ok.passed());
+    }
+}
