@@ -227,3 +227,96 @@ pub fn drops_with_reason(workload: &Value, reason: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Says that this test cannot run on this kernel or machine, and why. The test then returns
+/// without checking anything; `cargo xtask vmtest` lists every skip with its reason.
+pub fn skip(reason: &str) {
+    println!("nettools-tests: skipped: {reason}");
+}
+
+/// The running kernel's `skb:kfree_skb` format file (tracefs), the oracle for what this kernel's
+/// drop tracepoint carries.
+pub fn kfree_skb_format() -> Result<String> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .map(|d| format!("{d}/events/skb/kfree_skb/format"))
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .context("no skb/kfree_skb/format in tracefs: is tracefs mounted?")
+}
+
+/// Whether this kernel gives drop reasons (`skb:kfree_skb` has a `reason` field from 5.17).
+pub fn kernel_names_drop_reasons() -> Result<bool> {
+    Ok(kfree_skb_format()?.contains(" reason;"))
+}
+
+/// The drop reason table in the tracepoint's print format, `{ 12, "NETFILTER_DROP" }`…: the
+/// kernel's own value → name mapping, independent of the BTF nettools reads.
+pub fn tracepoint_reason_names(format: &str) -> Vec<(u32, String)> {
+    let Some(start) = format.find("__print_symbolic(REC->reason") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = &format[start..];
+    while let Some(open) = rest.find("{ ") {
+        let Some(close) = rest[open..].find(" }") else {
+            break;
+        };
+        let pair = &rest[open + 2..open + close];
+        if let Some((value, name)) = pair.split_once(", ")
+            && let Ok(value) = value.trim().parse::<u32>()
+        {
+            out.push((value, name.trim().trim_matches('"').to_string()));
+        }
+        rest = &rest[open + close..];
+    }
+    out
+}
+
+/// Whether a kernel location (`nf_hook_slow+0x93`) is in netfilter's packet path, where a
+/// firewall rule's drop is freed.
+pub fn is_netfilter_location(location: &str) -> bool {
+    let function = location.split('+').next().unwrap_or("");
+    function.starts_with("nf_hook")
+        || function.starts_with("nft_do_chain")
+        || function.ends_with("t_do_table")
+}
+
+/// The reason a firewall drop is reported with on this kernel: `NETFILTER_DROP`, or
+/// `UNAVAILABLE` before 5.17 (no reasons at all).
+pub fn firewall_reason() -> Result<&'static str> {
+    Ok(if kernel_names_drop_reasons()? {
+        "NETFILTER_DROP"
+    } else {
+        "UNAVAILABLE"
+    })
+}
+
+/// Firewall drops in one workload of the summary: by reason `NETFILTER_DROP` where the kernel
+/// names reasons; before 5.17 the drops (reason `UNAVAILABLE`) at a netfilter location.
+pub fn firewall_drops(workload: &Value) -> Result<u64> {
+    if kernel_names_drop_reasons()? {
+        return Ok(drops_with_reason(workload, "NETFILTER_DROP"));
+    }
+    Ok(workload["drops"]["by_reason"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["reason"] == "UNAVAILABLE")
+        .flat_map(|r| r["locations"].as_array().into_iter().flatten())
+        .filter(|l| l["location"].as_str().is_some_and(is_netfilter_location))
+        .filter_map(|l| l["count"].as_u64())
+        .sum())
+}
+
+/// Whether a drop event of the JSON stream is a firewall drop (see [`firewall_drops`]).
+pub fn is_firewall_drop_event(event: &Value) -> Result<bool> {
+    Ok(event["type"] == "drop"
+        && if kernel_names_drop_reasons()? {
+            event["reason"] == "NETFILTER_DROP"
+        } else {
+            event["reason"] == "UNAVAILABLE"
+                && event["location"]
+                    .as_str()
+                    .is_some_and(is_netfilter_location)
+        })
+}

@@ -49,15 +49,11 @@ fn firewall_drops_equal_the_rule_counter_and_stay_in_their_namespace() -> Result
     let s = summary(&lines)?;
     assert_eq!(s["health"]["events_lost"], 0);
     let wa = workload(s, a.inode()?)?;
-    assert_eq!(
-        drops_with_reason(wa, "NETFILTER_DROP"),
-        counted_by_kernel,
-        "{wa}"
-    );
+    assert_eq!(firewall_drops(wa)?, counted_by_kernel, "{wa}");
     for other in [&b, &c] {
         let w = workload(s, other.inode()?)?;
         assert_eq!(
-            drops_with_reason(w, "NETFILTER_DROP"),
+            firewall_drops(w)?,
             0,
             "firewall drops leaked into {}: {w}",
             other.netns
@@ -67,7 +63,7 @@ fn firewall_drops_equal_the_rule_counter_and_stay_in_their_namespace() -> Result
     // Every drop is also an event with the flow, the namespace and a named kernel location.
     let events: Vec<_> = lines
         .iter()
-        .filter(|l| l["type"] == "drop" && l["reason"] == "NETFILTER_DROP")
+        .filter(|l| is_firewall_drop_event(l).unwrap_or(false))
         .collect();
     assert_eq!(events.len() as u64, counted_by_kernel);
     for e in events {
@@ -81,6 +77,10 @@ fn firewall_drops_equal_the_rule_counter_and_stay_in_their_namespace() -> Result
         assert!(
             location.contains('+') && !location.starts_with("0x"),
             "location not symbolised: {location}"
+        );
+        assert!(
+            is_netfilter_location(location),
+            "a firewall drop outside netfilter: {location}"
         );
     }
     Ok(())
@@ -104,18 +104,9 @@ fn drops_in_two_namespaces_are_attributed_to_each() -> Result<()> {
     let in_a = iptables_packets(&a, "INPUT", 1)?;
     let in_c = iptables_packets(&c, "INPUT", 1)?;
     assert_eq!((in_a, in_c), (120, 70));
-    assert_eq!(
-        drops_with_reason(workload(s, a.inode()?)?, "NETFILTER_DROP"),
-        in_a
-    );
-    assert_eq!(
-        drops_with_reason(workload(s, c.inode()?)?, "NETFILTER_DROP"),
-        in_c
-    );
-    assert_eq!(
-        drops_with_reason(workload(s, b.inode()?)?, "NETFILTER_DROP"),
-        0
-    );
+    assert_eq!(firewall_drops(workload(s, a.inode()?)?)?, in_a);
+    assert_eq!(firewall_drops(workload(s, c.inode()?)?)?, in_c);
+    assert_eq!(firewall_drops(workload(s, b.inode()?)?)?, 0);
     Ok(())
 }
 
@@ -144,7 +135,7 @@ fn untraced_namespaces_are_filtered_in_the_kernel() -> Result<()> {
         "only the traced namespace is reported"
     );
     assert_eq!(
-        drops_with_reason(workload(s, c.inode()?)?, "NETFILTER_DROP"),
+        firewall_drops(workload(s, c.inode()?)?)?,
         iptables_packets(&c, "INPUT", 1)?
     );
     assert!(
@@ -168,6 +159,7 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
     let (_lab, a, b, _c) = three_pods()?;
     drop_udp_port(&a, 7005)?;
     let mut figures = Vec::new();
+    let reason = firewall_reason()?;
     for format in ["table", "json"] {
         let before = iptables_packets(&a, "INPUT", 1)?;
         let trace = Trace::start(&["--netns", &a.netns, "-o", format])?;
@@ -179,21 +171,17 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
         let figure = if format == "json" {
             let lines = json_lines(&done.report)?;
             let w = workload(summary(&lines)?, a.inode()?)?;
-            assert_eq!(
-                w["drops"]["total"].as_u64(),
-                Some(drops_with_reason(w, "NETFILTER_DROP"))
-            );
-            drops_with_reason(w, "NETFILTER_DROP")
+            assert_eq!(w["drops"]["total"].as_u64(), Some(firewall_drops(w)?));
+            firewall_drops(w)?
         } else {
             // "    NETFILTER_DROP        90  nft_do_chain+0x… (90)"
             done.report
                 .lines()
                 .find_map(|l| {
                     let mut parts = l.split_whitespace();
-                    (parts.next() == Some("NETFILTER_DROP"))
-                        .then(|| parts.next()?.parse::<u64>().ok())?
+                    (parts.next() == Some(reason)).then(|| parts.next()?.parse::<u64>().ok())?
                 })
-                .with_context(|| format!("no NETFILTER_DROP row in the table:\n{}", done.report))?
+                .with_context(|| format!("no {reason} row in the table:\n{}", done.report))?
         };
         assert_eq!(figure, expected, "{format} report");
         figures.push(figure);
