@@ -356,6 +356,7 @@ pub fn userspace(nettools: &Path, tests: &TestBinaries, scratch: &Path) -> Resul
     u.archive
         .file("vmtest/tests.list", list.into_bytes(), false)?;
     u.libraries()?;
+    let _ = std::fs::remove_dir_all(scratch);
     u.archive.to_bytes()
 }
 

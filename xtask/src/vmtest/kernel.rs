@@ -50,14 +50,24 @@ pub struct Apt {
     dir: PathBuf,
 }
 
-/// Turns the numbers of a Debian version into a sortable key (`6.1.192-2` → [6, 1, 192, 2]).
-/// Enough to order the kernel packages of one archive, which differ in their numbers only.
+/// Turns the numbers of a Debian version into a sortable key (`6.1.192-2` → [6, 1, 192, 2, 1]).
+/// Enough to order kernel packages, which differ in their numbers only, with Debian's rule that
+/// `~` sorts before everything: `6.12.117-1~deb12u1` (a backport) < `6.12.117-1`.
 pub fn version_key(version: &str) -> Vec<u64> {
-    version
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    let numbers = |s: &str| -> Vec<u64> {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let (main, tilde) = match version.split_once('~') {
+        Some((main, rest)) => (main, Some(rest)),
+        None => (version, None),
+    };
+    let mut key = numbers(main);
+    key.push(u64::from(tilde.is_none()));
+    key.extend(tilde.map(numbers).unwrap_or_default());
+    key
 }
 
 /// The release of a `linux-image-<release>` package of our flavour, if the name is one (meta
@@ -344,6 +354,26 @@ fn cached_releases(kernels: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The series of a release: `6.12` of `6.12.117+deb13-cloud-amd64`.
+fn series(release: &str) -> String {
+    release
+        .split(['.', '-', '+'])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Removes cached kernels of the same series as `release` that Debian has since replaced, so
+/// the cache holds one kernel per series.
+fn prune_superseded(kernels: &Path, release: &str) {
+    for old in cached_releases(kernels) {
+        if old != release && series(&old) == series(release) {
+            eprintln!("xtask: vmtest: removing {old} from the cache (superseded by {release})");
+            let _ = std::fs::remove_dir_all(kernels.join(&old));
+        }
+    }
+}
+
 /// The kernel `spec` asks for, from the cache or downloaded and unpacked into it.
 /// `apt` is `Err` when the package lists could not be had: then only the cache is used.
 pub fn fetch(spec: &str, apt: &Result<Apt>, kernels: &Path) -> Result<Kernel> {
@@ -371,6 +401,7 @@ pub fn fetch(spec: &str, apt: &Result<Apt>, kernels: &Path) -> Result<Kernel> {
             };
         }
     };
+    prune_superseded(kernels, &release);
     if let Some(k) = cached(kernels, &release) {
         return Ok(k);
     }
@@ -456,6 +487,13 @@ mod tests {
     }
 
     #[test]
+    fn series_of_releases() {
+        assert_eq!(series("6.12.117+deb13-cloud-amd64"), "6.12");
+        assert_eq!(series("5.10.0-46-cloud-amd64"), "5.10");
+        assert_eq!(series("7.3.4+deb13-cloud-amd64"), "7.3");
+    }
+
+    #[test]
     fn versions_sort_by_their_numbers() {
         let mut v = vec!["6.1.176-1", "6.1.192-2", "6.1.170-1~deb11u1", "6.1.99-1"];
         v.sort_by_key(|s| version_key(s));
@@ -464,5 +502,7 @@ mod tests {
             ["6.1.99-1", "6.1.170-1~deb11u1", "6.1.176-1", "6.1.192-2"]
         );
         assert!(version_key("7.3.4-1~bpo13+1") > version_key("6.19.14-1~bpo13+1"));
+        assert!(version_key("6.12.117-1") > version_key("6.12.117-1~deb12u1"));
+        assert!(version_key("6.12.118-1~deb12u1") > version_key("6.12.117-1"));
     }
 }

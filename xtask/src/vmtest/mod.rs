@@ -214,6 +214,27 @@ fn modules_image(images: &Path, k: &kernel::Kernel) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Removes modules archives of kernels no longer in the cache (superseded by a newer release).
+fn remove_orphan_images(images: &Path, kernels: &Path) {
+    let Ok(entries) = std::fs::read_dir(images) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // modules-<release>-<key>.cpio
+        let release = name
+            .strip_prefix("modules-")
+            .and_then(|r| r.strip_suffix(".cpio"))
+            .and_then(|r| r.rsplit_once('-'))
+            .map(|(release, _)| release);
+        if let Some(release) = release
+            && !kernels.join(release).is_dir()
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 fn remove_matching(dir: &Path, prefix: &str, suffix: &str) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -306,13 +327,9 @@ fn boot(
     let _ = reader.join();
     let qemu_errors = errors.join().unwrap_or_default();
     let text = log.lock().map(|l| l.clone()).unwrap_or_default();
-    let outcome = serial::parse(&text);
+    let mut outcome = serial::parse(&text);
     if timed_out {
-        eprintln!(
-            "xtask: vmtest: {}: stopped after {} s (--timeout)",
-            k.release,
-            opts.timeout.as_secs()
-        );
+        outcome.timed_out_after = Some(opts.timeout.as_secs());
     }
     if outcome.release.is_none() && !qemu_errors.trim().is_empty() {
         bail!("QEMU failed: {}", qemu_errors.trim());
@@ -463,6 +480,7 @@ pub fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
         }
         rows.push(row);
     }
+    remove_orphan_images(&dirs.images, &dirs.kernels);
     // A kernel asked for twice (e.g. `newest` is also 6.18's release) is not a skip.
     rows.retain(|r| !matches!(&r.verdict, Verdict::Skipped(w) if w.starts_with("same kernel")));
     print_summary(&rows, started.elapsed());

@@ -19,39 +19,64 @@ pub struct Outcome {
     pub done: bool,
     /// The binary running when the output stopped.
     pub running: Option<String>,
+    /// The host stopped the guest after this many seconds (set by the runner, not the log).
+    pub timed_out_after: Option<u64>,
 }
 
 /// What a test prints (on stdout) to say it was skipped, and why; see `nettools_tests::skip`.
 pub const SKIP_MARKER: &str = "nettools-tests: skipped: ";
 
 impl Outcome {
-    /// Whether this kernel passed: the guest finished, every binary exited 0, nothing failed.
+    /// Whether this kernel passed: the guest finished, every binary exited 0, nothing failed
+    /// and at least one test passed (a filter that matches nothing proves nothing).
     pub fn passed(&self) -> bool {
         self.done
             && self.failed.is_empty()
+            && !self.passed.is_empty()
             && !self.results.is_empty()
             && self.results.iter().all(|(_, rc)| *rc == 0)
     }
 
     /// Why it did not pass, in one line.
     pub fn problem(&self) -> String {
+        let failed = if self.failed.is_empty() {
+            String::new()
+        } else {
+            format!("failed: {}", self.failed.join(", "))
+        };
+        if let Some(secs) = self.timed_out_after {
+            let when = match (&self.release, &self.running) {
+                (None, _) => " before the guest started its tests".to_string(),
+                (Some(_), Some(b)) => format!(" while running {b}"),
+                (Some(_), None) => String::new(),
+            };
+            let also = if failed.is_empty() {
+                String::new()
+            } else {
+                format!("; {failed}")
+            };
+            return format!("timed out after {secs} s{when}{also}");
+        }
         if self.release.is_none() {
             return "the guest never started its tests (kernel did not boot or /init failed)"
                 .to_string();
         }
-        if !self.failed.is_empty() {
-            return format!("failed: {}", self.failed.join(", "));
+        if !failed.is_empty() {
+            return failed;
         }
         if let Some((binary, rc)) = self.results.iter().find(|(_, rc)| *rc != 0) {
             return format!("test binary {binary} exited with {rc}");
         }
         if !self.done {
             return match &self.running {
-                Some(b) => format!("the guest stopped while running {b} (crash or timeout)"),
+                Some(b) => format!("the guest stopped while running {b} (crashed?)"),
                 None => "the guest stopped before finishing".to_string(),
             };
         }
-        "no test binary ran".to_string()
+        if self.results.is_empty() {
+            return "no test binary ran".to_string();
+        }
+        "no test ran (does the test filter match any test?)".to_string()
     }
 }
 
@@ -190,11 +215,20 @@ test slow ... ignored, needs a day
             "{}",
             o.problem()
         );
+        let mut o = parse("@@vmtest begin 6.1.0\n@@vmtest run drops\ntest a ... FAILED\n");
+        o.timed_out_after = Some(60);
+        assert_eq!(
+            o.problem(),
+            "timed out after 60 s while running drops; failed: drops::a"
+        );
         let o = parse("Kernel panic - not syncing\n");
         assert!(!o.passed());
         assert!(o.problem().contains("never started"));
         let o = parse("@@vmtest begin 6.1.0\n@@vmtest done\n");
         assert!(!o.passed(), "no binary ran at all");
+        let o = parse("@@vmtest begin 6.1\n@@vmtest run a\n@@vmtest result a 0\n@@vmtest done\n");
+        assert!(!o.passed(), "no test ran");
+        assert!(o.problem().contains("no test ran"), "{}", o.problem());
         let ok = parse(
             "@@vmtest begin 6.1\n@@vmtest run a\ntest t ... ok\n@@vmtest result a 0\n@@vmtest done\n",
         );
