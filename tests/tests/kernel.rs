@@ -35,10 +35,13 @@ fn two_kinds_of_drops() -> Result<(Lab, Node, Vec<serde_json::Value>)> {
     let done = trace.stop()?;
     assert!(done.success, "nettools failed: {}", done.stderr);
     let lines = json_lines(&done.report)?;
+    let counted_by_kernel = iptables_packets(&a, "INPUT", 1)?;
+    assert_eq!(counted_by_kernel, 40, "the lab itself misbehaved");
     assert_eq!(
         firewall_drops(workload(summary(&lines)?, a.inode()?)?)?,
-        iptables_packets(&a, "INPUT", 1)?,
-        "firewall drops"
+        counted_by_kernel,
+        "firewall drops: {}",
+        done.report
     );
     Ok((lab, a, lines))
 }
@@ -86,7 +89,7 @@ fn drop_reason_names_match_this_kernels_tracepoint() -> Result<()> {
         );
         seen.insert(name.to_string());
     }
-    assert!(seen.contains("NETFILTER_DROP"), "{seen:?}");
+    assert!(seen.contains("NETFILTER_DROP"), "{seen:?}: {lines:?}");
     assert!(
         seen.contains("NO_SOCKET"),
         "datagrams to a closed port were not reported as NO_SOCKET: {seen:?}"
