@@ -13,5 +13,12 @@ pub const FREES_NOT_DROPS: u32 = 2;
 pub const DROP_NETNS_UNKNOWN: u32 = 3;
 /// Drops seen in namespaces that are not traced (filtered out in the kernel).
 pub const DROPS_FILTERED: u32 = 4;
+/// A retransmit not counted per flow because the `RETRANSMIT_FLOWS` map was full (the
+/// namespace total still counts it).
+pub const RETRANSMIT_FLOW_MAP_FULL: u32 = 5;
+/// A map used by the tc programs (`TRAFFIC`, `NEIGH_PROBES`) was full.
+pub const TC_MAP_FULL: u32 = 6;
+/// A neighbour failure not counted because `NEIGH_FAILURES` was full.
+pub const NEIGH_MAP_FULL: u32 = 7;
 /// Number of counters (size of the `COUNTERS` array).
-pub const COUNT: u32 = 8;
+pub const COUNT: u32 = 16;

@@ -4,6 +4,10 @@
 pub mod kind {
     /// A packet drop ([`crate::drops::DropEvent`]).
     pub const DROP: u32 = 1;
+    /// A retransmitted TCP segment ([`crate::retransmits::RetransmitEvent`]).
+    pub const RETRANSMIT: u32 = 2;
+    /// A neighbour (ARP/NDP) entry that failed ([`crate::neighbours::NeighbourEvent`]).
+    pub const NEIGHBOUR_FAILED: u32 = 3;
 }
 
 /// First field of every event sent through the ring buffer.

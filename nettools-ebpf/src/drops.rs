@@ -5,8 +5,6 @@
 //! kernel location) and described in one `DropEvent` on the ring buffer.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::PerCpuHashMap,
@@ -21,8 +19,8 @@ use nettools_common::{
 };
 
 use crate::{
-    kernel,
-    maps::{EVENTS, STACKS, bump, is_traced},
+    kernel::{self, field},
+    maps::{EVENTS, STACKS, add, bump, is_traced},
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -46,11 +44,6 @@ static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
     0
-}
-
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
-    kernel::read::<T>(ctx.as_ptr().cast::<u8>().cast_const(), offset)
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
@@ -114,17 +107,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
 /// Adds one to the drop's exact count.
 #[inline(always)]
 fn count(key: &DropKey) {
-    if let Some(n) = DROP_COUNTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot of a per-CPU map.
-        unsafe { *n += 1 };
-        return;
-    }
-    if DROP_COUNTS.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
-        // Either a racing insert on this CPU (then count into it) or the map is full.
-        match DROP_COUNTS.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(n) => unsafe { *n += 1 },
-            None => bump(counters::DROP_COUNT_MAP_FULL),
-        }
+    if !add(&DROP_COUNTS, key, 1) {
+        bump(counters::DROP_COUNT_MAP_FULL);
     }
 }

@@ -8,6 +8,9 @@
 mod drops;
 mod kernel;
 mod maps;
+mod neighbours;
+mod retransmits;
+mod tc;
 
 /// Kernel helpers such as `bpf_probe_read_kernel` are GPL-only.
 #[unsafe(no_mangle)]

@@ -23,7 +23,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Trace network namespaces and report drops per namespace.
+    /// Trace network namespaces: traffic, drops, retransmits and ARP/NDP failures per namespace.
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
     /// Check what this kernel and these privileges allow, and what to do about what is missing.
@@ -38,11 +38,15 @@ Examples:
   nettools trace --netns web                 a namespace from `ip netns list`
   nettools trace --pid 4242 --duration 30s   the namespace of process 4242, for 30 seconds
   nettools trace --all -o json --out t.json  every namespace, JSON lines to t.json
+  nettools trace --iface cni0 --probes traffic one interface's traffic and ARP
 
-The report lists, per namespace, packets dropped by reason (from this kernel's own list of drop
-reasons) and kernel location, and the flows dropped most. \"events lost\" counts events that did
-not fit in the ring buffer: totals stay exact (they are counted in the kernel), only per-packet
-detail is missing then; raise --ring-buffer.";
+The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
+kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
+segments retransmitted, per flow; and neighbours (ARP/NDP) that never answered (\"incomplete
+ARP\").
+
+\"events lost\" counts events that did not fit in the ring buffer: totals stay exact (they are
+counted in the kernel), only per-event detail is missing then; raise --ring-buffer.";
 
 const LAB_EXAMPLES: &str = "\
 The lab is three namespaces on a bridge: a server whose firewall drops UDP port 7777, a client
@@ -60,8 +64,12 @@ pub struct Targets {
     /// The network namespace of a process. Repeatable.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
+    /// One interface of this namespace, traced directly (traffic and ARP/NDP as the interface
+    /// sees them; drops, retransmits and neighbour failures of this namespace). Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Vec<String>,
     /// Every network namespace on this node, each labelled by name or process.
-    #[arg(long, conflicts_with_all = ["netns", "pid"])]
+    #[arg(long, conflicts_with_all = ["netns", "pid", "iface"])]
     pub all: bool,
 }
 
@@ -72,8 +80,8 @@ pub struct TraceArgs {
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// Which probes to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "drops")]
+    /// Which probes to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
     /// Report format.
     #[arg(short, long, value_enum, default_value = "table")]
@@ -84,6 +92,9 @@ pub struct TraceArgs {
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
     pub ring_buffer: u32,
+    /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tc_mode: crate::probe::tc::Mode,
 }
 
 #[derive(Debug, Args)]

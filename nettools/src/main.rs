@@ -55,10 +55,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for pid in &args.targets.pid {
                 workloads.push(discover::netns::by_pid(*pid)?);
             }
-            // The same namespace named twice is traced once.
+            for iface in &args.targets.iface {
+                workloads.push(discover::netns::by_interface(iface)?);
+            }
+            // The same namespace named twice is traced once (interfaces are kept apart).
             let mut seen = std::collections::HashSet::new();
-            workloads.retain(|w| seen.insert(w.netns));
-            let mut probes = args.probes.clone();
+            workloads
+                .retain(|w| w.kind == discover::WorkloadKind::Interface || seen.insert(w.netns));
+            let mut probes = if args.probes.is_empty() {
+                nettools::probe::ProbeKind::ALL.to_vec()
+            } else {
+                args.probes.clone()
+            };
             probes.sort();
             probes.dedup();
             trace::run(TraceSpec {
@@ -69,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output: args.output,
                 out: args.out,
                 ring_buffer_bytes: args.ring_buffer,
+                tc_mode: args.tc_mode,
                 verbose: cli.verbose,
             })
             .await?;

@@ -14,7 +14,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     collect::{self, Clock, Event, aggregate::Aggregate, kallsyms::Kallsyms},
-    discover::Workload,
+    discover::{Workload, WorkloadKind},
     probe::{self, LoadOptions, ProbeKind},
     report::{self, Health, Output, Summary, json},
 };
@@ -33,6 +33,8 @@ pub struct TraceSpec {
     /// Write the report here instead of stdout.
     pub out: Option<PathBuf>,
     pub ring_buffer_bytes: u32,
+    /// How tc programs attach (tcx, clsact or whichever the kernel has).
+    pub tc_mode: probe::tc::Mode,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
 }
@@ -61,9 +63,10 @@ fn describe_targets(spec: &TraceSpec) -> String {
 }
 
 /// Runs a trace to its end and writes the report.
-pub async fn run(spec: TraceSpec) -> Result<()> {
+pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let output = open_output(&spec.out)?;
     let mut loaded = probe::load(&LoadOptions {
+        probes: spec.probes.clone(),
         all_namespaces: spec.all,
         kernel_debug: spec.verbose,
         ring_buffer_bytes: spec.ring_buffer_bytes,
@@ -71,11 +74,17 @@ pub async fn run(spec: TraceSpec) -> Result<()> {
     for w in &spec.workloads {
         loaded.trace_netns(w.netns)?;
     }
-    let labels: BTreeMap<u32, Workload> = if spec.all {
+    let mut labels: BTreeMap<u32, Workload> = if spec.all {
         crate::discover::netns::labels()
     } else {
         BTreeMap::new()
     };
+    let mut notes = Vec::new();
+    if spec.probes.contains(&ProbeKind::Traffic) {
+        let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
+        loaded.attach_tc(&targets, spec.tc_mode)?;
+    }
+    loaded.kernel.notes.extend(notes);
     let kallsyms = Kallsyms::load().unwrap_or_else(|e| {
         log::warn!("{e:#}; kernel locations are shown as addresses");
         Kallsyms::default()
@@ -96,6 +105,7 @@ pub async fn run(spec: TraceSpec) -> Result<()> {
     for p in &spec.probes {
         loaded.attach(*p)?;
     }
+    let attached = loaded.tc.interfaces.clone();
     let started = Instant::now();
     let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
     eprintln!(
@@ -159,12 +169,20 @@ pub async fn run(spec: TraceSpec) -> Result<()> {
 
     // Stop the probes first so the counts and the events describe the same packets.
     loaded.detach_all();
+    let end_ktime_ns = Clock::monotonic_ns();
     collector.drain(events.get_mut())?;
     let duration_s = started.elapsed().as_secs_f64();
     let Collector {
         mut agg, mut out, ..
     } = collector;
     agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
+    let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
+    agg.set_retransmit_counts(&totals, &flows);
+    agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
+    agg.set_interfaces(
+        &probe::tc::read_traffic(&loaded.ebpf)?,
+        &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+    );
     let health = Health::from_counters(&loaded.counters()?, agg.undecodable);
     let summary = Summary::build(&report::Inputs {
         aggregate: &agg,
@@ -176,6 +194,8 @@ pub async fn run(spec: TraceSpec) -> Result<()> {
         duration_s,
         probes: spec.probes.clone(),
         all_namespaces: spec.all,
+        attached: &attached,
+        end_ktime_ns,
     });
     match spec.output {
         Output::Table => write!(out, "{}", report::table::render(&summary)),
@@ -184,6 +204,42 @@ pub async fn run(spec: TraceSpec) -> Result<()> {
     .and_then(|()| out.flush())
     .context("cannot write the report")?;
     Ok(())
+}
+
+/// Finds the host-side veths of every traced workload (or every namespace with `--all`) and
+/// returns them as tc targets. Workloads without one get a note instead.
+fn tc_targets(
+    workloads: &mut [Workload],
+    labels: &mut BTreeMap<u32, Workload>,
+    notes: &mut Vec<String>,
+) -> Vec<probe::tc::Target> {
+    let mut targets = Vec::new();
+    let all_mode = workloads.is_empty();
+    let list: Vec<&mut Workload> = if all_mode {
+        labels.values_mut().collect()
+    } else {
+        workloads.iter_mut().collect()
+    };
+    for w in list {
+        if let Err(e) = w.discover_veths() {
+            notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
+            continue;
+        }
+        if w.veths.is_empty() && !all_mode && w.kind != WorkloadKind::Host {
+            notes.push(format!(
+                "{} has no veth to another namespace: no traffic counters or ARP/NDP tracking on \
+                 the wire for it (use --iface to trace an interface directly)",
+                w.name
+            ));
+        }
+        for v in &w.veths {
+            targets.push(probe::tc::Target {
+                ifname: v.name.clone(),
+                ifindex: v.ifindex,
+            });
+        }
+    }
+    targets
 }
 
 /// Decodes events, aggregates them and streams them as JSON when asked.
@@ -220,11 +276,29 @@ impl Collector<'_> {
                 if self.json {
                     let w = report::workload_for(d.key.netns, self.traced, self.labels);
                     let j = json::drop_event(&d, &w, &self.kernel, self.kallsyms, &self.clock);
-                    writeln!(self.out, "{}", json::line(&j)).context("cannot write the report")?;
+                    self.line(&j)?;
+                }
+            }
+            Event::Retransmit(r) => {
+                self.agg.add_retransmit(&r);
+                if self.json {
+                    let w = report::workload_for(r.key.netns, self.traced, self.labels);
+                    self.line(&json::retransmit_event(&r, &w, &self.clock))?;
+                }
+            }
+            Event::NeighbourFailed(n) => {
+                self.agg.add_neighbour(&n);
+                if self.json {
+                    let w = report::workload_for(n.key.netns, self.traced, self.labels);
+                    self.line(&json::neighbour_event(&n, &w, &self.clock))?;
                 }
             }
         }
         Ok(())
+    }
+
+    fn line<T: serde::Serialize>(&mut self, value: &T) -> Result<()> {
+        writeln!(self.out, "{}", json::line(value)).context("cannot write the report")
     }
 }
 

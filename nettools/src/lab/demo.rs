@@ -119,7 +119,7 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
                 name: n.netns.clone(),
                 netns: n.inode()?,
                 netns_path: Some(n.path.clone()),
-                pid: None,
+                ..Default::default()
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -127,10 +127,11 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         workloads,
         all: false,
         duration: Some(args.duration),
-        probes: vec![ProbeKind::Drops],
+        probes: ProbeKind::ALL.to_vec(),
         output: args.output,
         out: None,
         ring_buffer_bytes: 1 << 22,
+        tc_mode: crate::probe::tc::Mode::Auto,
         verbose,
     })
     .await;

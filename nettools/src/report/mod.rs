@@ -48,6 +48,12 @@ pub struct Health {
     pub drops_in_other_namespaces: u64,
     /// `kfree_skb` calls that were not drops (NOT_SPECIFIED, CONSUMED).
     pub frees_not_drops: u64,
+    /// Retransmits not counted per flow because the flow map was full (totals stay exact).
+    pub retransmit_flow_map_full: u64,
+    /// tc counters not kept because their map was full.
+    pub tc_map_full: u64,
+    /// Neighbour failures not counted because their map was full.
+    pub neighbour_map_full: u64,
     /// Records userspace could not decode.
     pub undecodable_events: u64,
 }
@@ -60,6 +66,9 @@ impl Health {
             drops_netns_unknown: c[counters::DROP_NETNS_UNKNOWN as usize],
             drops_in_other_namespaces: c[counters::DROPS_FILTERED as usize],
             frees_not_drops: c[counters::FREES_NOT_DROPS as usize],
+            retransmit_flow_map_full: c[counters::RETRANSMIT_FLOW_MAP_FULL as usize],
+            tc_map_full: c[counters::TC_MAP_FULL as usize],
+            neighbour_map_full: c[counters::NEIGH_MAP_FULL as usize],
             undecodable_events: undecodable,
         }
     }
@@ -104,14 +113,122 @@ pub struct DropSummary {
     pub top_flows: Vec<FlowCount>,
 }
 
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Traffic of one protocol in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProtocolCounts {
+    /// `received` or `sent`, from the workload's point of view (for `--iface`, the interface's).
+    pub direction: &'static str,
+    /// `ipv4/tcp`, `ipv6/icmpv6`, `arp`, `other`, …
+    pub protocol: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// An address asked for (ARP/NDP) on an interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NeighbourLookup {
+    pub address: String,
+    /// `arp` or `ndp`.
+    pub protocol: &'static str,
+    pub requests: u64,
+    pub replies: u64,
+}
+
+/// One interface with nettools' tc programs: the host end of a workload's veth, or an
+/// interface traced with `--iface`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InterfaceSummary {
+    /// The interface the programs are attached to (host side).
+    pub name: String,
+    pub ifindex: u32,
+    /// The workload's end of the veth (`eth0`), when this is a veth.
+    pub peer: Option<String>,
+    pub bridge: Option<String>,
+    /// `tcx` or `clsact`; `null` when attaching was not possible.
+    pub attached: Option<&'static str>,
+    /// What the workload received (for `--iface`: what the interface received).
+    pub received: Counts,
+    pub sent: Counts,
+    pub by_protocol: Vec<ProtocolCounts>,
+    /// Addresses asked for with ARP/NDP that never answered during the trace.
+    pub unanswered: Vec<NeighbourLookup>,
+}
+
+/// A retransmitting flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetransmitFlow {
+    pub flow: String,
+    pub segments: u64,
+    /// Segments by the TCP state the socket was in (`SYN_SENT`, `ESTABLISHED`, `FIN_WAIT1`, …).
+    pub states: BTreeMap<&'static str, u64>,
+}
+
+impl RetransmitFlow {
+    /// The states, most segments first: `FIN_WAIT1 82, ESTABLISHED 15`.
+    pub fn states_text(&self) -> String {
+        let mut states: Vec<(&&str, &u64)> = self.states.iter().collect();
+        states.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        states
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// TCP retransmissions in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RetransmitSummary {
+    /// Exact segments retransmitted by sockets in this namespace.
+    pub total: u64,
+    /// Flows with the most retransmitted segments.
+    pub top_flows: Vec<RetransmitFlow>,
+}
+
+/// A neighbour entry that failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NeighbourFailure {
+    pub address: String,
+    /// `arp` (IPv4) or `ndp` (IPv6).
+    pub protocol: &'static str,
+    pub device: String,
+    pub ifindex: u32,
+    /// Times the entry went to FAILED.
+    pub failures: u64,
+}
+
+/// Neighbour (ARP/NDP) trouble in one namespace: "incomplete ARPs".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NeighbourSummary {
+    /// Exact count of entries that went to FAILED.
+    pub total_failures: u64,
+    pub failures: Vec<NeighbourFailure>,
+    /// Lookups seen on the workload's veth without an answer.
+    pub unanswered: Vec<NeighbourLookup>,
+}
+
 /// Everything reported for one network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WorkloadSummary {
     pub name: String,
+    pub kind: crate::discover::WorkloadKind,
     pub netns: u32,
     pub netns_path: Option<String>,
     pub pid: Option<u32>,
+    /// Traffic per interface (with the `traffic` probe).
+    pub interfaces: Vec<InterfaceSummary>,
     pub drops: DropSummary,
+    /// With the `retransmits` probe.
+    pub retransmits: Option<RetransmitSummary>,
+    /// With the `neighbours` probe (and `traffic` for the unanswered lookups).
+    pub neighbours: Option<NeighbourSummary>,
 }
 
 /// The final (or periodic) report.
@@ -143,6 +260,10 @@ pub struct Inputs<'a> {
     pub duration_s: f64,
     pub probes: Vec<ProbeKind>,
     pub all_namespaces: bool,
+    /// Where the tc programs are attached.
+    pub attached: &'a [crate::probe::tc::Attached],
+    /// The kernel's monotonic clock when the trace ended (to age ARP/NDP requests).
+    pub end_ktime_ns: u64,
 }
 
 /// Names a network namespace for the report.
@@ -159,8 +280,7 @@ pub fn workload_for(netns: u32, traced: &[Workload], labels: &BTreeMap<u32, Work
                 format!("netns {netns}")
             },
             netns,
-            netns_path: None,
-            pid: None,
+            ..Default::default()
         })
 }
 
@@ -169,7 +289,7 @@ impl Summary {
         // Traced workloads first, in the order given, then other namespaces with activity.
         let mut order: Vec<u32> = i.traced.iter().map(|w| w.netns).collect();
         for (netns, stats) in &i.aggregate.namespaces {
-            if !order.contains(netns) && stats.drops.total() + stats.drops.events > 0 {
+            if !order.contains(netns) && !stats.is_empty() {
                 order.push(*netns);
             }
         }
@@ -177,18 +297,33 @@ impl Summary {
             .into_iter()
             .map(|netns| {
                 let w = workload_for(netns, i.traced, i.labels);
-                let drops = i
-                    .aggregate
-                    .namespaces
-                    .get(&netns)
-                    .map(|s| drop_summary(&s.drops, i.kernel, i.kallsyms))
-                    .unwrap_or_default();
+                let empty = crate::collect::aggregate::NamespaceStats::default();
+                let stats = i.aggregate.namespaces.get(&netns).unwrap_or(&empty);
+                let interfaces: Vec<InterfaceSummary> = if i.probes.contains(&ProbeKind::Traffic) {
+                    w.veths
+                        .iter()
+                        .map(|v| interface_summary(v, w.kind, i))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let neighbours = i
+                    .probes
+                    .contains(&ProbeKind::Neighbours)
+                    .then(|| neighbour_summary(&stats.neighbours, &w, &interfaces));
                 WorkloadSummary {
-                    name: w.name,
+                    name: w.name.clone(),
+                    kind: w.kind,
                     netns,
-                    netns_path: w.netns_path.map(|p| p.display().to_string()),
+                    netns_path: w.netns_path.as_ref().map(|p| p.display().to_string()),
                     pid: w.pid,
-                    drops,
+                    drops: drop_summary(&stats.drops, i.kernel, i.kallsyms),
+                    retransmits: i
+                        .probes
+                        .contains(&ProbeKind::Retransmits)
+                        .then(|| retransmit_summary(&stats.retransmits)),
+                    neighbours,
+                    interfaces,
                 }
             })
             .collect();
@@ -202,6 +337,145 @@ impl Summary {
             notes: i.kernel.notes.clone(),
             workloads,
         }
+    }
+}
+
+/// ARP/NDP requests without a reply are "unanswered" once they had time for an answer: two
+/// requests or more, or one older than a second.
+pub fn unanswered(v: &nettools_common::traffic::NeighProbeValue, now_ns: u64) -> bool {
+    v.requests > 0
+        && v.replies == 0
+        && (v.requests >= 2 || now_ns.saturating_sub(v.first_request_ns) >= 1_000_000_000)
+}
+
+fn class_name(class: u8, l4: u8) -> String {
+    use nettools_common::traffic::{CLASS_ARP, CLASS_IPV4, CLASS_IPV6};
+    match class {
+        CLASS_IPV4 => format!("ipv4/{}", l4_name(l4)),
+        CLASS_IPV6 => format!("ipv6/{}", l4_name(l4)),
+        CLASS_ARP => "arp".to_string(),
+        _ => "other".to_string(),
+    }
+}
+
+fn interface_summary(
+    v: &crate::discover::veth::HostVeth,
+    kind: crate::discover::WorkloadKind,
+    i: &Inputs<'_>,
+) -> InterfaceSummary {
+    use nettools_common::traffic::{EGRESS, INGRESS};
+    // A host-side veth's ingress is what the workload sends; an interface traced directly
+    // receives on ingress.
+    let direct = kind == crate::discover::WorkloadKind::Interface;
+    let received_hook = if direct { INGRESS } else { EGRESS };
+    let mut received = Counts::default();
+    let mut sent = Counts::default();
+    let mut by_protocol = Vec::new();
+    let mut unanswered_lookups = Vec::new();
+    if let Some(stats) = i.aggregate.interfaces.get(&v.ifindex) {
+        for (&(dir, class, l4), &(packets, bytes)) in &stats.traffic {
+            let (slot, direction) = if dir == received_hook {
+                (&mut received, "received")
+            } else {
+                (&mut sent, "sent")
+            };
+            slot.packets += packets;
+            slot.bytes += bytes;
+            by_protocol.push(ProtocolCounts {
+                direction,
+                protocol: class_name(class, l4),
+                packets,
+                bytes,
+            });
+        }
+        for (&(family, raw), value) in &stats.probes {
+            if unanswered(value, i.end_ktime_ns) {
+                unanswered_lookups.push(NeighbourLookup {
+                    address: addr(family, &raw)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    protocol: if family == AF_INET6 { "ndp" } else { "arp" },
+                    requests: value.requests,
+                    replies: value.replies,
+                });
+            }
+        }
+    }
+    by_protocol.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.protocol.cmp(&b.protocol)));
+    InterfaceSummary {
+        name: v.name.clone(),
+        ifindex: v.ifindex,
+        peer: (!v.inner_name.is_empty()).then(|| v.inner_name.clone()),
+        bridge: v.bridge.clone(),
+        attached: i
+            .attached
+            .iter()
+            .find(|a| a.ifindex == v.ifindex)
+            .map(|a| a.mechanism),
+        received,
+        sent,
+        by_protocol,
+        unanswered: unanswered_lookups,
+    }
+}
+
+fn retransmit_summary(r: &crate::collect::aggregate::RetransmitStats) -> RetransmitSummary {
+    let mut by_flow: BTreeMap<crate::collect::aggregate::FlowOrd, RetransmitFlow> = BTreeMap::new();
+    for ((state, flow), &segments) in &r.flows {
+        let f = by_flow.entry(*flow).or_insert_with(|| RetransmitFlow {
+            flow: format_flow(&flow.0),
+            segments: 0,
+            states: BTreeMap::new(),
+        });
+        f.segments += segments;
+        *f.states
+            .entry(crate::probe::retransmits::state_name(*state))
+            .or_default() += segments;
+    }
+    let mut flows: Vec<RetransmitFlow> = by_flow.into_values().collect();
+    flows.sort_by(|a, b| b.segments.cmp(&a.segments).then(a.flow.cmp(&b.flow)));
+    flows.truncate(TOP_FLOWS);
+    RetransmitSummary {
+        total: r.total,
+        top_flows: flows,
+    }
+}
+
+fn neighbour_summary(
+    n: &crate::collect::aggregate::NeighbourStats,
+    w: &Workload,
+    interfaces: &[InterfaceSummary],
+) -> NeighbourSummary {
+    let failures: Vec<NeighbourFailure> = n
+        .failures
+        .iter()
+        .map(|(&(ifindex, family, raw), &count)| NeighbourFailure {
+            address: addr(family, &raw)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            protocol: if family == AF_INET6 { "ndp" } else { "arp" },
+            device: n
+                .devices
+                .get(&ifindex)
+                .cloned()
+                .or_else(|| {
+                    w.veths
+                        .iter()
+                        .find(|v| v.inner_ifindex == ifindex)
+                        .map(|v| v.inner_name.clone())
+                })
+                .unwrap_or_else(|| format!("ifindex {ifindex}")),
+            ifindex,
+            failures: count,
+        })
+        .collect();
+    NeighbourSummary {
+        total_failures: failures.iter().map(|f| f.failures).sum(),
+        failures,
+        unanswered: interfaces
+            .iter()
+            .flat_map(|i| i.unanswered.clone())
+            .collect(),
     }
 }
 
@@ -256,7 +530,13 @@ fn drop_summary(
 /// Name of an IP protocol number.
 pub fn l4_name(proto: u8) -> String {
     match proto {
+        0 => "hop-by-hop".into(),
         1 => "icmp".into(),
+        2 => "igmp".into(),
+        4 => "ipip".into(),
+        41 => "ipv6-in-ipv4".into(),
+        47 => "gre".into(),
+        50 => "esp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         58 => "icmpv6".into(),
