@@ -92,6 +92,16 @@ pub struct TraceArgs {
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
     pub ring_buffer: u32,
+    /// How long a SYN, DNS query or echo request may wait for its answer before it counts as
+    /// unanswered.
+    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    pub timeout: std::time::Duration,
+    /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
+    pub transit_sample: u32,
+    /// Also write one HdrHistogram percentile file (.hgrm) per workload and latency kind to DIR.
+    #[arg(long, value_name = "DIR")]
+    pub hgrm: Option<PathBuf>,
     /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_mode: crate::probe::tc::Mode,
@@ -108,6 +118,16 @@ pub struct LabArgs {
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// 1, 2, 4, … 65536.
+fn parse_power_of_two(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << 16 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a power of two between 1 and 65536"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -78,6 +78,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out: args.out,
                 ring_buffer_bytes: args.ring_buffer,
                 tc_mode: args.tc_mode,
+                timeout: args.timeout,
+                transit_sample_shift: args.transit_sample.trailing_zeros(),
+                hgrm_dir: args.hgrm.clone(),
                 verbose: cli.verbose,
             })
             .await?;

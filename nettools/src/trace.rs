@@ -35,6 +35,13 @@ pub struct TraceSpec {
     pub ring_buffer_bytes: u32,
     /// How tc programs attach (tcx, clsact or whichever the kernel has).
     pub tc_mode: probe::tc::Mode,
+    /// How long a request (SYN, DNS query, echo request) may wait before it counts as
+    /// unanswered.
+    pub timeout: Duration,
+    /// The transit probe follows one packet in 2^n.
+    pub transit_sample_shift: u32,
+    /// Write HdrHistogram percentile files (`.hgrm`) here.
+    pub hgrm_dir: Option<PathBuf>,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
 }
@@ -70,6 +77,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         all_namespaces: spec.all,
         kernel_debug: spec.verbose,
         ring_buffer_bytes: spec.ring_buffer_bytes,
+        transit_sample_shift: spec.transit_sample_shift,
     })?;
     for w in &spec.workloads {
         loaded.trace_netns(w.netns)?;
@@ -80,7 +88,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         BTreeMap::new()
     };
     let mut notes = Vec::new();
-    if spec.probes.contains(&ProbeKind::Traffic) {
+    if spec.probes.iter().any(|p| p.on_veth()) {
         let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
         loaded.attach_tc(&targets, spec.tc_mode)?;
     }
@@ -154,6 +162,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                collector.expire(&mut loaded, spec.timeout)?;
                 collector.out.flush().context("cannot write the report")?;
             }
             _ = sigint.recv() => break,
@@ -171,6 +180,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     loaded.detach_all();
     let end_ktime_ns = Clock::monotonic_ns();
     collector.drain(events.get_mut())?;
+    let waiting = collector.expire(&mut loaded, spec.timeout)?;
     let duration_s = started.elapsed().as_secs_f64();
     let Collector {
         mut agg, mut out, ..
@@ -183,7 +193,9 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         &probe::tc::read_traffic(&loaded.ebpf)?,
         &probe::tc::read_neigh_probes(&loaded.ebpf)?,
     );
-    let health = Health::from_counters(&loaded.counters()?, agg.undecodable);
+    let counters = loaded.counters()?;
+    let health = Health::from_counters(&counters, agg.undecodable);
+    let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
     let summary = Summary::build(&report::Inputs {
         aggregate: &agg,
         traced: &spec.workloads,
@@ -196,13 +208,24 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         all_namespaces: spec.all,
         attached: &attached,
         end_ktime_ns,
+        pairing,
+        waiting,
     });
     match spec.output {
         Output::Table => write!(out, "{}", report::table::render(&summary)),
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
+        Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
     }
     .and_then(|()| out.flush())
     .context("cannot write the report")?;
+    if let Some(dir) = &spec.hgrm_dir {
+        let files = report::histogram::write_hgrm(dir, &summary)?;
+        eprintln!(
+            "nettools: wrote {} histogram file(s) to {}",
+            files.len(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -293,8 +316,72 @@ impl Collector<'_> {
                     self.line(&json::neighbour_event(&n, &w, &self.clock))?;
                 }
             }
+            Event::Handshake(h) => {
+                self.agg.latency.add_handshake(&h);
+                if self.json {
+                    let w =
+                        report::workload_for(self.netns_of(h.ifindex), self.traced, self.labels);
+                    self.line(&json::handshake_event(&h, &w, &self.clock))?;
+                }
+            }
+            Event::Dns(d) => {
+                let parsed = self.agg.latency.add_dns(&d);
+                if self.json {
+                    let w = report::workload_for(
+                        self.netns_of(d.key.ifindex),
+                        self.traced,
+                        self.labels,
+                    );
+                    self.line(&json::dns_event(&d, parsed.as_ref().ok(), &w, &self.clock))?;
+                }
+            }
+            Event::Icmp(i) => {
+                self.agg.latency.add_icmp(&i);
+                if self.json {
+                    let w =
+                        report::workload_for(self.netns_of(i.ifindex), self.traced, self.labels);
+                    self.line(&json::icmp_event(&i, &w, &self.clock))?;
+                }
+            }
+            // Transit samples can be one per packet: they go into histograms, not JSON lines.
+            Event::Transit(t) => self.agg.latency.add_transit(&t),
         }
         Ok(())
+    }
+
+    /// Moves requests that waited past the timeout out of the kernel's pairing maps and counts
+    /// them as unanswered; returns what is still waiting.
+    fn expire(
+        &mut self,
+        loaded: &mut probe::Loaded,
+        timeout: Duration,
+    ) -> Result<probe::latency::Waiting> {
+        let (swept, waiting) = probe::latency::sweep(
+            &mut loaded.ebpf,
+            Clock::monotonic_ns(),
+            timeout.as_nanos() as u64,
+        )?;
+        let l = &mut self.agg.latency;
+        l.expire_handshakes(&swept.handshakes);
+        l.expire_icmp(&swept.icmp);
+        l.expire_dns(&swept.dns);
+        if self.json {
+            for (k, v) in &swept.dns {
+                let netns = self.netns_of(k.ifindex);
+                let w = report::workload_for(netns, self.traced, self.labels);
+                self.line(&json::dns_unanswered(k, v, &w, &self.clock, timeout))?;
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// The namespace of the workload owning a traced interface (0 when unknown).
+    fn netns_of(&self, ifindex: u32) -> u32 {
+        self.traced
+            .iter()
+            .chain(self.labels.values())
+            .find(|w| w.veths.iter().any(|v| v.ifindex == ifindex))
+            .map_or(0, |w| w.netns)
     }
 
     fn line<T: serde::Serialize>(&mut self, value: &T) -> Result<()> {

@@ -100,11 +100,13 @@ pub struct InterfaceStats {
 }
 
 /// All namespaces, keyed by inode.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Aggregate {
     pub namespaces: BTreeMap<u32, NamespaceStats>,
     /// Per interface (ifindex in the host namespace), from the tc programs.
     pub interfaces: BTreeMap<u32, InterfaceStats>,
+    /// Latency samples and pairing outcomes, per interface.
+    pub latency: super::latency::LatencyStats,
     /// Records that could not be decoded (object and binary out of step).
     pub undecodable: u64,
 }

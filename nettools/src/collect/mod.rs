@@ -2,19 +2,29 @@
 //! network namespace, next to the exact counts the kernel keeps in its maps.
 
 pub mod aggregate;
+pub mod dns;
 pub mod kallsyms;
+pub mod latency;
 
 use bytes::Buf as _;
 use nettools_common::{
-    drops::DropEvent, event::kind, neighbours::NeighbourEvent, retransmits::RetransmitEvent,
+    drops::DropEvent,
+    event::kind,
+    latency::{DnsEvent, HandshakeEvent, IcmpEvent, TransitEvent},
+    neighbours::NeighbourEvent,
+    retransmits::RetransmitEvent,
 };
 
 /// One decoded ring-buffer event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Drop(DropEvent),
     Retransmit(RetransmitEvent),
     NeighbourFailed(NeighbourEvent),
+    Handshake(HandshakeEvent),
+    Dns(Box<DnsEvent>),
+    Icmp(IcmpEvent),
+    Transit(TransitEvent),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -56,6 +66,16 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             .ok_or(truncated),
         kind::NEIGHBOUR_FAILED => pod::<NeighbourEvent>(data)
             .map(Event::NeighbourFailed)
+            .ok_or(truncated),
+        kind::HANDSHAKE => pod::<HandshakeEvent>(data)
+            .map(Event::Handshake)
+            .ok_or(truncated),
+        kind::DNS => pod::<DnsEvent>(data)
+            .map(|d| Event::Dns(Box::new(d)))
+            .ok_or(truncated),
+        kind::ICMP => pod::<IcmpEvent>(data).map(Event::Icmp).ok_or(truncated),
+        kind::TRANSIT => pod::<TransitEvent>(data)
+            .map(Event::Transit)
             .ok_or(truncated),
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -132,6 +132,9 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         out: None,
         ring_buffer_bytes: 1 << 22,
         tc_mode: crate::probe::tc::Mode::Auto,
+        timeout: Duration::from_secs(5),
+        transit_sample_shift: 0,
+        hgrm_dir: None,
         verbose,
     })
     .await;

@@ -4,7 +4,9 @@
 //!
 //! Used by `nettools lab` (the demo) and by the integration tests.
 
+pub mod delay;
 pub mod demo;
+pub mod dns;
 
 use std::{
     fs::File,

@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod drops;
+pub mod latency;
 pub mod neighbours;
 pub mod offsets;
 pub mod retransmits;
@@ -25,6 +26,7 @@ use nettools_common::{
         RetransmitLayout, SYNACK_GLOBAL,
     },
     counters,
+    latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
 };
 
 use crate::preflight;
@@ -46,15 +48,27 @@ pub enum ProbeKind {
     Neighbours,
     /// Packets and bytes on each workload's host-side veth, and unanswered ARP/NDP (tc/tcx).
     Traffic,
+    /// TCP handshake latency on the veth: SYN -> SYN-ACK, refused and unanswered SYNs.
+    Handshake,
+    /// DNS latency and answers (rcode, name, type) on the veth, UDP and TCP; unanswered queries.
+    Dns,
+    /// ICMP/ICMPv6 echo latency on the veth; unanswered echo requests.
+    Icmp,
+    /// Time through the host from one traced veth to another (bridge forwarding).
+    Transit,
 }
 
 impl ProbeKind {
     /// Every probe, in report order.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 8] = [
         Self::Drops,
         Self::Retransmits,
         Self::Neighbours,
         Self::Traffic,
+        Self::Handshake,
+        Self::Dns,
+        Self::Icmp,
+        Self::Transit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,7 +77,19 @@ impl ProbeKind {
             Self::Retransmits => "retransmits",
             Self::Neighbours => "neighbours",
             Self::Traffic => "traffic",
+            Self::Handshake => "handshake",
+            Self::Dns => "dns",
+            Self::Icmp => "icmp",
+            Self::Transit => "transit",
         }
+    }
+
+    /// Whether this probe runs in the tc programs on veths.
+    pub fn on_veth(self) -> bool {
+        matches!(
+            self,
+            Self::Traffic | Self::Handshake | Self::Dns | Self::Icmp | Self::Transit
+        )
     }
 }
 
@@ -78,6 +104,8 @@ pub struct LoadOptions {
     pub kernel_debug: bool,
     /// Size of the event ring buffer in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Follow one packet in 2^n through the host (the transit probe).
+    pub transit_sample_shift: u32,
 }
 
 /// What was learnt about the running kernel while loading.
@@ -144,6 +172,20 @@ pub(crate) fn sum_per_cpu<K: Pod>(ebpf: &Ebpf, map: &str) -> Result<Vec<(K, u64)
     Ok(out)
 }
 
+/// The latency features the tc programs run for these probes.
+pub fn tc_features(probes: &[ProbeKind]) -> u32 {
+    use nettools_common::latency::features;
+    probes.iter().fold(0, |bits, p| {
+        bits | match p {
+            ProbeKind::Handshake => features::HANDSHAKE,
+            ProbeKind::Dns => features::DNS,
+            ProbeKind::Icmp => features::ICMP,
+            ProbeKind::Transit => features::TRANSIT,
+            _ => 0,
+        }
+    })
+}
+
 /// Checks privileges, resolves this kernel's layouts for the selected probes and loads the
 /// object (nothing attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
@@ -197,6 +239,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
         .override_global(SYNACK_GLOBAL, &synack, true)
         .override_global(FILTER_GLOBAL, &filter, true)
+        .override_global(FEATURES_GLOBAL, &tc_features(&opts.probes), true)
+        .override_global(
+            TRANSIT_MASK_GLOBAL,
+            &((1u32 << opts.transit_sample_shift.min(16)) - 1),
+            true,
+        )
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(OBJECT)
@@ -232,7 +280,11 @@ impl Loaded {
             ProbeKind::Drops => drops::attach(&mut self.ebpf),
             ProbeKind::Retransmits => retransmits::attach(&mut self.ebpf),
             ProbeKind::Neighbours => neighbours::attach(&mut self.ebpf),
-            ProbeKind::Traffic => Ok(()),
+            ProbeKind::Traffic
+            | ProbeKind::Handshake
+            | ProbeKind::Dns
+            | ProbeKind::Icmp
+            | ProbeKind::Transit => Ok(()),
         }
     }
 

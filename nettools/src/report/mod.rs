@@ -1,6 +1,7 @@
 //! Turning what was collected into answers: one [`Summary`] model that both the table (for
 //! people) and JSON (for machines) render, so their figures cannot disagree.
 
+pub mod histogram;
 pub mod json;
 pub mod table;
 
@@ -16,8 +17,10 @@ use nettools_common::{
 };
 use serde::Serialize;
 
+use hdrhistogram::Histogram;
+
 use crate::{
-    collect::{aggregate::Aggregate, kallsyms::Kallsyms},
+    collect::{aggregate::Aggregate, kallsyms::Kallsyms, latency::LatencyKind},
     discover::Workload,
     probe::{KernelInfo, ProbeKind},
 };
@@ -33,6 +36,8 @@ pub enum Output {
     Table,
     /// JSON lines: one object per event, then one summary object.
     Json,
+    /// Latency histograms per workload and kind: percentiles and an ASCII distribution.
+    Histogram,
 }
 
 /// Health of the pipeline: everything the kernel side could not deliver.
@@ -214,8 +219,104 @@ pub struct NeighbourSummary {
     pub unanswered: Vec<NeighbourLookup>,
 }
 
-/// Everything reported for one network namespace.
+/// One latency distribution (milliseconds).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LatencyDistribution {
+    pub kind: LatencyKind,
+    pub count: u64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// The samples (nanoseconds), for histogram output.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}
+
+impl LatencyDistribution {
+    pub fn new(kind: LatencyKind, h: Histogram<u64>) -> Self {
+        let ms = |ns: u64| (ns as f64 / 1e3).round() / 1e3;
+        Self {
+            kind,
+            count: h.len(),
+            min_ms: ms(h.min()),
+            mean_ms: (h.mean() / 1e3).round() / 1e3,
+            p50_ms: ms(h.value_at_quantile(0.5)),
+            p90_ms: ms(h.value_at_quantile(0.9)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+            histogram: h,
+        }
+    }
+}
+
+/// TCP handshake outcomes in one role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HandshakeOutcomes {
+    /// Answered with RST: nothing listened (connection refused).
+    pub refused: u64,
+    /// No SYN-ACK within the timeout.
+    pub unanswered: u64,
+    /// SYNs sent again before the answer.
+    pub syn_retransmits: u64,
+}
+
+/// A name answered with an error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsFailure {
+    pub name: String,
+    pub rcode: String,
+    pub count: u64,
+}
+
+/// DNS as the workload sees it (its own queries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DnsSummary {
+    pub responses: u64,
+    /// Responses by rcode (NOERROR, NXDOMAIN, SERVFAIL, REFUSED, …).
+    pub rcodes: BTreeMap<String, u64>,
+    /// Responses by transport (udp, tcp).
+    pub transports: BTreeMap<&'static str, u64>,
+    /// Queries with no response within the timeout.
+    pub unanswered: u64,
+    pub unanswered_by_server: BTreeMap<String, u64>,
+    /// `name TYPE` → unanswered queries.
+    pub unanswered_by_name: BTreeMap<String, u64>,
+    /// Names answered with an error rcode, most frequent first.
+    pub failures: Vec<DnsFailure>,
+    /// Responses whose question could not be read.
+    pub undecodable: u64,
+}
+
+/// Packets that came in from another traced workload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TransitSource {
+    pub from: String,
+    pub packets: u64,
+}
+
+/// Latency on the workload's veth.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub distributions: Vec<LatencyDistribution>,
+    /// Connections it made.
+    pub connect: HandshakeOutcomes,
+    /// Connections it was asked to accept.
+    pub accept: HandshakeOutcomes,
+    pub dns: DnsSummary,
+    /// Its echo requests never answered.
+    pub icmp_unanswered: u64,
+    /// Echo requests to it never answered.
+    pub icmp_unanswered_to_it: u64,
+    pub transit_from: Vec<TransitSource>,
+}
+
+/// Everything reported for one network namespace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WorkloadSummary {
     pub name: String,
     pub kind: crate::discover::WorkloadKind,
@@ -229,6 +330,8 @@ pub struct WorkloadSummary {
     pub retransmits: Option<RetransmitSummary>,
     /// With the `neighbours` probe (and `traffic` for the unanswered lookups).
     pub neighbours: Option<NeighbourSummary>,
+    /// With any of the `handshake`, `dns`, `icmp`, `transit` probes.
+    pub latency: Option<LatencySummary>,
 }
 
 /// The final (or periodic) report.
@@ -244,6 +347,10 @@ pub struct Summary {
     pub health: Health,
     /// Sentences about what this kernel cannot do (missing fields, no reason names).
     pub notes: Vec<String>,
+    /// How every pairing map's entries ended (evictions counted, not guessed).
+    pub pairing: crate::probe::latency::Accounts,
+    /// Requests still waiting for an answer when the trace ended (younger than the timeout).
+    pub waiting: crate::probe::latency::Waiting,
     pub workloads: Vec<WorkloadSummary>,
 }
 
@@ -264,6 +371,8 @@ pub struct Inputs<'a> {
     pub attached: &'a [crate::probe::tc::Attached],
     /// The kernel's monotonic clock when the trace ended (to age ARP/NDP requests).
     pub end_ktime_ns: u64,
+    pub pairing: crate::probe::latency::Accounts,
+    pub waiting: crate::probe::latency::Waiting,
 }
 
 /// Names a network namespace for the report.
@@ -323,6 +432,19 @@ impl Summary {
                         .contains(&ProbeKind::Retransmits)
                         .then(|| retransmit_summary(&stats.retransmits)),
                     neighbours,
+                    latency: i
+                        .probes
+                        .iter()
+                        .any(|p| {
+                            matches!(
+                                p,
+                                ProbeKind::Handshake
+                                    | ProbeKind::Dns
+                                    | ProbeKind::Icmp
+                                    | ProbeKind::Transit
+                            )
+                        })
+                        .then(|| latency_summary(&w, i)),
                     interfaces,
                 }
             })
@@ -335,6 +457,8 @@ impl Summary {
             all_namespaces: i.all_namespaces,
             health: i.health.clone(),
             notes: i.kernel.notes.clone(),
+            pairing: i.pairing,
+            waiting: i.waiting,
             workloads,
         }
     }
@@ -417,6 +541,96 @@ fn interface_summary(
         by_protocol,
         unanswered: unanswered_lookups,
     }
+}
+
+fn latency_summary(w: &Workload, i: &Inputs<'_>) -> LatencySummary {
+    use nettools_common::latency::role;
+    let l = &i.aggregate.latency;
+    let ifs: Vec<u32> = w.veths.iter().map(|v| v.ifindex).collect();
+    let mut out = LatencySummary::default();
+    for kind in LatencyKind::ALL {
+        let mut merged: Option<Histogram<u64>> = None;
+        for ifindex in &ifs {
+            if let Some(h) = l.histograms.get(&(*ifindex, kind)) {
+                match merged.as_mut() {
+                    Some(m) => {
+                        let _ = m.add(h);
+                    }
+                    None => merged = Some(h.clone()),
+                }
+            }
+        }
+        if let Some(h) = merged.filter(|h| !h.is_empty()) {
+            out.distributions.push(LatencyDistribution::new(kind, h));
+        }
+    }
+    for ifindex in &ifs {
+        for (r, slot) in [
+            (role::CLIENT, &mut out.connect),
+            (role::SERVER, &mut out.accept),
+        ] {
+            if let Some(s) = l.handshakes.get(&(*ifindex, r)) {
+                slot.refused += s.refused;
+                slot.unanswered += s.unanswered;
+                slot.syn_retransmits += s.syn_retransmits;
+            }
+        }
+        out.icmp_unanswered += l
+            .icmp_unanswered
+            .get(&(*ifindex, role::CLIENT))
+            .copied()
+            .unwrap_or(0);
+        out.icmp_unanswered_to_it += l
+            .icmp_unanswered
+            .get(&(*ifindex, role::SERVER))
+            .copied()
+            .unwrap_or(0);
+        if let Some(d) = l.dns.get(ifindex) {
+            let s = &mut out.dns;
+            for (k, v) in &d.rcodes {
+                *s.rcodes.entry(k.clone()).or_default() += v;
+                s.responses += v;
+            }
+            for (k, v) in &d.transports {
+                *s.transports.entry(k).or_default() += v;
+            }
+            for (k, v) in &d.unanswered_by_server {
+                *s.unanswered_by_server.entry(k.clone()).or_default() += v;
+                s.unanswered += v;
+            }
+            for (k, v) in &d.unanswered_by_name {
+                *s.unanswered_by_name.entry(k.clone()).or_default() += v;
+            }
+            for ((name, rcode), count) in &d.failed_names {
+                s.failures.push(DnsFailure {
+                    name: name.clone(),
+                    rcode: rcode.clone(),
+                    count: *count,
+                });
+            }
+            s.undecodable += d.undecodable;
+        }
+        for (&(to, from), &packets) in &l.transit_pairs {
+            if to == *ifindex {
+                let from_name = i
+                    .traced
+                    .iter()
+                    .chain(i.labels.values())
+                    .find(|w| w.veths.iter().any(|v| v.ifindex == from))
+                    .map(|w| w.name.clone())
+                    .unwrap_or_else(|| format!("ifindex {from}"));
+                out.transit_from.push(TransitSource {
+                    from: from_name,
+                    packets,
+                });
+            }
+        }
+    }
+    out.dns
+        .failures
+        .sort_by(|a, b| b.count.cmp(&a.count).then(a.name.cmp(&b.name)));
+    out.dns.failures.truncate(TOP_FLOWS * 2);
+    out
 }
 
 fn retransmit_summary(r: &crate::collect::aggregate::RetransmitStats) -> RetransmitSummary {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{Counts, Health, InterfaceSummary, Summary, WorkloadSummary};
+use super::{Counts, Health, InterfaceSummary, LatencySummary, Summary, WorkloadSummary};
 
 /// `1.2 MiB`, `340 B`.
 pub fn bytes(n: u64) -> String {
@@ -84,6 +84,9 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
             }
         }
     }
+    if let Some(l) = &w.latency {
+        latency(out, l);
+    }
     if let Some(n) = &w.neighbours {
         if n.failures.is_empty() && n.unanswered.is_empty() {
             let _ = writeln!(out, "  neighbours (ARP/NDP): all resolved");
@@ -116,6 +119,108 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                 );
             }
         }
+    }
+}
+
+fn latency(out: &mut String, l: &LatencySummary) {
+    use super::histogram::duration;
+    if l.distributions.is_empty() {
+        let _ = writeln!(out, "  latency: no samples");
+    } else {
+        let _ = writeln!(
+            out,
+            "  latency {:<32} {:>7} {:>11} {:>11} {:>11}",
+            "", "COUNT", "P50", "P99", "MAX"
+        );
+        for d in &l.distributions {
+            let ms = |v: f64| duration(v * 1e6);
+            let _ = writeln!(
+                out,
+                "    {:<38} {:>7} {:>11} {:>11} {:>11}",
+                d.kind.describe(),
+                d.count,
+                ms(d.p50_ms),
+                ms(d.p99_ms),
+                ms(d.max_ms)
+            );
+        }
+    }
+    for (what, h) in [("connect", &l.connect), ("accept", &l.accept)] {
+        let mut parts = Vec::new();
+        if h.refused > 0 {
+            parts.push(format!("{} refused (RST)", h.refused));
+        }
+        if h.unanswered > 0 {
+            parts.push(format!(
+                "{} SYN{} unanswered",
+                h.unanswered,
+                if h.unanswered == 1 { "" } else { "s" }
+            ));
+        }
+        if h.syn_retransmits > 0 {
+            parts.push(format!(
+                "{} SYN retransmit{}",
+                h.syn_retransmits,
+                if h.syn_retransmits == 1 { "" } else { "s" }
+            ));
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  tcp {what}: {}", parts.join(", "));
+        }
+    }
+    let d = &l.dns;
+    if d.responses + d.unanswered > 0 {
+        let rcodes: Vec<String> = d.rcodes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let mut line = format!(
+            "  dns: {} response{}",
+            d.responses,
+            if d.responses == 1 { "" } else { "s" }
+        );
+        if !rcodes.is_empty() {
+            let _ = write!(line, " ({})", rcodes.join(", "));
+        }
+        if d.unanswered > 0 {
+            let servers: Vec<String> = d
+                .unanswered_by_server
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            let _ = write!(
+                line,
+                "; {} unanswered ({})",
+                d.unanswered,
+                servers.join(", ")
+            );
+        }
+        let _ = writeln!(out, "{line}");
+        for f in &d.failures {
+            let _ = writeln!(out, "    {} {} ({})", f.rcode, f.name, f.count);
+        }
+        for (name, n) in &d.unanswered_by_name {
+            let _ = writeln!(out, "    unanswered {name} ({n})");
+        }
+    }
+    if l.icmp_unanswered > 0 {
+        let _ = writeln!(
+            out,
+            "  ping: {} echo request(s) unanswered",
+            l.icmp_unanswered
+        );
+    }
+    if l.icmp_unanswered_to_it > 0 {
+        let _ = writeln!(
+            out,
+            "  ping: {} echo request(s) to it unanswered",
+            l.icmp_unanswered_to_it
+        );
+    }
+    if !l.transit_from.is_empty() {
+        let from: Vec<String> = l
+            .transit_from
+            .iter()
+            .map(|t| format!("{} ({} packets)", t.from, t.packets))
+            .collect();
+        let _ = writeln!(out, "  transit into it from: {}", from.join(", "));
     }
 }
 
@@ -228,6 +333,7 @@ mod tests {
             drops: DropSummary::default(),
             retransmits: None,
             neighbours: None,
+            latency: None,
         }
     }
 
@@ -281,6 +387,8 @@ mod tests {
                 ..Default::default()
             },
             notes: vec![],
+            pairing: Default::default(),
+            waiting: Default::default(),
             workloads: vec![web, db],
         };
         let text = render(&s);
