@@ -38,5 +38,7 @@ pub const TRANSIT_INSERTED: u32 = 14;
 pub const TRANSIT_REMOVED: u32 = 15;
 /// DNS responses that matched no waiting query (late, or the query was not seen).
 pub const DNS_UNMATCHED: u32 = 16;
+/// A drop or retransmit not counted per stack because its stack map was full.
+pub const STACK_COUNT_MAP_FULL: u32 = 17;
 /// Number of counters (size of the `COUNTERS` array).
 pub const COUNT: u32 = 24;

@@ -25,6 +25,18 @@ pub struct RetransmitEvent {
     pub segs: u32,
     /// 1 for a SYN-ACK retransmitted by a listener, else 0.
     pub synack: u32,
+    /// Kernel stack id in the `STACKS` map (negative when not recorded): RTO timer or fast
+    /// retransmit, and from where.
+    pub stack_id: i32,
+    pub _pad: u32,
 }
 
-crate::user_pod!(RetransmitKey, RetransmitEvent);
+/// Key of the in-kernel `RETRANSMIT_STACKS` per-CPU hash (value: segments).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RetransmitStackKey {
+    pub netns: u32,
+    pub stack_id: i32,
+}
+
+crate::user_pod!(RetransmitKey, RetransmitEvent, RetransmitStackKey);

@@ -50,12 +50,16 @@ pub struct NeighProbeKey {
     pub addr: [u8; 16],
 }
 
-/// Requests for an address and answers seen, with when the first and last request passed.
+/// Requests for an address and answers seen, by hook direction ([`INGRESS`], [`EGRESS`]),
+/// with when the first and last request passed. Which direction counts depends on what the
+/// interface is: on a workload's host-side veth its own requests arrive on ingress and their
+/// answers leave on egress (requests flooded to it from others arrive on egress and are not its
+/// own); on an interface traced directly it is the other way round.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NeighProbeValue {
-    pub requests: u64,
-    pub replies: u64,
+    pub requests: [u64; 2],
+    pub replies: [u64; 2],
     /// `bpf_ktime_get_ns()` of the first request seen on this CPU (0 when none).
     pub first_request_ns: u64,
     pub last_request_ns: u64,

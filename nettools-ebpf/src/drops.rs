@@ -14,7 +14,7 @@ use aya_ebpf::{
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
     counters,
-    drops::{DropEvent, DropKey, REASON_UNAVAILABLE},
+    drops::{DropEvent, DropKey, DropStackKey, REASON_UNAVAILABLE},
     event::{EventHeader, kind},
 };
 
@@ -26,6 +26,10 @@ use crate::{
 /// Exact drop counts per (namespace, reason, location).
 #[map]
 static DROP_COUNTS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Exact drops per (namespace, reason, kernel stack).
+#[map]
+static DROP_STACKS: PerCpuHashMap<DropStackKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
 /// Field offsets of this kernel's `skb:kfree_skb` record, written by userspace before load.
 #[unsafe(no_mangle)]
@@ -79,12 +83,21 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         location,
     };
     count(&key);
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let stack_key = DropStackKey {
+        netns,
+        reason,
+        stack_id,
+        _pad: 0,
+    };
+    if !add(&DROP_STACKS, &stack_key, 1) {
+        bump(counters::STACK_COUNT_MAP_FULL);
+    }
 
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         bump(counters::EVENTS_LOST);
         return None;
     };
-    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
     entry.write(DropEvent {
         header: EventHeader {
             kind: kind::DROP,

@@ -25,7 +25,7 @@ pub static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Kernel stacks of drops, for locations and flame graphs.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 /// Struct offsets for this kernel, written by userspace before load.
 #[unsafe(no_mangle)]

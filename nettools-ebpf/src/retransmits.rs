@@ -9,19 +9,19 @@ use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::PerCpuHashMap,
-    programs::TracePointContext,
+    programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use nettools_common::{
     config::{ABSENT, RetransmitLayout},
     counters,
     event::{EventHeader, kind},
     flow::{AF_INET, AF_INET6, Flow},
-    retransmits::{RetransmitEvent, RetransmitKey},
+    retransmits::{RetransmitEvent, RetransmitKey, RetransmitStackKey},
 };
 
 use crate::{
     kernel::{self, field, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, add, bump, is_traced},
+    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced},
 };
 
 /// `TCP_SYN_RECV`: the state a SYN-ACK is retransmitted in.
@@ -36,6 +36,11 @@ static RETRANSMIT_FLOWS: PerCpuHashMap<RetransmitKey, u64> =
 /// Exact retransmitted segments per namespace (complete even when the flow map is full).
 #[map]
 static RETRANSMIT_TOTALS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Exact retransmitted segments per (namespace, kernel stack).
+#[map]
+static RETRANSMIT_STACKS: PerCpuHashMap<RetransmitStackKey, u64> =
+    PerCpuHashMap::with_max_entries(8192, 0);
 
 /// Record layout of `tcp:tcp_retransmit_skb`, written by userspace before load.
 #[unsafe(no_mangle)]
@@ -107,6 +112,14 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
     };
     let key = RetransmitKey { netns, state, flow };
     add(&RETRANSMIT_TOTALS, &netns, segs as u64);
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    if !add(
+        &RETRANSMIT_STACKS,
+        &RetransmitStackKey { netns, stack_id },
+        segs as u64,
+    ) {
+        bump(counters::STACK_COUNT_MAP_FULL);
+    }
     if !add(&RETRANSMIT_FLOWS, &key, segs as u64) {
         bump(counters::RETRANSMIT_FLOW_MAP_FULL);
     }
@@ -124,6 +137,8 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
         key,
         segs,
         synack: synack as u32,
+        stack_id,
+        _pad: 0,
     });
     entry.submit(0);
     Some(())

@@ -187,12 +187,12 @@ fn observe(ctx: &TcContext, direction: u8) {
             key.class = CLASS_IPV6;
             key.l4_proto = ctx.load::<u8>(ETH_HLEN + 6).unwrap_or(0);
             if key.l4_proto == IPPROTO_ICMPV6 {
-                ndp(ctx, ifindex);
+                ndp(ctx, ifindex, direction);
             }
         }
         ETH_P_ARP => {
             key.class = CLASS_ARP;
-            arp(ctx, ifindex);
+            arp(ctx, ifindex, direction);
         }
         _ => {}
     }
@@ -245,7 +245,7 @@ fn observe(ctx: &TcContext, direction: u8) {
 
 /// ARP: requests for an address (not gratuitous ones) and replies from it.
 #[inline(always)]
-fn arp(ctx: &TcContext, ifindex: u32) {
+fn arp(ctx: &TcContext, ifindex: u32, direction: u8) {
     let Some(op) = be16(ctx, ETH_HLEN + 6) else {
         return;
     };
@@ -258,16 +258,16 @@ fn arp(ctx: &TcContext, ifindex: u32) {
     let mut addr = [0u8; 16];
     if op == ARPOP_REQUEST && spa != tpa {
         addr[..4].copy_from_slice(&tpa);
-        record(ifindex, AF_INET, addr, true);
+        record(ifindex, AF_INET, addr, true, direction);
     } else if op == ARPOP_REPLY {
         addr[..4].copy_from_slice(&spa);
-        record(ifindex, AF_INET, addr, false);
+        record(ifindex, AF_INET, addr, false, direction);
     }
 }
 
 /// NDP: neighbour solicitations (not duplicate address detection) and advertisements.
 #[inline(always)]
-fn ndp(ctx: &TcContext, ifindex: u32) {
+fn ndp(ctx: &TcContext, ifindex: u32, direction: u8) {
     let icmp = ETH_HLEN + 40;
     let Ok(ty) = ctx.load::<u8>(icmp) else {
         return;
@@ -281,53 +281,47 @@ fn ndp(ctx: &TcContext, ifindex: u32) {
             return;
         };
         if src != [0u8; 16] {
-            record(ifindex, AF_INET6, target, true);
+            record(ifindex, AF_INET6, target, true, direction);
         }
     } else if ty == ND_NEIGHBOR_ADVERT {
-        record(ifindex, AF_INET6, target, false);
+        record(ifindex, AF_INET6, target, false, direction);
     }
 }
 
 #[inline(always)]
-fn record(ifindex: u32, family: u8, addr: [u8; 16], request: bool) {
+fn record(ifindex: u32, family: u8, addr: [u8; 16], request: bool, direction: u8) {
     let key = NeighProbeKey {
         ifindex,
         family,
         _pad: [0; 3],
         addr,
     };
+    let d = if direction == INGRESS { 0 } else { 1 };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(v) = NEIGH_PROBES.get_ptr_mut(&key) {
         // SAFETY: this CPU's slot of a per-CPU map.
         unsafe {
             if request {
-                (*v).requests += 1;
+                (*v).requests[d] += 1;
                 if (*v).first_request_ns == 0 {
                     (*v).first_request_ns = now;
                 }
                 (*v).last_request_ns = now;
             } else {
-                (*v).replies += 1;
+                (*v).replies[d] += 1;
             }
         }
         return;
     }
-    let value = if request {
-        NeighProbeValue {
-            requests: 1,
-            replies: 0,
-            first_request_ns: now,
-            last_request_ns: now,
-        }
+    let mut value = NeighProbeValue::default();
+    if request {
+        value.requests[d] = 1;
+        value.first_request_ns = now;
+        value.last_request_ns = now;
     } else {
-        NeighProbeValue {
-            requests: 0,
-            replies: 1,
-            first_request_ns: 0,
-            last_request_ns: 0,
-        }
-    };
+        value.replies[d] = 1;
+    }
     if NEIGH_PROBES.insert(&key, &value, 0).is_err() {
         bump(counters::TC_MAP_FULL);
     }

@@ -28,7 +28,7 @@ pub enum Command {
     Trace(TraceArgs),
     /// Check what this kernel and these privileges allow, and what to do about what is missing.
     Doctor,
-    /// Build a throwaway lab (namespaces on a bridge, a firewall drop), trace it, tear it down.
+    /// Build a throwaway lab staging the five classic problems, trace it, tear it down.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
 }
@@ -39,6 +39,8 @@ Examples:
   nettools trace --pid 4242 --duration 30s   the namespace of process 4242, for 30 seconds
   nettools trace --all -o json --out t.json  every namespace, JSON lines to t.json
   nettools trace --iface cni0 --probes traffic one interface's traffic and ARP
+  nettools trace --netns web -o flamegraph --out drops.svg   where packets die, as a flame graph
+  nettools trace --netns web -o histogram --hgrm hgrm/       latency distributions
 
 The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
 kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
@@ -49,10 +51,17 @@ ARP\").
 counted in the kernel), only per-event detail is missing then; raise --ring-buffer.";
 
 const LAB_EXAMPLES: &str = "\
-The lab is three namespaces on a bridge: a server whose firewall drops UDP port 7777, a client
-that sends to it and pings the third. nettools traces all three and shows the firewall drops
-attributed to the server, with the kernel function that dropped them. Everything is removed
-afterwards (--keep leaves it up and prints how to trace it by hand).";
+The lab is eleven namespaces on a bridge, like pods on a node, each classic problem staged in
+its own: a firewall drop (firewall), a lossy link (lossy: retransmits), an address nobody
+answers (arp: incomplete ARP), a slow and a failing DNS server (dns), added latency (slow), and
+a missing route (router); the rest are healthy peers. nettools traces them all with every probe
+and shows each problem attributed to the namespace that has it. Everything is removed
+afterwards (--keep leaves the namespaces up and prints how to trace them by hand).
+
+Examples:
+  nettools lab                          the report, about 10 seconds
+  nettools lab -o json --out lab.json   the same as JSON lines
+  nettools lab -o flamegraph --out lab.svg   where the lab's packets die";
 
 /// What to trace.
 #[derive(Debug, Args)]
@@ -83,7 +92,7 @@ pub struct TraceArgs {
     /// Which probes to run, comma-separated [default: all].
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
-    /// Report format.
+    /// Report format (flamegraph: an SVG, best written with --out FILE.svg).
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     /// Write the report to this file instead of stdout.
@@ -99,6 +108,16 @@ pub struct TraceArgs {
     /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
     pub transit_sample: u32,
+    /// Also write the folded kernel stacks of drops and retransmits (for flame graph tools) to
+    /// FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Show the live table while tracing even when the report goes to a file.
+    #[arg(long, conflicts_with = "no_live")]
+    pub live: bool,
+    /// No live table while tracing (it is on when the table report goes to stdout).
+    #[arg(long)]
+    pub no_live: bool,
     /// Also write one HdrHistogram percentile file (.hgrm) per workload and latency kind to DIR.
     #[arg(long, value_name = "DIR")]
     pub hgrm: Option<PathBuf>,
@@ -110,11 +129,17 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct LabArgs {
     /// How long to trace the lab.
-    #[arg(short, long, value_parser = trace::parse_duration, default_value = "5s")]
+    #[arg(short, long, value_parser = trace::parse_duration, default_value = "8s")]
     pub duration: std::time::Duration,
     /// Report format.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also write the folded kernel stacks of drops and retransmits to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,

@@ -81,6 +81,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 timeout: args.timeout,
                 transit_sample_shift: args.transit_sample.trailing_zeros(),
                 hgrm_dir: args.hgrm.clone(),
+                folded: args.folded.clone(),
+                live: match (args.live, args.no_live) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
                 verbose: cli.verbose,
             })
             .await?;

@@ -42,6 +42,10 @@ pub struct TraceSpec {
     pub transit_sample_shift: u32,
     /// Write HdrHistogram percentile files (`.hgrm`) here.
     pub hgrm_dir: Option<PathBuf>,
+    /// Write the folded stacks of drops and retransmits here.
+    pub folded: Option<PathBuf>,
+    /// Show the live view while tracing (`None`: when the table goes to stdout).
+    pub live: Option<bool>,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
 }
@@ -72,6 +76,8 @@ fn describe_targets(spec: &TraceSpec) -> String {
 /// Runs a trace to its end and writes the report.
 pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let output = open_output(&spec.out)?;
+    let status = Status::new();
+    status.say("loading probes into the kernel");
     let mut loaded = probe::load(&LoadOptions {
         probes: spec.probes.clone(),
         all_namespaces: spec.all,
@@ -89,7 +95,12 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     };
     let mut notes = Vec::new();
     if spec.probes.iter().any(|p| p.on_veth()) {
+        status.say("finding the workloads' veths");
         let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
+        status.say(&format!(
+            "attaching tc programs to {} interface(s)",
+            targets.len()
+        ));
         loaded.attach_tc(&targets, spec.tc_mode)?;
     }
     loaded.kernel.notes.extend(notes);
@@ -110,9 +121,11 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     };
     let mut events =
         collect::pollable(loaded.take_events()?).context("cannot poll the ring buffer")?;
+    status.say("attaching tracepoints");
     for p in &spec.probes {
         loaded.attach(*p)?;
     }
+    status.clear();
     let attached = loaded.tc.interfaces.clone();
     let started = Instant::now();
     let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
@@ -144,6 +157,16 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = spec.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let show_live = spec
+        .live
+        .unwrap_or(spec.output == Output::Table && spec.out.is_none());
+    let mut live = show_live.then(report::live::Live::new);
+    let context = Context {
+        spec: &spec,
+        labels: &labels,
+        kallsyms: &kallsyms,
+        attached: &attached,
+    };
     loop {
         tokio::select! {
             guard = events.readable_mut() => {
@@ -162,8 +185,13 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                collector.expire(&mut loaded, spec.timeout)?;
+                let waiting = collector.expire(&mut loaded, spec.timeout)?;
                 collector.out.flush().context("cannot write the report")?;
+                if let Some(live) = live.as_mut() {
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let summary = context.summarize(&loaded, &mut collector.agg, elapsed, waiting)?;
+                    live.show(&summary, elapsed);
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -178,46 +206,47 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
 
     // Stop the probes first so the counts and the events describe the same packets.
     loaded.detach_all();
-    let end_ktime_ns = Clock::monotonic_ns();
     collector.drain(events.get_mut())?;
     let waiting = collector.expire(&mut loaded, spec.timeout)?;
     let duration_s = started.elapsed().as_secs_f64();
-    let Collector {
-        mut agg, mut out, ..
-    } = collector;
-    agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
-    let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
-    agg.set_retransmit_counts(&totals, &flows);
-    agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
-    agg.set_interfaces(
-        &probe::tc::read_traffic(&loaded.ebpf)?,
-        &probe::tc::read_neigh_probes(&loaded.ebpf)?,
-    );
-    let counters = loaded.counters()?;
-    let health = Health::from_counters(&counters, agg.undecodable);
-    let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
-    let summary = Summary::build(&report::Inputs {
-        aggregate: &agg,
-        traced: &spec.workloads,
-        labels: &labels,
-        kernel: &loaded.kernel,
-        kallsyms: &kallsyms,
-        health,
-        duration_s,
-        probes: spec.probes.clone(),
-        all_namespaces: spec.all,
-        attached: &attached,
-        end_ktime_ns,
-        pairing,
-        waiting,
-    });
+    let summary = context.summarize(&loaded, &mut collector.agg, duration_s, waiting)?;
+    let mut out = collector.out;
+    if let Some(live) = live.as_mut() {
+        live.finish();
+    }
+    let folded = if spec.output == Output::Flamegraph || spec.folded.is_some() {
+        let names = |netns: u32| report::workload_for(netns, &spec.workloads, &labels);
+        report::flamegraph::folded(
+            &probe::stacks::drop_counts(&loaded.ebpf)?,
+            &probe::stacks::retransmit_counts(&loaded.ebpf)?,
+            &probe::stacks::read(&loaded.ebpf)?,
+            &names,
+            &loaded.kernel,
+            &kallsyms,
+        )
+    } else {
+        Vec::new()
+    };
     match spec.output {
         Output::Table => write!(out, "{}", report::table::render(&summary)),
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
         Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
+        Output::Flamegraph => {
+            let svg = report::flamegraph::svg(
+                &folded,
+                "Where packets die: drops and TCP retransmits by kernel stack",
+            )?;
+            out.write_all(&svg)
+        }
     }
     .and_then(|()| out.flush())
     .context("cannot write the report")?;
+    if let Some(path) = &spec.folded {
+        let mut text = folded.join("\n");
+        text.push('\n');
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write the folded stacks to {}", path.display()))?;
+    }
     if let Some(dir) = &spec.hgrm_dir {
         let files = report::histogram::write_hgrm(dir, &summary)?;
         eprintln!(
@@ -227,6 +256,81 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What a summary needs besides the kernel maps and the aggregate.
+struct Context<'a> {
+    spec: &'a TraceSpec,
+    labels: &'a BTreeMap<u32, Workload>,
+    kallsyms: &'a Kallsyms,
+    attached: &'a [probe::tc::Attached],
+}
+
+impl Context<'_> {
+    /// Reads the kernel's exact counts into the aggregate and builds the summary (used every
+    /// second by the live view and once at the end).
+    fn summarize(
+        &self,
+        loaded: &probe::Loaded,
+        agg: &mut Aggregate,
+        duration_s: f64,
+        waiting: probe::latency::Waiting,
+    ) -> Result<Summary> {
+        let end_ktime_ns = Clock::monotonic_ns();
+        agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
+        let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
+        agg.set_retransmit_counts(&totals, &flows);
+        agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
+        agg.set_interfaces(
+            &probe::tc::read_traffic(&loaded.ebpf)?,
+            &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+        );
+        let counters = loaded.counters()?;
+        let health = Health::from_counters(&counters, agg.undecodable);
+        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
+        Ok(Summary::build(&report::Inputs {
+            aggregate: agg,
+            traced: &self.spec.workloads,
+            labels: self.labels,
+            kernel: &loaded.kernel,
+            kallsyms: self.kallsyms,
+            health,
+            duration_s,
+            probes: self.spec.probes.clone(),
+            all_namespaces: self.spec.all,
+            attached: self.attached,
+            end_ktime_ns,
+            pairing,
+            waiting,
+        }))
+    }
+}
+
+/// A status line on stderr while probes load and attach (a terminal only; elsewhere the one
+/// "tracing …" line says it all).
+struct Status {
+    tty: bool,
+}
+
+impl Status {
+    fn new() -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn say(&self, what: &str) {
+        if self.tty {
+            eprint!("\r\x1b[Knettools: {what}…");
+        }
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// Finds the host-side veths of every traced workload (or every namespace with `--all`) and

@@ -101,8 +101,7 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
         top["segments"].as_u64().unwrap_or(0) * 100 >= counted * 95,
         "the transfer's flow carries the retransmits: {tx}"
     );
-    // The receiver retransmits too when an ACK of the sender's is lost (its FIN, a SYN-ACK):
-    // those are its own, counted in its namespace, not the sender's.
+    // The receiver's own retransmissions (a FIN whose ACK was late) are its own.
     let rx = workload(s, receiver.inode()?)?;
     let rx_kernel = nstat(&receiver, "TcpRetransSegs")?;
     assert_eq!(
@@ -125,6 +124,30 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
     );
     assert_eq!(events_in(receiver.inode()?), rx_kernel);
     Ok(())
+}
+
+/// Waits until no TCP socket in `node` is closing (FIN_WAIT1, CLOSING, LAST_ACK).
+fn wait_closed(node: &Node, limit: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let out = node.run(&[
+            "ss",
+            "-Htan",
+            "state",
+            "fin-wait-1",
+            "state",
+            "closing",
+            "state",
+            "last-ack",
+        ])?;
+        if out.trim().is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            anyhow::bail!("sockets still closing after {limit:?}: {out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //! - `test [--quick]`: formatting, clippy, unit tests, then the integration tests as root, one at
 //!   a time (they build real network labs in this kernel).
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
+//! - `fuzz [SECONDS]`: fuzz the DNS parser.
 
+mod fuzz;
 mod process;
 mod setup;
 mod test;
@@ -25,6 +27,7 @@ commands:
   test [--quick]   fmt + clippy + unit tests + integration tests (root; real network labs).
                    --quick skips fmt and clippy
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
+  fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
 ";
 
 fn main() -> ExitCode {
@@ -63,6 +66,11 @@ fn run(args: &[String]) -> Result<()> {
             let mut cmd = std::process::Command::new(bin);
             cmd.arg("lab").args(rest);
             process::status(&mut cmd)
+        }
+        "fuzz" => {
+            setup::run()?;
+            let seconds = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+            fuzz::run(seconds)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

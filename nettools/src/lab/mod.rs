@@ -124,7 +124,7 @@ impl Lab {
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             id: format!("{TAG}-{pid}-{n}"),
-            ifprefix: format!("nt{}{}", pid % 100_000, n % 100),
+            ifprefix: format!("n{}{}", pid % 100_000, n % 10),
             bridge: None,
             nodes: Vec::new(),
             keep: false,
@@ -162,9 +162,19 @@ impl Lab {
     pub fn node(&mut self, short: &str, ipv4: &str, ipv6: Option<&str>) -> Result<Node> {
         let bridge = self.bridge()?;
         let netns = format!("{}-{short}", self.id);
-        let host_veth = format!("{}{short}", self.ifprefix);
-        if host_veth.len() > 15 {
-            bail!("lab node name {short:?} is too long for an interface name");
+        // Interface names have 15 bytes at most: keep as much of the short name as fits, and
+        // number it when that would clash with another node's.
+        let mut host_veth: String = format!("{}{short}", self.ifprefix)
+            .chars()
+            .take(15)
+            .collect();
+        if self.nodes.iter().any(|n| n.host_veth == host_veth) {
+            let idx = self.nodes.len().to_string();
+            host_veth = format!("{}{short}", self.ifprefix)
+                .chars()
+                .take(15 - idx.len())
+                .collect::<String>()
+                + &idx;
         }
         let ip4: std::net::Ipv4Addr = ipv4
             .split('/')

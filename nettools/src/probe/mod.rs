@@ -11,6 +11,7 @@ pub mod latency;
 pub mod neighbours;
 pub mod offsets;
 pub mod retransmits;
+pub mod stacks;
 pub mod tc;
 pub mod tracefs;
 

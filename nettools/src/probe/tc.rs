@@ -188,8 +188,10 @@ pub fn read_neigh_probes(ebpf: &Ebpf) -> Result<Vec<(NeighProbeKey, NeighProbeVa
 pub fn merge_probes<'a>(values: impl Iterator<Item = &'a NeighProbeValue>) -> NeighProbeValue {
     let mut sum = NeighProbeValue::default();
     for v in values {
-        sum.requests += v.requests;
-        sum.replies += v.replies;
+        for d in 0..2 {
+            sum.requests[d] += v.requests[d];
+            sum.replies[d] += v.replies[d];
+        }
         if v.first_request_ns != 0
             && (sum.first_request_ns == 0 || v.first_request_ns < sum.first_request_ns)
         {
@@ -206,30 +208,21 @@ mod tests {
 
     #[test]
     fn merges_per_cpu_probe_counts() {
+        let cpu = |requests: [u64; 2], replies: [u64; 2], first: u64, last: u64| NeighProbeValue {
+            requests,
+            replies,
+            first_request_ns: first,
+            last_request_ns: last,
+        };
         let cpus = [
-            NeighProbeValue {
-                requests: 2,
-                replies: 0,
-                first_request_ns: 50,
-                last_request_ns: 90,
-            },
-            NeighProbeValue {
-                requests: 0,
-                replies: 1,
-                first_request_ns: 0,
-                last_request_ns: 0,
-            },
-            NeighProbeValue {
-                requests: 1,
-                replies: 0,
-                first_request_ns: 20,
-                last_request_ns: 20,
-            },
+            cpu([2, 0], [0, 0], 50, 90),
+            cpu([0, 0], [0, 1], 0, 0),
+            cpu([1, 4], [0, 0], 20, 20),
         ];
         let m = merge_probes(cpus.iter());
         assert_eq!(
             (m.requests, m.replies, m.first_request_ns, m.last_request_ns),
-            (3, 1, 20, 90)
+            ([3, 4], [0, 1], 20, 90)
         );
     }
 }

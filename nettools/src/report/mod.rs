@@ -1,8 +1,10 @@
 //! Turning what was collected into answers: one [`Summary`] model that both the table (for
 //! people) and JSON (for machines) render, so their figures cannot disagree.
 
+pub mod flamegraph;
 pub mod histogram;
 pub mod json;
+pub mod live;
 pub mod table;
 
 use std::{
@@ -38,6 +40,8 @@ pub enum Output {
     Json,
     /// Latency histograms per workload and kind: percentiles and an ASCII distribution.
     Histogram,
+    /// An SVG flame graph of where packets die (drops and retransmits by kernel stack).
+    Flamegraph,
 }
 
 /// Health of the pipeline: everything the kernel side could not deliver.
@@ -464,12 +468,23 @@ impl Summary {
     }
 }
 
-/// ARP/NDP requests without a reply are "unanswered" once they had time for an answer: two
-/// requests or more, or one older than a second.
-pub fn unanswered(v: &nettools_common::traffic::NeighProbeValue, now_ns: u64) -> bool {
-    v.requests > 0
-        && v.replies == 0
-        && (v.requests >= 2 || now_ns.saturating_sub(v.first_request_ns) >= 1_000_000_000)
+/// The workload's own ARP/NDP requests and the replies to them: on a host-side veth they come
+/// from the workload on ingress and the replies go to it on egress; on an interface traced
+/// directly, requests leave on egress and replies arrive on ingress.
+pub fn own_lookups(v: &nettools_common::traffic::NeighProbeValue, direct: bool) -> (u64, u64) {
+    if direct {
+        (v.requests[1], v.replies[0])
+    } else {
+        (v.requests[0], v.replies[1])
+    }
+}
+
+/// Requests without a reply are "unanswered" once they had time for an answer: two requests or
+/// more, or one older than a second.
+pub fn unanswered(requests: u64, replies: u64, first_request_ns: u64, now_ns: u64) -> bool {
+    requests > 0
+        && replies == 0
+        && (requests >= 2 || now_ns.saturating_sub(first_request_ns) >= 1_000_000_000)
 }
 
 fn class_name(class: u8, l4: u8) -> String {
@@ -513,14 +528,15 @@ fn interface_summary(
             });
         }
         for (&(family, raw), value) in &stats.probes {
-            if unanswered(value, i.end_ktime_ns) {
+            let (requests, replies) = own_lookups(value, direct);
+            if unanswered(requests, replies, value.first_request_ns, i.end_ktime_ns) {
                 unanswered_lookups.push(NeighbourLookup {
                     address: addr(family, &raw)
                         .map(|a| a.to_string())
                         .unwrap_or_default(),
                     protocol: if family == AF_INET6 { "ndp" } else { "arp" },
-                    requests: value.requests,
-                    replies: value.replies,
+                    requests,
+                    replies,
                 });
             }
         }
@@ -721,24 +737,50 @@ fn drop_summary(
         })
         .collect();
     by_reason.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
-    let mut flows: Vec<(&(Flow, u32), &u64)> = d.flows.iter().collect();
-    flows.sort_by(|a, b| {
-        b.1.cmp(a.1)
-            .then_with(|| format_flow(&a.0.0).cmp(&format_flow(&b.0.0)))
-    });
     DropSummary {
         total: d.total(),
         by_reason,
-        top_flows: flows
+        top_flows: group_flows(&d.flows)
             .into_iter()
             .take(TOP_FLOWS)
-            .map(|((flow, reason), &count)| FlowCount {
-                flow: format_flow(flow),
-                reason: kernel.drop_reasons.name(*reason),
+            .map(|(flow, reason, count)| FlowCount {
+                flow,
+                reason: kernel.drop_reasons.name(reason),
                 count,
             })
             .collect(),
     }
+}
+
+/// Flows that differ only in their (ephemeral) source port are one line, with the port shown
+/// as `*`: a client opening a socket per request is one flow to a person. Most packets first.
+pub fn group_flows(flows: &std::collections::HashMap<(Flow, u32), u64>) -> Vec<(String, u32, u64)> {
+    let mut groups: BTreeMap<(String, u32), (u64, Option<Flow>, bool)> = BTreeMap::new();
+    for ((flow, reason), &count) in flows {
+        let ported = matches!(flow.l4_proto, 6 | 17 | 132) && flow.family != 0;
+        let mut any_port = *flow;
+        if ported {
+            any_port.sport = 0;
+        }
+        let key = (format_flow(&any_port), *reason);
+        let g = groups.entry(key).or_insert((0, Some(*flow), false));
+        g.0 += count;
+        if g.1.is_some_and(|f| f.sport != flow.sport) {
+            g.2 = true;
+        }
+    }
+    let mut out: Vec<(String, u32, u64)> = groups
+        .into_iter()
+        .map(|((any, reason), (count, first, many))| {
+            let text = match (many, first) {
+                (false, Some(f)) => format_flow(&f),
+                _ => any.replacen(":0 ->", ":* ->", 1),
+            };
+            (text, reason, count)
+        })
+        .collect();
+    out.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    out
 }
 
 /// Name of an IP protocol number.
@@ -806,6 +848,34 @@ mod tests {
         let mut out = [0; 16];
         out[..4].copy_from_slice(&a);
         out
+    }
+
+    #[test]
+    fn flows_differing_only_in_source_port_are_one_line() {
+        let f = |sport: u16, dport: u16| Flow {
+            family: AF_INET,
+            l4_proto: 17,
+            sport,
+            dport,
+            saddr: v4([10, 0, 0, 2]),
+            daddr: v4([10, 0, 0, 9]),
+            ..Default::default()
+        };
+        let flows: std::collections::HashMap<(Flow, u32), u64> = [
+            ((f(1000, 9), 58), 2),
+            ((f(1001, 9), 58), 3),
+            ((f(1002, 53), 58), 1),
+        ]
+        .into_iter()
+        .collect();
+        let g = group_flows(&flows);
+        assert_eq!(
+            g,
+            vec![
+                ("udp 10.0.0.2:* -> 10.0.0.9:9".to_string(), 58, 5),
+                ("udp 10.0.0.2:1002 -> 10.0.0.9:53".to_string(), 58, 1),
+            ]
+        );
     }
 
     #[test]
