@@ -58,7 +58,10 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
         &data,
         Duration::from_secs(60),
     )?;
-    std::thread::sleep(Duration::from_millis(300));
+    // Until both ends are closed, either may still retransmit (a FIN): stop only after that.
+    for node in [&sender, &receiver] {
+        wait_closed(node, Duration::from_secs(10))?;
+    }
     let done = trace.stop()?;
     let kernel = nstat(&sender, "TcpRetransSegs")? - before;
     assert_eq!(
