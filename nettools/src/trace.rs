@@ -1,5 +1,7 @@
 //! `nettools trace`: load the probes, attach them, collect until the duration ends or Ctrl-C,
-//! then report.
+//! then report. Pods and containers are followed while traced ([`follow`]).
+
+pub mod follow;
 
 use std::{
     collections::BTreeMap,
@@ -37,6 +39,8 @@ pub struct TraceSpec {
     pub tc_mode: probe::tc::Mode,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
+    /// Pods and containers: names for `--all`, and the ones to follow.
+    pub runtime: follow::RuntimeTrace,
 }
 
 /// Where the report goes.
@@ -75,7 +79,9 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         loaded.trace_netns(w.netns)?;
     }
     let mut labels: BTreeMap<u32, Workload> = if spec.all {
-        crate::discover::netns::labels()
+        let mut labels = crate::discover::netns::labels();
+        labels.extend(spec.runtime.labels.clone());
+        labels
     } else {
         BTreeMap::new()
     };
@@ -105,7 +111,6 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     for p in &spec.probes {
         loaded.attach(*p)?;
     }
-    let attached = loaded.tc.interfaces.clone();
     let started = Instant::now();
     let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
     eprintln!(
@@ -125,7 +130,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         agg: Aggregate::default(),
         out: output,
         json: spec.output == Output::Json,
-        traced: &spec.workloads,
+        traced: spec.workloads.clone(),
         labels: &labels,
         kernel: loaded.kernel.clone(),
         kallsyms: &kallsyms,
@@ -155,6 +160,9 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
             }
             _ = tick.tick() => {
                 collector.out.flush().context("cannot write the report")?;
+                if !follow::tick(&mut spec, &mut loaded, &mut collector.traced, started).await? {
+                    break;
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -168,12 +176,16 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     }
 
     // Stop the probes first so the counts and the events describe the same packets.
+    let attached = loaded.tc.interfaces.clone();
     loaded.detach_all();
     let end_ktime_ns = Clock::monotonic_ns();
     collector.drain(events.get_mut())?;
     let duration_s = started.elapsed().as_secs_f64();
     let Collector {
-        mut agg, mut out, ..
+        mut agg,
+        mut out,
+        traced,
+        ..
     } = collector;
     agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
     let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
@@ -186,7 +198,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let health = Health::from_counters(&loaded.counters()?, agg.undecodable);
     let summary = Summary::build(&report::Inputs {
         aggregate: &agg,
-        traced: &spec.workloads,
+        traced: &traced,
         labels: &labels,
         kernel: &loaded.kernel,
         kallsyms: &kallsyms,
@@ -221,6 +233,14 @@ fn tc_targets(
         workloads.iter_mut().collect()
     };
     for w in list {
+        if w.host_network && !all_mode {
+            notes.push(format!(
+                "{} uses the host's network namespace: what is reported for it is the host's \
+                 traffic, drops and retransmits, not this workload's alone",
+                w.name
+            ));
+            continue;
+        }
         if let Err(e) = w.discover_veths() {
             notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
             continue;
@@ -247,7 +267,7 @@ struct Collector<'a> {
     agg: Aggregate,
     out: Box<dyn Write>,
     json: bool,
-    traced: &'a [Workload],
+    traced: Vec<Workload>,
     labels: &'a BTreeMap<u32, Workload>,
     kernel: probe::KernelInfo,
     kallsyms: &'a Kallsyms,
@@ -274,7 +294,7 @@ impl Collector<'_> {
             Event::Drop(d) => {
                 self.agg.add_drop(&d);
                 if self.json {
-                    let w = report::workload_for(d.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(d.key.netns, &self.traced, self.labels);
                     let j = json::drop_event(&d, &w, &self.kernel, self.kallsyms, &self.clock);
                     self.line(&j)?;
                 }
@@ -282,14 +302,14 @@ impl Collector<'_> {
             Event::Retransmit(r) => {
                 self.agg.add_retransmit(&r);
                 if self.json {
-                    let w = report::workload_for(r.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(r.key.netns, &self.traced, self.labels);
                     self.line(&json::retransmit_event(&r, &w, &self.clock))?;
                 }
             }
             Event::NeighbourFailed(n) => {
                 self.agg.add_neighbour(&n);
                 if self.json {
-                    let w = report::workload_for(n.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(n.key.netns, &self.traced, self.labels);
                     self.line(&json::neighbour_event(&n, &w, &self.clock))?;
                 }
             }

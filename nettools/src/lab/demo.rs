@@ -133,6 +133,7 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         ring_buffer_bytes: 1 << 22,
         tc_mode: crate::probe::tc::Mode::Auto,
         verbose,
+        runtime: Default::default(),
     })
     .await;
     stop.store(true, Ordering::Relaxed);
