@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod runtimes;
+
 use anyhow::{Context as _, Result, bail};
 pub use nettools::lab::{Lab, Node, sh};
 use serde_json::Value;

@@ -125,6 +125,15 @@ impl Watch {
     }
 }
 
+/// Whether two looks at a workload are the same sandbox. The namespace inode alone does not
+/// tell: the kernel reuses a freed namespace's inode number at once, so a pod restarted with a
+/// new sandbox often gets its old inode back. The sandbox id (pods) and the namespace's path
+/// (the runtime's bind mount, new for every sandbox) do tell.
+pub fn same_sandbox(a: &Workload, b: &Workload) -> bool {
+    let sandbox = |w: &Workload| w.pod.as_ref().and_then(|p| p.sandbox_id.clone());
+    a.netns == b.netns && sandbox(a) == sandbox(b) && a.netns_path == b.netns_path
+}
+
 /// Decides what a new look at the runtimes means for the workload being traced.
 /// `found` is the target looked up again; `answered` whether a runtime API answered at all;
 /// `alive` whether the traced namespace still exists.
@@ -136,7 +145,7 @@ pub fn decide(
     alive: bool,
 ) -> Change {
     match found {
-        Ok(w) if w.netns == current.netns => Change::Same,
+        Ok(w) if same_sandbox(&w, current) => Change::Same,
         Ok(w) => Change::Replaced(Box::new(w)),
         // No API answered (a runtime restarting, say): trust the namespace itself.
         Err(_) if !answered && alive => Change::Same,
@@ -173,6 +182,13 @@ mod tests {
         };
         let now = w(10);
         assert_eq!(decide(&t, &now, Ok(w(10)), true, true), Change::Same);
+        // A new sandbox that got the old inode number back is still a new sandbox.
+        let mut reused = w(10);
+        reused.netns_path = Some("/run/netns/netns-new".into());
+        assert_eq!(
+            decide(&t, &now, Ok(reused.clone()), true, true),
+            Change::Replaced(Box::new(reused))
+        );
         assert_eq!(
             decide(&t, &now, Ok(w(11)), true, false),
             Change::Replaced(Box::new(w(11)))

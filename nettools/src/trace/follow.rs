@@ -75,14 +75,24 @@ pub async fn tick(
                         .collect();
                     loaded.attach_tc(&targets, spec.tc_mode)?;
                 }
-                for old in traced.iter_mut().filter(|t| t.netns == previous) {
-                    old.name.push_str(" (previous sandbox)");
-                }
-                let sentence = format!(
-                    "{} has a new sandbox (netns {}, was {previous}): following it",
-                    watch.target.describe(),
-                    w.netns
-                );
+                let sentence = if w.netns == previous {
+                    // The kernel gave the new namespace the old one's inode: one entry.
+                    traced.retain(|t| t.netns != previous);
+                    format!(
+                        "{} has a new sandbox (its network namespace reuses inode {previous}): \
+                         following it",
+                        watch.target.describe()
+                    )
+                } else {
+                    for old in traced.iter_mut().filter(|t| t.netns == previous) {
+                        old.name.push_str(" (previous sandbox)");
+                    }
+                    format!(
+                        "{} has a new sandbox (netns {}, was {previous}): following it",
+                        watch.target.describe(),
+                        w.netns
+                    )
+                };
                 eprintln!("nettools: {sentence}");
                 loaded.kernel.notes.push(format!("{sentence} ({at})"));
                 traced.push(*w);
