@@ -98,6 +98,46 @@ impl Scratch {
     }
 }
 
+/// Directories of earlier test runs of `kind` whose process is gone (killed before its
+/// clean-up ran: SIGKILL, a CI timeout).
+fn stale_dirs(kind: &str) -> Vec<PathBuf> {
+    let prefix = format!("nettools-{kind}-");
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix(&prefix)?.split('-').next()?.to_string();
+            let alive = Path::new("/proc").join(&pid).exists();
+            (!alive && pid != std::process::id().to_string()).then(|| e.path())
+        })
+        .collect()
+}
+
+/// Stops a daemon an earlier, killed test run started: by the PID it wrote, and only when
+/// that process's command line still names the run's directory (not a reused PID).
+fn stop_stale_daemon(pid_file: &Path, dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&dir.display().to_string()) {
+        return;
+    }
+    // SAFETY: a process of an earlier test run of ours, identified by PID and command line.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let started = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         remove_dir_with_mounts(&self.0);
@@ -249,6 +289,16 @@ impl CgroupDirs {
         out
     }
 
+    /// After a killed run: `names` in every hierarchy. Only empty cgroups can be removed (the
+    /// kernel refuses the others), so a directory still in use by anyone stays.
+    fn stale(names: &[&str]) -> Self {
+        let created = Self::hierarchies()
+            .iter()
+            .flat_map(|h| names.iter().map(move |n| h.join(n)))
+            .collect();
+        Self { created }
+    }
+
     /// Notes which of `names` (top-level cgroup names) do not exist yet in any hierarchy.
     fn before(names: &[&str]) -> Self {
         let mut created = Vec::new();
@@ -308,11 +358,10 @@ impl Drop for NewPaths {
     }
 }
 
-/// netavark's iptables chains (NETAVARK_*): removed after the test when they were not there
-/// before it.
-struct NetavarkChains {
-    existed: bool,
-}
+/// netavark's iptables chains (NETAVARK_*): removed after the test when no Podman network
+/// uses them any more (netavark removes a network's own rules and chains with its last
+/// container, and leaves these shells behind; it makes them again when needed).
+struct NetavarkChains;
 
 impl NetavarkChains {
     fn rules(table: &str) -> Vec<String> {
@@ -323,17 +372,22 @@ impl NetavarkChains {
             .collect()
     }
 
-    fn before() -> Self {
-        let existed = ["filter", "nat"]
+    /// Whether any network still has rules in netavark's chains.
+    fn in_use() -> bool {
+        let forward = Self::rules("filter")
             .iter()
-            .any(|t| Self::rules(t).iter().any(|r| r.contains("NETAVARK")));
-        Self { existed }
+            .any(|r| r.starts_with("-A NETAVARK_FORWARD"));
+        let per_network = Self::rules("nat").iter().any(|r| {
+            r.strip_prefix("-N NETAVARK-")
+                .is_some_and(|c| !c.starts_with("HOSTPORT-"))
+        });
+        forward || per_network
     }
 }
 
 impl Drop for NetavarkChains {
     fn drop(&mut self) {
-        if self.existed {
+        if Self::in_use() {
             return;
         }
         for table in ["filter", "nat"] {
@@ -400,7 +454,8 @@ impl Podman {
     /// Configures Podman (runc, cgroupfs, file-based events), imports the busybox image,
     /// creates a bridge network and starts `podman system service` on a socket of its own.
     pub fn start() -> Result<Self> {
-        let netavark = NetavarkChains::before();
+        Self::remove_stale();
+        let netavark = NetavarkChains;
         let cgroups = CgroupDirs::before(&["libpod_parent"]);
         let paths = NewPaths::before(&["/run/containers", "/var/lib/containers"]);
         let dir = Scratch::new("podman")?;
@@ -455,6 +510,7 @@ network_config_dir = "{d}/networks"
         podman.cmd(&["import", &tar.display().to_string(), "localhost/ntbusybox"])?;
         let subnet = format!("{}.0/24", podman.subnet_prefix);
         let network = podman.network.clone();
+        std::fs::write(d.join("network"), &network)?;
         podman.cmd(&["network", "create", "--subnet", &subnet, &network])?;
         let log = d.join("service.log");
         let log_file = std::fs::File::create(&log)?;
@@ -468,10 +524,29 @@ network_config_dir = "{d}/networks"
             .process_group(0)
             .spawn()
             .context("cannot start podman system service")?;
+        std::fs::write(d.join("service.pid"), child.id().to_string())?;
         let ready = wait_for_socket(&podman.socket, &mut child, "podman system service", &log);
         podman.service = Some(child);
         ready?;
         Ok(podman)
+    }
+
+    /// Removes what killed test runs left: their service, containers, pods, network, storage.
+    fn remove_stale() {
+        for dir in stale_dirs("podman") {
+            stop_stale_daemon(&dir.join("service.pid"), &dir);
+            // Dropping an adopted instance runs the usual clean-up with that run's config.
+            drop(Self {
+                socket: dir.join("docker.sock"),
+                network: std::fs::read_to_string(dir.join("network")).unwrap_or_default(),
+                subnet_prefix: String::new(),
+                service: None,
+                _netavark: NetavarkChains,
+                _cgroups: CgroupDirs::stale(&["libpod_parent"]),
+                _paths: NewPaths(Vec::new()),
+                dir: Scratch(dir),
+            });
+        }
     }
 
     fn env(&self) -> Vec<(&'static str, PathBuf)> {
@@ -582,6 +657,7 @@ impl Containerd {
     /// Writes containerd's and CNI's configuration, starts containerd and imports the pause and
     /// busybox images.
     pub fn start() -> Result<Self> {
+        Self::remove_stale();
         let cgroups = CgroupDirs::before(&["kubepods", "k8s.io"]);
         let paths = NewPaths::before(&["/run/containerd", "/var/lib/cni"]);
         let dir = Scratch::new("containerd")?;
@@ -640,15 +716,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             socket = socket.display()
         );
         std::fs::write(d.join("config.toml"), config)?;
-        let log = d.join("containerd.log");
-        let mut child = Command::new("containerd")
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .process_group(0)
-            .spawn()
-            .context("cannot start containerd")?;
+        let (mut child, log) = Self::launch(&d)?;
         let ready = wait_for_socket(&socket, &mut child, "containerd", &log);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -683,7 +751,88 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for image in ["pause.tar", "busybox.tar"] {
             ctd.ctr(&["images", "import", &d.join(image).display().to_string()])?;
         }
+        ctd.all_sandboxes()?;
         Ok(ctd)
+    }
+
+    /// Starts containerd with the configuration in `dir`.
+    fn launch(dir: &Path) -> Result<(Child, PathBuf)> {
+        let log = dir.join("containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .process_group(0)
+            .spawn()
+            .context("cannot start containerd")?;
+        std::fs::write(dir.join("containerd.pid"), child.id().to_string())?;
+        Ok((child, log))
+    }
+
+    /// Removes what killed test runs left: containerd is started again on their state so
+    /// that their sandboxes are stopped and removed through CRI, then stopped.
+    fn remove_stale() {
+        for dir in stale_dirs("containerd") {
+            stop_stale_daemon(&dir.join("containerd.pid"), &dir);
+            let _ = std::fs::remove_file(dir.join("containerd.sock"));
+            let conflist: serde_json::Value = std::fs::read(dir.join("net.d/10-nettools.conflist"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                continue;
+            };
+            let mut stale = Self {
+                socket: dir.join("containerd.sock"),
+                bridge: conflist["plugins"][0]["bridge"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                subnet_prefix: String::new(),
+                rt,
+                sandboxes: Vec::new(),
+                daemon: None,
+                network_name: conflist["name"].as_str().unwrap_or("").to_string(),
+                _cgroups: CgroupDirs::stale(&["kubepods", "k8s.io"]),
+                _paths: NewPaths(Vec::new()),
+                dir: Scratch(dir.clone()),
+            };
+            if let Ok((mut child, log)) = Self::launch(&dir) {
+                let ready = wait_for_socket(&stale.socket, &mut child, "containerd", &log);
+                stale.daemon = Some(child);
+                if ready.is_ok() {
+                    stale.sandboxes = stale.all_sandboxes().unwrap_or_default();
+                }
+                if let Err(e) = ready {
+                    eprintln!("cleanup of {}: {e:#}", dir.display());
+                }
+            }
+            // Dropping it removes the sandboxes, stops containerd, removes the bridge and dir.
+            drop(stale);
+        }
+    }
+
+    /// Every sandbox this containerd knows. Waits for the CRI plugin, which answers "not
+    /// initialized" for a moment after containerd starts listening.
+    fn all_sandboxes(&self) -> Result<Vec<String>> {
+        let started = Instant::now();
+        loop {
+            let mut client = self.client()?;
+            match self
+                .rt
+                .block_on(client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }))
+            {
+                Ok(r) => return Ok(r.into_inner().items.into_iter().map(|s| s.id).collect()),
+                Err(s) if started.elapsed() > Duration::from_secs(10) => {
+                    bail!("containerd's CRI plugin did not answer: {}", s.message())
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// `ctr -a SOCKET -n k8s.io ARGS`.
