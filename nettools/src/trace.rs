@@ -85,7 +85,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     } else {
         BTreeMap::new()
     };
-    let mut notes = Vec::new();
+    let mut notes = follow::host_network_notes(&spec.workloads);
     if spec.probes.contains(&ProbeKind::Traffic) {
         let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
         loaded.attach_tc(&targets, spec.tc_mode)?;
@@ -233,12 +233,8 @@ fn tc_targets(
         workloads.iter_mut().collect()
     };
     for w in list {
+        // Its interfaces are the host's (see follow::host_network_notes).
         if w.host_network && !all_mode {
-            notes.push(format!(
-                "{} uses the host's network namespace: what is reported for it is the host's \
-                 traffic, drops and retransmits, not this workload's alone",
-                w.name
-            ));
             continue;
         }
         if let Err(e) = w.discover_veths() {

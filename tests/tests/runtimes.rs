@@ -143,6 +143,7 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
     podman.pod("ntpod")?;
     podman.run(&["--name", "ntpod-web", "--pod", "ntpod"])?;
     podman.run(&["--name", "ntpod-side", "--pod", "ntpod"])?;
+    podman.run(&["--name", "nthost", "--network=host"])?;
 
     let list = list_json(&["--docker-socket", &podman.socket.display().to_string()])?;
     let engine = &list["sources"]
@@ -212,6 +213,40 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
         })
         .unwrap_or_default();
     assert_eq!(ours.len(), 2, "{list:#}");
+
+    // A host-network container is flagged, has no veth of its own, and its trace says that
+    // what it reports is the host's.
+    let host = nettools::discover::netns::host_inode().context("no host namespace")?;
+    let hostnet = list["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| container_names(w) == ["nthost"]))
+        .with_context(|| format!("nthost is not listed: {list:#}"))?;
+    assert_eq!(hostnet["netns"], host, "{hostnet:#}");
+    assert_eq!(hostnet["host_network"], true, "{hostnet:#}");
+    assert_eq!(hostnet["name"], "container nthost (host network)");
+    assert!(hostnet["veths"].as_array().is_some_and(|v| v.is_empty()));
+    let socket = podman.socket.display().to_string();
+    let out = nettools(&[
+        "trace",
+        "--container",
+        "nthost",
+        "--docker-socket",
+        &socket,
+        "-d",
+        "1s",
+        "--probes",
+        "drops",
+    ])?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("note: container nthost (host network) uses the host's network namespace"),
+        "{report}"
+    );
 
     // The table shows the same, one row each.
     let out = nettools(&[
