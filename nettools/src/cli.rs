@@ -21,11 +21,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the trace arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace network namespaces: traffic, drops, retransmits and ARP/NDP failures per namespace.
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
+    /// List the pods and containers on this node: network namespace, host-side veth, addresses.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
     /// Check what this kernel and these privileges allow, and what to do about what is missing.
     Doctor,
     /// Build a throwaway lab staging the five classic problems, trace it, tear it down.
@@ -41,6 +46,8 @@ Examples:
   nettools trace --iface cni0 --probes traffic one interface's traffic and ARP
   nettools trace --netns web -o flamegraph --out drops.svg   where packets die, as a flame graph
   nettools trace --netns web -o histogram --hgrm hgrm/       latency distributions
+  nettools trace --pod web -n shop           a Kubernetes pod, found through the node's CRI runtime
+  nettools trace --container db --follow     a Docker/Podman container, followed across restarts
 
 The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
 kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
@@ -49,6 +56,17 @@ ARP\").
 
 \"events lost\" counts events that did not fit in the ring buffer: totals stay exact (they are
 counted in the kernel), only per-event detail is missing then; raise --ring-buffer.";
+
+const LIST_EXAMPLES: &str = "\
+Pods come from the node's CRI runtime (containerd, CRI-O), containers from the Docker-compatible
+API (Docker, `podman system service`), both found at their standard sockets; a scan of /proc and
+the cgroups finds the rest. Containers sharing one network namespace (a pod's, `--net
+container:X`) are one row. Host-network pods are marked: their traffic is the host's.
+
+Examples:
+  nettools list                            a table
+  nettools list -o json                    JSON, with what each runtime answered
+  nettools list --cri-socket /run/k3s/containerd/containerd.sock";
 
 const LAB_EXAMPLES: &str = "\
 The lab is eleven namespaces on a bridge, like pods on a node, each classic problem staged in
@@ -77,15 +95,70 @@ pub struct Targets {
     /// sees them; drops, retransmits and neighbour failures of this namespace). Repeatable.
     #[arg(long, value_name = "IFACE")]
     pub iface: Vec<String>,
-    /// Every network namespace on this node, each labelled by name or process.
-    #[arg(long, conflicts_with_all = ["netns", "pid", "iface"])]
+    /// A pod by name (or UID), found through the node's container runtimes. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Vec<String>,
+    /// A container by name or id (a unique prefix is enough). Repeatable.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Vec<String>,
+    /// Every network namespace on this node, each labelled by pod, container, name or process.
+    #[arg(long, conflicts_with_all = ["netns", "pid", "iface", "pod", "container"])]
     pub all: bool,
+}
+
+/// Where the container runtimes listen.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuntimeArgs {
+    /// The CRI socket (containerd, CRI-O) [default: $CONTAINER_RUNTIME_ENDPOINT, then
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock, … whichever exist].
+    #[arg(long, value_name = "PATH")]
+    pub cri_socket: Option<PathBuf>,
+    /// The Docker-compatible API socket (Docker, `podman system service`) [default:
+    /// $DOCKER_HOST, then /var/run/docker.sock, /run/podman/podman.sock, whichever exist].
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    pub fn sources(&self) -> crate::discover::inventory::Sources {
+        crate::discover::inventory::Sources {
+            cri_socket: self.cri_socket.clone(),
+            docker_socket: self.docker_socket.clone(),
+        }
+    }
+}
+
+/// Formats of `nettools list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// One row per network namespace.
+    Table,
+    /// One JSON document, with what each runtime answered.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: ListFormat,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub targets: Targets,
+    /// The Kubernetes namespace of --pod [default: any, when the name is unique].
+    #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "pod")]
+    pub namespace: Option<String>,
+    /// Keep following a --pod or --container that is deleted or restarted with a new sandbox
+    /// (new network namespace) instead of ending the trace.
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -173,5 +246,18 @@ mod tests {
             "nettools", "trace", "--netns", "a", "--netns", "b", "-d", "2s",
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn pods_and_containers() {
+        let ok = Cli::try_parse_from([
+            "nettools", "trace", "--pod", "web", "-n", "shop", "--follow",
+        ]);
+        assert!(ok.is_ok());
+        assert!(Cli::try_parse_from(["nettools", "trace", "--container", "db"]).is_ok());
+        // -n only means something with --pod; --all takes no pod.
+        assert!(Cli::try_parse_from(["nettools", "trace", "--netns", "a", "-n", "x"]).is_err());
+        assert!(Cli::try_parse_from(["nettools", "trace", "--all", "--pod", "web"]).is_err());
+        assert!(Cli::try_parse_from(["nettools", "list", "-o", "json"]).is_ok());
     }
 }

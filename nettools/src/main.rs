@@ -58,6 +58,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for iface in &args.targets.iface {
                 workloads.push(discover::netns::by_interface(iface)?);
             }
+            let mut runtime = trace::follow::RuntimeTrace::default();
+            if !args.targets.pod.is_empty() || !args.targets.container.is_empty() {
+                let (found, watches) = discover::inventory::lookup(
+                    &args.targets.pod,
+                    args.namespace.as_deref(),
+                    &args.targets.container,
+                    &args.runtime.sources(),
+                    args.follow,
+                )
+                .await?;
+                workloads.extend(found);
+                runtime.watches = watches;
+            }
+            if args.targets.all {
+                runtime.labels = discover::inventory::Inventory::gather(&args.runtime.sources())
+                    .await
+                    .labels();
+            }
             // The same namespace named twice is traced once (interfaces are kept apart).
             let mut seen = std::collections::HashSet::new();
             workloads
@@ -88,8 +106,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     _ => None,
                 },
                 verbose: cli.verbose,
+                runtime,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => {
+            nettools::list::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => Ok(if doctor::run() {

@@ -1,5 +1,7 @@
 //! `nettools trace`: load the probes, attach them, collect until the duration ends or Ctrl-C,
-//! then report.
+//! then report. Pods and containers are followed while traced ([`follow`]).
+
+pub mod follow;
 
 use std::{
     collections::BTreeMap,
@@ -48,6 +50,8 @@ pub struct TraceSpec {
     pub live: Option<bool>,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
+    /// Pods and containers: names for `--all`, and the ones to follow.
+    pub runtime: follow::RuntimeTrace,
 }
 
 /// Where the report goes.
@@ -89,11 +93,13 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         loaded.trace_netns(w.netns)?;
     }
     let mut labels: BTreeMap<u32, Workload> = if spec.all {
-        crate::discover::netns::labels()
+        let mut labels = crate::discover::netns::labels();
+        labels.extend(spec.runtime.labels.clone());
+        labels
     } else {
         BTreeMap::new()
     };
-    let mut notes = Vec::new();
+    let mut notes = follow::host_network_notes(&spec.workloads);
     if spec.probes.iter().any(|p| p.on_veth()) {
         status.say("finding the workloads' veths");
         let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
@@ -126,7 +132,6 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         loaded.attach(*p)?;
     }
     status.clear();
-    let attached = loaded.tc.interfaces.clone();
     let started = Instant::now();
     let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
     eprintln!(
@@ -146,7 +151,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         agg: Aggregate::default(),
         out: output,
         json: spec.output == Output::Json,
-        traced: &spec.workloads,
+        traced: spec.workloads.clone(),
         labels: &labels,
         kernel: loaded.kernel.clone(),
         kallsyms: &kallsyms,
@@ -161,11 +166,12 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         .live
         .unwrap_or(spec.output == Output::Table && spec.out.is_none());
     let mut live = show_live.then(report::live::Live::new);
+    // The followed pods move out of the spec, so the rest of it can be read while they change.
+    let mut runtime = std::mem::take(&mut spec.runtime);
     let context = Context {
         spec: &spec,
         labels: &labels,
         kallsyms: &kallsyms,
-        attached: &attached,
     };
     loop {
         tokio::select! {
@@ -187,9 +193,12 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
             _ = tick.tick() => {
                 let waiting = collector.expire(&mut loaded, spec.timeout)?;
                 collector.out.flush().context("cannot write the report")?;
+                if !follow::tick(&mut runtime, &spec, &mut loaded, &mut collector.traced, started).await? {
+                    break;
+                }
                 if let Some(live) = live.as_mut() {
                     let elapsed = started.elapsed().as_secs_f64();
-                    let summary = context.summarize(&loaded, &mut collector.agg, elapsed, waiting)?;
+                    let summary = context.summarize(&loaded, &mut collector.agg, &collector.traced, elapsed, waiting)?;
                     live.show(&summary, elapsed);
                 }
             }
@@ -209,13 +218,21 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     collector.drain(events.get_mut())?;
     let waiting = collector.expire(&mut loaded, spec.timeout)?;
     let duration_s = started.elapsed().as_secs_f64();
-    let summary = context.summarize(&loaded, &mut collector.agg, duration_s, waiting)?;
-    let mut out = collector.out;
+    let summary = context.summarize(
+        &loaded,
+        &mut collector.agg,
+        &collector.traced,
+        duration_s,
+        waiting,
+    )?;
+    let Collector {
+        mut out, traced, ..
+    } = collector;
     if let Some(live) = live.as_mut() {
         live.finish();
     }
     let folded = if spec.output == Output::Flamegraph || spec.folded.is_some() {
-        let names = |netns: u32| report::workload_for(netns, &spec.workloads, &labels);
+        let names = |netns: u32| report::workload_for(netns, &traced, &labels);
         report::flamegraph::folded(
             &probe::stacks::drop_counts(&loaded.ebpf)?,
             &probe::stacks::retransmit_counts(&loaded.ebpf)?,
@@ -263,7 +280,6 @@ struct Context<'a> {
     spec: &'a TraceSpec,
     labels: &'a BTreeMap<u32, Workload>,
     kallsyms: &'a Kallsyms,
-    attached: &'a [probe::tc::Attached],
 }
 
 impl Context<'_> {
@@ -273,6 +289,7 @@ impl Context<'_> {
         &self,
         loaded: &probe::Loaded,
         agg: &mut Aggregate,
+        traced: &[Workload],
         duration_s: f64,
         waiting: probe::latency::Waiting,
     ) -> Result<Summary> {
@@ -290,7 +307,7 @@ impl Context<'_> {
         let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
         Ok(Summary::build(&report::Inputs {
             aggregate: agg,
-            traced: &self.spec.workloads,
+            traced,
             labels: self.labels,
             kernel: &loaded.kernel,
             kallsyms: self.kallsyms,
@@ -298,7 +315,7 @@ impl Context<'_> {
             duration_s,
             probes: self.spec.probes.clone(),
             all_namespaces: self.spec.all,
-            attached: self.attached,
+            attached: &loaded.tc.interfaces,
             end_ktime_ns,
             pairing,
             waiting,
@@ -348,6 +365,10 @@ fn tc_targets(
         workloads.iter_mut().collect()
     };
     for w in list {
+        // Its interfaces are the host's (see follow::host_network_notes).
+        if w.host_network && !all_mode {
+            continue;
+        }
         if let Err(e) = w.discover_veths() {
             notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
             continue;
@@ -374,7 +395,7 @@ struct Collector<'a> {
     agg: Aggregate,
     out: Box<dyn Write>,
     json: bool,
-    traced: &'a [Workload],
+    traced: Vec<Workload>,
     labels: &'a BTreeMap<u32, Workload>,
     kernel: probe::KernelInfo,
     kallsyms: &'a Kallsyms,
@@ -401,7 +422,7 @@ impl Collector<'_> {
             Event::Drop(d) => {
                 self.agg.add_drop(&d);
                 if self.json {
-                    let w = report::workload_for(d.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(d.key.netns, &self.traced, self.labels);
                     let j = json::drop_event(&d, &w, &self.kernel, self.kallsyms, &self.clock);
                     self.line(&j)?;
                 }
@@ -409,14 +430,14 @@ impl Collector<'_> {
             Event::Retransmit(r) => {
                 self.agg.add_retransmit(&r);
                 if self.json {
-                    let w = report::workload_for(r.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(r.key.netns, &self.traced, self.labels);
                     self.line(&json::retransmit_event(&r, &w, &self.clock))?;
                 }
             }
             Event::NeighbourFailed(n) => {
                 self.agg.add_neighbour(&n);
                 if self.json {
-                    let w = report::workload_for(n.key.netns, self.traced, self.labels);
+                    let w = report::workload_for(n.key.netns, &self.traced, self.labels);
                     self.line(&json::neighbour_event(&n, &w, &self.clock))?;
                 }
             }
@@ -424,7 +445,7 @@ impl Collector<'_> {
                 self.agg.latency.add_handshake(&h);
                 if self.json {
                     let w =
-                        report::workload_for(self.netns_of(h.ifindex), self.traced, self.labels);
+                        report::workload_for(self.netns_of(h.ifindex), &self.traced, self.labels);
                     self.line(&json::handshake_event(&h, &w, &self.clock))?;
                 }
             }
@@ -433,7 +454,7 @@ impl Collector<'_> {
                 if self.json {
                     let w = report::workload_for(
                         self.netns_of(d.key.ifindex),
-                        self.traced,
+                        &self.traced,
                         self.labels,
                     );
                     self.line(&json::dns_event(&d, parsed.as_ref().ok(), &w, &self.clock))?;
@@ -443,7 +464,7 @@ impl Collector<'_> {
                 self.agg.latency.add_icmp(&i);
                 if self.json {
                     let w =
-                        report::workload_for(self.netns_of(i.ifindex), self.traced, self.labels);
+                        report::workload_for(self.netns_of(i.ifindex), &self.traced, self.labels);
                     self.line(&json::icmp_event(&i, &w, &self.clock))?;
                 }
             }
@@ -472,7 +493,7 @@ impl Collector<'_> {
         if self.json {
             for (k, v) in &swept.dns {
                 let netns = self.netns_of(k.ifindex);
-                let w = report::workload_for(netns, self.traced, self.labels);
+                let w = report::workload_for(netns, &self.traced, self.labels);
                 self.line(&json::dns_unanswered(k, v, &w, &self.clock, timeout))?;
             }
         }

@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod runtimes;
+
 use anyhow::{Context as _, Result, bail};
 pub use nettools::lab::{Lab, Node, sh};
 use serde_json::Value;
@@ -80,13 +82,22 @@ impl Trace {
     /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
         let out = TempFile::new(".report");
-        let mut child = Command::new(nettools_bin())
-            .arg("trace")
+        let mut cmd = Command::new(nettools_bin());
+        cmd.arg("trace")
             .args(args)
             .arg("--out")
             .arg(&out.0)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; it makes a killed test take its trace along
+        // (SIGTERM: nettools still removes what it attached).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", nettools_bin().display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));

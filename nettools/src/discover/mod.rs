@@ -1,9 +1,20 @@
-//! Finding what to trace: turning `--netns`, `--pid` or `--all` into network namespaces (by
-//! inode, the key every event carries) with names a person recognises.
+//! Finding what to trace: turning `--netns`, `--pid`, `--pod`, `--container` or `--all` into
+//! network namespaces (by inode, the key every event carries) with names a person recognises.
+//!
+//! Pods and containers come from the node's container runtimes, one module per source: [`cri`]
+//! (containerd, CRI-O), [`docker`] (Docker, Podman's Docker-compatible service) and [`cgroup`]
+//! (a /proc + cgroup scan when no runtime answers); [`inventory`] merges them into one workload
+//! per network namespace and finds `--pod` / `--container` there; [`watch`] follows a pod or
+//! container during a trace.
 
+pub mod cgroup;
+pub mod cri;
+pub mod docker;
+pub mod inventory;
 pub mod netlink;
 pub mod netns;
 pub mod veth;
+pub mod watch;
 
 use std::path::PathBuf;
 
@@ -22,6 +33,43 @@ pub enum WorkloadKind {
     Host,
     /// One interface traced directly (`--iface`): its traffic is seen from the interface.
     Interface,
+    /// A pod (Kubernetes through CRI, or a Podman pod): one namespace shared by its containers.
+    Pod,
+    /// One container, or several sharing one namespace (`--net container:X`), not in a pod.
+    Container,
+}
+
+/// The pod a workload is, as its runtime names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodRef {
+    pub name: String,
+    /// The Kubernetes namespace (`None` for a Podman pod).
+    pub namespace: Option<String>,
+    /// The Kubernetes pod UID, when known.
+    pub uid: Option<String>,
+    /// The runtime's id of the pod: CRI sandbox id, Podman pod id.
+    pub sandbox_id: Option<String>,
+}
+
+impl PodRef {
+    /// `default/web`, or `web` for a pod without namespace.
+    pub fn display(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// One container in a workload's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerRef {
+    /// Full container id.
+    pub id: String,
+    /// Its name (Docker/Podman name, or the CRI container name within its pod).
+    pub name: String,
+    /// Who reported it: `containerd`, `cri-o`, `podman`, `docker`, or `… (cgroup scan)`.
+    pub runtime: String,
 }
 
 /// Something with its own network namespace: a named netns, a process, a container or pod.
@@ -39,6 +87,15 @@ pub struct Workload {
     /// Its veths' host-side ends (or, for [`WorkloadKind::Interface`], the interface itself):
     /// where the tc programs attach.
     pub veths: Vec<veth::HostVeth>,
+    /// The pod this namespace belongs to, when it is one.
+    pub pod: Option<PodRef>,
+    /// The containers sharing this namespace (a pod's containers, `--net container:X`).
+    pub containers: Vec<ContainerRef>,
+    /// Whether the pod or container uses the host's network namespace: its traffic is then
+    /// the host's, not its own.
+    pub host_network: bool,
+    /// Addresses inside the namespace (`10.233.0.2/24`), loopback left out.
+    pub addresses: Vec<String>,
 }
 
 impl Workload {
@@ -46,6 +103,7 @@ impl Workload {
     pub fn discover_veths(&mut self) -> anyhow::Result<()> {
         if self.kind == WorkloadKind::Interface
             || self.kind == WorkloadKind::Host
+            || self.host_network
             || !self.veths.is_empty()
         {
             return Ok(());

@@ -165,6 +165,7 @@ pub fn by_interface(name: &str) -> Result<Workload> {
             inner_name: String::new(),
             inner_ifindex: 0,
         }],
+        ..Default::default()
     })
 }
 

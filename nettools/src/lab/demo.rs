@@ -477,6 +477,7 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         folded: args.folded.clone(),
         live: Some(false),
         verbose,
+        runtime: Default::default(),
     })
     .await;
     stop.store(true, Ordering::Relaxed);

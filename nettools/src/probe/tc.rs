@@ -58,10 +58,9 @@ pub struct Attachments {
 }
 
 impl Attachments {
-    /// Called once the programs are detached.
-    pub fn detached(&mut self) {
-        self.interfaces.clear();
-    }
+    /// Called once the programs are detached. The list stays: it is what the trace covered,
+    /// which the report names.
+    pub fn detached(&mut self) {}
 }
 
 /// Removes clsact filters named like ours from an interface (left by a killed nettools; a

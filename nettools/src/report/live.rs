@@ -290,6 +290,9 @@ mod tests {
             }),
             neighbours: None,
             latency: None,
+            pod: None,
+            containers: vec![],
+            host_network: false,
         }
     }
 

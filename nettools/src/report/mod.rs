@@ -327,6 +327,12 @@ pub struct WorkloadSummary {
     pub netns: u32,
     pub netns_path: Option<String>,
     pub pid: Option<u32>,
+    /// The pod this namespace is, when it is one.
+    pub pod: Option<crate::discover::PodRef>,
+    /// The containers sharing this namespace.
+    pub containers: Vec<crate::discover::ContainerRef>,
+    /// A host-network pod or container: its figures are the host's.
+    pub host_network: bool,
     /// Traffic per interface (with the `traffic` probe).
     pub interfaces: Vec<InterfaceSummary>,
     pub drops: DropSummary,
@@ -430,6 +436,9 @@ impl Summary {
                     netns,
                     netns_path: w.netns_path.as_ref().map(|p| p.display().to_string()),
                     pid: w.pid,
+                    pod: w.pod.clone(),
+                    containers: w.containers.clone(),
+                    host_network: w.host_network,
                     drops: drop_summary(&stats.drops, i.kernel, i.kallsyms),
                     retransmits: i
                         .probes
