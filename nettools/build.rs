@@ -68,6 +68,13 @@ fn run() -> Result<(), String> {
         .unwrap_or_else(|| workspace.join("target"))
         .join("ebpf");
 
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("bpf-linker is not installed (or not on PATH): run `cargo xtask setup`".into());
+    }
     let mut cmd = ebpf_cargo(&workspace)?;
     cmd.current_dir(&workspace)
         .args([
@@ -103,8 +110,8 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot run cargo to build the eBPF object: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "building the eBPF object failed ({status}); run `cargo xtask setup` to install the \
-             BPF toolchain, then build again"
+            "building the eBPF object (nettools-ebpf) failed ({status}); the compiler's messages \
+             are above"
         ));
     }
     let object = target_dir.join(TARGET).join("release").join("nettools");

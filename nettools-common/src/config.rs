@@ -34,8 +34,45 @@ pub struct KernelOffsets {
     pub sk_net: u32,
     /// `struct net`: `ns.inum` (the namespace inode number).
     pub net_inum: u32,
-    /// Reserved, zero.
-    pub _pad: u32,
+    /// `struct sk_buff`: `cb` (the control buffer holding `struct tcp_skb_cb`).
+    pub skb_cb: u32,
+    /// `struct tcp_skb_cb`: `tcp_gso_segs` (segments carried by one skb).
+    pub tcp_cb_gso_segs: u32,
+    /// `struct net_device`: `name`.
+    pub dev_name: u32,
+    /// `struct neighbour`: `dev`.
+    pub neigh_dev: u32,
+    /// `struct neighbour`: `nud_state`.
+    pub neigh_nud_state: u32,
+    /// `struct neighbour`: `primary_key` (the neighbour's address).
+    pub neigh_primary_key: u32,
+    /// `struct neighbour`: `tbl`.
+    pub neigh_tbl: u32,
+    /// `struct neigh_table`: `family`.
+    pub neigh_table_family: u32,
+}
+
+impl KernelOffsets {
+    /// Every offset absent: what the kernel side sees before userspace writes the real ones.
+    pub const UNSET: Self = Self {
+        skb_dev: ABSENT,
+        skb_sk: ABSENT,
+        skb_head: ABSENT,
+        skb_network_header: ABSENT,
+        skb_transport_header: ABSENT,
+        dev_ifindex: ABSENT,
+        dev_net: ABSENT,
+        sk_net: ABSENT,
+        net_inum: ABSENT,
+        skb_cb: ABSENT,
+        tcp_cb_gso_segs: ABSENT,
+        dev_name: ABSENT,
+        neigh_dev: ABSENT,
+        neigh_nud_state: ABSENT,
+        neigh_primary_key: ABSENT,
+        neigh_tbl: ABSENT,
+        neigh_table_family: ABSENT,
+    };
 }
 
 /// Field offsets in the `skb:kfree_skb` tracepoint record, read from its tracefs `format` file
@@ -55,6 +92,44 @@ pub struct KfreeSkbLayout {
     pub not_drops: [u32; 3],
 }
 
+/// Name of the global holding [`RetransmitLayout`] for `tcp:tcp_retransmit_skb`.
+pub const RETRANSMIT_GLOBAL: &str = "NETTOOLS_RETRANSMIT";
+/// Name of the global holding [`RetransmitLayout`] for `tcp:tcp_retransmit_synack`.
+pub const SYNACK_GLOBAL: &str = "NETTOOLS_SYNACK";
+
+/// Field offsets in the `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack` records (the
+/// SYN-ACK record has no `skbaddr` and no `state`: those are [`ABSENT`] there).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitLayout {
+    pub skbaddr: u32,
+    pub skaddr: u32,
+    pub state: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+impl RetransmitLayout {
+    /// Every field absent (the program does nothing until userspace sets the layout).
+    pub const UNSET: Self = Self {
+        skbaddr: ABSENT,
+        skaddr: ABSENT,
+        state: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        family: ABSENT,
+        saddr: ABSENT,
+        daddr: ABSENT,
+        saddr_v6: ABSENT,
+        daddr_v6: ABSENT,
+    };
+}
+
 /// Which network namespaces the probes report on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,4 +140,4 @@ pub struct Filter {
     pub _pad: u32,
 }
 
-crate::user_pod!(KernelOffsets, KfreeSkbLayout, Filter);
+crate::user_pod!(KernelOffsets, KfreeSkbLayout, Filter, RetransmitLayout);

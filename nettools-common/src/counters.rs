@@ -13,5 +13,32 @@ pub const FREES_NOT_DROPS: u32 = 2;
 pub const DROP_NETNS_UNKNOWN: u32 = 3;
 /// Drops seen in namespaces that are not traced (filtered out in the kernel).
 pub const DROPS_FILTERED: u32 = 4;
+/// A retransmit not counted per flow because the `RETRANSMIT_FLOWS` map was full (the
+/// namespace total still counts it).
+pub const RETRANSMIT_FLOW_MAP_FULL: u32 = 5;
+/// A map used by the tc programs (`TRAFFIC`, `NEIGH_PROBES`) was full.
+pub const TC_MAP_FULL: u32 = 6;
+/// A neighbour failure not counted because `NEIGH_FAILURES` was full.
+pub const NEIGH_MAP_FULL: u32 = 7;
+/// Entries inserted into the handshake pairing map.
+pub const HANDSHAKE_INSERTED: u32 = 8;
+/// Entries the kernel removed from it (answered or reset).
+pub const HANDSHAKE_REMOVED: u32 = 9;
+/// Entries inserted into the DNS pairing map.
+pub const DNS_INSERTED: u32 = 10;
+/// Entries the kernel removed from it (answered).
+pub const DNS_REMOVED: u32 = 11;
+/// Entries inserted into the ICMP pairing map.
+pub const ICMP_INSERTED: u32 = 12;
+/// Entries the kernel removed from it (answered).
+pub const ICMP_REMOVED: u32 = 13;
+/// Entries inserted into the transit map.
+pub const TRANSIT_INSERTED: u32 = 14;
+/// Entries the kernel removed from it (matched on another veth).
+pub const TRANSIT_REMOVED: u32 = 15;
+/// DNS responses that matched no waiting query (late, or the query was not seen).
+pub const DNS_UNMATCHED: u32 = 16;
+/// A drop or retransmit not counted per stack because its stack map was full.
+pub const STACK_COUNT_MAP_FULL: u32 = 17;
 /// Number of counters (size of the `COUNTERS` array).
-pub const COUNT: u32 = 8;
+pub const COUNT: u32 = 24;

@@ -40,4 +40,16 @@ pub struct DropEvent {
     pub flow: Flow,
 }
 
-crate::user_pod!(DropKey, DropEvent);
+/// Key of the in-kernel `DROP_STACKS` per-CPU hash: exact drops per kernel stack, for flame
+/// graphs that add up even when events are lost.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropStackKey {
+    pub netns: u32,
+    pub reason: u32,
+    /// Id in the `STACKS` map; negative when the stack could not be recorded.
+    pub stack_id: i32,
+    pub _pad: u32,
+}
+
+crate::user_pod!(DropKey, DropEvent, DropStackKey);

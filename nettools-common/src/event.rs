@@ -4,6 +4,18 @@
 pub mod kind {
     /// A packet drop ([`crate::drops::DropEvent`]).
     pub const DROP: u32 = 1;
+    /// A retransmitted TCP segment ([`crate::retransmits::RetransmitEvent`]).
+    pub const RETRANSMIT: u32 = 2;
+    /// A neighbour (ARP/NDP) entry that failed ([`crate::neighbours::NeighbourEvent`]).
+    pub const NEIGHBOUR_FAILED: u32 = 3;
+    /// A TCP handshake ([`crate::latency::HandshakeEvent`]).
+    pub const HANDSHAKE: u32 = 4;
+    /// A DNS response matched to its query ([`crate::latency::DnsEvent`]).
+    pub const DNS: u32 = 5;
+    /// An ICMP echo reply matched to its request ([`crate::latency::IcmpEvent`]).
+    pub const ICMP: u32 = 6;
+    /// A packet's transit through the host ([`crate::latency::TransitEvent`]).
+    pub const TRANSIT: u32 = 7;
 }
 
 /// First field of every event sent through the ring buffer.

@@ -5,7 +5,7 @@
 //! thing on both sides. The `user` feature adds `aya::Pod` so userspace can place these types in
 //! maps, read them from ring buffers and pass them as load-time globals.
 //!
-//! One module per probe (`drops`, …) plus the pieces they share (`event`, `flow`, `counters`,
+//! One module per probe (`drops`, `retransmits`, `neighbours`, `traffic`, `latency`) plus the pieces they share (`event`, `flow`, `counters`,
 //! `config`). A probe's kernel code, event type and userspace handler carry the same name.
 #![no_std]
 
@@ -14,6 +14,10 @@ pub mod counters;
 pub mod drops;
 pub mod event;
 pub mod flow;
+pub mod latency;
+pub mod neighbours;
+pub mod retransmits;
+pub mod traffic;
 
 /// Implements `aya::Pod` for plain `#[repr(C)]` types when building for userspace.
 macro_rules! user_pod {

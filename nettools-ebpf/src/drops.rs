@@ -5,8 +5,6 @@
 //! kernel location) and described in one `DropEvent` on the ring buffer.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::PerCpuHashMap,
@@ -16,18 +14,22 @@ use aya_ebpf::{
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
     counters,
-    drops::{DropEvent, DropKey, REASON_UNAVAILABLE},
+    drops::{DropEvent, DropKey, DropStackKey, REASON_UNAVAILABLE},
     event::{EventHeader, kind},
 };
 
 use crate::{
-    kernel,
-    maps::{EVENTS, STACKS, bump, is_traced},
+    kernel::{self, field},
+    maps::{EVENTS, STACKS, add, bump, is_traced},
 };
 
 /// Exact drop counts per (namespace, reason, location).
 #[map]
 static DROP_COUNTS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Exact drops per (namespace, reason, kernel stack).
+#[map]
+static DROP_STACKS: PerCpuHashMap<DropStackKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
 /// Field offsets of this kernel's `skb:kfree_skb` record, written by userspace before load.
 #[unsafe(no_mangle)]
@@ -46,11 +48,6 @@ static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let _ = try_kfree_skb(&ctx);
     0
-}
-
-#[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
-    kernel::read::<T>(ctx.as_ptr().cast::<u8>().cast_const(), offset)
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
@@ -90,12 +87,21 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         location,
     };
     count(&key);
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let stack_key = DropStackKey {
+        netns,
+        reason,
+        stack_id,
+        _pad: 0,
+    };
+    if !add(&DROP_STACKS, &stack_key, 1) {
+        bump(counters::STACK_COUNT_MAP_FULL);
+    }
 
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
         bump(counters::EVENTS_LOST);
         return None;
     };
-    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
     entry.write(DropEvent {
         header: EventHeader {
             kind: kind::DROP,
@@ -118,17 +124,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
 /// Adds one to the drop's exact count.
 #[inline(always)]
 fn count(key: &DropKey) {
-    if let Some(n) = DROP_COUNTS.get_ptr_mut(key) {
-        // SAFETY: this CPU's slot of a per-CPU map.
-        unsafe { *n += 1 };
-        return;
-    }
-    if DROP_COUNTS.insert(key, 1u64, BPF_NOEXIST as u64).is_err() {
-        // Either a racing insert on this CPU (then count into it) or the map is full.
-        match DROP_COUNTS.get_ptr_mut(key) {
-            // SAFETY: as above.
-            Some(n) => unsafe { *n += 1 },
-            None => bump(counters::DROP_COUNT_MAP_FULL),
-        }
+    if !add(&DROP_COUNTS, key, 1) {
+        bump(counters::DROP_COUNT_MAP_FULL);
     }
 }

@@ -32,6 +32,13 @@ pub fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
+/// Reads a field of a tracepoint record at an offset taken from its tracefs format.
+#[inline(always)]
+pub fn field<T>(ctx: &aya_ebpf::programs::TracePointContext, offset: u32) -> Option<T> {
+    use aya_ebpf::EbpfContext as _;
+    read::<T>(ctx.as_ptr().cast::<u8>().cast_const(), offset)
+}
+
 /// Namespace inode of a `struct net *`.
 #[inline(always)]
 fn net_inum(o: &KernelOffsets, net: *const u8) -> u32 {

@@ -5,9 +5,17 @@
 #![no_std]
 #![no_main]
 
+mod dns;
 mod drops;
+mod handshake;
+mod icmp;
 mod kernel;
 mod maps;
+mod neighbours;
+mod pairing;
+mod retransmits;
+mod tc;
+mod transit;
 
 /// Kernel helpers such as `bpf_probe_read_kernel` are GPL-only.
 #[unsafe(no_mangle)]

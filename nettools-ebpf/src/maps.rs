@@ -25,22 +25,11 @@ pub static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Kernel stacks of drops, for locations and flame graphs.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(4096, 0);
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 /// Struct offsets for this kernel, written by userspace before load.
 #[unsafe(no_mangle)]
-pub static NETTOOLS_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
-    skb_dev: u32::MAX,
-    skb_sk: u32::MAX,
-    skb_head: u32::MAX,
-    skb_network_header: u32::MAX,
-    skb_transport_header: u32::MAX,
-    dev_ifindex: u32::MAX,
-    dev_net: u32::MAX,
-    sk_net: u32::MAX,
-    net_inum: u32::MAX,
-    _pad: 0,
-});
+pub static NETTOOLS_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::UNSET);
 
 /// Which namespaces to report on, written by userspace before load.
 #[unsafe(no_mangle)]
@@ -53,6 +42,32 @@ pub fn bump(counter: u32) {
         // SAFETY: per-CPU slot, only this CPU writes it, and programs do not preempt each other
         // on one CPU for the same map slot in a way that matters for a counter.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Adds `n` to this CPU's slot for `key` in a per-CPU counting hash, inserting it when new.
+/// Returns false when the map is full.
+#[inline(always)]
+pub fn add<K>(map: &aya_ebpf::maps::PerCpuHashMap<K, u64>, key: &K, n: u64) -> bool {
+    if let Some(v) = map.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe { *v += n };
+        return true;
+    }
+    if map
+        .insert(key, n, aya_ebpf::bindings::BPF_NOEXIST as u64)
+        .is_ok()
+    {
+        return true;
+    }
+    // A racing insert on this CPU (then count into it), or a full map.
+    match map.get_ptr_mut(key) {
+        Some(v) => {
+            // SAFETY: as above.
+            unsafe { *v += n };
+            true
+        }
+        None => false,
     }
 }
 

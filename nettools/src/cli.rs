@@ -21,14 +21,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per run: the size of the trace arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Trace network namespaces and report drops per namespace.
+    /// Trace network namespaces: traffic, drops, retransmits and ARP/NDP failures per namespace.
     #[command(after_help = TRACE_EXAMPLES)]
     Trace(TraceArgs),
+    /// List the pods and containers on this node: network namespace, host-side veth, addresses.
+    #[command(after_help = LIST_EXAMPLES)]
+    List(ListArgs),
     /// Check what this kernel and these privileges allow, and what to do about what is missing.
     Doctor,
-    /// Build a throwaway lab (namespaces on a bridge, a firewall drop), trace it, tear it down.
+    /// Build a throwaway lab staging the five classic problems, trace it, tear it down.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
 }
@@ -38,17 +43,43 @@ Examples:
   nettools trace --netns web                 a namespace from `ip netns list`
   nettools trace --pid 4242 --duration 30s   the namespace of process 4242, for 30 seconds
   nettools trace --all -o json --out t.json  every namespace, JSON lines to t.json
+  nettools trace --iface cni0 --probes traffic one interface's traffic and ARP
+  nettools trace --netns web -o flamegraph --out drops.svg   where packets die, as a flame graph
+  nettools trace --netns web -o histogram --hgrm hgrm/       latency distributions
+  nettools trace --pod web -n shop           a Kubernetes pod, found through the node's CRI runtime
+  nettools trace --container db --follow     a Docker/Podman container, followed across restarts
 
-The report lists, per namespace, packets dropped by reason (from this kernel's own list of drop
-reasons) and kernel location, and the flows dropped most. \"events lost\" counts events that did
-not fit in the ring buffer: totals stay exact (they are counted in the kernel), only per-packet
-detail is missing then; raise --ring-buffer.";
+The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
+kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
+segments retransmitted, per flow; and neighbours (ARP/NDP) that never answered (\"incomplete
+ARP\").
+
+\"events lost\" counts events that did not fit in the ring buffer: totals stay exact (they are
+counted in the kernel), only per-event detail is missing then; raise --ring-buffer.";
+
+const LIST_EXAMPLES: &str = "\
+Pods come from the node's CRI runtime (containerd, CRI-O), containers from the Docker-compatible
+API (Docker, `podman system service`), both found at their standard sockets; a scan of /proc and
+the cgroups finds the rest. Containers sharing one network namespace (a pod's, `--net
+container:X`) are one row. Host-network pods are marked: their traffic is the host's.
+
+Examples:
+  nettools list                            a table
+  nettools list -o json                    JSON, with what each runtime answered
+  nettools list --cri-socket /run/k3s/containerd/containerd.sock";
 
 const LAB_EXAMPLES: &str = "\
-The lab is three namespaces on a bridge: a server whose firewall drops UDP port 7777, a client
-that sends to it and pings the third. nettools traces all three and shows the firewall drops
-attributed to the server, with the kernel function that dropped them. Everything is removed
-afterwards (--keep leaves it up and prints how to trace it by hand).";
+The lab is eleven namespaces on a bridge, like pods on a node, each classic problem staged in
+its own: a firewall drop (firewall), a lossy link (lossy: retransmits), an address nobody
+answers (arp: incomplete ARP), a slow and a failing DNS server (dns), added latency (slow), and
+a missing route (router); the rest are healthy peers. nettools traces them all with every probe
+and shows each problem attributed to the namespace that has it. Everything is removed
+afterwards (--keep leaves the namespaces up and prints how to trace them by hand).
+
+Examples:
+  nettools lab                          the report, about 10 seconds
+  nettools lab -o json --out lab.json   the same as JSON lines
+  nettools lab -o flamegraph --out lab.svg   where the lab's packets die";
 
 /// What to trace.
 #[derive(Debug, Args)]
@@ -60,22 +91,81 @@ pub struct Targets {
     /// The network namespace of a process. Repeatable.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
-    /// Every network namespace on this node, each labelled by name or process.
-    #[arg(long, conflicts_with_all = ["netns", "pid"])]
+    /// One interface of this namespace, traced directly (traffic and ARP/NDP as the interface
+    /// sees them; drops, retransmits and neighbour failures of this namespace). Repeatable.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Vec<String>,
+    /// A pod by name (or UID), found through the node's container runtimes. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Vec<String>,
+    /// A container by name or id (a unique prefix is enough). Repeatable.
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Vec<String>,
+    /// Every network namespace on this node, each labelled by pod, container, name or process.
+    #[arg(long, conflicts_with_all = ["netns", "pid", "iface", "pod", "container"])]
     pub all: bool,
+}
+
+/// Where the container runtimes listen.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RuntimeArgs {
+    /// The CRI socket (containerd, CRI-O) [default: $CONTAINER_RUNTIME_ENDPOINT, then
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock, … whichever exist].
+    #[arg(long, value_name = "PATH")]
+    pub cri_socket: Option<PathBuf>,
+    /// The Docker-compatible API socket (Docker, `podman system service`) [default:
+    /// $DOCKER_HOST, then /var/run/docker.sock, /run/podman/podman.sock, whichever exist].
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    pub fn sources(&self) -> crate::discover::inventory::Sources {
+        crate::discover::inventory::Sources {
+            cri_socket: self.cri_socket.clone(),
+            docker_socket: self.docker_socket.clone(),
+        }
+    }
+}
+
+/// Formats of `nettools list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    /// One row per network namespace.
+    Table,
+    /// One JSON document, with what each runtime answered.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: ListFormat,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     #[command(flatten)]
     pub targets: Targets,
+    /// The Kubernetes namespace of --pod [default: any, when the name is unique].
+    #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "pod")]
+    pub namespace: Option<String>,
+    /// Keep following a --pod or --container that is deleted or restarted with a new sandbox
+    /// (new network namespace) instead of ending the trace.
+    #[arg(long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// Which probes to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "drops")]
+    /// Which probes to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
-    /// Report format.
+    /// Report format (flamegraph: an SVG, best written with --out FILE.svg).
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     /// Write the report to this file instead of stdout.
@@ -84,19 +174,58 @@ pub struct TraceArgs {
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
     pub ring_buffer: u32,
+    /// How long a SYN, DNS query or echo request may wait for its answer before it counts as
+    /// unanswered.
+    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    pub timeout: std::time::Duration,
+    /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
+    pub transit_sample: u32,
+    /// Also write the folded kernel stacks of drops and retransmits (for flame graph tools) to
+    /// FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Show the live table while tracing even when the report goes to a file.
+    #[arg(long, conflicts_with = "no_live")]
+    pub live: bool,
+    /// No live table while tracing (it is on when the table report goes to stdout).
+    #[arg(long)]
+    pub no_live: bool,
+    /// Also write one HdrHistogram percentile file (.hgrm) per workload and latency kind to DIR.
+    #[arg(long, value_name = "DIR")]
+    pub hgrm: Option<PathBuf>,
+    /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tc_mode: crate::probe::tc::Mode,
 }
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
     /// How long to trace the lab.
-    #[arg(short, long, value_parser = trace::parse_duration, default_value = "5s")]
+    #[arg(short, long, value_parser = trace::parse_duration, default_value = "8s")]
     pub duration: std::time::Duration,
     /// Report format.
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
+    /// Write the report to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Also write the folded kernel stacks of drops and retransmits to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// 1, 2, 4, … 65536.
+fn parse_power_of_two(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 1 << 16 => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a power of two between 1 and 65536"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +246,18 @@ mod tests {
             "nettools", "trace", "--netns", "a", "--netns", "b", "-d", "2s",
         ]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn pods_and_containers() {
+        let ok = Cli::try_parse_from([
+            "nettools", "trace", "--pod", "web", "-n", "shop", "--follow",
+        ]);
+        assert!(ok.is_ok());
+        assert!(Cli::try_parse_from(["nettools", "trace", "--container", "db"]).is_ok());
+        // -n only means something with --pod; --all takes no pod.
+        assert!(Cli::try_parse_from(["nettools", "trace", "--netns", "a", "-n", "x"]).is_err());
+        assert!(Cli::try_parse_from(["nettools", "trace", "--all", "--pod", "web"]).is_err());
+        assert!(Cli::try_parse_from(["nettools", "list", "-o", "json"]).is_ok());
     }
 }

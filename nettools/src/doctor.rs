@@ -163,9 +163,11 @@ fn checks(version: (u32, u32)) -> Vec<Check> {
 
     if privileged && btf_ok {
         let loaded = probe::load(&LoadOptions {
+            probes: probe::ProbeKind::ALL.to_vec(),
             all_namespaces: false,
             kernel_debug: false,
             ring_buffer_bytes: 1 << 16,
+            transit_sample_shift: 0,
         })
         .and_then(|mut l| {
             // Loading (not attaching) runs the verifier on every probe.

@@ -4,13 +4,15 @@
 //! their names), [`probe`] loads and attaches the kernel programs with this kernel's offsets,
 //! [`collect`] reads and aggregates their events, [`report`] renders the answers. [`trace`] runs
 //! that pipeline; [`preflight`] and [`doctor`] say what this machine allows; [`lab`] builds
-//! throwaway network labs for demos and tests.
+//! throwaway network labs for demos and tests; [`list`] shows the pods and containers on the
+//! node.
 
 pub mod cli;
 pub mod collect;
 pub mod discover;
 pub mod doctor;
 pub mod lab;
+pub mod list;
 pub mod preflight;
 pub mod probe;
 pub mod report;

@@ -55,10 +55,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for pid in &args.targets.pid {
                 workloads.push(discover::netns::by_pid(*pid)?);
             }
-            // The same namespace named twice is traced once.
+            for iface in &args.targets.iface {
+                workloads.push(discover::netns::by_interface(iface)?);
+            }
+            let mut runtime = trace::follow::RuntimeTrace::default();
+            if !args.targets.pod.is_empty() || !args.targets.container.is_empty() {
+                let (found, watches) = discover::inventory::lookup(
+                    &args.targets.pod,
+                    args.namespace.as_deref(),
+                    &args.targets.container,
+                    &args.runtime.sources(),
+                    args.follow,
+                )
+                .await?;
+                workloads.extend(found);
+                runtime.watches = watches;
+            }
+            if args.targets.all {
+                runtime.labels = discover::inventory::Inventory::gather(&args.runtime.sources())
+                    .await
+                    .labels();
+            }
+            // The same namespace named twice is traced once (interfaces are kept apart).
             let mut seen = std::collections::HashSet::new();
-            workloads.retain(|w| seen.insert(w.netns));
-            let mut probes = args.probes.clone();
+            workloads
+                .retain(|w| w.kind == discover::WorkloadKind::Interface || seen.insert(w.netns));
+            let mut probes = if args.probes.is_empty() {
+                nettools::probe::ProbeKind::ALL.to_vec()
+            } else {
+                args.probes.clone()
+            };
             probes.sort();
             probes.dedup();
             trace::run(TraceSpec {
@@ -69,9 +95,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output: args.output,
                 out: args.out,
                 ring_buffer_bytes: args.ring_buffer,
+                tc_mode: args.tc_mode,
+                timeout: args.timeout,
+                transit_sample_shift: args.transit_sample.trailing_zeros(),
+                hgrm_dir: args.hgrm.clone(),
+                folded: args.folded.clone(),
+                live: match (args.live, args.no_live) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
                 verbose: cli.verbose,
+                runtime,
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => {
+            nettools::list::run(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => Ok(if doctor::run() {

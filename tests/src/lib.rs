@@ -5,13 +5,15 @@
 //! fails). Tests run one at a time (`--test-threads=1`): they share one kernel.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    net::{SocketAddr, UdpSocket},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+pub mod runtimes;
 
 use anyhow::{Context as _, Result, bail};
 pub use nettools::lab::{Lab, Node, sh};
@@ -80,13 +82,22 @@ impl Trace {
     /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
         let out = TempFile::new(".report");
-        let mut child = Command::new(nettools_bin())
-            .arg("trace")
+        let mut cmd = Command::new(nettools_bin());
+        cmd.arg("trace")
             .args(args)
             .arg("--out")
             .arg(&out.0)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; it makes a killed test take its trace along
+        // (SIGTERM: nettools still removes what it attached).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", nettools_bin().display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -132,6 +143,16 @@ impl Trace {
         // SAFETY: signalling the child we started, by its PID.
         unsafe { libc::kill(pid, libc::SIGINT) };
         self.wait()
+    }
+
+    /// Kills nettools with SIGKILL: no chance to clean up.
+    pub fn kill(mut self) -> Result<()> {
+        kill_9(&mut self.child)
+    }
+
+    /// Lines nettools printed on stderr so far.
+    pub fn stderr_lines(&self) -> String {
+        self.stderr_text()
     }
 
     /// Waits for the trace to end by itself (e.g. `--duration`).
@@ -188,6 +209,16 @@ pub fn iptables_packets(node: &Node, chain: &str, n: usize) -> Result<u64> {
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no rule {n} in chain {chain}:\n{out}"))
+}
+
+impl Finished {
+    /// The JSON report's lines (for `-o json` traces).
+    pub fn json(&self) -> Result<Vec<Value>> {
+        if !self.success {
+            bail!("nettools failed: {}", self.stderr);
+        }
+        json_lines(&self.report)
+    }
 }
 
 /// Parses JSON lines.
@@ -319,4 +350,149 @@ pub fn is_firewall_drop_event(event: &Value) -> Result<bool> {
                     .as_str()
                     .is_some_and(is_netfilter_location)
         })
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a transfer's content is known in advance.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, to compare what was sent with what arrived.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// What a TCP transfer delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub bytes: usize,
+    pub hash: u64,
+    /// The client's local port (identifies the flow).
+    pub client_port: u16,
+}
+
+/// Sends `data` over TCP from `client` to `server` (listening on `addr:port` inside `server`) and
+/// returns what the server received. Fails after `timeout`.
+pub fn tcp_transfer(
+    client: &Node,
+    server: &Node,
+    addr: IpAddr,
+    port: u16,
+    data: &[u8],
+    timeout: Duration,
+) -> Result<Delivered> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    } else {
+        SocketAddr::from(([0u16; 8], port))
+    };
+    let listener = server.enter(|| TcpListener::bind(bind))??;
+    listener.set_nonblocking(false)?;
+    let reader = std::thread::spawn(move || -> Result<(usize, u64)> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_read_timeout(Some(timeout))?;
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received)?;
+        Ok((received.len(), fnv1a(&received)))
+    });
+    let client_port = client.enter(|| -> Result<u16> {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::new(addr, port), timeout)?;
+        stream.set_write_timeout(Some(timeout))?;
+        let local = stream.local_addr()?.port();
+        stream.write_all(data)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the server to close, so every retransmission of ours is over.
+        let mut rest = Vec::new();
+        stream.set_read_timeout(Some(timeout))?;
+        let _ = stream.read_to_end(&mut rest);
+        Ok(local)
+    })??;
+    let (bytes, hash) = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiving thread panicked"))??;
+    Ok(Delivered {
+        bytes,
+        hash,
+        client_port,
+    })
+}
+
+/// A counter of `nstat` (e.g. `TcpRetransSegs`) inside a namespace: the kernel's own count.
+pub fn nstat(node: &Node, counter: &str) -> Result<u64> {
+    let out = node.run(&["nstat", "-a", "-z", "-s", counter])?;
+    out.lines()
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next() == Some(counter)).then(|| parts.next()?.parse().ok())?
+        })
+        .with_context(|| format!("nstat has no {counter}:\n{out}"))
+}
+
+/// An interface's own counters (`ip -s link`): (rx packets, rx bytes, tx packets, tx bytes).
+pub fn link_stats(ifname: &str) -> Result<(u64, u64, u64, u64)> {
+    let out = sh(&["ip", "-j", "-s", "link", "show", "dev", ifname])?;
+    let v: Value = serde_json::from_str(&out).context("ip -j printed no JSON")?;
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, what: &str| {
+        s[dir][what]
+            .as_u64()
+            .with_context(|| format!("no {dir} {what} in {out}"))
+    };
+    Ok((
+        n("rx", "packets")?,
+        n("rx", "bytes")?,
+        n("tx", "packets")?,
+        n("tx", "bytes")?,
+    ))
+}
+
+/// The state `ip neigh` shows for an address in a namespace (`FAILED`, `REACHABLE`, …).
+pub fn neigh_state(node: &Node, addr: &str) -> Result<String> {
+    let out = node.run(&["ip", "neigh", "show", addr, "dev", "eth0"])?;
+    Ok(out.split_whitespace().last().unwrap_or("").to_string())
+}
+
+/// Names of the programs attached to an interface's tcx hook.
+pub fn tcx_programs(ifname: &str, ingress: bool) -> Result<Vec<String>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let hook = if ingress {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    };
+    let (_, progs) = SchedClassifier::query_tcx(ifname, hook)
+        .with_context(|| format!("cannot query the tcx programs of {ifname}"))?;
+    Ok(progs
+        .iter()
+        .map(|p| p.name_as_str().unwrap_or("?").to_string())
+        .collect())
+}
+
+/// `tc filter show dev IFNAME ingress|egress` (the clsact filters).
+pub fn tc_filters(ifname: &str, ingress: bool) -> Result<String> {
+    sh(&[
+        "tc",
+        "filter",
+        "show",
+        "dev",
+        ifname,
+        if ingress { "ingress" } else { "egress" },
+    ])
+}
+
+/// Sends SIGKILL to a process this test started.
+pub fn kill_9(child: &mut Child) -> Result<()> {
+    child.kill().context("cannot kill nettools")?;
+    child.wait().context("cannot reap nettools")?;
+    Ok(())
 }

@@ -76,3 +76,32 @@ fn doctor_passes_here() -> Result<()> {
     );
     Ok(())
 }
+
+/// The verifier sees different code for each probe set (disabled probes are pruned), so each
+/// probe must load on its own too, not only all together.
+#[test]
+fn every_probe_loads_on_its_own() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.239.0.1/24", None)?;
+    for probe in [
+        "drops",
+        "retransmits",
+        "neighbours",
+        "traffic",
+        "handshake",
+        "dns",
+        "icmp",
+        "transit",
+    ] {
+        let out = nettools(&[
+            "trace", "--netns", &a.netns, "--probes", probe, "-d", "200ms",
+        ])?;
+        assert!(
+            out.status.success(),
+            "{probe}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

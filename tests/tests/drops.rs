@@ -189,3 +189,96 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
     assert_eq!(figures[0], figures[1]);
     Ok(())
 }
+
+/// The flame graph of a staged firewall drop names the netfilter path, and its folded counts
+/// sum to the drop count.
+#[test]
+fn flamegraph_of_a_firewall_drop() -> Result<()> {
+    let (_lab, a, b, _c) = three_pods()?;
+    drop_udp_port(&a, 7006)?;
+    let svg = TempFile::new(".svg");
+    let folded = TempFile::new(".folded");
+    let trace = Trace::start(&[
+        "--netns",
+        &a.netns,
+        "--probes",
+        "drops",
+        "-o",
+        "flamegraph",
+        "--folded",
+        &folded.0.to_string_lossy(),
+    ])?;
+    udp_burst(&b, SocketAddr::from((a.ipv4, 7006)), 60)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "{}", done.stderr);
+    // The trace's report file is the SVG.
+    std::fs::write(&svg.0, &done.report)?;
+    let text = std::fs::read_to_string(&svg.0)?;
+    assert!(
+        text.starts_with("<?xml") && text.contains("<svg"),
+        "not an SVG"
+    );
+    assert!(
+        text.contains("NETFILTER_DROP") && text.contains("nf_hook_slow"),
+        "no netfilter path in the SVG"
+    );
+    let folded = std::fs::read_to_string(&folded.0)?;
+    let sum: u64 = folded
+        .lines()
+        .filter(|l| l.contains(";NETFILTER_DROP;"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(sum, iptables_packets(&a, "INPUT", 1)?, "{folded}");
+    Ok(())
+}
+
+/// The live view: plain lines when stdout is not a terminal, a table redrawn in place on one.
+#[test]
+fn live_view_in_a_pipe_and_on_a_terminal() -> Result<()> {
+    let (_lab, a, b, _c) = three_pods()?;
+    drop_udp_port(&a, 7007)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = std::thread::spawn({
+        let b = b.clone();
+        let stop = stop.clone();
+        let dst = SocketAddr::from((a.ipv4, 7007));
+        move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = udp_burst(&b, dst, 5);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    // A pipe: lines saying what grew, then the final table.
+    let piped = nettools(&[
+        "trace", "--netns", &a.netns, "--probes", "drops", "-d", "2500ms",
+    ])?;
+    let out = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.status.success());
+    assert!(
+        out.lines().any(|l| l.starts_with('[')
+            && l.contains(&format!("{}: +", a.netns))
+            && l.contains("drops")),
+        "{out}"
+    );
+    assert!(out.contains("nettools trace: 1 namespace"), "{out}");
+    // A terminal (script(1) gives it one): the table is drawn, redrawn, and replaced by the
+    // final report.
+    let cmd = format!(
+        "{} trace --netns {} --probes drops -d 2500ms",
+        nettools_bin().display(),
+        a.netns
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()?;
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(screen.matches("nettools live").count() >= 2, "{screen}");
+    assert!(screen.contains("\x1b[J"), "no in-place redraw: {screen}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sender.join();
+    assert!(screen.contains("NETFILTER_DROP"), "{screen}");
+    Ok(())
+}

@@ -8,7 +8,9 @@
 //!   the kernel matrix under QEMU.
 //! - `vmtest [--kernel VERSION]…`: the integration tests on other kernels, under QEMU.
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
+//! - `fuzz [SECONDS]`: fuzz the DNS parser.
 
+mod fuzz;
 mod process;
 mod setup;
 mod test;
@@ -34,6 +36,7 @@ commands:
                    VERSION: a series (5.10, 6.1, 6.12, 6.18, 7.3), an exact release or `newest`;
                    default 5.10 6.1 6.12 6.18 newest. TEST-ARGS go to every test binary
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
+  fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
 ";
 
 fn main() -> ExitCode {
@@ -78,6 +81,11 @@ fn run(args: &[String]) -> Result<()> {
             let mut cmd = std::process::Command::new(bin);
             cmd.arg("lab").args(rest);
             process::status(&mut cmd)
+        }
+        "fuzz" => {
+            setup::run()?;
+            let seconds = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
+            fuzz::run(seconds)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -37,6 +37,22 @@ const VM_PACKAGES: &[&str] = &[
     "dpkg",
     "debian-archive-keyring",
 ];
+/// Container runtimes the runtime tests start offline (Podman with runc and netavark;
+/// containerd with its CRI plugin and the CNI plugins), what their images are built from
+/// (busybox-static, a static C pause program), and `protoc`, which the CRI bindings (k8s-cri)
+/// need at build time.
+const RUNTIME_PACKAGES: &[&str] = &[
+    "podman",
+    "runc",
+    "conmon",
+    "netavark",
+    "containerd",
+    "containernetworking-plugins",
+    "busybox-static",
+    "gcc",
+    "libc6-dev",
+    "protobuf-compiler",
+];
 /// Debian's BPF-capable Rust compiler and the LLVM bpf-linker builds against.
 const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
@@ -112,6 +128,7 @@ pub fn run() -> Result<()> {
     let standard = nightly_with_rust_src();
     let mut wanted: Vec<&str> = LAB_PACKAGES.to_vec();
     wanted.extend_from_slice(VM_PACKAGES);
+    wanted.extend_from_slice(RUNTIME_PACKAGES);
     if !standard {
         wanted.extend_from_slice(DEBIAN_BPF_PACKAGES);
     }

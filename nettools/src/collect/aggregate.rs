@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use nettools_common::{
     drops::{DropEvent, DropKey},
     flow::Flow,
+    neighbours::{NeighbourEvent, NeighbourKey},
+    retransmits::{RetransmitEvent, RetransmitKey},
+    traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue},
 };
 
 /// At most this many distinct dropped flows are kept per namespace; more are counted as
@@ -31,16 +34,79 @@ impl DropStats {
     }
 }
 
+/// TCP retransmissions in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetransmitStats {
+    /// Exact segments (counted in the kernel per namespace).
+    pub total: u64,
+    /// Exact segments per (TCP state, flow), from the kernel's per-flow map.
+    pub flows: BTreeMap<(u32, FlowOrd), u64>,
+    /// Retransmit events received.
+    pub events: u64,
+}
+
+/// A [`Flow`] with an order, for sorted maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowOrd(pub Flow);
+
+impl PartialOrd for FlowOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for FlowOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |f: &Flow| (f.family, f.l4_proto, f.saddr, f.sport, f.daddr, f.dport);
+        key(&self.0).cmp(&key(&other.0))
+    }
+}
+
+/// Neighbour (ARP/NDP) failures in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourStats {
+    /// Exact failures per (ifindex, family, address).
+    pub failures: BTreeMap<(u32, u8, [u8; 16]), u64>,
+    /// Device names seen in events, by ifindex.
+    pub devices: BTreeMap<u32, String>,
+    /// Failure events received.
+    pub events: u64,
+}
+
 /// Everything seen in one network namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NamespaceStats {
     pub drops: DropStats,
+    pub retransmits: RetransmitStats,
+    pub neighbours: NeighbourStats,
+}
+
+impl NamespaceStats {
+    /// Whether anything at all was seen here.
+    pub fn is_empty(&self) -> bool {
+        self.drops.total() + self.drops.events == 0
+            && self.retransmits.total + self.retransmits.events == 0
+            && self.neighbours.failures.is_empty()
+    }
+}
+
+/// What the tc programs saw on one interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceStats {
+    /// (direction, class, l4 protocol) → packets and bytes.
+    pub traffic: BTreeMap<(u8, u8, u8), (u64, u64)>,
+    /// ARP/NDP lookups: (family, address) → requests, replies, first and last request (ktime).
+    pub probes: BTreeMap<(u8, [u8; 16]), NeighProbeValue>,
 }
 
 /// All namespaces, keyed by inode.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Aggregate {
     pub namespaces: BTreeMap<u32, NamespaceStats>,
+    /// Per interface (ifindex in the host namespace), from the tc programs.
+    pub interfaces: BTreeMap<u32, InterfaceStats>,
+    /// Latency samples and pairing outcomes, per interface.
+    pub latency: super::latency::LatencyStats,
     /// Records that could not be decoded (object and binary out of step).
     pub undecodable: u64,
 }
@@ -57,6 +123,102 @@ impl Aggregate {
             drops.flows.insert(key, 1);
         } else {
             drops.flows_untracked += 1;
+        }
+    }
+
+    /// Adds one retransmission event.
+    pub fn add_retransmit(&mut self, ev: &RetransmitEvent) {
+        self.namespaces
+            .entry(ev.key.netns)
+            .or_default()
+            .retransmits
+            .events += 1;
+    }
+
+    /// Adds one neighbour failure event (names its device).
+    pub fn add_neighbour(&mut self, ev: &NeighbourEvent) {
+        let n = &mut self.namespaces.entry(ev.key.netns).or_default().neighbours;
+        n.events += 1;
+        let end = ev.dev.iter().position(|&b| b == 0).unwrap_or(ev.dev.len());
+        if let Ok(name) = std::str::from_utf8(&ev.dev[..end])
+            && !name.is_empty()
+        {
+            n.devices.insert(ev.key.ifindex, name.to_string());
+        }
+    }
+
+    /// Replaces retransmit counts with the kernel's exact figures.
+    pub fn set_retransmit_counts(
+        &mut self,
+        totals: &BTreeMap<u32, u64>,
+        flows: &[(RetransmitKey, u64)],
+    ) {
+        for ns in self.namespaces.values_mut() {
+            ns.retransmits.total = 0;
+            ns.retransmits.flows.clear();
+        }
+        for (netns, n) in totals {
+            if *n > 0 {
+                self.namespaces.entry(*netns).or_default().retransmits.total = *n;
+            }
+        }
+        for (key, n) in flows {
+            if *n > 0 {
+                *self
+                    .namespaces
+                    .entry(key.netns)
+                    .or_default()
+                    .retransmits
+                    .flows
+                    .entry((key.state, FlowOrd(key.flow)))
+                    .or_default() += n;
+            }
+        }
+    }
+
+    /// Replaces neighbour failure counts with the kernel's exact figures.
+    pub fn set_neighbour_counts(&mut self, counts: &[(NeighbourKey, u64)]) {
+        for ns in self.namespaces.values_mut() {
+            ns.neighbours.failures.clear();
+        }
+        for (key, n) in counts {
+            if *n > 0 {
+                *self
+                    .namespaces
+                    .entry(key.netns)
+                    .or_default()
+                    .neighbours
+                    .failures
+                    .entry((key.ifindex, key.family, key.addr))
+                    .or_default() += n;
+            }
+        }
+    }
+
+    /// Replaces the per-interface traffic and ARP/NDP figures with the kernel's.
+    pub fn set_interfaces(
+        &mut self,
+        traffic: &[(TrafficKey, TrafficValue)],
+        probes: &[(NeighProbeKey, NeighProbeValue)],
+    ) {
+        self.interfaces.clear();
+        for (k, v) in traffic {
+            let e = self
+                .interfaces
+                .entry(k.ifindex)
+                .or_default()
+                .traffic
+                .entry((k.direction, k.class, k.l4_proto))
+                .or_default();
+            e.0 += v.packets;
+            e.1 += v.bytes;
+        }
+        for (k, v) in probes {
+            self.interfaces
+                .entry(k.ifindex)
+                .or_default()
+                .probes
+                .insert((k.family, k.addr), *v);
         }
     }
 

@@ -2,15 +2,29 @@
 //! network namespace, next to the exact counts the kernel keeps in its maps.
 
 pub mod aggregate;
+pub mod dns;
 pub mod kallsyms;
+pub mod latency;
 
 use bytes::Buf as _;
-use nettools_common::{drops::DropEvent, event::kind};
+use nettools_common::{
+    drops::DropEvent,
+    event::kind,
+    latency::{DnsEvent, HandshakeEvent, IcmpEvent, TransitEvent},
+    neighbours::NeighbourEvent,
+    retransmits::RetransmitEvent,
+};
 
 /// One decoded ring-buffer event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Drop(DropEvent),
+    Retransmit(RetransmitEvent),
+    NeighbourFailed(NeighbourEvent),
+    Handshake(HandshakeEvent),
+    Dns(Box<DnsEvent>),
+    Icmp(IcmpEvent),
+    Transit(TransitEvent),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -47,6 +61,22 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
     };
     match k {
         kind::DROP => pod::<DropEvent>(data).map(Event::Drop).ok_or(truncated),
+        kind::RETRANSMIT => pod::<RetransmitEvent>(data)
+            .map(Event::Retransmit)
+            .ok_or(truncated),
+        kind::NEIGHBOUR_FAILED => pod::<NeighbourEvent>(data)
+            .map(Event::NeighbourFailed)
+            .ok_or(truncated),
+        kind::HANDSHAKE => pod::<HandshakeEvent>(data)
+            .map(Event::Handshake)
+            .ok_or(truncated),
+        kind::DNS => pod::<DnsEvent>(data)
+            .map(|d| Event::Dns(Box::new(d)))
+            .ok_or(truncated),
+        kind::ICMP => pod::<IcmpEvent>(data).map(Event::Icmp).ok_or(truncated),
+        kind::TRANSIT => pod::<TransitEvent>(data)
+            .map(Event::Transit)
+            .ok_or(truncated),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -82,6 +112,17 @@ impl Clock {
         Self {
             offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
         }
+    }
+
+    /// The kernel's monotonic clock now (what `bpf_ktime_get_ns` returns).
+    pub fn monotonic_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
     }
 
     /// Unix time in nanoseconds of a kernel timestamp.

@@ -1,21 +1,116 @@
-//! Finding what to trace: turning `--netns`, `--pid` or `--all` into network namespaces (by
-//! inode, the key every event carries) with names a person recognises.
+//! Finding what to trace: turning `--netns`, `--pid`, `--pod`, `--container` or `--all` into
+//! network namespaces (by inode, the key every event carries) with names a person recognises.
+//!
+//! Pods and containers come from the node's container runtimes, one module per source: [`cri`]
+//! (containerd, CRI-O), [`docker`] (Docker, Podman's Docker-compatible service) and [`cgroup`]
+//! (a /proc + cgroup scan when no runtime answers); [`inventory`] merges them into one workload
+//! per network namespace and finds `--pod` / `--container` there; [`watch`] follows a pod or
+//! container during a trace.
 
+pub mod cgroup;
+pub mod cri;
+pub mod docker;
+pub mod inventory;
+pub mod netlink;
 pub mod netns;
+pub mod veth;
+pub mod watch;
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+/// What kind of thing a workload is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// A named network namespace (`ip netns`) or one given by path.
+    #[default]
+    Netns,
+    /// The network namespace of a process.
+    Process,
+    /// The host's own network namespace.
+    Host,
+    /// One interface traced directly (`--iface`): its traffic is seen from the interface.
+    Interface,
+    /// A pod (Kubernetes through CRI, or a Podman pod): one namespace shared by its containers.
+    Pod,
+    /// One container, or several sharing one namespace (`--net container:X`), not in a pod.
+    Container,
+}
+
+/// The pod a workload is, as its runtime names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PodRef {
+    pub name: String,
+    /// The Kubernetes namespace (`None` for a Podman pod).
+    pub namespace: Option<String>,
+    /// The Kubernetes pod UID, when known.
+    pub uid: Option<String>,
+    /// The runtime's id of the pod: CRI sandbox id, Podman pod id.
+    pub sandbox_id: Option<String>,
+}
+
+impl PodRef {
+    /// `default/web`, or `web` for a pod without namespace.
+    pub fn display(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// One container in a workload's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ContainerRef {
+    /// Full container id.
+    pub id: String,
+    /// Its name (Docker/Podman name, or the CRI container name within its pod).
+    pub name: String,
+    /// Who reported it: `containerd`, `cri-o`, `podman`, `docker`, or `… (cgroup scan)`.
+    pub runtime: String,
+}
+
 /// Something with its own network namespace: a named netns, a process, a container or pod.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Workload {
     /// What a person calls it: the netns name, `pid 1234 (nginx)`, `host`, …
     pub name: String,
+    pub kind: WorkloadKind,
     /// Inode of its network namespace.
     pub netns: u32,
     /// A path that holds the namespace open (`/run/netns/NAME`, `/proc/PID/ns/net`).
     pub netns_path: Option<PathBuf>,
     /// A process inside it, when known.
     pub pid: Option<u32>,
+    /// Its veths' host-side ends (or, for [`WorkloadKind::Interface`], the interface itself):
+    /// where the tc programs attach.
+    pub veths: Vec<veth::HostVeth>,
+    /// The pod this namespace belongs to, when it is one.
+    pub pod: Option<PodRef>,
+    /// The containers sharing this namespace (a pod's containers, `--net container:X`).
+    pub containers: Vec<ContainerRef>,
+    /// Whether the pod or container uses the host's network namespace: its traffic is then
+    /// the host's, not its own.
+    pub host_network: bool,
+    /// Addresses inside the namespace (`10.233.0.2/24`), loopback left out.
+    pub addresses: Vec<String>,
+}
+
+impl Workload {
+    /// Fills in `veths` from the namespace (a workload without a path or veth keeps none).
+    pub fn discover_veths(&mut self) -> anyhow::Result<()> {
+        if self.kind == WorkloadKind::Interface
+            || self.kind == WorkloadKind::Host
+            || self.host_network
+            || !self.veths.is_empty()
+        {
+            return Ok(());
+        }
+        if let Some(path) = &self.netns_path {
+            self.veths = veth::host_veths(path)?;
+        }
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use super::Workload;
+use super::{Workload, WorkloadKind};
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
@@ -92,9 +92,14 @@ pub fn by_name_or_path(spec: &str) -> Result<Workload> {
         } else {
             spec.to_string()
         },
+        kind: if Some(netns) == host_inode() {
+            WorkloadKind::Host
+        } else {
+            WorkloadKind::Netns
+        },
         netns,
         netns_path: Some(path),
-        pid: None,
+        ..Default::default()
     })
 }
 
@@ -120,9 +125,47 @@ pub fn by_pid(pid: u32) -> Result<Workload> {
     };
     Ok(Workload {
         name,
+        kind: if Some(netns) == host_inode() {
+            WorkloadKind::Host
+        } else {
+            WorkloadKind::Process
+        },
         netns,
         netns_path: Some(path),
         pid: Some(pid),
+        ..Default::default()
+    })
+}
+
+/// `--iface NAME`: one interface of this (the host's) namespace, traced directly.
+pub fn by_interface(name: &str) -> Result<Workload> {
+    let links = super::netlink::links()?;
+    let Some(link) = links.iter().find(|l| l.name == name) else {
+        let mut names: Vec<&str> = links.iter().map(|l| l.name.as_str()).collect();
+        names.sort_unstable();
+        bail!(
+            "there is no interface {name:?} in this network namespace: interfaces here: {}",
+            names.join(", ")
+        );
+    };
+    let netns = host_inode().unwrap_or(0);
+    Ok(Workload {
+        name: format!("interface {name}"),
+        kind: WorkloadKind::Interface,
+        netns,
+        netns_path: Some(PathBuf::from("/proc/self/ns/net")),
+        pid: None,
+        veths: vec![super::veth::HostVeth {
+            name: link.name.clone(),
+            ifindex: link.index,
+            bridge: link
+                .master
+                .and_then(|m| links.iter().find(|b| b.index == m))
+                .map(|b| b.name.clone()),
+            inner_name: String::new(),
+            inner_ifindex: 0,
+        }],
+        ..Default::default()
     })
 }
 
@@ -136,16 +179,17 @@ pub fn labels() -> BTreeMap<u32, Workload> {
                 name,
                 netns,
                 netns_path: Some(path),
-                pid: None,
+                ..Default::default()
             });
         }
     }
     if let Some(host) = host_inode() {
         out.entry(host).or_insert(Workload {
             name: "host".to_string(),
+            kind: WorkloadKind::Host,
             netns: host,
             netns_path: Some(PathBuf::from("/proc/self/ns/net")),
-            pid: None,
+            ..Default::default()
         });
     }
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -162,9 +206,11 @@ pub fn labels() -> BTreeMap<u32, Workload> {
                         Some(c) => format!("pid {pid} ({c})"),
                         None => format!("pid {pid}"),
                     },
+                    kind: WorkloadKind::Process,
                     netns,
                     netns_path: Some(path),
                     pid: Some(pid),
+                    ..Default::default()
                 });
             }
         }

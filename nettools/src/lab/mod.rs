@@ -4,7 +4,9 @@
 //!
 //! Used by `nettools lab` (the demo) and by the integration tests.
 
+pub mod delay;
 pub mod demo;
+pub mod dns;
 
 use std::{
     fs::File,
@@ -85,6 +87,12 @@ impl Node {
         sh(&full)
     }
 
+    /// Sets a sysctl inside this namespace (net.* sysctls are per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.run(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
     /// Runs `f` in this namespace (see [`in_netns`]).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         in_netns(&self.path, f)
@@ -116,7 +124,7 @@ impl Lab {
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             id: format!("{TAG}-{pid}-{n}"),
-            ifprefix: format!("nt{}{}", pid % 100_000, n % 100),
+            ifprefix: format!("n{}{}", pid % 100_000, n % 10),
             bridge: None,
             nodes: Vec::new(),
             keep: false,
@@ -129,9 +137,22 @@ impl Lab {
             return Ok(b.clone());
         }
         let name = format!("{}br", self.ifprefix);
-        sh(&["ip", "link", "add", &name, "type", "bridge"])?;
+        // No multicast snooping: a snooping bridge joins the all-snoopers group and sends IGMP
+        // reports to every port a second or two after coming up, at random times.
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &name,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         self.bridge = Some(name.clone());
         sh(&["ip", "link", "set", &name, "alias", &self.id])?;
+        // Keep the lab quiet: no IPv6 router solicitations or MLD from the bridge itself.
+        quiet_ipv6(&name);
         sh(&["ip", "link", "set", &name, "up"])?;
         Ok(name)
     }
@@ -141,9 +162,19 @@ impl Lab {
     pub fn node(&mut self, short: &str, ipv4: &str, ipv6: Option<&str>) -> Result<Node> {
         let bridge = self.bridge()?;
         let netns = format!("{}-{short}", self.id);
-        let host_veth = format!("{}{short}", self.ifprefix);
-        if host_veth.len() > 15 {
-            bail!("lab node name {short:?} is too long for an interface name");
+        // Interface names have 15 bytes at most: keep as much of the short name as fits, and
+        // number it when that would clash with another node's.
+        let mut host_veth: String = format!("{}{short}", self.ifprefix)
+            .chars()
+            .take(15)
+            .collect();
+        if self.nodes.iter().any(|n| n.host_veth == host_veth) {
+            let idx = self.nodes.len().to_string();
+            host_veth = format!("{}{short}", self.ifprefix)
+                .chars()
+                .take(15 - idx.len())
+                .collect::<String>()
+                + &idx;
         }
         let ip4: std::net::Ipv4Addr = ipv4
             .split('/')
@@ -176,12 +207,17 @@ impl Lab {
         ])?;
         sh(&["ip", "link", "set", &host_veth, "alias", &self.id])?;
         sh(&["ip", "link", "set", &host_veth, "master", &bridge])?;
+        quiet_ipv6(&host_veth);
         sh(&["ip", "link", "set", &host_veth, "up"])?;
         node.run(&["ip", "link", "set", "lo", "up"])?;
         node.run(&["ip", "addr", "add", ipv4, "dev", "eth0"])?;
         if let Some(v6) = ipv6 {
             // nodad: usable at once, no 1-2 s of duplicate address detection.
             node.run(&["ip", "addr", "add", v6, "dev", "eth0", "nodad"])?;
+        } else {
+            // An IPv4-only node sends nothing the test did not ask for (no RS, MLD, DAD).
+            node.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            node.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
         node.run(&["ip", "link", "set", "eth0", "up"])?;
         Ok(node)
@@ -234,6 +270,15 @@ impl Drop for Lab {
             eprintln!("nettools: {e}");
         }
     }
+}
+
+/// Turns IPv6 off on a host-side lab interface, so it sends nothing of its own (router
+/// solicitations, MLD reports) into the lab. Best effort: a kernel without IPv6 is quiet anyway.
+fn quiet_ipv6(ifname: &str) {
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
+        "1",
+    );
 }
 
 /// Removes namespaces and bridges of labs whose process no longer exists.

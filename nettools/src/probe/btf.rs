@@ -403,6 +403,14 @@ pub(crate) mod tests {
         pub(crate) fn ptr(&mut self, to: u32) -> u32 {
             self.header("", btf_kind::PTR, 0, false, to)
         }
+        pub(crate) fn array(&mut self, elem: u32, n: u32) -> u32 {
+            let index = self.int("__ARRAY_SIZE_TYPE__", 4);
+            let id = self.header("", btf_kind::ARRAY, 0, false, 0);
+            for v in [elem, index, n] {
+                self.types.extend_from_slice(&v.to_le_bytes());
+            }
+            id
+        }
         pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
             self.header(name, btf_kind::TYPEDEF, 0, false, to)
         }

@@ -3,12 +3,8 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context as _, Result, bail};
-use aya::{
-    Ebpf,
-    maps::{MapData, PerCpuHashMap},
-    programs::TracePoint,
-};
+use anyhow::{Result, bail};
+use aya::Ebpf;
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
     drops::{DropKey, REASON_UNAVAILABLE},
@@ -113,34 +109,12 @@ pub fn kfree_skb_layout(format: &Format, reasons: &DropReasons) -> Result<KfreeS
 
 /// Loads and attaches the `kfree_skb` program.
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    let program: &mut TracePoint = ebpf
-        .program_mut("kfree_skb")
-        .context("the eBPF object has no kfree_skb program")?
-        .try_into()
-        .context("kfree_skb is not a tracepoint program")?;
-    program
-        .load()
-        .map_err(super::load_error)
-        .context("the kernel refused the drop probe (skb:kfree_skb)")?;
-    program
-        .attach("skb", "kfree_skb")
-        .context("cannot attach the drop probe to skb:kfree_skb")?;
-    Ok(())
+    super::attach_tracepoint(ebpf, "kfree_skb", "skb", "kfree_skb")
 }
 
 /// Exact drop counts per (namespace, reason, location), summed over CPUs.
 pub fn read_counts(ebpf: &Ebpf) -> Result<Vec<(DropKey, u64)>> {
-    let map = ebpf
-        .map("DROP_COUNTS")
-        .context("the eBPF object has no DROP_COUNTS map")?;
-    let counts: PerCpuHashMap<&MapData, DropKey, u64> =
-        PerCpuHashMap::try_from(map).context("DROP_COUNTS is not a per-CPU hash map")?;
-    let mut out = Vec::new();
-    for item in counts.iter() {
-        let (key, per_cpu) = item.context("reading the drop counts failed")?;
-        out.push((key, per_cpu.iter().sum()));
-    }
-    Ok(out)
+    super::sum_per_cpu(ebpf, "DROP_COUNTS")
 }
 
 #[cfg(test)]

@@ -1,21 +1,33 @@
 //! Loading nettools' eBPF object into this kernel: resolve what differs between kernels (struct
 //! offsets from BTF, tracepoint layouts from tracefs, drop-reason names), write it into the
 //! object's globals, load, and attach the selected probes.
+//!
+//! One module per probe, named like its kernel program and event type: [`drops`],
+//! [`retransmits`], [`neighbours`], [`tc`] (traffic and ARP/NDP on veths).
 
 pub mod btf;
 pub mod drops;
+pub mod latency;
+pub mod neighbours;
 pub mod offsets;
+pub mod retransmits;
+pub mod stacks;
+pub mod tc;
 pub mod tracefs;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader, Pod,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{Program, ProgramError},
 };
 use nettools_common::{
-    config::{FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, OFFSETS_GLOBAL},
+    config::{
+        FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
+        RetransmitLayout, SYNACK_GLOBAL,
+    },
     counters,
+    latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
 };
 
 use crate::preflight;
@@ -31,25 +43,70 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ne
 pub enum ProbeKind {
     /// Packet drops with reason and kernel location (skb:kfree_skb).
     Drops,
+    /// TCP retransmitted segments per flow (tcp:tcp_retransmit_skb, tcp_retransmit_synack).
+    Retransmits,
+    /// ARP/NDP entries that fail to resolve (neigh_timer_handler).
+    Neighbours,
+    /// Packets and bytes on each workload's host-side veth, and unanswered ARP/NDP (tc/tcx).
+    Traffic,
+    /// TCP handshake latency on the veth: SYN -> SYN-ACK, refused and unanswered SYNs.
+    Handshake,
+    /// DNS latency and answers (rcode, name, type) on the veth, UDP and TCP; unanswered queries.
+    Dns,
+    /// ICMP/ICMPv6 echo latency on the veth; unanswered echo requests.
+    Icmp,
+    /// Time through the host from one traced veth to another (bridge forwarding).
+    Transit,
 }
 
 impl ProbeKind {
+    /// Every probe, in report order.
+    pub const ALL: [Self; 8] = [
+        Self::Drops,
+        Self::Retransmits,
+        Self::Neighbours,
+        Self::Traffic,
+        Self::Handshake,
+        Self::Dns,
+        Self::Icmp,
+        Self::Transit,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Drops => "drops",
+            Self::Retransmits => "retransmits",
+            Self::Neighbours => "neighbours",
+            Self::Traffic => "traffic",
+            Self::Handshake => "handshake",
+            Self::Dns => "dns",
+            Self::Icmp => "icmp",
+            Self::Transit => "transit",
         }
+    }
+
+    /// Whether this probe runs in the tc programs on veths.
+    pub fn on_veth(self) -> bool {
+        matches!(
+            self,
+            Self::Traffic | Self::Handshake | Self::Dns | Self::Icmp | Self::Transit
+        )
     }
 }
 
 /// How to load the object.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// The probes that will be attached (their kernel layouts are resolved now).
+    pub probes: Vec<ProbeKind>,
     /// Report every network namespace instead of those added with [`Loaded::trace_netns`].
     pub all_namespaces: bool,
     /// Forward the kernel programs' debug messages (aya-log) to the log.
     pub kernel_debug: bool,
     /// Size of the event ring buffer in bytes (a power of two, multiple of the page size).
     pub ring_buffer_bytes: u32,
+    /// Follow one packet in 2^n through the host (the transit probe).
+    pub transit_sample_shift: u32,
 }
 
 /// What was learnt about the running kernel while loading.
@@ -65,6 +122,8 @@ pub struct KernelInfo {
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub kernel: KernelInfo,
+    /// tc attachments made by [`Loaded::attach_tc`].
+    pub tc: tc::Attachments,
 }
 
 /// Turns a program load failure into an error whose message stays short; the verifier's log is
@@ -79,20 +138,94 @@ pub(crate) fn load_error(e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Checks privileges, resolves this kernel's layouts and loads the object (nothing attached yet).
+/// Loads a tracepoint program by name and attaches it to `group:name`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    group: &str,
+    name: &str,
+) -> Result<()> {
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("the eBPF object has no {program} program"))?
+        .try_into()
+        .with_context(|| format!("{program} is not a tracepoint program"))?;
+    p.load()
+        .map_err(load_error)
+        .with_context(|| format!("the kernel refused the probe on {group}:{name}"))?;
+    p.attach(group, name)
+        .with_context(|| format!("cannot attach a probe to {group}:{name}"))?;
+    Ok(())
+}
+
+/// Sums a per-CPU counting hash (`K` → u64 per CPU) into one figure per key.
+pub(crate) fn sum_per_cpu<K: Pod>(ebpf: &Ebpf, map: &str) -> Result<Vec<(K, u64)>> {
+    let m = ebpf
+        .map(map)
+        .with_context(|| format!("the eBPF object has no {map} map"))?;
+    let counts: PerCpuHashMap<&MapData, K, u64> =
+        PerCpuHashMap::try_from(m).with_context(|| format!("{map} is not a per-CPU hash map"))?;
+    let mut out = Vec::new();
+    for item in counts.iter() {
+        let (key, per_cpu) = item.with_context(|| format!("reading {map} failed"))?;
+        out.push((key, per_cpu.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// The latency features the tc programs run for these probes.
+pub fn tc_features(probes: &[ProbeKind]) -> u32 {
+    use nettools_common::latency::features;
+    probes.iter().fold(0, |bits, p| {
+        bits | match p {
+            ProbeKind::Handshake => features::HANDSHAKE,
+            ProbeKind::Dns => features::DNS,
+            ProbeKind::Icmp => features::ICMP,
+            ProbeKind::Transit => features::TRANSIT,
+            _ => 0,
+        }
+    })
+}
+
+/// Checks privileges, resolves this kernel's layouts for the selected probes and loads the
+/// object (nothing attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     preflight::require_privileges()?;
     let mut btf = btf::Btf::from_sys_fs()?;
     let (offsets, mut notes) = offsets::for_running_kernel(&mut btf)?;
     let reasons = drops::DropReasons::from_btf(&btf);
-    if !reasons.available() {
-        notes.push(
-            "this kernel does not name drop reasons (Linux < 5.17): drops are reported with \
-             location and stack, reason UNAVAILABLE"
-                .to_string(),
-        );
+    let wants = |p: ProbeKind| opts.probes.contains(&p);
+    let mut kfree = KfreeSkbLayout {
+        not_drops: [nettools_common::config::ABSENT; 3],
+        ..KfreeSkbLayout::default()
+    };
+    if wants(ProbeKind::Drops) {
+        if !reasons.available() {
+            notes.push(
+                "this kernel does not name drop reasons (Linux < 5.17): drops are reported with \
+                 location and stack, reason UNAVAILABLE"
+                    .to_string(),
+            );
+        }
+        kfree = drops::kfree_skb_layout(&tracefs::format("skb", "kfree_skb")?, &reasons)?;
     }
-    let kfree = drops::kfree_skb_layout(&tracefs::format("skb", "kfree_skb")?, &reasons)?;
+    let (mut retransmit, mut synack) = (RetransmitLayout::UNSET, RetransmitLayout::UNSET);
+    if wants(ProbeKind::Retransmits) {
+        retransmit = retransmits::layout(&tracefs::format("tcp", "tcp_retransmit_skb")?)?;
+        match tracefs::format("tcp", "tcp_retransmit_synack") {
+            Ok(f) => synack = retransmits::layout(&f)?,
+            Err(e) => notes.push(format!("{e:#}: retransmitted SYN-ACKs are not counted")),
+        }
+        if offsets.tcp_cb_gso_segs == nettools_common::config::ABSENT {
+            notes.push(
+                "TCP segments per retransmitted skb are unknown on this kernel: each counts as one"
+                    .into(),
+            );
+        }
+    }
+    if wants(ProbeKind::Neighbours) {
+        notes.extend(neighbours::missing(&offsets));
+    }
     preflight::raise_memlock();
 
     let filter = Filter {
@@ -104,7 +237,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
+        .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
+        .override_global(SYNACK_GLOBAL, &synack, true)
         .override_global(FILTER_GLOBAL, &filter, true)
+        .override_global(FEATURES_GLOBAL, &tc_features(&opts.probes), true)
+        .override_global(
+            TRANSIT_MASK_GLOBAL,
+            &((1u32 << opts.transit_sample_shift.min(16)) - 1),
+            true,
+        )
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .load(OBJECT)
@@ -117,6 +258,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             drop_reasons: reasons,
             notes,
         },
+        tc: tc::Attachments::default(),
     })
 }
 
@@ -132,11 +274,24 @@ impl Loaded {
             .with_context(|| format!("cannot add network namespace {inode} to the trace filter"))
     }
 
-    /// Attaches one probe.
+    /// Attaches one tracepoint-based probe (tc is attached per interface with
+    /// [`Loaded::attach_tc`]).
     pub fn attach(&mut self, probe: ProbeKind) -> Result<()> {
         match probe {
             ProbeKind::Drops => drops::attach(&mut self.ebpf),
+            ProbeKind::Retransmits => retransmits::attach(&mut self.ebpf),
+            ProbeKind::Neighbours => neighbours::attach(&mut self.ebpf),
+            ProbeKind::Traffic
+            | ProbeKind::Handshake
+            | ProbeKind::Dns
+            | ProbeKind::Icmp
+            | ProbeKind::Transit => Ok(()),
         }
+    }
+
+    /// Attaches the tc programs to interfaces.
+    pub fn attach_tc(&mut self, targets: &[tc::Target], mode: tc::Mode) -> Result<()> {
+        tc::attach(&mut self.ebpf, &mut self.tc, targets, mode)
     }
 
     /// Loads every program without attaching it (the verifier's verdict, for `doctor`).
@@ -170,6 +325,7 @@ impl Loaded {
                 Err(e) => log::warn!("detaching {name} failed: {e}"),
             }
         }
+        self.tc.detached();
     }
 
     /// Takes the event ring buffer for the collector.

@@ -9,7 +9,8 @@ use super::btf::Btf;
 struct Wanted {
     strukt: &'static str,
     path: &'static str,
-    size: u32,
+    /// Expected size in bytes; `None` for flexible arrays (`u8 primary_key[0]`).
+    size: Option<u32>,
     /// Without a required field nettools cannot attribute events to namespaces at all.
     required: bool,
 }
@@ -18,8 +19,18 @@ const fn wanted(strukt: &'static str, path: &'static str, size: u32, required: b
     Wanted {
         strukt,
         path,
-        size,
+        size: Some(size),
         required,
+    }
+}
+
+/// A flexible array member at the end of a struct: any size is fine.
+const fn flexible(strukt: &'static str, path: &'static str) -> Wanted {
+    Wanted {
+        strukt,
+        path,
+        size: None,
+        required: false,
     }
 }
 
@@ -29,11 +40,14 @@ pub fn resolve(btf: &mut Btf) -> Result<(KernelOffsets, Vec<String>)> {
     let mut notes = Vec::new();
     let mut get = |w: Wanted| -> Result<u32> {
         match btf.field(w.strukt, w.path) {
-            Ok(loc) if loc.size == w.size => Ok(loc.offset),
+            Ok(loc) if w.size.is_none_or(|s| s == loc.size) => Ok(loc.offset),
             Ok(loc) => {
                 let msg = format!(
                     "struct {}.{} is {} bytes on this kernel, nettools expects {}",
-                    w.strukt, w.path, loc.size, w.size
+                    w.strukt,
+                    w.path,
+                    loc.size,
+                    w.size.unwrap_or(0)
                 );
                 if w.required {
                     bail!(msg);
@@ -58,7 +72,14 @@ pub fn resolve(btf: &mut Btf) -> Result<(KernelOffsets, Vec<String>)> {
         dev_net: get(wanted("net_device", "nd_net.net", 8, true))?,
         sk_net: get(wanted("sock", "__sk_common.skc_net.net", 8, true))?,
         net_inum: get(wanted("net", "ns.inum", 4, true))?,
-        _pad: 0,
+        skb_cb: get(wanted("sk_buff", "cb", 48, false))?,
+        tcp_cb_gso_segs: get(wanted("tcp_skb_cb", "tcp_gso_segs", 2, false))?,
+        dev_name: get(wanted("net_device", "name", 16, false))?,
+        neigh_dev: get(wanted("neighbour", "dev", 8, false))?,
+        neigh_nud_state: get(wanted("neighbour", "nud_state", 1, false))?,
+        neigh_primary_key: get(flexible("neighbour", "primary_key"))?,
+        neigh_tbl: get(wanted("neighbour", "tbl", 8, false))?,
+        neigh_table_family: get(wanted("neigh_table", "family", 4, false))?,
     };
     Ok((offsets, notes))
 }
@@ -82,6 +103,7 @@ mod tests {
         let mut b = Builder::new();
         let u32t = b.int("unsigned int", 4);
         let u16t = b.int("__u16", 2);
+        let u8t = b.int("u8", 1);
         let ns = b.composite(
             false,
             "ns_common",
@@ -97,11 +119,16 @@ mod tests {
         let netp = b.ptr(net);
         let possible = b.composite(false, "", 8, &[("net", netp, 0, 0)]);
         let possible_t = b.typedef("possible_net_t", possible);
+        let name_t = b.array(u8t, 16);
         let dev = b.composite(
             false,
             "net_device",
             2048,
-            &[("ifindex", u32t, 1792, 0), ("nd_net", possible_t, 4096, 0)],
+            &[
+                ("name", name_t, 0, 0),
+                ("ifindex", u32t, 1792, 0),
+                ("nd_net", possible_t, 4096, 0),
+            ],
         );
         let devp = b.ptr(dev);
         let skc = b.composite(
@@ -113,9 +140,11 @@ mod tests {
         let sock = b.composite(false, "sock", 800, &[("__sk_common", skc, 0, 0)]);
         let sockp = b.ptr(sock);
         let u8p = b.ptr(u32t);
+        let cb = b.array(u8t, 48);
         let mut members = vec![
             ("dev", devp, 128, 0),
             ("sk", sockp, 192, 0),
+            ("cb", cb, 320, 0),
             ("head", u8p, 1536, 0),
         ];
         if with_headers {
@@ -123,6 +152,38 @@ mod tests {
             members.push(("transport_header", u16t, 1456, 0));
         }
         b.composite(false, "sk_buff", 232, &members);
+        let segs = b.composite(
+            false,
+            "",
+            4,
+            &[("tcp_gso_segs", u16t, 0, 0), ("tcp_gso_size", u16t, 16, 0)],
+        );
+        let u = b.composite(true, "", 4, &[("tcp_tw_isn", u32t, 0, 0), ("", segs, 0, 0)]);
+        b.composite(
+            false,
+            "tcp_skb_cb",
+            48,
+            &[
+                ("seq", u32t, 0, 0),
+                ("end_seq", u32t, 32, 0),
+                ("", u, 64, 0),
+            ],
+        );
+        let int = b.int("int", 4);
+        let tbl = b.composite(false, "neigh_table", 64, &[("family", int, 0, 0)]);
+        let tblp = b.ptr(tbl);
+        let key = b.array(u8t, 0);
+        b.composite(
+            false,
+            "neighbour",
+            400,
+            &[
+                ("tbl", tblp, 128, 0),
+                ("nud_state", u8t, 800, 0),
+                ("dev", devp, 3008, 0),
+                ("primary_key", key, 3136, 0),
+            ],
+        );
         b.build()
     }
 
@@ -147,6 +208,10 @@ mod tests {
         assert_eq!(o.skb_network_header, ABSENT);
         assert_eq!(o.skb_transport_header, ABSENT);
         assert_eq!(notes.len(), 2, "{notes:?}");
+        assert_eq!(
+            o.neigh_primary_key, 392,
+            "a flexible array has no fixed size"
+        );
         Ok(())
     }
 

@@ -5,7 +5,14 @@ use serde::Serialize;
 
 use super::{Summary, addr, format_flow, l4_name};
 use crate::{collect::Clock, collect::kallsyms::Kallsyms, discover::Workload, probe::KernelInfo};
-use nettools_common::drops::DropEvent;
+use nettools_common::{
+    drops::DropEvent,
+    latency::{DnsEvent, DnsKey, DnsPending, HandshakeEvent, IcmpEvent},
+    neighbours::NeighbourEvent,
+    retransmits::RetransmitEvent,
+};
+
+use crate::collect::dns::DnsMessage;
 
 /// One dropped packet (`"type": "drop"`).
 #[derive(Serialize)]
@@ -30,6 +37,242 @@ pub struct DropJson {
     pub flow: String,
     pub ifindex: u32,
     pub cpu: u32,
+}
+
+/// One retransmission (`"type": "retransmit"`).
+#[derive(Serialize)]
+pub struct RetransmitJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    pub flow: String,
+    pub src: Option<String>,
+    pub dst: Option<String>,
+    pub sport: u16,
+    pub dport: u16,
+    pub state: &'static str,
+    pub segments: u32,
+    pub synack: bool,
+}
+
+pub fn retransmit_event(
+    ev: &RetransmitEvent,
+    workload: &Workload,
+    clock: &Clock,
+) -> RetransmitJson {
+    let f = &ev.key.flow;
+    RetransmitJson {
+        kind: "retransmit",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        flow: format_flow(f),
+        src: addr(f.family, &f.saddr).map(|a| a.to_string()),
+        dst: addr(f.family, &f.daddr).map(|a| a.to_string()),
+        sport: f.sport,
+        dport: f.dport,
+        state: crate::probe::retransmits::state_name(ev.key.state),
+        segments: ev.segs,
+        synack: ev.synack != 0,
+    }
+}
+
+/// A neighbour entry that went to FAILED (`"type": "neighbour_failure"`).
+#[derive(Serialize)]
+pub struct NeighbourJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    pub address: Option<String>,
+    /// `arp` or `ndp`.
+    pub protocol: &'static str,
+    pub device: String,
+    pub ifindex: u32,
+}
+
+pub fn neighbour_event(ev: &NeighbourEvent, workload: &Workload, clock: &Clock) -> NeighbourJson {
+    let end = ev.dev.iter().position(|&b| b == 0).unwrap_or(ev.dev.len());
+    NeighbourJson {
+        kind: "neighbour_failure",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        address: addr(ev.key.family, &ev.key.addr).map(|a| a.to_string()),
+        protocol: if ev.key.family == nettools_common::flow::AF_INET6 {
+            "ndp"
+        } else {
+            "arp"
+        },
+        device: String::from_utf8_lossy(&ev.dev[..end]).into_owned(),
+        ifindex: ev.key.ifindex,
+    }
+}
+
+fn role_name(role: u8) -> &'static str {
+    if role == nettools_common::latency::role::CLIENT {
+        "client"
+    } else {
+        "server"
+    }
+}
+
+/// A TCP handshake (`"type": "tcp_handshake"`).
+#[derive(Serialize)]
+pub struct HandshakeJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub workload: String,
+    /// `client` (the workload connected) or `server` (it accepted).
+    pub role: &'static str,
+    /// `answered` or `refused` (RST).
+    pub outcome: &'static str,
+    pub latency_ms: f64,
+    pub syns: u32,
+    pub flow: String,
+    pub ifindex: u32,
+}
+
+pub fn handshake_event(ev: &HandshakeEvent, w: &Workload, clock: &Clock) -> HandshakeJson {
+    HandshakeJson {
+        kind: "tcp_handshake",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        workload: w.name.clone(),
+        role: role_name(ev.role),
+        outcome: if ev.outcome == nettools_common::latency::outcome::RESET {
+            "refused"
+        } else {
+            "answered"
+        },
+        latency_ms: ev.latency_ns as f64 / 1e6,
+        syns: ev.syns,
+        flow: format_flow(&ev.flow),
+        ifindex: ev.ifindex,
+    }
+}
+
+/// A DNS response (`"type": "dns"`) or a query never answered (`"type": "dns_unanswered"`).
+#[derive(Serialize)]
+pub struct DnsJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub workload: String,
+    pub role: &'static str,
+    pub transport: &'static str,
+    pub client: String,
+    pub server: String,
+    pub id: u16,
+    pub name: Option<String>,
+    pub qtype: Option<String>,
+    /// `null` for an unanswered query.
+    pub rcode: Option<String>,
+    /// Query → response; for an unanswered query, how long it was waited for.
+    pub latency_ms: f64,
+    pub ifindex: u32,
+}
+
+fn dns_ends(k: &DnsKey) -> (String, String) {
+    let f = &k.flow;
+    let end = |raw: &[u8; 16], port: u16| match addr(f.family, raw) {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        Some(a) => format!("{a}:{port}"),
+        None => String::new(),
+    };
+    (end(&f.saddr, f.sport), end(&f.daddr, f.dport))
+}
+
+pub fn dns_event(
+    ev: &DnsEvent,
+    parsed: Option<&DnsMessage>,
+    w: &Workload,
+    clock: &Clock,
+) -> DnsJson {
+    let (client, server) = dns_ends(&ev.key);
+    DnsJson {
+        kind: "dns",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        workload: w.name.clone(),
+        role: role_name(ev.role),
+        transport: if ev.key.flow.l4_proto == 6 {
+            "tcp"
+        } else {
+            "udp"
+        },
+        client,
+        server,
+        id: ev.key.id,
+        name: parsed.and_then(|m| m.qname.clone()),
+        qtype: parsed
+            .and_then(|m| m.qtype)
+            .map(crate::collect::dns::qtype_name),
+        rcode: parsed.map(|m| crate::collect::dns::rcode_name(m.rcode)),
+        latency_ms: ev.latency_ns as f64 / 1e6,
+        ifindex: ev.key.ifindex,
+    }
+}
+
+pub fn dns_unanswered(
+    k: &DnsKey,
+    v: &DnsPending,
+    w: &Workload,
+    clock: &Clock,
+    timeout: std::time::Duration,
+) -> DnsJson {
+    let (client, server) = dns_ends(k);
+    let len = usize::from(v.len).min(v.message.len());
+    let q = crate::collect::dns::question(&v.message[..len]).ok();
+    DnsJson {
+        kind: "dns_unanswered",
+        time_unix_ns: clock.unix_ns(v.ts_ns),
+        workload: w.name.clone(),
+        role: role_name(v.role),
+        transport: if k.flow.l4_proto == 6 { "tcp" } else { "udp" },
+        client,
+        server,
+        id: k.id,
+        name: q.as_ref().map(|(n, _)| n.clone()),
+        qtype: q.map(|(_, t)| crate::collect::dns::qtype_name(t)),
+        rcode: None,
+        latency_ms: timeout.as_secs_f64() * 1e3,
+        ifindex: k.ifindex,
+    }
+}
+
+/// An echo reply (`"type": "icmp_echo"`).
+#[derive(Serialize)]
+pub struct IcmpJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub workload: String,
+    pub role: &'static str,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub id: u16,
+    pub seq: u16,
+    pub latency_ms: f64,
+    pub ifindex: u32,
+}
+
+pub fn icmp_event(ev: &IcmpEvent, w: &Workload, clock: &Clock) -> IcmpJson {
+    let f = &ev.flow;
+    IcmpJson {
+        kind: "icmp_echo",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        workload: w.name.clone(),
+        role: role_name(ev.role),
+        from: addr(f.family, &f.saddr).map(|a| a.to_string()),
+        to: addr(f.family, &f.daddr).map(|a| a.to_string()),
+        id: f.sport,
+        seq: f.dport,
+        latency_ms: ev.latency_ns as f64 / 1e6,
+        ifindex: ev.ifindex,
+    }
 }
 
 /// Name of an EtherType.

@@ -2,7 +2,27 @@
 
 use std::fmt::Write as _;
 
-use super::{Health, Summary};
+use super::{Counts, Health, InterfaceSummary, LatencySummary, Summary, WorkloadSummary};
+
+/// `1.2 MiB`, `340 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn counts(c: &Counts) -> String {
+    format!("{} pkts, {}", c.packets, bytes(c.bytes))
+}
 
 /// Renders the summary as text.
 pub fn render(s: &Summary) -> String {
@@ -25,58 +45,248 @@ pub fn render(s: &Summary) -> String {
     }
     let _ = writeln!(out, "{}", health_line(&s.health));
     if s.workloads.is_empty() {
-        let _ = writeln!(out, "\nno drops in any network namespace");
+        let _ = writeln!(out, "\nnothing to report in any network namespace");
     }
     for w in &s.workloads {
-        let _ = writeln!(out);
-        let mut title = format!("== {}  (netns {}", w.name, w.netns);
-        if let Some(p) = &w.netns_path
-            && !w.name.contains(p.as_str())
-        {
-            let _ = write!(title, ", {p}");
-        }
-        title.push(')');
-        let _ = writeln!(out, "{title}");
-        let d = &w.drops;
-        if d.total == 0 {
-            let _ = writeln!(out, "  drops: none");
-            continue;
-        }
-        let _ = writeln!(out, "  drops: {}", d.total);
-        let width = d
-            .by_reason
-            .iter()
-            .map(|r| r.reason.len())
-            .max()
-            .unwrap_or(6)
-            .max(6);
-        let _ = writeln!(
-            out,
-            "    {:<width$}  {:>8}  WHERE IN THE KERNEL",
-            "REASON", "PACKETS"
-        );
-        for r in &d.by_reason {
-            let locs: Vec<String> = r
-                .locations
-                .iter()
-                .map(|l| format!("{} ({})", l.location, l.count))
-                .collect();
-            let _ = writeln!(
-                out,
-                "    {:<width$}  {:>8}  {}",
-                r.reason,
-                r.count,
-                locs.join(", ")
-            );
-        }
-        if !d.top_flows.is_empty() {
-            let _ = writeln!(out, "    top dropped flows:");
-            for f in &d.top_flows {
-                let _ = writeln!(out, "      {:>8}  {}  [{}]", f.count, f.flow, f.reason);
+        workload(&mut out, w);
+    }
+    out
+}
+
+fn workload(out: &mut String, w: &WorkloadSummary) {
+    let _ = writeln!(out);
+    let mut title = format!("== {}  (netns {}", w.name, w.netns);
+    if let Some(p) = &w.netns_path
+        && !w.name.contains(p.as_str())
+    {
+        let _ = write!(title, ", {p}");
+    }
+    title.push(')');
+    let _ = writeln!(out, "{title}");
+    for i in &w.interfaces {
+        interface(out, i);
+    }
+    drops(out, w);
+    if let Some(r) = &w.retransmits {
+        if r.total == 0 {
+            let _ = writeln!(out, "  retransmits: none");
+        } else {
+            let _ = writeln!(out, "  retransmits: {} segments", r.total);
+            let _ = writeln!(out, "    {:>8}  FLOW  (segments by TCP state)", "SEGMENTS");
+            for f in &r.top_flows {
+                let _ = writeln!(
+                    out,
+                    "    {:>8}  {}  ({})",
+                    f.segments,
+                    f.flow,
+                    f.states_text()
+                );
             }
         }
     }
-    out
+    if let Some(l) = &w.latency {
+        latency(out, l);
+    }
+    if let Some(n) = &w.neighbours {
+        if n.failures.is_empty() && n.unanswered.is_empty() {
+            let _ = writeln!(out, "  neighbours (ARP/NDP): all resolved");
+        } else {
+            let _ = writeln!(
+                out,
+                "  incomplete neighbours (ARP/NDP): {} failed, {} unanswered",
+                n.total_failures,
+                n.unanswered.len()
+            );
+            for f in &n.failures {
+                let _ = writeln!(
+                    out,
+                    "    {} on {}: FAILED {} time{} ({})",
+                    f.address,
+                    f.device,
+                    f.failures,
+                    if f.failures == 1 { "" } else { "s" },
+                    f.protocol.to_uppercase()
+                );
+            }
+            for u in &n.unanswered {
+                let _ = writeln!(
+                    out,
+                    "    {}: {} {} request{}, no reply",
+                    u.address,
+                    u.requests,
+                    u.protocol.to_uppercase(),
+                    if u.requests == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+}
+
+fn latency(out: &mut String, l: &LatencySummary) {
+    use super::histogram::duration;
+    if l.distributions.is_empty() {
+        let _ = writeln!(out, "  latency: no samples");
+    } else {
+        let _ = writeln!(
+            out,
+            "  latency {:<32} {:>7} {:>11} {:>11} {:>11}",
+            "", "COUNT", "P50", "P99", "MAX"
+        );
+        for d in &l.distributions {
+            let ms = |v: f64| duration(v * 1e6);
+            let _ = writeln!(
+                out,
+                "    {:<38} {:>7} {:>11} {:>11} {:>11}",
+                d.kind.describe(),
+                d.count,
+                ms(d.p50_ms),
+                ms(d.p99_ms),
+                ms(d.max_ms)
+            );
+        }
+    }
+    for (what, h) in [("connect", &l.connect), ("accept", &l.accept)] {
+        let mut parts = Vec::new();
+        if h.refused > 0 {
+            parts.push(format!("{} refused (RST)", h.refused));
+        }
+        if h.unanswered > 0 {
+            parts.push(format!(
+                "{} SYN{} unanswered",
+                h.unanswered,
+                if h.unanswered == 1 { "" } else { "s" }
+            ));
+        }
+        if h.syn_retransmits > 0 {
+            parts.push(format!(
+                "{} SYN retransmit{}",
+                h.syn_retransmits,
+                if h.syn_retransmits == 1 { "" } else { "s" }
+            ));
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(out, "  tcp {what}: {}", parts.join(", "));
+        }
+    }
+    let d = &l.dns;
+    if d.responses + d.unanswered > 0 {
+        let rcodes: Vec<String> = d.rcodes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let mut line = format!(
+            "  dns: {} response{}",
+            d.responses,
+            if d.responses == 1 { "" } else { "s" }
+        );
+        if !rcodes.is_empty() {
+            let _ = write!(line, " ({})", rcodes.join(", "));
+        }
+        if d.unanswered > 0 {
+            let servers: Vec<String> = d
+                .unanswered_by_server
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            let _ = write!(
+                line,
+                "; {} unanswered ({})",
+                d.unanswered,
+                servers.join(", ")
+            );
+        }
+        let _ = writeln!(out, "{line}");
+        for f in &d.failures {
+            let _ = writeln!(out, "    {} {} ({})", f.rcode, f.name, f.count);
+        }
+        for (name, n) in &d.unanswered_by_name {
+            let _ = writeln!(out, "    unanswered {name} ({n})");
+        }
+    }
+    if l.icmp_unanswered > 0 {
+        let _ = writeln!(
+            out,
+            "  ping: {} echo request(s) unanswered",
+            l.icmp_unanswered
+        );
+    }
+    if l.icmp_unanswered_to_it > 0 {
+        let _ = writeln!(
+            out,
+            "  ping: {} echo request(s) to it unanswered",
+            l.icmp_unanswered_to_it
+        );
+    }
+    if !l.transit_from.is_empty() {
+        let from: Vec<String> = l
+            .transit_from
+            .iter()
+            .map(|t| format!("{} ({} packets)", t.from, t.packets))
+            .collect();
+        let _ = writeln!(out, "  transit into it from: {}", from.join(", "));
+    }
+}
+
+fn interface(out: &mut String, i: &InterfaceSummary) {
+    let mut what = i.name.clone();
+    if let Some(peer) = &i.peer {
+        let _ = write!(what, " (host side of {peer}");
+        if let Some(b) = &i.bridge {
+            let _ = write!(what, ", on {b}");
+        }
+        what.push(')');
+    }
+    match i.attached {
+        None => {
+            let _ = writeln!(out, "  traffic on {what}: not attached");
+        }
+        Some(_) => {
+            let _ = writeln!(
+                out,
+                "  traffic on {what}: received {}; sent {}",
+                counts(&i.received),
+                counts(&i.sent)
+            );
+        }
+    }
+}
+
+fn drops(out: &mut String, w: &WorkloadSummary) {
+    let d = &w.drops;
+    if d.total == 0 {
+        let _ = writeln!(out, "  drops: none");
+        return;
+    }
+    let _ = writeln!(out, "  drops: {}", d.total);
+    let width = d
+        .by_reason
+        .iter()
+        .map(|r| r.reason.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let _ = writeln!(
+        out,
+        "    {:<width$}  {:>8}  WHERE IN THE KERNEL",
+        "REASON", "PACKETS"
+    );
+    for r in &d.by_reason {
+        let locs: Vec<String> = r
+            .locations
+            .iter()
+            .map(|l| format!("{} ({})", l.location, l.count))
+            .collect();
+        let _ = writeln!(
+            out,
+            "    {:<width$}  {:>8}  {}",
+            r.reason,
+            r.count,
+            locs.join(", ")
+        );
+    }
+    if !d.top_flows.is_empty() {
+        let _ = writeln!(out, "    top dropped flows:");
+        for f in &d.top_flows {
+            let _ = writeln!(out, "      {:>8}  {}  [{}]", f.count, f.flow, f.reason);
+        }
+    }
 }
 
 /// One line on the pipeline's health: lost events are never silent.
@@ -85,6 +295,15 @@ fn health_line(h: &Health) -> String {
     let extras = [
         (h.drop_count_map_full, "drops not counted (count map full)"),
         (h.drops_netns_unknown, "drops with unknown namespace"),
+        (
+            h.retransmit_flow_map_full,
+            "retransmits not counted per flow (map full)",
+        ),
+        (h.tc_map_full, "tc counters not kept (map full)"),
+        (
+            h.neighbour_map_full,
+            "neighbour failures not counted (map full)",
+        ),
         (h.undecodable_events, "undecodable events"),
     ];
     for (n, what) in extras {
@@ -98,10 +317,68 @@ fn health_line(h: &Health) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{DropSummary, LocationCount, ReasonCount, WorkloadSummary};
+    use crate::report::{
+        DropSummary, LocationCount, NeighbourFailure, NeighbourSummary, ReasonCount,
+        RetransmitFlow, RetransmitSummary,
+    };
+
+    fn workload(name: &str, netns: u32) -> WorkloadSummary {
+        WorkloadSummary {
+            name: name.into(),
+            kind: Default::default(),
+            netns,
+            netns_path: None,
+            pid: None,
+            pod: None,
+            containers: vec![],
+            host_network: false,
+            interfaces: vec![],
+            drops: DropSummary::default(),
+            retransmits: None,
+            neighbours: None,
+            latency: None,
+        }
+    }
 
     #[test]
-    fn shows_reasons_locations_and_quiet_namespaces() {
+    fn shows_every_section_and_quiet_namespaces() {
+        let mut web = workload("web", 4026532000);
+        web.netns_path = Some("/run/netns/web".into());
+        web.drops = DropSummary {
+            total: 12,
+            by_reason: vec![ReasonCount {
+                reason: "NETFILTER_DROP".into(),
+                code: 12,
+                count: 12,
+                locations: vec![LocationCount {
+                    location: "nf_hook_slow+0x9c".into(),
+                    address: "0xffffffff81a0009c".into(),
+                    count: 12,
+                }],
+            }],
+            top_flows: vec![],
+        };
+        web.retransmits = Some(RetransmitSummary {
+            total: 7,
+            top_flows: vec![RetransmitFlow {
+                flow: "tcp 10.0.0.2:1 -> 10.0.0.1:80".into(),
+                segments: 7,
+                states: [("ESTABLISHED", 5), ("FIN_WAIT1", 2)].into_iter().collect(),
+            }],
+        });
+        web.neighbours = Some(NeighbourSummary {
+            total_failures: 1,
+            failures: vec![NeighbourFailure {
+                address: "10.0.0.99".into(),
+                protocol: "arp",
+                device: "eth0".into(),
+                ifindex: 2,
+                failures: 1,
+            }],
+            unanswered: vec![],
+        });
+        let mut db = workload("db", 4026532001);
+        db.retransmits = Some(RetransmitSummary::default());
         let s = Summary {
             kind: "summary",
             duration_s: 2.0,
@@ -113,35 +390,9 @@ mod tests {
                 ..Default::default()
             },
             notes: vec![],
-            workloads: vec![
-                WorkloadSummary {
-                    name: "web".into(),
-                    netns: 4026532000,
-                    netns_path: Some("/run/netns/web".into()),
-                    pid: None,
-                    drops: DropSummary {
-                        total: 12,
-                        by_reason: vec![ReasonCount {
-                            reason: "NETFILTER_DROP".into(),
-                            code: 12,
-                            count: 12,
-                            locations: vec![LocationCount {
-                                location: "nf_hook_slow+0x9c".into(),
-                                address: "0xffffffff81a0009c".into(),
-                                count: 12,
-                            }],
-                        }],
-                        top_flows: vec![],
-                    },
-                },
-                WorkloadSummary {
-                    name: "db".into(),
-                    netns: 4026532001,
-                    netns_path: None,
-                    pid: None,
-                    drops: DropSummary::default(),
-                },
-            ],
+            pairing: Default::default(),
+            waiting: Default::default(),
+            workloads: vec![web, db],
         };
         let text = render(&s);
         assert!(text.contains("events lost: 3"), "{text}");
@@ -153,9 +404,25 @@ mod tests {
             text.contains("NETFILTER_DROP        12  nf_hook_slow+0x9c (12)"),
             "{text}"
         );
+        assert!(text.contains("retransmits: 7 segments"), "{text}");
         assert!(
-            text.contains("== db  (netns 4026532001)\n  drops: none"),
+            text.contains("       7  tcp 10.0.0.2:1 -> 10.0.0.1:80  (ESTABLISHED 5, FIN_WAIT1 2)"),
             "{text}"
         );
+        assert!(
+            text.contains("10.0.0.99 on eth0: FAILED 1 time (ARP)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("== db  (netns 4026532001)\n  drops: none\n  retransmits: none"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn byte_units() {
+        assert_eq!(bytes(340), "340 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
     }
 }

@@ -1,0 +1,93 @@
+//! TCP handshake latency on the workload's veth: SYN → SYN-ACK (or RST), paired in the kernel.
+//!
+//! A SYN leaving the workload is a connect (client role: its connect latency as the veth sees
+//! it); a SYN entering it is an accept (server role: the workload's own answer time). The first
+//! SYN's time is kept, so retransmitted SYNs show in the latency the application felt.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use nettools_common::{
+    counters,
+    event::kind,
+    latency::{HandshakeEvent, Pending, PendingKey, outcome},
+};
+
+use crate::{
+    maps::{EVENTS, bump},
+    pairing::{header, now, reverse, role_of},
+    tc::Packet,
+};
+
+const FIN_SYN_RST_ACK: u8 = 0x17;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const SYN_ACK: u8 = 0x12;
+
+/// SYNs waiting for their answer.
+#[map]
+static HANDSHAKES: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn on_tcp(p: &Packet) {
+    let flags = p.tcp_flags & FIN_SYN_RST_ACK;
+    if flags == SYN {
+        let key = PendingKey {
+            ifindex: p.ifindex,
+            id: 0,
+            seq: 0,
+            flow: p.flow,
+        };
+        if let Some(pending) = HANDSHAKES.get_ptr_mut(&key) {
+            // SAFETY: a map value; a lost increment under a race only undercounts SYNs.
+            unsafe { (*pending).requests += 1 };
+            return;
+        }
+        let pending = Pending {
+            ts_ns: now(),
+            role: role_of(p.direction),
+            _pad: [0; 3],
+            requests: 1,
+        };
+        if HANDSHAKES
+            .insert(&key, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            bump(counters::HANDSHAKE_INSERTED);
+        }
+    } else if flags == SYN_ACK || p.tcp_flags & RST != 0 {
+        let key = PendingKey {
+            ifindex: p.ifindex,
+            id: 0,
+            seq: 0,
+            flow: reverse(&p.flow),
+        };
+        // SAFETY: copied out at once.
+        let Some(pending) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
+            return;
+        };
+        if HANDSHAKES.remove(&key).is_err() {
+            // Someone else (a racing answer, or userspace expiring it) took it.
+            return;
+        }
+        bump(counters::HANDSHAKE_REMOVED);
+        let Some(mut entry) = EVENTS.reserve::<HandshakeEvent>(0) else {
+            bump(counters::EVENTS_LOST);
+            return;
+        };
+        entry.write(HandshakeEvent {
+            header: header(kind::HANDSHAKE),
+            ifindex: p.ifindex,
+            role: pending.role,
+            outcome: if flags == SYN_ACK {
+                outcome::ANSWERED
+            } else {
+                outcome::RESET
+            },
+            _pad: 0,
+            latency_ns: now().saturating_sub(pending.ts_ns),
+            flow: key.flow,
+            syns: pending.requests,
+            _pad2: 0,
+        });
+        entry.submit(0);
+    }
+}

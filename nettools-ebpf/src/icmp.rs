@@ -1,0 +1,93 @@
+//! ICMP / ICMPv6 echo latency on the workload's veth: request → reply by id and sequence.
+
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use nettools_common::{
+    counters,
+    event::kind,
+    latency::{IcmpEvent, Pending, PendingKey},
+};
+
+use crate::{
+    maps::{EVENTS, bump},
+    pairing::{header, now, reverse, role_of},
+    tc::Packet,
+};
+
+const ECHO_REQUEST: u16 = 8;
+const ECHO_REPLY: u16 = 0;
+const ECHOV6_REQUEST: u16 = 128;
+const ECHOV6_REPLY: u16 = 129;
+
+/// Echo requests waiting for their reply.
+#[map]
+static ICMP_PENDING: LruHashMap<PendingKey, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+pub fn on_packet(p: &Packet) {
+    let ty = p.flow.sport;
+    let (request, reply) = if p.flow.l4_proto == 1 {
+        (ty == ECHO_REQUEST, ty == ECHO_REPLY)
+    } else {
+        (ty == ECHOV6_REQUEST, ty == ECHOV6_REPLY)
+    };
+    if !request && !reply {
+        return;
+    }
+    // The key's flow has no ports: id and sequence identify the exchange.
+    let mut flow = p.flow;
+    flow.sport = 0;
+    flow.dport = 0;
+    let id = (p.l4_tag >> 16) as u16;
+    let seq = p.l4_tag as u16;
+    if request {
+        let key = PendingKey {
+            ifindex: p.ifindex,
+            id,
+            seq,
+            flow,
+        };
+        let pending = Pending {
+            ts_ns: now(),
+            role: role_of(p.direction),
+            _pad: [0; 3],
+            requests: 1,
+        };
+        if ICMP_PENDING
+            .insert(&key, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            bump(counters::ICMP_INSERTED);
+        }
+        return;
+    }
+    let key = PendingKey {
+        ifindex: p.ifindex,
+        id,
+        seq,
+        flow: reverse(&flow),
+    };
+    // SAFETY: copied out at once.
+    let Some(pending) = (unsafe { ICMP_PENDING.get(&key) }).copied() else {
+        return;
+    };
+    if ICMP_PENDING.remove(&key).is_err() {
+        return;
+    }
+    bump(counters::ICMP_REMOVED);
+    let Some(mut entry) = EVENTS.reserve::<IcmpEvent>(0) else {
+        bump(counters::EVENTS_LOST);
+        return;
+    };
+    let mut event_flow = key.flow;
+    event_flow.sport = id;
+    event_flow.dport = seq;
+    entry.write(IcmpEvent {
+        header: header(kind::ICMP),
+        ifindex: p.ifindex,
+        role: pending.role,
+        _pad: [0; 3],
+        latency_ns: now().saturating_sub(pending.ts_ns),
+        flow: event_flow,
+    });
+    entry.submit(0);
+}

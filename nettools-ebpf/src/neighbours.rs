@@ -1,0 +1,86 @@
+//! The neighbour probe: raw tracepoint `neigh_timer_handler(struct neighbour *n, int err)`.
+//!
+//! The plain tracepoint has no network namespace, so the raw one reads the `struct neighbour`
+//! itself through BTF offsets: its state, address, family and device (hence namespace). An entry
+//! seen in state FAILED after its timer ran out of probes is one address that never resolved.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
+    maps::PerCpuHashMap,
+    programs::RawTracePointContext,
+};
+use nettools_common::{
+    counters,
+    event::{EventHeader, kind},
+    flow::{AF_INET, AF_INET6},
+    neighbours::{NUD_FAILED, NeighbourEvent, NeighbourKey},
+};
+
+use crate::{
+    kernel::{self, read},
+    maps::{EVENTS, NETTOOLS_OFFSETS, add, bump, is_traced},
+};
+
+/// Exact failures per (namespace, device, address).
+#[map]
+static NEIGH_FAILURES: PerCpuHashMap<NeighbourKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// `neigh_timer_handler`.
+#[raw_tracepoint(tracepoint = "neigh_timer_handler")]
+pub fn neigh_timer_handler(ctx: RawTracePointContext) -> i32 {
+    let _ = handle(&ctx);
+    0
+}
+
+fn handle(ctx: &RawTracePointContext) -> Option<()> {
+    let o = NETTOOLS_OFFSETS.load();
+    // SAFETY: raw tracepoint arguments are an array of u64; the first is the neighbour.
+    let n = unsafe { *(ctx.as_ptr() as *const u64) } as *const u8;
+    let state = read::<u8>(n, o.neigh_nud_state)?;
+    if state != NUD_FAILED {
+        return None;
+    }
+    let dev = read::<*const u8>(n, o.neigh_dev)?;
+    let (netns, ifindex) = kernel::dev_netns(&o, dev);
+    if !is_traced(netns) {
+        return None;
+    }
+    let tbl = read::<*const u8>(n, o.neigh_tbl).unwrap_or(core::ptr::null());
+    let family = read::<i32>(tbl, o.neigh_table_family).unwrap_or(0) as u8;
+    let mut key = NeighbourKey {
+        netns,
+        ifindex,
+        family,
+        _pad: [0; 3],
+        addr: [0; 16],
+    };
+    if family == AF_INET {
+        let a = read::<[u8; 4]>(n, o.neigh_primary_key)?;
+        key.addr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        key.addr = read::<[u8; 16]>(n, o.neigh_primary_key)?;
+    } else {
+        return None;
+    }
+    if !add(&NEIGH_FAILURES, &key, 1) {
+        bump(counters::NEIGH_MAP_FULL);
+    }
+    let Some(mut entry) = EVENTS.reserve::<NeighbourEvent>(0) else {
+        bump(counters::EVENTS_LOST);
+        return None;
+    };
+    entry.write(NeighbourEvent {
+        header: EventHeader {
+            kind: kind::NEIGHBOUR_FAILED,
+            // SAFETY: helpers without arguments.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        key,
+        dev: read::<[u8; 16]>(dev, o.dev_name).unwrap_or([0; 16]),
+    });
+    entry.submit(0);
+    Some(())
+}

@@ -1,0 +1,145 @@
+//! The retransmit probe: `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack`.
+//!
+//! Segments are counted exactly per namespace (`RETRANSMIT_TOTALS`) and per flow
+//! (`RETRANSMIT_FLOWS`), the way the kernel's own `TcpRetransSegs` counts them: a TSO/GSO skb
+//! counts as the segments it carries.
+
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::PerCpuHashMap,
+    programs::{TracePointContext, tracing::StackIdContext as _},
+};
+use nettools_common::{
+    config::{ABSENT, RetransmitLayout},
+    counters,
+    event::{EventHeader, kind},
+    flow::{AF_INET, AF_INET6, Flow},
+    retransmits::{RetransmitEvent, RetransmitKey, RetransmitStackKey},
+};
+
+use crate::{
+    kernel::{self, field, read},
+    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced},
+};
+
+/// `TCP_SYN_RECV`: the state a SYN-ACK is retransmitted in.
+const TCP_SYN_RECV: u32 = 3;
+const IPPROTO_TCP: u8 = 6;
+
+/// Exact retransmitted segments per (namespace, state, flow).
+#[map]
+static RETRANSMIT_FLOWS: PerCpuHashMap<RetransmitKey, u64> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Exact retransmitted segments per namespace (complete even when the flow map is full).
+#[map]
+static RETRANSMIT_TOTALS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Exact retransmitted segments per (namespace, kernel stack).
+#[map]
+static RETRANSMIT_STACKS: PerCpuHashMap<RetransmitStackKey, u64> =
+    PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Record layout of `tcp:tcp_retransmit_skb`, written by userspace before load.
+#[unsafe(no_mangle)]
+static NETTOOLS_RETRANSMIT: Global<RetransmitLayout> = Global::new(RetransmitLayout::UNSET);
+
+/// Record layout of `tcp:tcp_retransmit_synack`, written by userspace before load.
+#[unsafe(no_mangle)]
+static NETTOOLS_SYNACK: Global<RetransmitLayout> = Global::new(RetransmitLayout::UNSET);
+
+/// `tcp:tcp_retransmit_skb`.
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = handle(&ctx, &NETTOOLS_RETRANSMIT.load(), false);
+    0
+}
+
+/// `tcp:tcp_retransmit_synack`.
+#[tracepoint]
+pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
+    let _ = handle(&ctx, &NETTOOLS_SYNACK.load(), true);
+    0
+}
+
+fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option<()> {
+    let o = NETTOOLS_OFFSETS.load();
+    let sk = field::<*const u8>(ctx, l.skaddr)?;
+    let netns = kernel::sk_netns(&o, sk);
+    if !is_traced(netns) {
+        return None;
+    }
+    let family = field::<u16>(ctx, l.family).unwrap_or(0) as u8;
+    let mut flow = Flow {
+        family,
+        l4_proto: IPPROTO_TCP,
+        sport: field::<u16>(ctx, l.sport).unwrap_or(0),
+        dport: field::<u16>(ctx, l.dport).unwrap_or(0),
+        ..Flow::default()
+    };
+    if family == AF_INET {
+        let s = field::<[u8; 4]>(ctx, l.saddr).unwrap_or([0; 4]);
+        let d = field::<[u8; 4]>(ctx, l.daddr).unwrap_or([0; 4]);
+        flow.saddr[..4].copy_from_slice(&s);
+        flow.daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        flow.saddr = field::<[u8; 16]>(ctx, l.saddr_v6).unwrap_or([0; 16]);
+        flow.daddr = field::<[u8; 16]>(ctx, l.daddr_v6).unwrap_or([0; 16]);
+    }
+    let state = if synack {
+        TCP_SYN_RECV
+    } else if l.state == ABSENT {
+        0
+    } else {
+        field::<i32>(ctx, l.state).unwrap_or(0) as u32
+    };
+    // Segments in this skb: TCP_SKB_CB(skb)->tcp_gso_segs, at least one.
+    let segs = if synack {
+        1
+    } else {
+        let skb = field::<*const u8>(ctx, l.skbaddr).unwrap_or(core::ptr::null());
+        let cb = if o.skb_cb == ABSENT || o.tcp_cb_gso_segs == ABSENT {
+            ABSENT
+        } else {
+            o.skb_cb + o.tcp_cb_gso_segs
+        };
+        match read::<u16>(skb, cb) {
+            Some(n) if n > 0 => n as u32,
+            _ => 1,
+        }
+    };
+    let key = RetransmitKey { netns, state, flow };
+    add(&RETRANSMIT_TOTALS, &netns, segs as u64);
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    if !add(
+        &RETRANSMIT_STACKS,
+        &RetransmitStackKey { netns, stack_id },
+        segs as u64,
+    ) {
+        bump(counters::STACK_COUNT_MAP_FULL);
+    }
+    if !add(&RETRANSMIT_FLOWS, &key, segs as u64) {
+        bump(counters::RETRANSMIT_FLOW_MAP_FULL);
+    }
+    let Some(mut entry) = EVENTS.reserve::<RetransmitEvent>(0) else {
+        bump(counters::EVENTS_LOST);
+        return None;
+    };
+    entry.write(RetransmitEvent {
+        header: EventHeader {
+            kind: kind::RETRANSMIT,
+            // SAFETY: helpers without arguments.
+            cpu: unsafe { bpf_get_smp_processor_id() },
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        key,
+        segs,
+        synack: synack as u32,
+        stack_id,
+        _pad: 0,
+    });
+    entry.submit(0);
+    Some(())
+}

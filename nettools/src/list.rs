@@ -1,0 +1,206 @@
+//! `nettools list`: every pod and container on this node, one row per network namespace, with
+//! what tracing it needs (namespace inode, host-side veth) and what a person recognises it by
+//! (names, addresses, runtime).
+
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cli::ListArgs,
+    cli::ListFormat as Output,
+    discover::{Workload, inventory::Inventory},
+};
+
+/// Runs `nettools list`.
+pub async fn run(args: &ListArgs) -> Result<()> {
+    let mut inventory = Inventory::gather(&args.runtime.sources()).await;
+    inventory.describe();
+    let text = match args.output {
+        Output::Table => table(&inventory),
+        Output::Json => {
+            serde_json::to_string_pretty(&inventory).context("cannot encode the list as JSON")?
+                + "\n"
+        }
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn dash_if_empty(s: String) -> String {
+    if s.is_empty() { "-".to_string() } else { s }
+}
+
+/// The name column: `default/web` for a pod, the first container's name otherwise.
+fn name(w: &Workload) -> String {
+    match &w.pod {
+        Some(p) => p.display(),
+        None => w
+            .containers
+            .first()
+            .map(|c| c.name.clone())
+            .unwrap_or_else(|| w.name.clone()),
+    }
+}
+
+/// The table for people.
+pub fn table(inv: &Inventory) -> String {
+    let header = [
+        "KIND",
+        "NAME",
+        "CONTAINERS",
+        "NETNS",
+        "PID",
+        "HOST VETH",
+        "ADDRESSES",
+        "RUNTIME",
+    ];
+    let mut rows: Vec<[String; 8]> = Vec::new();
+    for w in &inv.workloads {
+        let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
+        runtimes.dedup();
+        rows.push([
+            if w.pod.is_some() { "pod" } else { "container" }.to_string(),
+            name(w),
+            dash_if_empty(
+                w.containers
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            if w.host_network {
+                format!("{} (host)", w.netns)
+            } else {
+                w.netns.to_string()
+            },
+            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            if w.host_network {
+                "host network".to_string()
+            } else {
+                dash_if_empty(
+                    w.veths
+                        .iter()
+                        .map(|v| match &v.bridge {
+                            Some(b) => format!("{} ({b})", v.name),
+                            None => v.name.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
+            },
+            dash_if_empty(w.addresses.join(", ")),
+            dash_if_empty(runtimes.join(", ")),
+        ]);
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
+    };
+    if rows.is_empty() {
+        let _ = writeln!(out, "no pods or containers found on this node");
+    } else {
+        line(&mut out, &header);
+        for r in &rows {
+            let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+            line(&mut out, &cells);
+        }
+    }
+    let _ = writeln!(out, "\nasked: {}", inv.asked());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::{
+        ContainerRef, PodRef, WorkloadKind, inventory::SourceReport, veth::HostVeth,
+    };
+
+    #[test]
+    fn one_row_per_namespace() {
+        let inv = Inventory {
+            sources: vec![SourceReport {
+                source: "docker-api",
+                socket: Some("/run/podman/podman.sock".into()),
+                runtime: Some("podman 4.3.1".into()),
+                found: 3,
+                error: None,
+            }],
+            workloads: vec![
+                Workload {
+                    name: "pod ntpod1 (containers: web, side)".into(),
+                    kind: WorkloadKind::Pod,
+                    netns: 4026532253,
+                    pid: Some(14052),
+                    pod: Some(PodRef {
+                        name: "ntpod1".into(),
+                        ..Default::default()
+                    }),
+                    containers: vec![
+                        ContainerRef {
+                            id: "a".into(),
+                            name: "web".into(),
+                            runtime: "podman".into(),
+                        },
+                        ContainerRef {
+                            id: "b".into(),
+                            name: "side".into(),
+                            runtime: "podman".into(),
+                        },
+                    ],
+                    veths: vec![HostVeth {
+                        name: "veth1".into(),
+                        ifindex: 9,
+                        bridge: Some("podman1".into()),
+                        inner_name: "eth0".into(),
+                        inner_ifindex: 2,
+                    }],
+                    addresses: vec!["10.233.0.3/24".into()],
+                    ..Default::default()
+                },
+                Workload {
+                    name: "container agent (host network)".into(),
+                    kind: WorkloadKind::Container,
+                    netns: 4026531840,
+                    host_network: true,
+                    containers: vec![ContainerRef {
+                        id: "c".into(),
+                        name: "agent".into(),
+                        runtime: "podman".into(),
+                    }],
+                    ..Default::default()
+                },
+            ],
+        };
+        let t = table(&inv);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "KIND       NAME    CONTAINERS  NETNS              PID    HOST VETH        ADDRESSES      RUNTIME"
+        );
+        assert_eq!(
+            lines[1],
+            "pod        ntpod1  web, side   4026532253         14052  veth1 (podman1)  10.233.0.3/24  podman"
+        );
+        assert_eq!(
+            lines[2],
+            "container  agent   agent       4026531840 (host)  -      host network     -              podman"
+        );
+        assert_eq!(lines[4], "asked: podman 4.3.1 at /run/podman/podman.sock");
+    }
+}

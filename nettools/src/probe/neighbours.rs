@@ -1,0 +1,47 @@
+//! The neighbour probe's userspace side: attaching the raw tracepoint and reading the exact
+//! failure counts.
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, programs::RawTracePoint};
+use nettools_common::{
+    config::{ABSENT, KernelOffsets},
+    neighbours::NeighbourKey,
+};
+
+/// Sentences for the neighbour fields this kernel lacks (the probe then reports nothing).
+pub fn missing(o: &KernelOffsets) -> Vec<String> {
+    let fields = [
+        (o.neigh_dev, "neighbour.dev"),
+        (o.neigh_nud_state, "neighbour.nud_state"),
+        (o.neigh_primary_key, "neighbour.primary_key"),
+        (o.neigh_tbl, "neighbour.tbl"),
+        (o.neigh_table_family, "neigh_table.family"),
+    ];
+    fields
+        .iter()
+        .filter(|(off, _)| *off == ABSENT)
+        .map(|(_, name)| {
+            format!("this kernel's BTF lacks {name}: neighbour failures are not reported")
+        })
+        .collect()
+}
+
+/// Loads and attaches the `neigh_timer_handler` raw tracepoint.
+pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut("neigh_timer_handler")
+        .context("the eBPF object has no neigh_timer_handler program")?
+        .try_into()
+        .context("neigh_timer_handler is not a raw tracepoint program")?;
+    p.load()
+        .map_err(super::load_error)
+        .context("the kernel refused the neighbour probe (neigh_timer_handler)")?;
+    p.attach("neigh_timer_handler")
+        .context("cannot attach the neighbour probe to neigh_timer_handler")?;
+    Ok(())
+}
+
+/// Exact failures per (namespace, device, address).
+pub fn read_counts(ebpf: &Ebpf) -> Result<Vec<(NeighbourKey, u64)>> {
+    super::sum_per_cpu(ebpf, "NEIGH_FAILURES")
+}

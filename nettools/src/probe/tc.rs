@@ -1,0 +1,227 @@
+//! Attaching the tc programs (`nettools_ingress`, `nettools_egress`) to interfaces: tcx links on
+//! kernels that have them (Linux 6.6+; they vanish with the process, even on SIGKILL), netlink
+//! clsact filters otherwise (removed on exit, and left-overs from a killed run are removed at the
+//! next start). Plus reading what they counted.
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::LinkOrder,
+        tc::{self as aya_tc, NlOptions, TcAttachOptions},
+    },
+};
+use nettools_common::traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue};
+
+use crate::preflight;
+
+/// Program (and clsact filter) names.
+pub const INGRESS_PROGRAM: &str = "nettools_ingress";
+pub const EGRESS_PROGRAM: &str = "nettools_egress";
+
+/// How tc programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// tcx where the kernel has it (6.6+), clsact otherwise.
+    #[default]
+    Auto,
+    /// tcx links only.
+    Tcx,
+    /// netlink clsact filters (what kernels before 6.6 use).
+    Clsact,
+}
+
+/// An interface to attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub ifname: String,
+    pub ifindex: u32,
+}
+
+/// One interface with nettools' programs on both hooks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Attached {
+    pub ifname: String,
+    pub ifindex: u32,
+    /// `tcx` or `clsact`.
+    pub mechanism: &'static str,
+}
+
+/// What is attached where.
+#[derive(Clone, Debug, Default)]
+pub struct Attachments {
+    pub interfaces: Vec<Attached>,
+    /// Left-over clsact filters of a previous, killed nettools that were removed.
+    pub stale_removed: usize,
+}
+
+impl Attachments {
+    /// Called once the programs are detached. The list stays: it is what the trace covered,
+    /// which the report names.
+    pub fn detached(&mut self) {}
+}
+
+/// Removes clsact filters named like ours from an interface (left by a killed nettools; a
+/// clsact filter, unlike a tcx link, outlives its process). Returns how many were removed.
+pub fn remove_stale(ifname: &str) -> usize {
+    let mut removed = 0;
+    for (ty, name) in [
+        (TcAttachType::Ingress, INGRESS_PROGRAM),
+        (TcAttachType::Egress, EGRESS_PROGRAM),
+    ] {
+        if aya_tc::qdisc_detach_program(ifname, ty, name).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    let p: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the eBPF object has no {name} program"))?
+        .try_into()
+        .with_context(|| format!("{name} is not a tc program"))?;
+    if p.fd().is_err() {
+        p.load()
+            .map_err(super::load_error)
+            .with_context(|| format!("the kernel refused the tc program {name}"))?;
+    }
+    Ok(p)
+}
+
+/// Attaches both programs to every target.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    atts: &mut Attachments,
+    targets: &[Target],
+    mode: Mode,
+) -> Result<()> {
+    let use_tcx = match mode {
+        Mode::Auto => preflight::has_tcx(preflight::kernel_release().1),
+        Mode::Tcx => true,
+        Mode::Clsact => false,
+    };
+    for t in targets {
+        if atts.interfaces.iter().any(|a| a.ifindex == t.ifindex) {
+            continue;
+        }
+        let stale = remove_stale(&t.ifname);
+        if stale > 0 {
+            log::info!(
+                "removed {stale} stale nettools clsact filter(s) from {}",
+                t.ifname
+            );
+            atts.stale_removed += stale;
+        }
+        if !use_tcx {
+            // Fails when the qdisc already exists, which is fine; a real problem shows below.
+            let _ = aya_tc::qdisc_add_clsact(&t.ifname);
+        }
+        for (name, ty) in [
+            (INGRESS_PROGRAM, TcAttachType::Ingress),
+            (EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let options = if use_tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            };
+            program(ebpf, name)?
+                .attach_with_options(&t.ifname, ty, options)
+                .with_context(|| {
+                    format!(
+                        "cannot attach nettools' tc program to {} ({})",
+                        t.ifname,
+                        if use_tcx { "tcx" } else { "clsact" }
+                    )
+                })?;
+        }
+        atts.interfaces.push(Attached {
+            ifname: t.ifname.clone(),
+            ifindex: t.ifindex,
+            mechanism: if use_tcx { "tcx" } else { "clsact" },
+        });
+    }
+    Ok(())
+}
+
+/// Packets and bytes per (interface, direction, protocol), summed over CPUs.
+pub fn read_traffic(ebpf: &Ebpf) -> Result<Vec<(TrafficKey, TrafficValue)>> {
+    let m = ebpf
+        .map("TRAFFIC")
+        .context("the eBPF object has no TRAFFIC map")?;
+    let map: PerCpuHashMap<&MapData, TrafficKey, TrafficValue> =
+        PerCpuHashMap::try_from(m).context("TRAFFIC is not a per-CPU hash map")?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, per_cpu) = item.context("reading the traffic counters failed")?;
+        let mut sum = TrafficValue::default();
+        for v in per_cpu.iter() {
+            sum.packets += v.packets;
+            sum.bytes += v.bytes;
+        }
+        out.push((k, sum));
+    }
+    Ok(out)
+}
+
+/// ARP/NDP requests and replies per (interface, address), summed over CPUs.
+pub fn read_neigh_probes(ebpf: &Ebpf) -> Result<Vec<(NeighProbeKey, NeighProbeValue)>> {
+    let m = ebpf
+        .map("NEIGH_PROBES")
+        .context("the eBPF object has no NEIGH_PROBES map")?;
+    let map: PerCpuHashMap<&MapData, NeighProbeKey, NeighProbeValue> =
+        PerCpuHashMap::try_from(m).context("NEIGH_PROBES is not an LRU per-CPU hash map")?;
+    let mut out = Vec::new();
+    for item in map.iter() {
+        let (k, per_cpu) = item.context("reading the ARP/NDP counters failed")?;
+        out.push((k, merge_probes(per_cpu.iter())));
+    }
+    Ok(out)
+}
+
+/// Sums requests and replies over CPUs; the first request is the earliest, the last the latest.
+pub fn merge_probes<'a>(values: impl Iterator<Item = &'a NeighProbeValue>) -> NeighProbeValue {
+    let mut sum = NeighProbeValue::default();
+    for v in values {
+        for d in 0..2 {
+            sum.requests[d] += v.requests[d];
+            sum.replies[d] += v.replies[d];
+        }
+        if v.first_request_ns != 0
+            && (sum.first_request_ns == 0 || v.first_request_ns < sum.first_request_ns)
+        {
+            sum.first_request_ns = v.first_request_ns;
+        }
+        sum.last_request_ns = sum.last_request_ns.max(v.last_request_ns);
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_per_cpu_probe_counts() {
+        let cpu = |requests: [u64; 2], replies: [u64; 2], first: u64, last: u64| NeighProbeValue {
+            requests,
+            replies,
+            first_request_ns: first,
+            last_request_ns: last,
+        };
+        let cpus = [
+            cpu([2, 0], [0, 0], 50, 90),
+            cpu([0, 0], [0, 1], 0, 0),
+            cpu([1, 4], [0, 0], 20, 20),
+        ];
+        let m = merge_probes(cpus.iter());
+        assert_eq!(
+            (m.requests, m.replies, m.first_request_ns, m.last_request_ns),
+            ([3, 4], [0, 1], 20, 90)
+        );
+    }
+}

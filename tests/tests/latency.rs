@@ -1,0 +1,434 @@
+//! Latency probes against what the test itself controls: a DNS server that answers after a
+//! known delay, with NXDOMAIN, or never; an NFQUEUE holder that adds an exact delay.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, TcpListener},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use nettools::lab::{
+    delay::Delay,
+    dns::{Behaviour, DnsServer, query_tcp, query_udp},
+};
+use nettools_tests::*;
+use serde_json::Value;
+
+/// The summary's latency distribution of `kind` for a namespace.
+fn distribution<'a>(w: &'a Value, kind: &str) -> Result<&'a Value> {
+    w["latency"]["distributions"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["kind"] == kind))
+        .with_context(|| format!("no {kind} latency in {}", w["latency"]))
+}
+
+fn ms(v: &Value, field: &str) -> f64 {
+    v[field].as_f64().unwrap_or(f64::NAN)
+}
+
+/// DNS over UDP and TCP: p50 within 1 ms of the server's delay, NXDOMAIN and unanswered counts
+/// exact, per server and name.
+#[test]
+fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let server = lab.node("dns", "10.237.0.53/24", None)?;
+    let client = lab.node("app", "10.237.0.2/24", None)?;
+    let delay = Duration::from_millis(30);
+    let zone = HashMap::from([
+        (
+            "slow.test".to_string(),
+            Behaviour::Answer {
+                delay,
+                addr: "10.237.0.80".parse()?,
+            },
+        ),
+        ("nx.test".to_string(), Behaviour::Rcode(3)),
+        ("void.test".to_string(), Behaviour::Never),
+    ]);
+    let addr: IpAddr = server.ipv4.into();
+    let dns = DnsServer::start(&server, addr, zone, Behaviour::Rcode(5))?;
+    let trace = Trace::start(&[
+        "--netns",
+        &client.netns,
+        "--probes",
+        "dns",
+        "--timeout",
+        "1s",
+        "-o",
+        "json",
+    ])?;
+    let mut id = 100u16;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    let wait = Duration::from_millis(500);
+    for _ in 0..20 {
+        assert!(query_udp(&client, addr, next(), "slow.test", wait)?.is_some());
+        assert!(query_tcp(&client, addr, next(), "slow.test", wait)?.is_some());
+    }
+    for _ in 0..5 {
+        assert!(query_udp(&client, addr, next(), "nx.test", wait)?.is_some());
+        assert!(query_tcp(&client, addr, next(), "nx.test", wait)?.is_some());
+    }
+    for _ in 0..3 {
+        assert!(
+            query_udp(
+                &client,
+                addr,
+                next(),
+                "void.test",
+                Duration::from_millis(50)
+            )?
+            .is_none()
+        );
+        assert!(
+            query_tcp(
+                &client,
+                addr,
+                next(),
+                "void.test",
+                Duration::from_millis(50)
+            )?
+            .is_none()
+        );
+    }
+    // Past the 1 s timeout and the next sweep.
+    std::thread::sleep(Duration::from_millis(2300));
+    let done = trace.stop()?;
+    drop(dns);
+    let lines = done.json()?;
+    let w = workload(summary(&lines)?, client.inode()?)?;
+    let d = &w["latency"]["dns"];
+    assert_eq!(d["rcodes"]["NOERROR"], 40, "{d}");
+    assert_eq!(d["rcodes"]["NXDOMAIN"], 10, "{d}");
+    assert_eq!(d["transports"]["udp"], 25, "{d}");
+    assert_eq!(d["transports"]["tcp"], 25, "{d}");
+    assert_eq!(d["unanswered"], 6, "{d}");
+    assert_eq!(d["unanswered_by_server"]["10.237.0.53"], 6, "{d}");
+    assert_eq!(d["unanswered_by_name"]["void.test A"], 6, "{d}");
+    assert!(
+        d["failures"].as_array().is_some_and(|f| f
+            .iter()
+            .any(|x| x["name"] == "nx.test" && x["rcode"] == "NXDOMAIN" && x["count"] == 10)),
+        "{d}"
+    );
+
+    // The delay is what the latency says: the median of the slow name's answers, per transport.
+    for transport in ["udp", "tcp"] {
+        let mut slow: Vec<f64> = lines
+            .iter()
+            .filter(|l| {
+                l["type"] == "dns" && l["name"] == "slow.test" && l["transport"] == transport
+            })
+            .filter_map(|l| l["latency_ms"].as_f64())
+            .collect();
+        assert_eq!(slow.len(), 20, "{transport}");
+        slow.sort_by(f64::total_cmp);
+        let p50 = slow[slow.len() / 2];
+        assert!(
+            (p50 - 30.0).abs() < 1.0,
+            "{transport} DNS p50 {p50} ms, server delay 30 ms"
+        );
+    }
+    let dist = distribution(w, "dns")?;
+    assert_eq!(dist["count"], 50);
+    assert!((ms(dist, "p50_ms") - 30.0).abs() < 1.0, "{dist}");
+    // Unanswered queries appear as events too, named.
+    let unanswered = lines
+        .iter()
+        .filter(|l| l["type"] == "dns_unanswered" && l["name"] == "void.test")
+        .count();
+    assert_eq!(unanswered, 6);
+    Ok(())
+}
+
+fn connect_n(client: &Node, server: IpAddr, port: u16, n: usize) -> Result<()> {
+    client.enter(|| -> Result<()> {
+        for _ in 0..n {
+            let c = std::net::TcpStream::connect_timeout(
+                &(server, port).into(),
+                Duration::from_secs(2),
+            )?;
+            drop(c);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })?
+}
+
+/// TCP connect and ping latency: within 1 ms of a delay injected with NFQUEUE, and well under
+/// it without.
+fn handshake_and_ping(ipv6: bool) -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:238::1/64"), Some("fd00:238::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.238.0.1/24", s6)?;
+    let client = lab.node("cli", "10.238.0.2/24", c6)?;
+    let addr: IpAddr = match server.ipv6 {
+        Some(a) if ipv6 => a.into(),
+        _ => server.ipv4.into(),
+    };
+    let listener =
+        server.enter(|| TcpListener::bind((if ipv6 { "::" } else { "0.0.0.0" }, 5400)))??;
+    listener.set_nonblocking(true)?;
+    let accept = std::thread::spawn(move || {
+        for _ in 0..4000 {
+            match listener.accept() {
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+    });
+    let ping = |count: &str| -> Result<String> {
+        let mut args = vec!["ping", "-c", count, "-i", "0.05", "-W", "2"];
+        if ipv6 {
+            args.push("-6");
+        }
+        let a = addr.to_string();
+        args.push(&a);
+        client.run(&args)
+    };
+    let delay = Duration::from_millis(20);
+    let p50 = |injected: bool| -> Result<(f64, f64)> {
+        let delays = if injected {
+            let icmp: Vec<&str> = if ipv6 {
+                vec!["-p", "ipv6-icmp", "--icmpv6-type", "echo-request"]
+            } else {
+                vec!["-p", "icmp", "--icmp-type", "echo-request"]
+            };
+            Some((
+                Delay::start(
+                    &server,
+                    ipv6,
+                    "INPUT",
+                    &["-p", "tcp", "--syn", "--dport", "5400"],
+                    0,
+                    delay,
+                )?,
+                Delay::start(&server, ipv6, "INPUT", &icmp, 1, delay)?,
+            ))
+        } else {
+            None
+        };
+        let hgrm = TempFile::new(".hgrm");
+        let dir = hgrm.0.to_string_lossy().to_string();
+        let trace = Trace::start(&[
+            "--netns",
+            &client.netns,
+            "--probes",
+            "handshake,icmp",
+            "-o",
+            "json",
+            "--hgrm",
+            &dir,
+        ])?;
+        connect_n(&client, addr, 5400, 15)?;
+        ping("15")?;
+        let done = trace.stop()?;
+        if let Some((a, b)) = delays {
+            assert!(a.stop()? >= 15, "the SYNs were held");
+            assert!(b.stop()? >= 15, "the echo requests were held");
+        }
+        let lines = done.json()?;
+        let w = workload(summary(&lines)?, client.inode()?)?;
+        let connect = distribution(w, "tcp_connect")?;
+        let echo = distribution(w, "icmp_echo")?;
+        assert_eq!(connect["count"], 15, "{connect}");
+        assert_eq!(echo["count"], 15, "{echo}");
+        // The percentile files hold the same distributions.
+        for kind in ["tcp_connect", "icmp_echo"] {
+            let path = hgrm.0.join(format!("{}-{kind}.hgrm", client.netns));
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("no {}", path.display()))?;
+            assert!(text.contains("Total count    =           15"), "{text}");
+        }
+        let _ = std::fs::remove_dir_all(&hgrm.0);
+        Ok((ms(connect, "p50_ms"), ms(echo, "p50_ms")))
+    };
+    let (plain_connect, plain_echo) = p50(false)?;
+    let (slow_connect, slow_echo) = p50(true)?;
+    drop(accept);
+    let target = delay.as_secs_f64() * 1e3;
+    assert!(
+        (slow_connect - target).abs() < 1.0,
+        "connect p50 {slow_connect} ms with {target} ms injected"
+    );
+    assert!(
+        (slow_echo - target).abs() < 1.0,
+        "ping p50 {slow_echo} ms with {target} ms injected"
+    );
+    assert!(
+        plain_connect < target / 4.0,
+        "connect p50 {plain_connect} ms without delay"
+    );
+    assert!(
+        plain_echo < target / 4.0,
+        "ping p50 {plain_echo} ms without delay"
+    );
+    Ok(())
+}
+
+#[test]
+fn handshake_and_ping_latency_ipv4() -> Result<()> {
+    handshake_and_ping(false)
+}
+
+#[test]
+fn handshake_and_ping_latency_ipv6() -> Result<()> {
+    handshake_and_ping(true)
+}
+
+/// Refused connections and unanswered SYNs and pings are counted, not measured.
+#[test]
+fn refused_and_unanswered_are_counted() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let server = lab.node("srv", "10.238.1.1/24", None)?;
+    let client = lab.node("cli", "10.238.1.2/24", None)?;
+    // SYNs to port 5401 and pings vanish; port 5402 refuses.
+    server.run(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "5401", "-j", "DROP",
+    ])?;
+    server.run(&["iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP"])?;
+    let trace = Trace::start(&[
+        "--netns",
+        &client.netns,
+        "--probes",
+        "handshake,icmp",
+        "--timeout",
+        "1s",
+        "-o",
+        "json",
+    ])?;
+    for _ in 0..3 {
+        let refused = client.enter(|| {
+            std::net::TcpStream::connect_timeout(
+                &(server.ipv4, 5402).into(),
+                Duration::from_secs(1),
+            )
+        })?;
+        assert!(refused.is_err());
+    }
+    let silent = client.enter(|| {
+        std::net::TcpStream::connect_timeout(
+            &(server.ipv4, 5401).into(),
+            Duration::from_millis(300),
+        )
+    })?;
+    assert!(silent.is_err());
+    let _ = client.run(&[
+        "ping",
+        "-c",
+        "4",
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        &server.ipv4.to_string(),
+    ]);
+    std::thread::sleep(Duration::from_millis(2300));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let w = workload(s, client.inode()?)?;
+    assert_eq!(w["latency"]["connect"]["refused"], 3, "{}", w["latency"]);
+    assert_eq!(w["latency"]["connect"]["unanswered"], 1, "{}", w["latency"]);
+    assert_eq!(
+        w["latency"]["icmp_unanswered"],
+        iptables_packets(&server, "INPUT", 2)?,
+        "{}",
+        w["latency"]
+    );
+    assert!(
+        w["latency"]["distributions"]
+            .as_array()
+            .is_some_and(|d| d.iter().all(|x| x["kind"] != "tcp_connect"))
+    );
+    // Every entry of the pairing maps is accounted for.
+    assert_eq!(s["pairing"]["handshakes"]["evicted"], 0, "{}", s["pairing"]);
+    assert_eq!(
+        s["pairing"]["handshakes"]["inserted"], 4,
+        "{}",
+        s["pairing"]
+    );
+    Ok(())
+}
+
+/// Packets from one traced pod into another are followed through the host.
+#[test]
+fn transit_between_two_traced_pods() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.238.2.1/24", None)?;
+    let b = lab.node("b", "10.238.2.2/24", None)?;
+    b.run(&[
+        "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "DROP",
+    ])?;
+    let trace = Trace::start(&[
+        "--netns", &a.netns, "--netns", &b.netns, "--probes", "transit", "-o", "json",
+    ])?;
+    udp_burst(&a, std::net::SocketAddr::from((b.ipv4, 9)), 200)?;
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let wb = workload(s, b.inode()?)?;
+    let from = &wb["latency"]["transit_from"][0];
+    assert_eq!(from["from"], a.netns.as_str(), "{wb}");
+    // Every datagram (and the ARP-free lab sends nothing else a->b) was followed.
+    assert_eq!(from["packets"], 200, "{wb}");
+    let t = distribution(wb, "transit")?;
+    assert!(
+        ms(t, "p50_ms") < 1.0,
+        "a bridge hop takes microseconds: {t}"
+    );
+    Ok(())
+}
+
+/// `--output histogram` shows every sample in the distribution, with its percentiles.
+#[test]
+fn histogram_output_shows_the_distribution() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let server = lab.node("srv", "10.238.3.1/24", None)?;
+    let client = lab.node("cli", "10.238.3.2/24", None)?;
+    let trace = Trace::start(&[
+        "--netns",
+        &client.netns,
+        "--probes",
+        "icmp",
+        "-o",
+        "histogram",
+    ])?;
+    client.run(&[
+        "ping",
+        "-c",
+        "12",
+        "-i",
+        "0.02",
+        "-W",
+        "1",
+        &server.ipv4.to_string(),
+    ])?;
+    let done = trace.stop()?;
+    assert!(done.success, "{}", done.stderr);
+    let text = &done.report;
+    assert!(
+        text.contains("ping (echo request -> reply): 12 samples"),
+        "{text}"
+    );
+    assert!(text.contains("p50 ") && text.contains("p99.9 "), "{text}");
+    let rows: u64 = text
+        .lines()
+        .filter(|l| l.contains(" .. ") && l.contains('|'))
+        .filter_map(|l| l.rsplit('|').next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(rows, 12, "{text}");
+    Ok(())
+}

@@ -1,0 +1,617 @@
+//! Pods and containers of real runtimes (Podman through its Docker-compatible API, containerd
+//! through CRI with a CNI bridge), found by nettools and traced by name. The oracles are the
+//! kernel's: namespace inodes of the containers' processes, the veth peer index seen from
+//! inside, iptables rule counters in the pod's namespace.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use nettools_tests::{runtimes::*, *};
+use serde_json::Value;
+
+/// Skips (with the reason printed) when a runtime's programs are missing.
+macro_rules! need {
+    ($($p:expr),*) => {
+        require_root();
+        if let Some(reason) = missing(&[$($p),*]) {
+            eprintln!("SKIPPED: {reason}");
+            return Ok(());
+        }
+    };
+}
+
+fn inode(path: &str) -> Result<u32> {
+    nettools::discover::netns::inode_of(Path::new(path))
+        .with_context(|| format!("{path} is no namespace"))
+}
+
+/// Runs a command inside the network namespace at `path` (`nsenter --net`).
+fn in_ns(path: &str, args: &[&str]) -> Result<String> {
+    let net = format!("--net={path}");
+    let mut full = vec!["nsenter", net.as_str()];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// The host-side ifindex of `eth0` in a namespace, as the kernel links them (`eth0@ifN`).
+fn eth0_peer_index(path: &str) -> Result<u32> {
+    let out = in_ns(path, &["ip", "-j", "-d", "link", "show", "eth0"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    v[0]["link_index"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .with_context(|| format!("eth0 has no peer index: {out}"))
+}
+
+/// The host's name for an interface index.
+fn host_ifname(index: u32) -> Result<String> {
+    let out = sh(&["ip", "-j", "link", "show"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    v.as_array()
+        .and_then(|links| links.iter().find(|l| l["ifindex"] == index))
+        .and_then(|l| l["ifname"].as_str())
+        .map(String::from)
+        .with_context(|| format!("no host interface with index {index}"))
+}
+
+/// Drops UDP to `port` inside a namespace with iptables.
+fn drop_udp(path: &str, port: u16) -> Result<()> {
+    in_ns(
+        path,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// The packet counter of rule `n` of INPUT inside a namespace.
+fn input_rule_packets(path: &str, n: usize) -> Result<u64> {
+    let out = in_ns(path, &["iptables", "-L", "INPUT", "-v", "-x", "-n"])?;
+    out.lines()
+        .nth(1 + n)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rule {n} in INPUT:\n{out}"))
+}
+
+/// Sends `count` UDP datagrams to `dst` from inside the namespace at `path` (from the host
+/// when `None`).
+fn udp_from(path: Option<&str>, dst: SocketAddr, count: u32) -> Result<()> {
+    let send = move || -> Result<()> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..count {
+            socket.send_to(b"nettools runtime test", dst)?;
+            std::thread::sleep(Duration::from_micros(300));
+        }
+        Ok(())
+    };
+    match path {
+        Some(p) => nettools::lab::in_netns(Path::new(p), send)?,
+        None => send(),
+    }
+}
+
+/// `nettools list -o json ARGS`.
+fn list_json(args: &[&str]) -> Result<Value> {
+    let mut full = vec!["list", "-o", "json"];
+    full.extend_from_slice(args);
+    let out = nettools(&full)?;
+    assert!(
+        out.status.success(),
+        "nettools list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).context("nettools list -o json printed no JSON")
+}
+
+fn container_names(w: &Value) -> Vec<String> {
+    let mut names: Vec<String> = w["containers"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn listed(list: &Value, netns: u32) -> Result<&Value> {
+    list["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["netns"] == netns))
+        .with_context(|| format!("namespace {netns} is not listed: {list:#}"))
+}
+
+#[test]
+fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> Result<()> {
+    need!("podman", "runc", "conmon", "nsenter");
+    let podman = Podman::start()?;
+    let net = format!("--network={}", podman.network);
+    podman.run(&["--name", "ntc-solo", &net])?;
+    podman.run(&["--name", "ntc-joined", "--network=container:ntc-solo"])?;
+    podman.pod("ntpod")?;
+    podman.run(&["--name", "ntpod-web", "--pod", "ntpod"])?;
+    podman.run(&["--name", "ntpod-side", "--pod", "ntpod"])?;
+    podman.run(&["--name", "nthost", "--network=host"])?;
+
+    let list = list_json(&["--docker-socket", &podman.socket.display().to_string()])?;
+    let engine = &list["sources"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["source"] == "docker-api"))
+        .context("no docker-api source")?;
+    assert!(
+        engine["runtime"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("podman")),
+        "{engine}"
+    );
+
+    // The kernel's view: each container's process namespace, and eth0's peer on the host.
+    for (members, pod) in [
+        (["ntc-joined", "ntc-solo"], None),
+        (["ntpod-side", "ntpod-web"], Some("ntpod")),
+    ] {
+        let path = format!("/proc/{}/ns/net", podman.pid(members[0])?);
+        let netns = inode(&path)?;
+        assert_eq!(
+            inode(&format!("/proc/{}/ns/net", podman.pid(members[1])?))?,
+            netns
+        );
+        let w = listed(&list, netns)?;
+        assert_eq!(container_names(w), members, "{w:#}");
+        assert_eq!(
+            w["kind"],
+            if pod.is_some() { "pod" } else { "container" },
+            "{w:#}"
+        );
+        match pod {
+            Some(p) => {
+                assert_eq!(w["pod"]["name"], p, "{w:#}");
+                assert_eq!(
+                    w["name"]
+                        .as_str()
+                        .map(|n| n.starts_with(&format!("pod {p} (containers: "))),
+                    Some(true)
+                );
+            }
+            None => assert!(w["pod"].is_null(), "{w:#}"),
+        }
+        let peer = eth0_peer_index(&path)?;
+        assert_eq!(w["veths"][0]["ifindex"], peer, "{w:#}");
+        assert_eq!(w["veths"][0]["name"], host_ifname(peer)?.as_str());
+        assert_eq!(w["veths"][0]["inner_name"], "eth0");
+        let ip = podman.ip(members[0])?;
+        let addresses = w["addresses"].as_array().context("no addresses")?;
+        assert!(
+            addresses.iter().any(|a| a == &format!("{ip}/24")),
+            "{ip} not in {w:#}"
+        );
+        assert_eq!(w["host_network"], false);
+    }
+    // Exactly one workload per namespace: four containers and an infra container, two rows.
+    let ours: Vec<&Value> = list["workloads"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| {
+                    container_names(w)
+                        .iter()
+                        .any(|n| n.starts_with("ntc-") || n.starts_with("ntpod-"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ours.len(), 2, "{list:#}");
+
+    // A host-network container is flagged, has no veth of its own, and its trace says that
+    // what it reports is the host's.
+    let host = nettools::discover::netns::host_inode().context("no host namespace")?;
+    let hostnet = list["workloads"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| container_names(w) == ["nthost"]))
+        .with_context(|| format!("nthost is not listed: {list:#}"))?;
+    assert_eq!(hostnet["netns"], host, "{hostnet:#}");
+    assert_eq!(hostnet["host_network"], true, "{hostnet:#}");
+    assert_eq!(hostnet["name"], "container nthost (host network)");
+    assert!(hostnet["veths"].as_array().is_some_and(|v| v.is_empty()));
+    let socket = podman.socket.display().to_string();
+    let out = nettools(&[
+        "trace",
+        "--container",
+        "nthost",
+        "--docker-socket",
+        &socket,
+        "-d",
+        "1s",
+        "--probes",
+        "drops",
+    ])?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("note: container nthost (host network) uses the host's network namespace"),
+        "{report}"
+    );
+
+    // The table shows the same, one row each.
+    let out = nettools(&[
+        "list",
+        "--docker-socket",
+        &podman.socket.display().to_string(),
+    ])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pod") && l.contains("ntpod"))
+        .with_context(|| format!("no row for the pod:\n{table}"))?;
+    let veth = host_ifname(eth0_peer_index(&format!(
+        "/proc/{}/ns/net",
+        podman.pid("ntpod-web")?
+    ))?)?;
+    assert!(
+        row.contains("ntpod-side, ntpod-web") || row.contains("ntpod-web, ntpod-side"),
+        "{row}"
+    );
+    assert!(row.contains(&veth), "{row}");
+    Ok(())
+}
+
+#[test]
+fn podman_pod_firewall_drops_are_the_pods_not_its_neighbours() -> Result<()> {
+    need!("podman", "runc", "conmon", "nsenter", "iptables");
+    let podman = Podman::start()?;
+    let net = format!("--network={}", podman.network);
+    podman.pod("ntdrop")?;
+    podman.run(&["--name", "ntdrop-web", "--pod", "ntdrop"])?;
+    podman.run(&["--name", "ntdrop-side", "--pod", "ntdrop"])?;
+    podman.run(&["--name", "ntneighbour", &net])?;
+    let pod_ns = format!("/proc/{}/ns/net", podman.pid("ntdrop-web")?);
+    let neighbour_ns = format!("/proc/{}/ns/net", podman.pid("ntneighbour")?);
+    drop_udp(&pod_ns, 7777)?;
+    let socket = podman.socket.display().to_string();
+    let trace = Trace::start(&[
+        "--pod",
+        "ntdrop",
+        "--container",
+        "ntneighbour",
+        "--docker-socket",
+        &socket,
+        "-o",
+        "json",
+    ])?;
+    let pod_ip = podman.ip("ntdrop-web")?;
+    udp_from(Some(&neighbour_ns), SocketAddr::from((pod_ip, 7777)), 200)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+
+    let counted_by_kernel = input_rule_packets(&pod_ns, 1)?;
+    assert_eq!(counted_by_kernel, 200, "the set-up itself misbehaved");
+    let pod = workload(s, inode(&pod_ns)?)?;
+    assert_eq!(pod["pod"]["name"], "ntdrop", "{pod:#}");
+    assert_eq!(container_names(pod), ["ntdrop-side", "ntdrop-web"]);
+    assert_eq!(
+        drops_with_reason(pod, "NETFILTER_DROP"),
+        counted_by_kernel,
+        "{pod:#}"
+    );
+    let neighbour = workload(s, inode(&neighbour_ns)?)?;
+    assert_eq!(neighbour["name"], "container ntneighbour");
+    assert_eq!(
+        drops_with_reason(neighbour, "NETFILTER_DROP"),
+        0,
+        "{neighbour:#}"
+    );
+    // Each event names the pod.
+    let events: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "drop" && l["reason"] == "NETFILTER_DROP")
+        .collect();
+    assert_eq!(events.len() as u64, counted_by_kernel);
+    assert!(
+        events.iter().all(
+            |e| e["workload"] == "pod ntdrop (containers: ntdrop-web, ntdrop-side)"
+                || e["workload"] == "pod ntdrop (containers: ntdrop-side, ntdrop-web)"
+        ),
+        "{:#}",
+        events[0]
+    );
+    // The pod's veth carried the datagrams (seen by the tc programs on the host side).
+    let received = pod["interfaces"][0]["received"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(received >= counted_by_kernel, "{pod:#}");
+
+    // With --all every namespace is traced; the pod's is named by its pod.
+    let trace = Trace::start(&["--all", "--docker-socket", &socket, "-o", "json"])?;
+    udp_from(Some(&neighbour_ns), SocketAddr::from((pod_ip, 7777)), 50)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let pod = workload(s, inode(&pod_ns)?)?;
+    assert!(
+        pod["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("pod ntdrop (containers: ")),
+        "{pod:#}"
+    );
+    assert_eq!(
+        drops_with_reason(pod, "NETFILTER_DROP"),
+        input_rule_packets(&pod_ns, 1)? - counted_by_kernel
+    );
+    Ok(())
+}
+
+#[test]
+fn podman_container_deleted_mid_trace_ends_it_and_a_restart_is_followed() -> Result<()> {
+    need!("podman", "runc", "conmon", "nsenter", "iptables");
+    let podman = Podman::start()?;
+    let net = format!("--network={}", podman.network);
+    let socket = podman.socket.display().to_string();
+
+    // Deleted: the trace ends by itself, says so, and still reports.
+    podman.run(&["--name", "ntgone", &net])?;
+    let trace = Trace::start(&[
+        "--container",
+        "ntgone",
+        "--docker-socket",
+        &socket,
+        "-o",
+        "json",
+    ])?;
+    podman.cmd(&["rm", "--force", "--time", "0", "ntgone"])?;
+    let done = trace.wait()?;
+    assert!(done.success, "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("nettools: container ntgone was deleted"),
+        "{}",
+        done.stderr
+    );
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    assert!(
+        s["notes"].as_array().is_some_and(|n| n.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.starts_with("container ntgone was deleted")))),
+        "{s:#}"
+    );
+
+    // Restarted: a new network namespace, followed with --follow; the drops in the new one
+    // are counted and attributed to the container. (The kernel may give the new namespace the
+    // old one's inode number: the sandbox, not the inode, tells them apart.)
+    podman.run(&["--name", "ntback", &net])?;
+    let first = inode(&format!("/proc/{}/ns/net", podman.pid("ntback")?))?;
+    let first_key = podman.inspect("ntback", "{{.NetworkSettings.SandboxKey}}")?;
+    let trace = Trace::start(&[
+        "--container",
+        "ntback",
+        "--follow",
+        "--docker-socket",
+        &socket,
+        "-o",
+        "json",
+    ])?;
+    podman.cmd(&["restart", "--time", "0", "ntback"])?;
+    let path = format!("/proc/{}/ns/net", podman.pid("ntback")?);
+    let second = inode(&path)?;
+    assert_ne!(
+        podman.inspect("ntback", "{{.NetworkSettings.SandboxKey}}")?,
+        first_key,
+        "podman restart kept the namespace"
+    );
+    let started = std::time::Instant::now();
+    while !trace.stderr_lines().contains("has a new sandbox") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not followed: {}",
+            trace.stderr_lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop_udp(&path, 7001)?;
+    udp_from(None, SocketAddr::from((podman.ip("ntback")?, 7001)), 60)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let now = workload(s, second)?;
+    assert_eq!(now["name"], "container ntback");
+    assert_eq!(
+        drops_with_reason(now, "NETFILTER_DROP"),
+        input_rule_packets(&path, 1)?
+    );
+    assert_eq!(drops_with_reason(now, "NETFILTER_DROP"), 60);
+    if first != second {
+        let before = workload(s, first)?;
+        assert_eq!(before["name"], "container ntback (previous sandbox)");
+    }
+    Ok(())
+}
+
+#[test]
+fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> Result<()> {
+    need!(
+        "containerd",
+        "containerd-shim-runc-v2",
+        "runc",
+        "ctr",
+        "gcc",
+        "nsenter",
+        "iptables"
+    );
+    let mut ctd = Containerd::start()?;
+    let socket = ctd.socket.display().to_string();
+    let uid = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    let web = ctd.run_pod("web", "nettools-test", uid, 0)?;
+    ctd.run_container(&web, ("web", "nettools-test", uid, 0), "app")?;
+    // The same pod name in another namespace, and another pod.
+    let other_uid = "1d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    ctd.run_pod("web", "other", other_uid, 0)?;
+
+    let pid = ctd.sandbox_pid(uid, &web)?;
+    let path = format!("/proc/{pid}/ns/net");
+    let netns = inode(&path)?;
+    // Found without --cri-socket: the socket named the way crictl takes it.
+    let out = std::process::Command::new(nettools_bin())
+        .args(["list", "-o", "json"])
+        .env("CONTAINER_RUNTIME_ENDPOINT", format!("unix://{socket}"))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let w = listed(&list, netns)?;
+    assert_eq!(w["pod"]["name"], "web");
+    assert_eq!(w["pod"]["namespace"], "nettools-test");
+    assert_eq!(w["pod"]["uid"], uid);
+    assert_eq!(container_names(w), ["app"]);
+    assert_eq!(w["containers"][0]["runtime"], "containerd");
+    assert_eq!(w["pid"], pid);
+    let peer = eth0_peer_index(&path)?;
+    assert_eq!(w["veths"][0]["ifindex"], peer, "{w:#}");
+    assert_eq!(w["veths"][0]["bridge"], ctd.bridge.as_str());
+
+    // The pod by name and namespace; a drop staged inside it, counted by the kernel too.
+    drop_udp(&path, 7777)?;
+    let trace = Trace::start(&[
+        "--pod",
+        "web",
+        "-n",
+        "nettools-test",
+        "--cri-socket",
+        &socket,
+        "-o",
+        "json",
+    ])?;
+    let ip = w["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|a| a.as_str()?.strip_suffix("/24")))
+        .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .context("the pod has no address")?;
+    assert!(ip.to_string().starts_with(&ctd.subnet_prefix));
+    udp_from(None, SocketAddr::from((ip, 7777)), 150)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let traced = workload(s, netns)?;
+    assert_eq!(traced["name"], "pod nettools-test/web (containers: app)");
+    let counted_by_kernel = input_rule_packets(&path, 1)?;
+    assert_eq!(counted_by_kernel, 150);
+    assert_eq!(
+        drops_with_reason(traced, "NETFILTER_DROP"),
+        counted_by_kernel,
+        "{traced:#}"
+    );
+
+    // Ambiguous without -n, unknown, not on this node: one sentence, exit code 1.
+    for (args, expected) in [
+        (
+            vec!["--pod", "web"],
+            "nettools: pod \"web\" exists in 2 namespaces (nettools-test/web, other/web): choose one with -n NAMESPACE",
+        ),
+        (
+            vec!["--pod", "nope"],
+            "nettools: no pod \"nope\" on this node (pods here: ",
+        ),
+        (
+            vec!["--pod", "web", "-n", "prod"],
+            "nettools: no pod \"web\" in namespace \"prod\" on this node (pods here: ",
+        ),
+        (
+            vec!["--container", "nope"],
+            "nettools: no container \"nope\" on this node (containers here: ",
+        ),
+    ] {
+        let mut full = vec!["trace", "-d", "1s", "--cri-socket", &socket];
+        full.extend(args);
+        let out = nettools(&full)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.starts_with(expected), "{stderr}");
+        // What exists instead is listed (other pods on this node may be listed too).
+        let instead = if expected.contains("exists in") {
+            vec![]
+        } else if expected.contains("container") {
+            vec!["app"]
+        } else {
+            vec!["nettools-test/web", "other/web", "asked containerd"]
+        };
+        for name in instead {
+            assert!(stderr.contains(name), "{name} missing: {stderr}");
+        }
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("os error"),
+            "{stderr}"
+        );
+    }
+
+    // Deleted and re-created with a new sandbox (a new namespace), as a kubelet restarts a
+    // pod: followed with --follow, and the new namespace's drops are the pod's.
+    let trace = Trace::start(&[
+        "--pod",
+        "web",
+        "-n",
+        "nettools-test",
+        "--follow",
+        "--cri-socket",
+        &socket,
+        "-o",
+        "json",
+    ])?;
+    ctd.remove_pod(&web)?;
+    let again = ctd.run_pod("web", "nettools-test", uid, 1)?;
+    let new_path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &again)?);
+    // Often the old namespace's inode number again: the kernel reuses it at once.
+    let new_netns = inode(&new_path)?;
+    let started = std::time::Instant::now();
+    while !trace.stderr_lines().contains("has a new sandbox") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not followed: {}",
+            trace.stderr_lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop_udp(&new_path, 7778)?;
+    let new_ip = in_ns(&new_path, &["ip", "-j", "-4", "addr", "show", "eth0"])?;
+    let new_ip: Value = serde_json::from_str(&new_ip)?;
+    let new_ip: std::net::Ipv4Addr = new_ip[0]["addr_info"][0]["local"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .context("the new sandbox has no address")?;
+    udp_from(None, SocketAddr::from((new_ip, 7778)), 40)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    let followed = workload(s, new_netns)?;
+    assert_eq!(followed["pod"]["name"], "web");
+    assert_eq!(
+        drops_with_reason(followed, "NETFILTER_DROP"),
+        input_rule_packets(&new_path, 1)?
+    );
+    assert_eq!(drops_with_reason(followed, "NETFILTER_DROP"), 40);
+    Ok(())
+}
