@@ -32,6 +32,9 @@ static DNS_PENDING: LruHashMap<DnsKey, DnsPending> = LruHashMap::with_max_entrie
 #[map]
 static DNS_SCRATCH: PerCpuArray<DnsPending> = PerCpuArray::with_max_entries(1, 0);
 
+// `capture` bounds lengths with a mask of DNS_CAPTURE - 1.
+const _: () = assert!(DNS_CAPTURE.is_power_of_two());
+
 /// Copies up to `DNS_CAPTURE` bytes of the packet from `offset` (at most `max`) into `dst`.
 /// Returns how many were copied.
 #[inline(always)]
@@ -48,6 +51,12 @@ fn capture(ctx: &TcContext, offset: usize, max: u32, dst: *mut u8) -> u16 {
         }
         return capture_full(ctx, offset, dst);
     }
+    // The same n, in a form every verifier can bound: 5.10's does not learn n >= 1 from
+    // `n != 0` and rejects the helper call ("invalid access to memory ... size=0"); a mask of a
+    // fresh load gives [0, DNS_CAPTURE - 1], plus one [1, DNS_CAPTURE]. DNS_CAPTURE is a power of
+    // two and 1 <= n <= DNS_CAPTURE here, so the value is unchanged.
+    // SAFETY: reading a local.
+    let n = 1 + ((unsafe { core::ptr::read_volatile(&n) } - 1) & (DNS_CAPTURE as u32 - 1));
     // SAFETY: `dst` has room for DNS_CAPTURE bytes and 1 <= n <= DNS_CAPTURE.
     let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), offset as u32, dst.cast(), n) };
     if ret == 0 { n as u16 } else { 0 }
