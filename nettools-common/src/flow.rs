@@ -27,3 +27,49 @@ pub struct Flow {
 }
 
 crate::user_pod!(Flow);
+
+/// The address family of a TCP tracepoint record without a `family` field (5.10's
+/// `tcp:tcp_retransmit_skb` and `tcp_retransmit_synack`), from its `saddr_v6` field: such
+/// kernels store an IPv4 socket's addresses there IPv4-mapped (`::ffff:a.b.c.d`) as well as in
+/// `saddr`. 0 when the field is empty.
+pub fn family_from_v6_field(saddr_v6: &[u8; 16]) -> u8 {
+    let mut zero = true;
+    let mut prefix_zero = true;
+    let mut i = 0;
+    while i < 16 {
+        if saddr_v6[i] != 0 {
+            zero = false;
+            if i < 10 {
+                prefix_zero = false;
+            }
+        }
+        i += 1;
+    }
+    if zero {
+        0
+    } else if prefix_zero && saddr_v6[10] == 0xff && saddr_v6[11] == 0xff {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_from_the_v6_address_field() {
+        let mut mapped = [0u8; 16];
+        mapped[10..].copy_from_slice(&[0xff, 0xff, 10, 233, 0, 2]);
+        assert_eq!(family_from_v6_field(&mapped), AF_INET);
+        let mut v6 = [0u8; 16];
+        v6[..2].copy_from_slice(&[0xfd, 0x00]);
+        v6[15] = 2;
+        assert_eq!(family_from_v6_field(&v6), AF_INET6);
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        assert_eq!(family_from_v6_field(&loopback), AF_INET6);
+        assert_eq!(family_from_v6_field(&[0; 16]), 0);
+    }
+}

@@ -15,7 +15,7 @@ use nettools_common::{
     config::{ABSENT, RetransmitLayout},
     counters,
     event::{EventHeader, kind},
-    flow::{AF_INET, AF_INET6, Flow},
+    flow::{AF_INET, AF_INET6, Flow, family_from_v6_field},
     retransmits::{RetransmitEvent, RetransmitKey, RetransmitStackKey},
 };
 
@@ -71,7 +71,12 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
     if !is_traced(netns) {
         return None;
     }
-    let family = field::<u16>(ctx, l.family).unwrap_or(0) as u8;
+    // 5.10's records have no family field: read it off the IPv4-mapped v6 address instead.
+    let family = if l.family == ABSENT {
+        family_from_v6_field(&field::<[u8; 16]>(ctx, l.saddr_v6).unwrap_or([0; 16]))
+    } else {
+        field::<u16>(ctx, l.family).unwrap_or(0) as u8
+    };
     let mut flow = Flow {
         family,
         l4_proto: IPPROTO_TCP,
