@@ -53,6 +53,6 @@ pub fn run(quick: bool, vm: bool) -> Result<()> {
     }
     step(
         "kernel matrix (the same tests on other kernels, QEMU)",
-        || crate::vmtest::run_with(&bin, &crate::vmtest::Options::default()),
+        || crate::vmtest::run(&[]),
     )
 }

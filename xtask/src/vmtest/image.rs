@@ -41,6 +41,9 @@ const TOOLS: &[&str] = &[
     "nsenter",
     "unshare",
     "ping",
+    "nstat",
+    "sysctl",
+    "script",
     "bpftool",
 ];
 
@@ -73,6 +76,11 @@ const OPTIONAL_MODULES: &[&str] = &[
     "x_tables",
     "xt_tcpudp",
     "xt_statistic",
+    "xt_length",
+    "xt_multiport",
+    "xt_comment",
+    "xt_mark",
+    "xt_limit",
     "xt_NFQUEUE",
     "nfnetlink_queue",
     "nft_queue",

@@ -13,6 +13,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
@@ -28,7 +30,8 @@ done < /vmtest/modules.list
 ip link set lo up
 
 cd /vmtest || exit 1
-export NETTOOLS_BIN=/vmtest/bin/nettools RUST_BACKTRACE=1
+# NETTOOLS_VMTEST tells a test it runs in this guest (nettools_tests::in_vmtest_guest).
+export NETTOOLS_BIN=/vmtest/bin/nettools NETTOOLS_VMTEST=1 RUST_BACKTRACE=1
 # Extra arguments for every test binary (e.g. a test name filter), one per line.
 set --
 if [ -f /vmtest/test-args ]; then

@@ -441,7 +441,7 @@ struct Dirs {
 }
 
 /// Runs the matrix with an already built nettools binary; fails unless every kernel passed.
-pub fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
+fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
     let root = target_dir().join("vmtest");
     let dirs = Dirs {
         kernels: root.join("kernels"),
@@ -494,6 +494,25 @@ pub fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Skipped tests grouped by reason: one line per reason.
+fn skipped_lines(skipped: &[(String, String)]) -> Vec<String> {
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (test, reason) in skipped {
+        match reasons.iter_mut().find(|(r, _)| r == reason) {
+            Some((_, tests)) => tests.push(test),
+            None => reasons.push((reason, vec![test])),
+        }
+    }
+    reasons
+        .into_iter()
+        .map(|(reason, tests)| match tests.as_slice() {
+            [one] => format!("skipped {one}: {reason}"),
+            [first, ..] => format!("skipped {} tests ({first}, …): {reason}", tests.len()),
+            [] => String::new(),
+        })
+        .collect()
+}
+
 fn print_summary(rows: &[Row], elapsed: Duration) {
     println!("kernel matrix (QEMU -accel tcg, integration tests one at a time):");
     let width = rows.iter().map(|r| r.release.len()).max().unwrap_or(1);
@@ -529,8 +548,8 @@ fn print_summary(rows: &[Row], elapsed: Duration) {
             r.spec, r.release
         );
         if let Verdict::Passed(o) | Verdict::Failed(_, Some(o)) = &r.verdict {
-            for (test, reason) in &o.skipped {
-                println!("            skipped {test}: {reason}");
+            for line in skipped_lines(&o.skipped) {
+                println!("            {line}");
             }
             for m in &o.modules_failed {
                 println!("            module {m} did not load");
@@ -550,16 +569,35 @@ fn print_summary(rows: &[Row], elapsed: Duration) {
     );
 }
 
-/// `cargo xtask vmtest`: builds nettools and runs the matrix.
+/// `cargo xtask vmtest`: builds nettools and runs the matrix. The guest runs the release build:
+/// it is what ships, and under software emulation it is five times faster than the debug build
+/// (nettools parses the kernel's BTF at every start: 83 s against 17 s for the same tests).
 pub fn run(args: &[String]) -> Result<()> {
     let opts = Options::parse(args)?;
-    let nettools = crate::process::build_nettools(false)?;
+    let nettools = crate::process::build_nettools(true)?;
     run_with(&nettools, &opts)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skips_are_grouped_by_reason() {
+        let s = |t: &str, r: &str| (t.to_string(), r.to_string());
+        let lines = skipped_lines(&[
+            s("runtimes::a", "no runtimes"),
+            s("traffic::x", "no tcx"),
+            s("runtimes::b", "no runtimes"),
+        ]);
+        assert_eq!(
+            lines,
+            [
+                "skipped 2 tests (runtimes::a, …): no runtimes",
+                "skipped traffic::x: no tcx"
+            ]
+        );
+    }
 
     #[test]
     fn options() -> Result<()> {

@@ -39,10 +39,14 @@ impl Outcome {
 
     /// Why it did not pass, in one line.
     pub fn problem(&self) -> String {
-        let failed = if self.failed.is_empty() {
-            String::new()
-        } else {
-            format!("failed: {}", self.failed.join(", "))
+        const SHOWN: usize = 6;
+        let failed = match self.failed.len() {
+            0 => String::new(),
+            n if n <= SHOWN => format!("failed: {}", self.failed.join(", ")),
+            n => format!(
+                "{n} failed: {}, … (all in the log)",
+                self.failed[..SHOWN].join(", ")
+            ),
         };
         if let Some(secs) = self.timed_out_after {
             let when = match (&self.release, &self.running) {
