@@ -303,30 +303,52 @@ pub fn tracepoint_reason_names(format: &str) -> Vec<(u32, String)> {
     out
 }
 
-/// Whether a kernel location (`nf_hook_slow+0x93`) is in netfilter's packet path, where a
-/// firewall rule's drop is freed.
-pub fn is_netfilter_location(location: &str) -> bool {
-    let function = location.split('+').next().unwrap_or("");
-    function.starts_with("nf_hook")
-        || function.starts_with("nft_do_chain")
-        || function.ends_with("t_do_table")
+/// The kernel functions that free packets dropped for `reason`, which identify such drops on
+/// kernels without reasons (before 5.17). Reasons not listed cannot be told apart there.
+pub fn reason_locations(reason: &str) -> &'static [&'static str] {
+    match reason {
+        // Where a firewall rule's drop is freed.
+        "NETFILTER_DROP" => &["nf_hook", "nft_do_chain", "ipt_do_table", "ip6t_do_table"],
+        // Packets queued for an address that never answered ARP/NDP.
+        "NEIGH_FAILED" => &["neigh_invalidate", "neigh_timer_handler"],
+        // No route: the route lookup's error handler frees the packet.
+        "IP_INNOROUTES" => &["ip_error"],
+        _ => &[],
+    }
 }
 
-/// The reason a firewall drop is reported with on this kernel: `NETFILTER_DROP`, or
-/// `UNAVAILABLE` before 5.17 (no reasons at all).
-pub fn firewall_reason() -> Result<&'static str> {
+/// Whether a kernel location (`nf_hook_slow+0x93`) is one where `reason`'s drops are freed.
+pub fn is_location_of(reason: &str, location: &str) -> bool {
+    let function = location.split('+').next().unwrap_or("");
+    reason_locations(reason)
+        .iter()
+        .any(|f| function.starts_with(f))
+}
+
+/// Whether a kernel location is in netfilter's packet path, where a firewall rule's drop is freed.
+pub fn is_netfilter_location(location: &str) -> bool {
+    is_location_of("NETFILTER_DROP", location)
+}
+
+/// How a drop for `reason` is labelled on this kernel: the reason, or `UNAVAILABLE` before 5.17.
+pub fn reason_label(reason: &'static str) -> Result<&'static str> {
     Ok(if kernel_names_drop_reasons()? {
-        "NETFILTER_DROP"
+        reason
     } else {
         "UNAVAILABLE"
     })
 }
 
-/// Firewall drops in one workload of the summary: by reason `NETFILTER_DROP` where the kernel
-/// names reasons; before 5.17 the drops (reason `UNAVAILABLE`) at a netfilter location.
-pub fn firewall_drops(workload: &Value) -> Result<u64> {
+/// The reason a firewall drop is reported with on this kernel.
+pub fn firewall_reason() -> Result<&'static str> {
+    reason_label("NETFILTER_DROP")
+}
+
+/// Drops for `reason` in one workload of the summary: by reason where the kernel names reasons;
+/// before 5.17 the drops (reason `UNAVAILABLE`) at the functions that free such drops.
+pub fn drops_for(workload: &Value, reason: &str) -> Result<u64> {
     if kernel_names_drop_reasons()? {
-        return Ok(drops_with_reason(workload, "NETFILTER_DROP"));
+        return Ok(drops_with_reason(workload, reason));
     }
     Ok(workload["drops"]["by_reason"]
         .as_array()
@@ -334,12 +356,21 @@ pub fn firewall_drops(workload: &Value) -> Result<u64> {
         .flatten()
         .filter(|r| r["reason"] == "UNAVAILABLE")
         .flat_map(|r| r["locations"].as_array().into_iter().flatten())
-        .filter(|l| l["location"].as_str().is_some_and(is_netfilter_location))
+        .filter(|l| {
+            l["location"]
+                .as_str()
+                .is_some_and(|l| is_location_of(reason, l))
+        })
         .filter_map(|l| l["count"].as_u64())
         .sum())
 }
 
-/// Whether a drop event of the JSON stream is a firewall drop (see [`firewall_drops`]).
+/// Firewall drops in one workload of the summary (see [`drops_for`]).
+pub fn firewall_drops(workload: &Value) -> Result<u64> {
+    drops_for(workload, "NETFILTER_DROP")
+}
+
+/// Whether a drop event of the JSON stream is a firewall drop (see [`drops_for`]).
 pub fn is_firewall_drop_event(event: &Value) -> Result<bool> {
     Ok(event["type"] == "drop"
         && if kernel_names_drop_reasons()? {
@@ -495,4 +526,31 @@ pub fn kill_9(child: &mut Child) -> Result<()> {
     child.kill().context("cannot kill nettools")?;
     child.wait().context("cannot reap nettools")?;
     Ok(())
+}
+
+/// Whether this test runs in the `cargo xtask vmtest` guest: another kernel, under QEMU's
+/// software emulation (its /init sets `NETTOOLS_VMTEST=1`).
+pub fn in_vmtest_guest() -> bool {
+    std::env::var_os("NETTOOLS_VMTEST").is_some_and(|v| v == "1")
+}
+
+/// Whether this kernel has tcx (BPF links on tc hooks, Linux 6.6), from its own BTF: the
+/// attach types it knows include `BPF_TCX_INGRESS`.
+pub fn kernel_has_tcx() -> Result<bool> {
+    let btf =
+        std::fs::read("/sys/kernel/btf/vmlinux").context("cannot read /sys/kernel/btf/vmlinux")?;
+    let needle = b"BPF_TCX_INGRESS\0";
+    Ok(btf.windows(needle.len()).any(|w| w == needle))
+}
+
+/// How far a measured latency may be from the delay a lab injected, given the tolerance on real
+/// hardware. Under software emulation (the vmtest guest) every packet that a userspace program
+/// holds (NFQUEUE) or answers waits for an emulated CPU, which adds several milliseconds
+/// (measured: 5.8 ms on a 30 ms delay); 10 ms more are allowed there.
+pub fn latency_tolerance_ms(on_hardware: f64) -> f64 {
+    if in_vmtest_guest() {
+        on_hardware + 10.0
+    } else {
+        on_hardware
+    }
 }

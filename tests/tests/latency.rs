@@ -129,13 +129,16 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
         slow.sort_by(f64::total_cmp);
         let p50 = slow[slow.len() / 2];
         assert!(
-            (p50 - 30.0).abs() < 1.0,
+            (p50 - 30.0).abs() < latency_tolerance_ms(1.0),
             "{transport} DNS p50 {p50} ms, server delay 30 ms"
         );
     }
     let dist = distribution(w, "dns")?;
     assert_eq!(dist["count"], 50);
-    assert!((ms(dist, "p50_ms") - 30.0).abs() < 1.0, "{dist}");
+    assert!(
+        (ms(dist, "p50_ms") - 30.0).abs() < latency_tolerance_ms(1.0),
+        "{dist}"
+    );
     // Unanswered queries appear as events too, named.
     let unanswered = lines
         .iter()
@@ -178,8 +181,12 @@ fn handshake_and_ping(ipv6: bool) -> Result<()> {
     let listener =
         server.enter(|| TcpListener::bind((if ipv6 { "::" } else { "0.0.0.0" }, 5400)))??;
     listener.set_nonblocking(true)?;
+    // Accepts until the test is done (a fixed number of rounds closed the listener early on a
+    // slow machine, and the next connects were refused).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
     let accept = std::thread::spawn(move || {
-        for _ in 0..4000 {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match listener.accept() {
                 Ok(_) => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
@@ -254,14 +261,15 @@ fn handshake_and_ping(ipv6: bool) -> Result<()> {
     };
     let (plain_connect, plain_echo) = p50(false)?;
     let (slow_connect, slow_echo) = p50(true)?;
-    drop(accept);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = accept.join();
     let target = delay.as_secs_f64() * 1e3;
     assert!(
-        (slow_connect - target).abs() < 1.0,
+        (slow_connect - target).abs() < latency_tolerance_ms(1.0),
         "connect p50 {slow_connect} ms with {target} ms injected"
     );
     assert!(
-        (slow_echo - target).abs() < 1.0,
+        (slow_echo - target).abs() < latency_tolerance_ms(1.0),
         "ping p50 {slow_echo} ms with {target} ms injected"
     );
     assert!(
@@ -385,7 +393,7 @@ fn transit_between_two_traced_pods() -> Result<()> {
     assert_eq!(from["packets"], 200, "{wb}");
     let t = distribution(wb, "transit")?;
     assert!(
-        ms(t, "p50_ms") < 1.0,
+        ms(t, "p50_ms") < latency_tolerance_ms(1.0),
         "a bridge hop takes microseconds: {t}"
     );
     Ok(())

@@ -61,7 +61,7 @@ fn unanswered_neighbour(ipv6: bool) -> Result<()> {
     // The packet that waited for the address was dropped for that reason (IPv4 only: the
     // kernel's NDP error path frees it without a reason, which is not counted as a drop).
     if !ipv6 {
-        assert!(drops_with_reason(w, "NEIGH_FAILED") >= 1, "{w}");
+        assert!(drops_for(w, "NEIGH_FAILED")? >= 1, "{w}");
     }
     // The event says the same, and nothing is reported for addresses that did answer.
     assert!(
