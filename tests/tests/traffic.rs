@@ -81,6 +81,15 @@ fn sigkill_leaves_no_tcx_attachment() -> Result<()> {
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.235.2.1/24", None)?;
     let veth = a.host_veth.clone();
+    if !kernel_has_tcx()? {
+        // Before 6.6: asking for tcx is refused in one sentence (auto falls back to clsact).
+        let out = nettools(&["trace", "--netns", &a.netns, "--tc-mode", "tcx", "-d", "1s"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains("--tc-mode tcx needs Linux 6.6"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        return Ok(());
+    }
     let trace = Trace::start(&["--netns", &a.netns, "--tc-mode", "tcx"])?;
     assert!(
         tcx_programs(&veth, true)?

@@ -3,7 +3,7 @@
 //! clsact filters otherwise (removed on exit, and left-overs from a killed run are removed at the
 //! next start). Plus reading what they counted.
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
@@ -99,8 +99,13 @@ pub fn attach(
     targets: &[Target],
     mode: Mode,
 ) -> Result<()> {
+    let (release, version) = preflight::kernel_release();
     let use_tcx = match mode {
-        Mode::Auto => preflight::has_tcx(preflight::kernel_release().1),
+        Mode::Auto => preflight::has_tcx(version),
+        Mode::Tcx if !preflight::has_tcx(version) => bail!(
+            "--tc-mode tcx needs Linux 6.6 or newer and this kernel is {release}: use \
+             --tc-mode clsact (or auto, the default)"
+        ),
         Mode::Tcx => true,
         Mode::Clsact => false,
     };
