@@ -31,10 +31,11 @@ commands:
                    fmt + clippy + unit tests + integration tests (root; real network labs), then
                    the kernel matrix (vmtest). --quick skips fmt and clippy, --no-vm the matrix
                    (also NETTOOLS_NO_VM=1)
-  vmtest [--kernel VERSION]... [--timeout SECONDS] [--verbose] [-- TEST-ARGS...]
+  vmtest [--kernel VERSION]... [--jobs N] [--timeout SECONDS] [--verbose] [-- TEST-ARGS...]
                    the integration tests on Debian kernels booted under QEMU (-accel tcg).
                    VERSION: a series (5.10, 6.1, 6.12, 6.18, 7.3), an exact release or `newest`;
-                   default 5.10 6.1 6.12 6.18 newest. TEST-ARGS go to every test binary
+                   default 5.10 6.1 6.12 6.18 newest. --jobs: guests at a time (default 2).
+                   TEST-ARGS go to every test binary
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
 ";
