@@ -181,10 +181,12 @@ pub struct TraceArgs {
     /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
     pub transit_sample: u32,
-    /// Also write the folded kernel stacks of drops and retransmits (for flame graph tools) to
-    /// FILE.
+    /// Also write the folded kernel stacks (for flame graph tools) to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and --folded show.
+    #[arg(long, value_enum, default_value = "drops")]
+    pub stacks: crate::report::flamegraph::Stacks,
     /// Show the live table while tracing even when the report goes to a file.
     #[arg(long, conflicts_with = "no_live")]
     pub live: bool,
@@ -210,9 +212,12 @@ pub struct LabArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Also write the folded kernel stacks of drops and retransmits to FILE.
+    /// Also write the folded kernel stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and --folded show.
+    #[arg(long, value_enum, default_value = "drops")]
+    pub stacks: crate::report::flamegraph::Stacks,
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,

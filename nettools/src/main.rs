@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 transit_sample_shift: args.transit_sample.trailing_zeros(),
                 hgrm_dir: args.hgrm.clone(),
                 folded: args.folded.clone(),
+                stacks: args.stacks,
                 live: match (args.live, args.no_live) {
                     (true, _) => Some(true),
                     (_, true) => Some(false),

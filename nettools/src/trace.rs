@@ -44,8 +44,10 @@ pub struct TraceSpec {
     pub transit_sample_shift: u32,
     /// Write HdrHistogram percentile files (`.hgrm`) here.
     pub hgrm_dir: Option<PathBuf>,
-    /// Write the folded stacks of drops and retransmits here.
+    /// Write the folded stacks here.
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and the folded file show.
+    pub stacks: report::flamegraph::Stacks,
     /// Show the live view while tracing (`None`: when the table goes to stdout).
     pub live: Option<bool>,
     /// Forward kernel-side debug messages.
@@ -233,9 +235,19 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     }
     let folded = if spec.output == Output::Flamegraph || spec.folded.is_some() {
         let names = |netns: u32| report::workload_for(netns, &traced, &labels);
+        let drops = if spec.stacks.drops() {
+            probe::stacks::drop_counts(&loaded.ebpf)?
+        } else {
+            Vec::new()
+        };
+        let retransmits = if spec.stacks.retransmits() {
+            probe::stacks::retransmit_counts(&loaded.ebpf)?
+        } else {
+            Vec::new()
+        };
         report::flamegraph::folded(
-            &probe::stacks::drop_counts(&loaded.ebpf)?,
-            &probe::stacks::retransmit_counts(&loaded.ebpf)?,
+            &drops,
+            &retransmits,
             &probe::stacks::read(&loaded.ebpf)?,
             &names,
             &loaded.kernel,
@@ -249,10 +261,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
         Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
         Output::Flamegraph => {
-            let svg = report::flamegraph::svg(
-                &folded,
-                "Where packets die: drops and TCP retransmits by kernel stack",
-            )?;
+            let svg = report::flamegraph::svg(&folded, spec.stacks.title())?;
             out.write_all(&svg)
         }
     }

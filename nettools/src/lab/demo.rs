@@ -475,6 +475,7 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         transit_sample_shift: 0,
         hgrm_dir: None,
         folded: args.folded.clone(),
+        stacks: args.stacks,
         live: Some(false),
         verbose,
         runtime: Default::default(),
