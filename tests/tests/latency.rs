@@ -293,9 +293,7 @@ fn refused_and_unanswered_are_counted() -> Result<()> {
     let server = lab.node("srv", "10.238.1.1/24", None)?;
     let client = lab.node("cli", "10.238.1.2/24", None)?;
     // SYNs to port 5401 and pings vanish; port 5402 refuses.
-    server.run(&[
-        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "5401", "-j", "DROP",
-    ])?;
+    server.drop_input("tcp", 5401)?;
     server.run(&["iptables", "-A", "INPUT", "-p", "icmp", "-j", "DROP"])?;
     let trace = Trace::start(&[
         "--netns",
@@ -368,9 +366,7 @@ fn transit_between_two_traced_pods() -> Result<()> {
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.238.2.1/24", None)?;
     let b = lab.node("b", "10.238.2.2/24", None)?;
-    b.run(&[
-        "iptables", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "DROP",
-    ])?;
+    b.drop_input("udp", 9)?;
     let trace = Trace::start(&[
         "--netns", &a.netns, "--netns", &b.netns, "--probes", "transit", "-o", "json",
     ])?;
