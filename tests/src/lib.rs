@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod nsexec;
 pub mod runtimes;
 
 use anyhow::{Context as _, Result, bail};
