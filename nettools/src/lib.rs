@@ -16,4 +16,5 @@ pub mod list;
 pub mod preflight;
 pub mod probe;
 pub mod report;
+pub mod session;
 pub mod trace;
