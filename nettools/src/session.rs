@@ -173,7 +173,9 @@ impl Session {
     pub fn finish(&mut self) -> Result<()> {
         self.loaded.detach_all();
         self.drain()?;
-        self.waiting = self.collector.expire(&mut self.loaded, self.options.timeout)?;
+        self.waiting = self
+            .collector
+            .expire(&mut self.loaded, self.options.timeout)?;
         Ok(())
     }
 
@@ -411,4 +413,3 @@ impl Collector {
         writeln!(self.out, "{}", json::line(value)).context("cannot write the report")
     }
 }
-
