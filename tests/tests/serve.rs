@@ -378,3 +378,24 @@ fn the_agents_errors_are_one_sentence() -> Result<()> {
     one_sentence(&out, "nettools: nettools needs root");
     Ok(())
 }
+
+#[test]
+fn the_plain_scrape_config_is_valid() -> Result<()> {
+    if let Some(reason) = missing(&["promtool"]) {
+        eprintln!("SKIPPED: {reason}");
+        return Ok(());
+    }
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml");
+    let out = Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(&config)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
