@@ -70,6 +70,13 @@ impl Agent {
         self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
+    /// How many files (sockets, BPF links, maps, …) the agent holds open.
+    fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// `GET /metrics`: the body, after checking the status and content type.
     fn scrape(&self) -> Result<String> {
         let mut stream = TcpStream::connect(self.addr)?;
@@ -302,6 +309,7 @@ fn a_pods_firewall_drops_are_scraped_as_the_kernel_counts_them_and_pods_are_foll
     assert_eq!(pod_drops(&text)?, Some(settled as f64), "{text}");
 
     // A pod started after the agent is found at the next refresh, with its own drops.
+    let fds_before = agent.open_files();
     podman.pod("ntsrvlate")?;
     podman.run(&["--name", "ntsrvlate-web", "--pod", "ntsrvlate"])?;
     let late_ns = format!("/proc/{}/ns/net", podman.pid("ntsrvlate-web")?);
@@ -341,6 +349,12 @@ fn a_pods_firewall_drops_are_scraped_as_the_kernel_counts_them_and_pods_are_foll
         if !text.contains("pod=\"ntsrvlate\"") {
             promtool_accepts(&text)?;
             assert_eq!(pod_drops(&text)?, Some(1700.0), "{text}");
+            // The links to its veth were closed, not leaked.
+            let fds_after = agent.open_files();
+            assert!(
+                fds_after <= fds_before,
+                "{fds_before} open files before, {fds_after} after"
+            );
             break;
         }
         if waited.elapsed() > Duration::from_secs(15) {

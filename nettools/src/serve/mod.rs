@@ -148,11 +148,9 @@ fn forget(session: &mut Session, netns: u32, ifindexes: &[u32]) {
         l.icmp_unanswered.retain(|(ifindex, _), _| ifindex != i);
         l.transit_pairs.retain(|(to, from), _| to != i && from != i);
     }
-    session
-        .loaded
-        .tc
-        .interfaces
-        .retain(|a| !ifindexes.contains(&a.ifindex));
+    for i in ifindexes {
+        crate::probe::tc::detach(&mut session.loaded.ebpf, &mut session.loaded.tc, *i);
+    }
 }
 
 /// Attaches the tc programs to the veths of `labels` not attached yet (looking up the veths of
