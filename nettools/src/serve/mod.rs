@@ -98,6 +98,20 @@ fn identity(w: &Workload) -> String {
     }
 }
 
+/// Whether the namespace `old` named at the last refresh is gone, or its inode now holds another
+/// workload. A namespace the runtimes name only now (seen a moment before as a bare namespace
+/// or a process's) is the same namespace, with the same counts.
+fn replaced(old: &Workload, now: Option<&Workload>) -> bool {
+    let Some(now) = now else { return true };
+    match old.kind {
+        WorkloadKind::Pod | WorkloadKind::Container => {
+            now.kind != old.kind || identity(now) != identity(old)
+        }
+        WorkloadKind::Netns => now.kind == old.kind && identity(now) != identity(old),
+        WorkloadKind::Process | WorkloadKind::Host | WorkloadKind::Interface => false,
+    }
+}
+
 /// Removes the entries of per-CPU hash map `map` whose key `gone` matches.
 fn remove_keys<K: Pod, V: Pod>(ebpf: &mut Ebpf, map: &str, gone: impl Fn(&K) -> bool) -> usize {
     let Some(m) = ebpf.map_mut(map) else {
@@ -186,8 +200,7 @@ async fn refresh(session: &mut Session, sources: &Sources, ctx: &mut metrics::Co
         }
     }
     for (netns, o) in &old {
-        let replaced = labels.get(netns).is_none_or(|w| identity(w) != identity(o));
-        if replaced {
+        if replaced(o, labels.get(netns)) {
             let ifindexes: Vec<u32> = o.veths.iter().map(|v| v.ifindex).collect();
             forget(session, *netns, &ifindexes);
         }
@@ -286,4 +299,48 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
     session.loaded.detach_all();
     eprintln!("nettools: stopped serving");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::PodRef;
+
+    fn pod(sandbox: &str) -> Workload {
+        Workload {
+            kind: WorkloadKind::Pod,
+            netns: 7,
+            netns_path: Some(format!("/run/netns/cni-{sandbox}").into()),
+            pod: Some(PodRef {
+                name: "web".into(),
+                sandbox_id: Some(sandbox.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_sandbox_on_a_reused_inode_is_another_workload() {
+        let first = pod("aaa");
+        assert!(!replaced(&first, Some(&pod("aaa"))));
+        assert!(replaced(&first, Some(&pod("bbb"))));
+        assert!(replaced(&first, None));
+        // A bare namespace (or a process's) that a runtime names a moment later: the same one.
+        let bare = Workload {
+            kind: WorkloadKind::Netns,
+            netns: 7,
+            netns_path: Some("/run/netns/cni-aaa".into()),
+            ..Default::default()
+        };
+        assert!(!replaced(&bare, Some(&first)));
+        let process = Workload {
+            kind: WorkloadKind::Process,
+            netns: 7,
+            ..Default::default()
+        };
+        assert!(!replaced(&process, Some(&first)));
+        // A pod whose inode now belongs to something else.
+        assert!(replaced(&first, Some(&process)));
+    }
 }
