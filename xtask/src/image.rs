@@ -23,7 +23,7 @@ use crate::process::{build_nettools, status, workspace};
 /// The tag `cargo xtask image` imports the image as.
 pub const TAG: &str = "localhost/nettools:latest";
 /// Bump when the way the root filesystem is made changes (the cache key includes it).
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 /// What `podman import` sets besides the filesystem: the same as the Containerfile's.
 pub const CHANGES: &[&str] = &[
     "CMD [\"/bin/bash\"]",
@@ -151,9 +151,17 @@ fn suite() -> Result<String> {
 /// The apt mirror this machine installs from (the same one CI reaches), or
 /// `NETTOOLS_IMAGE_MIRROR`.
 fn mirror() -> String {
-    if let Ok(m) = std::env::var("NETTOOLS_IMAGE_MIRROR") {
-        return m;
-    }
+    std::env::var("NETTOOLS_IMAGE_MIRROR")
+        .unwrap_or_else(|_| apt_uri("/debian", "http://deb.debian.org/debian"))
+}
+
+/// Where this machine gets Debian's security updates.
+fn security_mirror() -> String {
+    apt_uri("/debian-security", "http://deb.debian.org/debian-security")
+}
+
+/// The first http(s) URI in this machine's apt sources whose path ends with `suffix`.
+fn apt_uri(suffix: &str, default: &str) -> String {
     let mut texts: Vec<String> = Vec::new();
     if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -162,7 +170,7 @@ fn mirror() -> String {
     }
     texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
     let is_debian =
-        |uri: &str| uri.starts_with("http") && uri.trim_end_matches('/').ends_with("/debian");
+        |uri: &str| uri.starts_with("http") && uri.trim_end_matches('/').ends_with(suffix);
     for text in &texts {
         for line in text.lines() {
             let line = line.trim();
@@ -182,7 +190,7 @@ fn mirror() -> String {
             }
         }
     }
-    "http://deb.debian.org/debian".to_string()
+    default.to_string()
 }
 
 /// FNV-1a of the recipe's inputs: the cache key.
@@ -201,7 +209,8 @@ fn rootfs() -> Result<PathBuf> {
     let mirror = mirror();
     let packages = packages()?;
     let recipe = RECIPE.to_string();
-    let mut parts: Vec<&str> = vec![&recipe, &suite, &mirror];
+    let security = security_mirror();
+    let mut parts: Vec<&str> = vec![&recipe, &suite, &mirror, &security];
     parts.extend(packages.iter().map(String::as_str));
     let name = format!("rootfs-{suite}-{}", key(&parts));
     let base = dir();
@@ -236,6 +245,19 @@ fn rootfs() -> Result<PathBuf> {
     .context(
         "debootstrap failed (its log is in the root filesystem's debootstrap/debootstrap.log)",
     )?;
+    // debootstrap installs from one suite; the image follows the updates and security suites
+    // too, as Debian's own images do.
+    let _ = std::fs::remove_file(partial.join("etc/apt/sources.list"));
+    std::fs::write(
+        partial.join("etc/apt/sources.list.d/debian.sources"),
+        format!(
+            "Types: deb\nURIs: {mirror}\nSuites: {suite} {suite}-updates\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+             Types: deb\nURIs: {security}\nSuites: {suite}-security\nComponents: main\n\
+             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )?;
+    upgrade(&partial)?;
     for path in TRIM {
         let p = partial.join(path);
         if p.is_dir() {
@@ -264,6 +286,37 @@ fn rootfs() -> Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(root)
+}
+
+/// `apt-get update && apt-get upgrade` inside the new root filesystem (with /proc mounted for
+/// the packages' scripts, unmounted again whatever happens).
+fn upgrade(root: &Path) -> Result<()> {
+    struct ProcMount(PathBuf);
+    impl Drop for ProcMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let proc = root.join("proc");
+    status(
+        Command::new("mount")
+            .args(["-t", "proc", "proc"])
+            .arg(&proc),
+    )?;
+    let _mounted = ProcMount(proc);
+    let apt = |args: &[&str]| {
+        status(
+            Command::new("chroot")
+                .arg(root)
+                .arg("apt-get")
+                .args(["-q", "-y", "-o", "Dpkg::Options::=--force-confold"])
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    };
+    apt(&["update"])?;
+    apt(&["upgrade", "--no-install-recommends"])?;
+    apt(&["clean"])
 }
 
 #[cfg(test)]
