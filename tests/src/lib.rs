@@ -14,6 +14,7 @@ use std::{
 };
 
 pub mod nsexec;
+pub mod prom;
 pub mod runtimes;
 
 use anyhow::{Context as _, Result, bail};

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{nsexec::*, runtimes::*, *};
+use nettools_tests::{nsexec::*, prom, runtimes::*, *};
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/nettools-image:test";
@@ -56,6 +56,25 @@ fn privileged(podman: &Podman) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// The capabilities deploy/daemonset.yaml adds (its `add: [...]` line).
+fn daemonset_capabilities() -> Result<Vec<String>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("add: ["))
+        .with_context(|| format!("no capabilities are added in {}", path.display()))?;
+    let caps: Vec<String> = line
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert!(caps.contains(&"BPF".to_string()), "{caps:?}");
+    Ok(caps)
 }
 
 #[test]
@@ -222,5 +241,94 @@ fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> 
         );
     }
     assert!(out.contains("== ipvsadm: ok"), "ipvsadm: {out}");
+
+    // As the DaemonSet runs it: not privileged, only its capabilities, a read-only root, /run
+    // read-only and the host's tracefs; the agent inside counts the pod's drops exactly.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string();
+    let caps = daemonset_capabilities()?;
+    let socket_mount = format!("{}:/podman.sock", podman.socket.display());
+    let mut args = vec![
+        "run",
+        "-d",
+        "--name",
+        "ntimg-agent",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+    ];
+    for c in &caps {
+        args.extend(["--cap-add", c.as_str()]);
+    }
+    args.extend([
+        "--security-opt",
+        "seccomp=unconfined",
+        "--pid",
+        "host",
+        "--net",
+        "host",
+        "-v",
+        "/run:/run:ro",
+        "-v",
+        "/sys/kernel/tracing:/sys/kernel/tracing",
+        "-v",
+        &socket_mount,
+        "-e",
+        "DOCKER_HOST=unix:///podman.sock",
+        IMAGE,
+        "nettools",
+        "serve",
+        "--listen",
+        &listen,
+        "--refresh",
+        "1s",
+    ]);
+    podman.cmd(&args)?;
+    let addr: SocketAddr = listen.parse()?;
+    let waited = Instant::now();
+    loop {
+        match prom::scrape(addr) {
+            Ok(text) if text.contains("pod=\"ntimgpod\"") => break,
+            _ if waited.elapsed() > Duration::from_secs(60) => {
+                let state =
+                    podman.inspect("ntimg-agent", "{{.State.Status}} {{.State.ExitCode}}")?;
+                bail!("the agent in the image did not answer with the pod ({state})");
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let before = input_rule_packets(&pod_ns, 1)?;
+    udp_from(
+        Some(&client_ns),
+        SocketAddr::from((pod_ip, 7777)),
+        50,
+        Duration::from_micros(300),
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let text = prom::scrape(addr)?;
+    let counted = input_rule_packets(&pod_ns, 1)? - before;
+    assert_eq!(counted, 50, "the set-up itself misbehaved");
+    prom::promtool_accepts(&text)?;
+    assert_eq!(
+        prom::value(
+            &text,
+            "nettools_drops_total",
+            &[("pod", "ntimgpod"), ("reason", "NETFILTER_DROP")]
+        )?,
+        Some(counted as f64),
+        "{text}"
+    );
+    // Its veth was found (entering the pod's namespace) and the tc programs attached to it.
+    let received = prom::value(
+        &text,
+        "nettools_veth_packets_total",
+        &[("pod", "ntimgpod"), ("direction", "received")],
+    )?
+    .unwrap_or(0.0);
+    assert!(
+        received >= counted as f64,
+        "{received} packets on the veth: {text}"
+    );
     Ok(())
 }

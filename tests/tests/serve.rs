@@ -6,16 +6,15 @@
 //! pods that go away leave the exposition.
 
 use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{nsexec::*, runtimes::*, *};
+use nettools_tests::{nsexec::*, prom::*, runtimes::*, *};
 
 /// `nettools serve` on a free loopback port, stopped (SIGTERM, by PID) on drop.
 struct Agent {
@@ -77,29 +76,9 @@ impl Agent {
             .unwrap_or(0)
     }
 
-    /// `GET /metrics`: the body, after checking the status and content type.
+    /// `GET /metrics`: the body (the agent's stderr in the error).
     fn scrape(&self) -> Result<String> {
-        let mut stream = TcpStream::connect(self.addr)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("not an HTTP response: {response}"))?;
-        if !head.starts_with("HTTP/1.1 200") {
-            bail!("scrape failed: {head}\n{body}\n{}", self.stderr_text());
-        }
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: text/plain; version=0.0.4"),
-            "{head}"
-        );
-        Ok(body.to_string())
+        prom::scrape(self.addr).with_context(|| self.stderr_text())
     }
 }
 
@@ -118,93 +97,6 @@ impl Drop for Agent {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// `promtool check metrics` (Prometheus' own linter) accepts the exposition.
-fn promtool_accepts(text: &str) -> Result<()> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run promtool (Debian's prometheus package; cargo xtask setup)")?;
-    child
-        .stdin
-        .take()
-        .context("no stdin")?
-        .write_all(text.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() || !said.trim().is_empty() {
-        bail!("promtool check metrics refused the exposition: {said}");
-    }
-    Ok(())
-}
-
-/// The samples of metric `name`: labels and value.
-fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (labels_text, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.rsplit_once("} ") {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None => match rest.strip_prefix(' ') {
-                Some(v) => ("", v),
-                None => continue,
-            },
-        };
-        let mut labels = BTreeMap::new();
-        let mut chars = labels_text.chars().peekable();
-        while chars.peek().is_some() {
-            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            if chars.next() != Some('"') {
-                break;
-            }
-            let mut value = String::new();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => value.extend(chars.next()),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-            labels.insert(key.trim_start_matches(',').to_string(), value);
-            if chars.peek() == Some(&',') {
-                chars.next();
-            }
-        }
-        if let Ok(v) = value.trim().parse() {
-            out.push((labels, v));
-        }
-    }
-    out
-}
-
-/// The one sample of `name` whose labels include `want` (`None` when there is none).
-fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64>> {
-    let matching: Vec<f64> = samples(text, name)
-        .into_iter()
-        .filter(|(labels, _)| {
-            want.iter()
-                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, v)| v)
-        .collect();
-    match matching.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        many => bail!("{} samples of {name} match {want:?}: {many:?}", many.len()),
     }
 }
 
