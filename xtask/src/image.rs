@@ -67,6 +67,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let tar = build()?;
     if import {
+        // The image the tag named before: removed once the tag moves (unless something else
+        // still uses it), so rebuilding does not pile up untagged images.
+        let previous = Command::new("podman")
+            .args(["image", "inspect", "--format", "{{.Id}}", TAG])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
         let mut cmd = Command::new("podman");
         cmd.arg("import");
         for change in CHANGES {
@@ -74,6 +82,13 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         cmd.arg(&tar).arg(TAG);
         status(&mut cmd).context("importing the image into Podman failed")?;
+        if let Some(id) = previous.filter(|id| !id.is_empty()) {
+            let _ = Command::new("podman")
+                .args(["rmi", &id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         eprintln!(
             "xtask: image {TAG} ready in {:.0} s; try:\n  podman run --rm -it --privileged --pid host --net host \
              -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {TAG} nettools list",
