@@ -121,6 +121,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Serve(args) => {
+            nettools::serve::run(&args, cli.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lab(args) => {
             lab::demo::run(&args, cli.verbose).await?;
             Ok(ExitCode::SUCCESS)

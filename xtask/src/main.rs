@@ -5,10 +5,12 @@
 //! - `build [--release]`: build nettools (the eBPF object is built once, by nettools/build.rs).
 //! - `test [--quick]`: formatting, clippy, unit tests, then the integration tests as root, one at
 //!   a time (they build real network labs in this kernel).
+//! - `image [--no-import]`: build the container image offline and import it into Podman.
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
 
 mod fuzz;
+mod image;
 mod process;
 mod setup;
 mod test;
@@ -26,6 +28,9 @@ commands:
                    build nettools (and its eBPF object)
   test [--quick]   fmt + clippy + unit tests + integration tests (root; real network labs).
                    --quick skips fmt and clippy
+  image [--no-import]
+                   build the container image offline (debootstrap + toolbox + release nettools)
+                   and import it into Podman as localhost/nettools:latest
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
 ";
@@ -59,6 +64,10 @@ fn run(args: &[String]) -> Result<()> {
         "test" => {
             setup::run()?;
             test::run(rest.iter().any(|a| a == "--quick"))
+        }
+        "image" => {
+            setup::run()?;
+            image::run(rest)
         }
         "lab" => {
             setup::run()?;

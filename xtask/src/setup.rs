@@ -40,6 +40,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "libc6-dev",
     "protobuf-compiler",
 ];
+/// What the container image is built with (`cargo xtask image`, which the tests use), and
+/// `promtool`, which checks the agent's Prometheus exposition (Debian's `prometheus`).
+const IMAGE_PACKAGES: &[&str] = &["debootstrap", "prometheus"];
 /// Debian's BPF-capable Rust compiler and the LLVM bpf-linker builds against.
 const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
@@ -115,6 +118,7 @@ pub fn run() -> Result<()> {
     let standard = nightly_with_rust_src();
     let mut wanted: Vec<&str> = LAB_PACKAGES.to_vec();
     wanted.extend_from_slice(RUNTIME_PACKAGES);
+    wanted.extend_from_slice(IMAGE_PACKAGES);
     if !standard {
         wanted.extend_from_slice(DEBIAN_BPF_PACKAGES);
     }
