@@ -7,7 +7,9 @@
 //!   a time (they build real network labs in this kernel).
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
+//! - `bench [--quick]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
 
+mod bench;
 mod fuzz;
 mod process;
 mod setup;
@@ -28,6 +30,8 @@ commands:
                    --quick skips fmt and clippy
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
+  bench [--quick]  root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
+                   memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";
 
 fn main() -> ExitCode {
@@ -71,6 +75,16 @@ fn run(args: &[String]) -> Result<()> {
             setup::run()?;
             let seconds = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
             fuzz::run(seconds)
+        }
+        "bench" => {
+            if !setup::is_root() {
+                bail!("the bench builds network labs and loads eBPF: run it as root");
+            }
+            setup::run()?;
+            setup::install(bench::PACKAGES)?;
+            bench::check_tools()?;
+            let bin = process::build_nettools(true)?;
+            bench::run(&bin, rest.iter().any(|a| a == "--quick"))
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -1,0 +1,173 @@
+//! Load generators: iperf3 between the two namespaces, a paced UDP flood, short TCP
+//! connections.
+
+use std::{
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::lab::Node;
+
+/// What one iperf3 run measured at the receiver.
+#[derive(Clone, Copy, Debug)]
+pub struct Iperf {
+    /// Received bits per second.
+    pub bits_per_s: f64,
+    /// Sent bits per second (UDP: the sender is not paced by the receiver).
+    pub sent_bits_per_s: f64,
+}
+
+/// Datagram size of the small-packet UDP run.
+pub const UDP_LEN: u32 = 64;
+
+/// Runs the iperf3 client in `client` against the server at `server` for `seconds`.
+pub fn iperf(client: &Node, server: Ipv4Addr, seconds: u32, udp: bool) -> Result<Iperf> {
+    let t = seconds.to_string();
+    let srv = server.to_string();
+    let len = UDP_LEN.to_string();
+    let mut args = vec!["iperf3", "-c", &srv, "-t", &t, "-J"];
+    if udp {
+        args.extend_from_slice(&["-u", "-b", "0", "-l", &len]);
+    }
+    let out = client
+        .command(&args)
+        .output()
+        .context("cannot run iperf3")?;
+    let json: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 printed no JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = json["error"].as_str() {
+        bail!("iperf3 failed: {e}");
+    }
+    let end = &json["end"];
+    let bits = end["sum_received"]["bits_per_second"].as_f64();
+    let sent = end["sum_sent"]["bits_per_second"].as_f64();
+    match (bits, sent) {
+        (Some(b), Some(s)) => Ok(Iperf {
+            bits_per_s: b,
+            sent_bits_per_s: s,
+        }),
+        _ => bail!("iperf3's JSON has no end.sum_received: {}", end),
+    }
+}
+
+/// Sends UDP datagrams from `node` to `dst` at `rate` per second (0: as fast as possible) for
+/// `duration`, cycling the destination port over `ports` ports from `dst`'s. Returns the
+/// datagrams sent (whether or not a firewall let them through).
+pub fn flood(
+    node: &Node,
+    dst: SocketAddrV4,
+    rate: u64,
+    duration: Duration,
+    ports: u16,
+) -> Result<u64> {
+    node.enter(|| -> Result<u64> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let payload = [0u8; 18];
+        let started = Instant::now();
+        let mut sent: u64 = 0;
+        let mut port_index: u16 = 0;
+        let mut target = dst;
+        loop {
+            let elapsed = started.elapsed();
+            if elapsed >= duration {
+                break;
+            }
+            // Paced in 1 ms steps: send what the rate allows up to now, then sleep a little.
+            let due = if rate == 0 {
+                sent + 256
+            } else {
+                (elapsed.as_secs_f64() * rate as f64) as u64 + 1
+            };
+            if sent >= due {
+                std::thread::sleep(Duration::from_micros(500));
+                continue;
+            }
+            while sent < due {
+                if ports > 1 {
+                    target.set_port(dst.port().wrapping_add(port_index));
+                    port_index = (port_index + 1) % ports;
+                }
+                // A datagram the firewall drops fails with EPERM: it was sent all the same.
+                let _ = socket.send_to(&payload, target);
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    })?
+}
+
+/// Opens `count` short TCP connections from `client` to a listener in `server` (the server
+/// closes first, so no TIME_WAIT piles up on the client's ports). Returns how many completed.
+pub fn connections(
+    client: &Node,
+    server: &Node,
+    port: u16,
+    count: u32,
+    stop: &AtomicBool,
+) -> Result<u32> {
+    let addr = SocketAddrV4::new(server.ipv4, port);
+    let ready = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<u32> {
+        let srv = scope.spawn(|| {
+            server.enter(|| -> Result<u32> {
+                let listener = TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                ready.store(true, Ordering::SeqCst);
+                let mut accepted = 0;
+                while !done.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            drop(s);
+                            accepted += 1;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(accepted)
+            })
+        });
+        while !ready.load(Ordering::SeqCst) {
+            if srv.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let made = client.enter(|| -> Result<u32> {
+            let mut made = 0;
+            let mut buf = [0u8; 16];
+            for _ in 0..count {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                // Wait for the server's FIN, then close.
+                let _ = s.read(&mut buf);
+                made += 1;
+            }
+            Ok(made)
+        });
+        done.store(true, Ordering::SeqCst);
+        let accepted = srv
+            .join()
+            .map_err(|_| anyhow::anyhow!("the listener thread panicked"))???;
+        let made = made??;
+        if accepted < made {
+            bail!("{made} connections made but only {accepted} accepted");
+        }
+        Ok(made)
+    })
+}
