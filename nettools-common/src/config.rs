@@ -7,6 +7,9 @@ pub const OFFSETS_GLOBAL: &str = "NETTOOLS_OFFSETS";
 pub const KFREE_SKB_GLOBAL: &str = "NETTOOLS_KFREE_SKB";
 /// Name of the global holding [`Filter`].
 pub const FILTER_GLOBAL: &str = "NETTOOLS_FILTER";
+/// Name of the global holding how many bytes of events wait in the ring buffer before the
+/// collector is woken (0: woken for every event).
+pub const WAKEUP_BYTES_GLOBAL: &str = "NETTOOLS_WAKEUP_BYTES";
 
 /// Offset value meaning "this kernel has no such field".
 pub const ABSENT: u32 = u32::MAX;

@@ -20,7 +20,7 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, field},
-    maps::{EVENTS, STACKS, add, bump, is_traced},
+    maps::{EVENTS, STACKS, add, bump, is_traced, submit},
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -113,7 +113,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         _pad2: 0,
         flow: kernel::skb_flow(skb, protocol),
     });
-    entry.submit(0);
+    submit(entry);
     Some(())
 }
 

@@ -12,7 +12,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
+    maps::{EVENTS, bump, submit},
     pairing::{header, now, reverse, role_of},
     tc::Packet,
 };
@@ -88,6 +88,6 @@ pub fn on_tcp(p: &Packet) {
             syns: pending.requests,
             _pad2: 0,
         });
-        entry.submit(0);
+        submit(entry);
     }
 }

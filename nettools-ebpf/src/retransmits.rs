@@ -21,7 +21,7 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, field, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced},
+    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced, submit},
 };
 
 /// `TCP_SYN_RECV`: the state a SYN-ACK is retransmitted in.
@@ -140,6 +140,6 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
         stack_id,
         _pad: 0,
     });
-    entry.submit(0);
+    submit(entry);
     Some(())
 }

@@ -21,6 +21,10 @@ use crate::{
     report::{self, Health, Output, Summary, json},
 };
 
+/// How often the collector reads the ring buffer without being woken: events below a wakeup
+/// batch ([`probe::wakeup_bytes`]) wait at most this long.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// Everything a trace needs to know.
 #[derive(Clone, Debug)]
 pub struct TraceSpec {
@@ -162,6 +166,10 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = spec.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // The kernel side wakes the collector once per batch of events (maps::submit), not per
+    // event: what waits below a batch is read on this timer.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let show_live = spec
         .live
         .unwrap_or(spec.output == Output::Table && spec.out.is_none());
@@ -180,6 +188,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                 collector.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
+            _ = drain.tick() => collector.drain(events.get_mut())?,
             Some(guard) = async {
                 match kernel_log.as_mut() {
                     Some(l) => l.readable_mut().await.ok(),

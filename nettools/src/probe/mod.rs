@@ -24,7 +24,7 @@ use aya::{
 use nettools_common::{
     config::{
         FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
-        RetransmitLayout, SYNACK_GLOBAL,
+        RetransmitLayout, SYNACK_GLOBAL, WAKEUP_BYTES_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -240,6 +240,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
         .override_global(SYNACK_GLOBAL, &synack, true)
         .override_global(FILTER_GLOBAL, &filter, true)
+        .override_global(
+            WAKEUP_BYTES_GLOBAL,
+            &wakeup_bytes(opts.ring_buffer_bytes),
+            true,
+        )
         .override_global(FEATURES_GLOBAL, &tc_features(&opts.probes), true)
         .override_global(
             TRANSIT_MASK_GLOBAL,
@@ -260,6 +265,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         },
         tc: tc::Attachments::default(),
     })
+}
+
+/// How many bytes of events wait in the ring buffer before the collector is woken: a sixteenth
+/// of it, so a burst is read in batches long before the buffer fills, while the collector's
+/// short drain timer ([`crate::trace::DRAIN_EVERY`]) picks up the rest.
+pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    u64::from(ring_buffer_bytes / 16).max(1)
 }
 
 impl Loaded {
