@@ -7,7 +7,7 @@
 //!   a time (they build real network labs in this kernel).
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
-//! - `bench [--quick]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
+//! - `bench [--quick] [--only SECTION]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
 
 mod bench;
 mod fuzz;
@@ -30,7 +30,8 @@ commands:
                    --quick skips fmt and clippy
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
-  bench [--quick]  root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
+  bench [--quick] [--only throughput|costs|storm|memory]
+                   root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
                    memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";
 
@@ -84,7 +85,16 @@ fn run(args: &[String]) -> Result<()> {
             setup::install(bench::PACKAGES)?;
             bench::check_tools()?;
             let bin = process::build_nettools(true)?;
-            bench::run(&bin, rest.iter().any(|a| a == "--quick"))
+            let only = rest
+                .iter()
+                .position(|a| a == "--only")
+                .map(|i| rest.get(i + 1).map(String::as_str).unwrap_or(""));
+            if let Some(o) = only
+                && !bench::SECTIONS.contains(&o)
+            {
+                bail!("--only takes one of {}", bench::SECTIONS.join(", "));
+            }
+            bench::run(&bin, rest.iter().any(|a| a == "--quick"), only)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

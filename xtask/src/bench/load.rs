@@ -171,3 +171,55 @@ pub fn connections(
         Ok(made)
     })
 }
+
+/// Asks the DNS server in `server` for `count` different names (`n<i>.bench.test` from
+/// `i = first`, type A), one after the other, and returns how many were answered. Pairs with
+/// [`nxdomain_server`].
+pub fn dns_queries(client: &Node, server: Ipv4Addr, first: u32, count: u32) -> Result<u32> {
+    client.enter(|| -> Result<u32> {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let dst = SocketAddrV4::new(server, 53);
+        let mut answered = 0;
+        let mut buf = [0u8; 512];
+        for i in first..first + count {
+            let mut q = Vec::with_capacity(48);
+            q.extend_from_slice(&(i as u16).to_be_bytes()); // id
+            q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+            for label in [format!("n{i}").as_str(), "bench", "test"] {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.extend_from_slice(&[0, 0, 1, 0, 1]); // root; type A; class IN
+            socket.send_to(&q, dst)?;
+            if socket.recv_from(&mut buf).is_ok() {
+                answered += 1;
+            }
+        }
+        Ok(answered)
+    })?
+}
+
+/// A DNS server in `node` that answers every query NXDOMAIN, until `stop` is set.
+pub fn nxdomain_server(node: &Node, stop: &AtomicBool, ready: &AtomicBool) -> Result<u64> {
+    node.enter(|| -> Result<u64> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(node.ipv4, 53))?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        ready.store(true, Ordering::SeqCst);
+        let mut buf = [0u8; 512];
+        let mut answered = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            buf[2] |= 0x80; // QR: a response
+            buf[3] = 0x83; // RA, rcode 3 (NXDOMAIN)
+            let _ = socket.send_to(&buf[..n], from);
+            answered += 1;
+        }
+        Ok(answered)
+    })?
+}

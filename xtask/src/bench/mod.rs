@@ -74,6 +74,7 @@ struct Plan {
     storm: Duration,
     rates: Vec<u64>,
     connections: u32,
+    dns_names: u32,
     long: Duration,
 }
 
@@ -88,6 +89,7 @@ impl Plan {
                 storm: Duration::from_secs(1),
                 rates: vec![20_000, 0],
                 connections: 1_000,
+                dns_names: 2_000,
                 long: Duration::from_secs(6),
             }
         } else {
@@ -99,13 +101,17 @@ impl Plan {
                 storm: Duration::from_secs(2),
                 rates: vec![10_000, 30_000, 100_000, 300_000, 0],
                 connections: 10_000,
+                dns_names: 30_000,
                 long: Duration::from_secs(60),
             }
         }
     }
 }
 
-pub fn run(nettools: &Path, quick: bool) -> Result<()> {
+/// The sections `--only` accepts.
+pub const SECTIONS: [&str; 4] = ["throughput", "costs", "storm", "memory"];
+
+pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -142,22 +148,29 @@ pub fn run(nettools: &Path, quick: bool) -> Result<()> {
     let mut out = String::new();
     let mut attach_all: Vec<f64> = Vec::new();
 
-    progress("throughput: interleaved rounds");
-    let thr = throughput(nettools, &lab, &plan, &mut attach_all)?;
-    write_throughput(&mut out, &thr, &plan);
-
-    progress("per-program cost (kernel run-time statistics)");
-    let costs = program_costs(nettools, &lab, &plan)?;
-    write_costs(&mut out, &costs);
-
-    progress("drop storm");
-    let (storm, attach_drops) = storm(nettools, &lab, &plan)?;
-    write_storm(&mut out, &storm, &plan);
-
-    progress("collector memory");
-    let mem = memory(nettools, &lab, &plan, &mut attach_all)?;
-    write_memory(&mut out, &mem, &plan);
-
+    let wanted = |section: &str| only.is_none_or(|o| o == section);
+    let mut attach_drops = Vec::new();
+    if wanted("throughput") {
+        progress("throughput: interleaved rounds");
+        let thr = throughput(nettools, &lab, &plan, &mut attach_all)?;
+        write_throughput(&mut out, &thr, &plan);
+    }
+    if wanted("costs") {
+        progress("per-program cost (kernel run-time statistics)");
+        let costs = program_costs(nettools, &lab, &plan)?;
+        write_costs(&mut out, &costs);
+    }
+    if wanted("storm") {
+        progress("drop storm");
+        let (storm, attach) = storm(nettools, &lab, &plan)?;
+        attach_drops = attach;
+        write_storm(&mut out, &storm, &plan);
+    }
+    if wanted("memory") {
+        progress("collector memory");
+        let mem = memory(nettools, &lab, &plan, &mut attach_all)?;
+        write_memory(&mut out, &mem, &plan);
+    }
     write_attach(&mut out, &attach_all, &attach_drops);
 
     drop(iperf_server.stop(libc::SIGTERM, Duration::from_secs(5)));
@@ -179,8 +192,9 @@ pub fn run(nettools: &Path, quick: bool) -> Result<()> {
     );
     let _ = writeln!(
         head,
-        "- bench: {} in {:.0} s; `kernel.bpf_stats_enabled` after the bench: {}\n",
+        "- bench: {}{} in {:.0} s; `kernel.bpf_stats_enabled` after the bench: {}\n",
         if quick { "--quick" } else { "full" },
+        only.map(|o| format!(", only {o}")).unwrap_or_default(),
         started.elapsed().as_secs_f64(),
         kernel::stats_sysctl()
     );
@@ -634,14 +648,36 @@ struct Memory {
     after_connections_kib: u64,
     connections: u32,
     connections_s: f64,
+    dns_names: u32,
+    dns_s: f64,
+    after_dns_kib: u64,
     /// (seconds into the long run, RSS KiB)
     long: Vec<(f64, u64)>,
     long_connections: u32,
     long_drops: u64,
+    long_names: u32,
     peak_kib: u64,
 }
 
 fn memory(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<Memory> {
+    // A DNS server in b answering NXDOMAIN for the whole phase.
+    let dns_stop = AtomicBool::new(false);
+    let dns_ready = AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<Memory> {
+        let server = scope.spawn(|| load::nxdomain_server(&lab.b, &dns_stop, &dns_ready));
+        while !dns_ready.load(Ordering::SeqCst) && !server.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let result = memory_with_dns(bin, lab, plan, attach);
+        dns_stop.store(true, Ordering::SeqCst);
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("the DNS server thread panicked"))??;
+        result
+    })
+}
+
+fn memory_with_dns(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<Memory> {
     let running = tracers::start_nettools(bin, lab, &[], "memory")?;
     attach.push(running.attach.as_secs_f64());
     std::thread::sleep(Duration::from_secs(1));
@@ -657,12 +693,23 @@ fn memory(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<M
         "  {made} connections in {connections_s:.1} s: RSS {idle_kib} KiB idle, {after_connections_kib} KiB after"
     ));
 
-    // The long run: connections and drops to ever new ports (more distinct flows than nettools
-    // keeps), sampled at regular moments.
+    // Names that fail, each one different, as from a bad search path or a DGA.
     check_interrupted()?;
+    let t0 = Instant::now();
+    let answered = load::dns_queries(&lab.a, lab.b.ipv4, 0, plan.dns_names)?;
+    let dns_s = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_dns_kib = rss(&running);
+    progress(&format!(
+        "  {answered} failing DNS names in {dns_s:.1} s: RSS {after_dns_kib} KiB"
+    ));
+
+    // The long run: connections, drops to ever new ports and new failing names (more distinct
+    // flows and names than nettools keeps), sampled at regular moments.
     let mut long = Vec::new();
     let mut long_connections = 0;
     let mut long_drops = 0;
+    let mut long_names = 0;
     let samples = 6;
     let slice = plan.long / samples;
     let started = Instant::now();
@@ -673,8 +720,14 @@ fn memory(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<M
             &lab.a,
             SocketAddrV4::new(lab.b.ipv4, DROP_PORT),
             20_000,
-            slice / 2,
+            slice / 3,
             DROP_PORTS,
+        )?;
+        long_names += load::dns_queries(
+            &lab.a,
+            lab.b.ipv4,
+            plan.dns_names + long_names,
+            plan.dns_names / 6,
         )?;
         while t.elapsed() < slice {
             long_connections += load::connections(&lab.a, &lab.b, CONN_PORT, 200, &stop)?;
@@ -683,7 +736,7 @@ fn memory(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<M
     }
     let stopped = running.stop()?;
     progress(&format!(
-        "  long run: {long_connections} connections, {long_drops} drops; peak RSS {} KiB",
+        "  long run: {long_connections} connections, {long_drops} drops, {long_names} names; peak RSS {} KiB",
         stopped.usage.max_rss_kib
     ));
     Ok(Memory {
@@ -691,9 +744,13 @@ fn memory(bin: &Path, lab: &Lab, plan: &Plan, attach: &mut Vec<f64>) -> Result<M
         after_connections_kib,
         connections: made,
         connections_s,
+        dns_names: answered,
+        dns_s,
+        after_dns_kib,
         long,
         long_connections,
         long_drops,
+        long_names,
         peak_kib: stopped.usage.max_rss_kib,
     })
 }
@@ -716,6 +773,13 @@ fn write_memory(out: &mut String, m: &Memory, plan: &Plan) {
         m.connections_s,
         mib(m.after_connections_kib)
     );
+    let _ = writeln!(
+        out,
+        "| after {} distinct DNS names answered NXDOMAIN ({:.1} s) | {:.1} |",
+        m.dns_names,
+        m.dns_s,
+        mib(m.after_dns_kib)
+    );
     for (t, k) in &m.long {
         let _ = writeln!(out, "| long run, {t:.0} s in | {:.1} |", mib(*k));
     }
@@ -726,12 +790,14 @@ fn write_memory(out: &mut String, m: &Memory, plan: &Plan) {
     );
     let _ = writeln!(
         out,
-        "\nThe long run ({:.0} s): {} more connections and {} drops at 20k/s to {} different \
-         ports, i.e. more distinct dropped flows than nettools keeps per namespace.\n",
+        "\nThe long run ({:.0} s): {} more connections, {} drops at 20k/s to {} different \
+         ports and {} more failing names, i.e. more distinct dropped flows and names than \
+         nettools keeps.\n",
         plan.long.as_secs_f64(),
         m.long_connections,
         m.long_drops,
-        DROP_PORTS
+        DROP_PORTS,
+        m.long_names
     );
 }
 
