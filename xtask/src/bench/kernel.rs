@@ -127,14 +127,41 @@ pub fn prog_stats(pid: i32) -> Result<BTreeMap<String, ProgStats>> {
     Ok(stats)
 }
 
-/// Kernel memory charged for the maps a process holds (`memlock` in fdinfo), bytes.
-pub fn map_bytes(pid: i32) -> Result<u64> {
-    let mut seen = std::collections::BTreeSet::new();
-    Ok(bpf_fdinfo(pid, "map_id")?
+/// Kernel memory charged for each map a process holds (`memlock` in fdinfo), largest first:
+/// (name, bytes).
+pub fn map_bytes(pid: i32) -> Result<Vec<(String, u64)>> {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "show"])
+        .output()
+        .context("cannot run bpftool")?;
+    let all: Value =
+        serde_json::from_slice(&out.stdout).context("bpftool's JSON does not parse")?;
+    let names: BTreeMap<u64, String> = all
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .filter(|f| seen.insert(f.get("map_id").cloned().unwrap_or_default()))
-        .filter_map(|f| f.get("memlock").and_then(|v| v.parse::<u64>().ok()))
-        .sum())
+        .filter_map(|m| Some((m["id"].as_u64()?, m["name"].as_str()?.to_string())))
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut maps: Vec<(String, u64)> = bpf_fdinfo(pid, "map_id")?
+        .iter()
+        .filter_map(|f| {
+            let id: u64 = f.get("map_id")?.parse().ok()?;
+            let bytes: u64 = f.get("memlock")?.parse().ok()?;
+            seen.insert(id).then(|| {
+                (
+                    names
+                        .get(&id)
+                        .cloned()
+                        .unwrap_or_else(|| format!("map {id}")),
+                    bytes,
+                )
+            })
+        })
+        .collect();
+    maps.sort_by_key(|m| std::cmp::Reverse(m.1));
+    Ok(maps)
 }
 
 /// What this machine is, for the record.

@@ -20,6 +20,12 @@ pub struct Iperf {
     pub bits_per_s: f64,
     /// Sent bits per second (UDP: the sender is not paced by the receiver).
     pub sent_bits_per_s: f64,
+    /// Bytes received, and datagrams sent (UDP).
+    pub bytes: f64,
+    pub packets_sent: f64,
+    /// CPU time of both iperf3 processes (user + system, which includes the kernel's packet
+    /// path run on their behalf: veth, bridge, the tc programs), seconds.
+    pub cpu_s: f64,
 }
 
 /// Datagram size of the small-packet UDP run.
@@ -48,15 +54,22 @@ pub fn iperf(client: &Node, server: Ipv4Addr, seconds: u32, udp: bool) -> Result
         bail!("iperf3 failed: {e}");
     }
     let end = &json["end"];
-    let bits = end["sum_received"]["bits_per_second"].as_f64();
-    let sent = end["sum_sent"]["bits_per_second"].as_f64();
-    match (bits, sent) {
-        (Some(b), Some(s)) => Ok(Iperf {
-            bits_per_s: b,
-            sent_bits_per_s: s,
-        }),
-        _ => bail!("iperf3's JSON has no end.sum_received: {}", end),
-    }
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let (Some(bits), Some(sent)) = (
+        end["sum_received"]["bits_per_second"].as_f64(),
+        end["sum_sent"]["bits_per_second"].as_f64(),
+    ) else {
+        bail!("iperf3's JSON has no end.sum_received: {}", end);
+    };
+    let cpu = &end["cpu_utilization_percent"];
+    let seconds = f(&end["sum_sent"]["seconds"]);
+    Ok(Iperf {
+        bits_per_s: bits,
+        sent_bits_per_s: sent,
+        bytes: f(&end["sum_received"]["bytes"]),
+        packets_sent: end["sum_sent"]["packets"].as_f64().unwrap_or(0.0),
+        cpu_s: (f(&cpu["host_total"]) + f(&cpu["remote_total"])) / 100.0 * seconds,
+    })
 }
 
 /// Sends UDP datagrams from `node` to `dst` at `rate` per second (0: as fast as possible) for

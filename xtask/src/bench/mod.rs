@@ -72,7 +72,8 @@ struct Plan {
     udp_s: u32,
     storm_runs: usize,
     storm: Duration,
-    rates: Vec<u64>,
+    /// (datagrams per second, 0 for as fast as possible; sending threads)
+    rates: Vec<(u64, usize)>,
     connections: u32,
     dns_names: u32,
     long: Duration,
@@ -87,19 +88,19 @@ impl Plan {
                 udp_s: 1,
                 storm_runs: 1,
                 storm: Duration::from_secs(1),
-                rates: vec![20_000, 0],
+                rates: vec![(20_000, 1), (0, 1)],
                 connections: 1_000,
                 dns_names: 2_000,
                 long: Duration::from_secs(6),
             }
         } else {
             Self {
-                rounds: 5,
-                tcp_s: 3,
-                udp_s: 3,
+                rounds: 6,
+                tcp_s: 2,
+                udp_s: 2,
                 storm_runs: 3,
                 storm: Duration::from_secs(2),
-                rates: vec![10_000, 30_000, 100_000, 300_000, 0],
+                rates: vec![(10_000, 1), (30_000, 1), (100_000, 1), (0, 1), (0, 2)],
                 connections: 10_000,
                 dns_names: 30_000,
                 long: Duration::from_secs(60),
@@ -150,10 +151,16 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
 
     let wanted = |section: &str| only.is_none_or(|o| o == section);
     let mut attach_drops = Vec::new();
+    let mut attach_peers: Vec<(Tracer, f64)> = Vec::new();
     if wanted("throughput") {
         progress("throughput: interleaved rounds");
-        let thr = throughput(nettools, &lab, &plan, &mut attach_all)?;
+        let thr = throughput(nettools, &lab, &plan)?;
         write_throughput(&mut out, &thr, &plan);
+        for r in &thr {
+            if let Some(a) = r.attach_s {
+                attach_peers.push((r.tracer, a));
+            }
+        }
     }
     if wanted("costs") {
         progress("per-program cost (kernel run-time statistics)");
@@ -171,7 +178,13 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         let mem = memory(nettools, &lab, &plan, &mut attach_all)?;
         write_memory(&mut out, &mem, &plan);
     }
-    write_attach(&mut out, &attach_all, &attach_drops);
+    attach_all.extend(
+        attach_peers
+            .iter()
+            .filter(|(t, _)| *t == Tracer::Nettools)
+            .map(|(_, a)| *a),
+    );
+    write_attach(&mut out, &attach_all, &attach_drops, &attach_peers);
 
     drop(iperf_server.stop(libc::SIGTERM, Duration::from_secs(5)));
     drop(lab);
@@ -257,22 +270,18 @@ fn fmt_spread(v: &[f64], decimals: usize) -> String {
 struct ThroughputRun {
     tracer: Tracer,
     round: usize,
-    tcp_bps: f64,
-    udp_rx_bps: f64,
-    udp_tx_bps: f64,
+    tcp: load::Iperf,
+    udp: load::Iperf,
     /// Tracer's own CPU while the traffic ran, seconds (userspace process, not the BPF programs).
     tracer_cpu_s: f64,
     traffic_s: f64,
     events_lost: Option<u64>,
     load: f64,
+    /// From start to attached (None when untraced).
+    attach_s: Option<f64>,
 }
 
-fn throughput(
-    bin: &Path,
-    lab: &Lab,
-    plan: &Plan,
-    attach: &mut Vec<f64>,
-) -> Result<Vec<ThroughputRun>> {
+fn throughput(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Vec<ThroughputRun>> {
     let mut runs = Vec::new();
     for round in 0..plan.rounds {
         for i in 0..Tracer::ALL.len() {
@@ -280,11 +289,7 @@ fn throughput(
             let tracer = Tracer::ALL[(i + round) % Tracer::ALL.len()];
             let load = kernel::loadavg();
             let running = tracers::start(tracer, bin, lab)?;
-            if let Some(r) = &running
-                && tracer == Tracer::Nettools
-            {
-                attach.push(r.attach.as_secs_f64());
-            }
+            let attach_s = running.as_ref().map(|r| r.attach.as_secs_f64());
             let cpu0 = running.as_ref().map_or(Ok(0.0), |r| r.proc.cpu_s())?;
             let t0 = Instant::now();
             let tcp = load::iperf(&lab.a, lab.b.ipv4, plan.tcp_s, false)?;
@@ -299,38 +304,70 @@ fn throughput(
                 }
             }
             progress(&format!(
-                "  round {} {:<24} TCP {:6.2} Gbit/s  UDP {:6.0} kpps received",
+                "  round {} {:<24} TCP {:6.2} Gbit/s {:5.0} ms CPU/GB   UDP {:4.0} kpps received {:5.1} us CPU/datagram",
                 round + 1,
                 tracer.label(),
                 tcp.bits_per_s / 1e9,
-                udp.bits_per_s / 8.0 / f64::from(load::UDP_LEN) / 1e3
+                tcp_cpu_per_gb(&tcp) * 1e3,
+                udp.bits_per_s / 8.0 / f64::from(load::UDP_LEN) / 1e3,
+                udp_cpu_per_datagram(&udp) * 1e6,
             ));
             runs.push(ThroughputRun {
                 tracer,
                 round,
-                tcp_bps: tcp.bits_per_s,
-                udp_rx_bps: udp.bits_per_s,
-                udp_tx_bps: udp.sent_bits_per_s,
+                tcp,
+                udp,
                 tracer_cpu_s: cpu1 - cpu0,
                 traffic_s,
                 events_lost,
                 load,
+                attach_s,
             });
         }
     }
     Ok(runs)
 }
 
+/// CPU seconds of both iperf3 ends per GB received.
+fn tcp_cpu_per_gb(r: &load::Iperf) -> f64 {
+    r.cpu_s / (r.bytes / 1e9)
+}
+
+/// CPU seconds of both iperf3 ends per datagram sent.
+fn udp_cpu_per_datagram(r: &load::Iperf) -> f64 {
+    r.cpu_s / r.packets_sent
+}
+
+/// One figure of a tracer: its values and, per round, its ratio to the untraced run.
+fn figure(
+    runs: &[ThroughputRun],
+    tracer: Tracer,
+    value: impl Fn(&ThroughputRun) -> f64,
+) -> (Vec<f64>, Vec<f64>) {
+    let mine: Vec<&ThroughputRun> = runs.iter().filter(|r| r.tracer == tracer).collect();
+    let values = mine.iter().map(|r| value(r)).collect();
+    let ratios = mine
+        .iter()
+        .filter_map(|r| {
+            runs.iter()
+                .find(|b| b.round == r.round && b.tracer == Tracer::Untraced)
+                .map(|b| value(r) / value(b))
+        })
+        .collect();
+    (values, ratios)
+}
+
 fn write_throughput(out: &mut String, runs: &[ThroughputRun], plan: &Plan) {
-    let pps = |bps: f64| bps / 8.0 / f64::from(load::UDP_LEN) / 1e3;
+    let kpps = |bps: f64| bps / 8.0 / f64::from(load::UDP_LEN) / 1e3;
     let _ = writeln!(
         out,
-        "## 1. Throughput between two pods\n\n\
+        "## 1. Throughput and CPU between two pods\n\n\
          iperf3 from namespace a to b across the bridge: TCP for {} s, then UDP with {}-byte \
-         datagrams at full speed for {} s, in {} interleaved round(s). Each figure is the median \
-         over the rounds (min–max in brackets); each ratio is taken against the untraced run of \
-         the same round, then the median ratio is shown. \"UDP received\" is what reached the \
-         server's socket (the sender outruns the receiver).\n",
+         datagrams at full speed for {} s, in {} interleaved round(s) (the order of the tracers \
+         rotates each round). Each figure is the median over the rounds (min–max in brackets); \
+         each ratio is taken against the untraced run of the same round, and the median of \
+         those ratios is shown. \"UDP received\" is what reached the server's socket (the sender \
+         outruns the receiver).\n",
         plan.tcp_s,
         load::UDP_LEN,
         plan.udp_s,
@@ -338,55 +375,68 @@ fn write_throughput(out: &mut String, runs: &[ThroughputRun], plan: &Plan) {
     );
     let _ = writeln!(
         out,
-        "| tracer | TCP Gbit/s | TCP ratio | UDP received kpps | UDP ratio | UDP sent kpps | tracer process CPU during traffic | events lost (nettools) |"
+        "| tracer | TCP Gbit/s | ratio | UDP received kpps | ratio | UDP sent kpps | ratio |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
-    let base = |round: usize| {
-        runs.iter()
-            .find(|r| r.round == round && r.tracer == Tracer::Untraced)
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let ratio = |tracer: Tracer, r: &[f64]| {
+        if tracer == Tracer::Untraced {
+            "1".to_string()
+        } else {
+            fmt_spread(r, 2)
+        }
     };
     for tracer in Tracer::ALL {
-        let mine: Vec<&ThroughputRun> = runs.iter().filter(|r| r.tracer == tracer).collect();
-        let tcp: Vec<f64> = mine.iter().map(|r| r.tcp_bps / 1e9).collect();
-        let udp: Vec<f64> = mine.iter().map(|r| pps(r.udp_rx_bps)).collect();
-        let sent: Vec<f64> = mine.iter().map(|r| pps(r.udp_tx_bps)).collect();
-        let tcp_ratio: Vec<f64> = mine
+        let (tcp, tcp_r) = figure(runs, tracer, |r| r.tcp.bits_per_s / 1e9);
+        let (udp, udp_r) = figure(runs, tracer, |r| kpps(r.udp.bits_per_s));
+        let (sent, sent_r) = figure(runs, tracer, |r| kpps(r.udp.sent_bits_per_s));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            tracer.label(),
+            fmt_spread(&tcp, 2),
+            ratio(tracer, &tcp_r),
+            fmt_spread(&udp, 0),
+            ratio(tracer, &udp_r),
+            fmt_spread(&sent, 0),
+            ratio(tracer, &sent_r),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe same runs as CPU per unit of traffic: user + system time of both iperf3 processes \
+         (iperf3's own accounting), which includes the kernel's packet path run on their behalf \
+         (veth, bridge, netfilter, the tc programs and tracepoints), divided by the bytes \
+         received (TCP) or the datagrams sent (UDP). It is less sensitive than throughput to \
+         other users of the machine taking a core, since a stolen core slows both the traffic and \
+         the CPU time it is charged. \"Tracer process\" is the tracer's own userspace CPU while \
+         the traffic ran.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| tracer | TCP: CPU ms per GB | ratio | UDP: CPU µs per datagram | ratio | tracer process CPU (% of a core) | events lost (nettools, per round) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for tracer in Tracer::ALL {
+        let (tcp, tcp_r) = figure(runs, tracer, |r| tcp_cpu_per_gb(&r.tcp) * 1e3);
+        let (udp, udp_r) = figure(runs, tracer, |r| udp_cpu_per_datagram(&r.udp) * 1e6);
+        let (cpu, _) = figure(runs, tracer, |r| 100.0 * r.tracer_cpu_s / r.traffic_s);
+        let lost: Vec<String> = runs
             .iter()
-            .filter_map(|r| base(r.round).map(|b| r.tcp_bps / b.tcp_bps))
-            .collect();
-        let udp_ratio: Vec<f64> = mine
-            .iter()
-            .filter_map(|r| base(r.round).map(|b| r.udp_rx_bps / b.udp_rx_bps))
-            .collect();
-        let cpu: Vec<f64> = mine
-            .iter()
-            .map(|r| 100.0 * r.tracer_cpu_s / r.traffic_s)
-            .collect();
-        let lost: Vec<String> = mine
-            .iter()
+            .filter(|r| r.tracer == tracer)
             .filter_map(|r| r.events_lost.map(|l| l.to_string()))
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             tracer.label(),
-            fmt_spread(&tcp, 2),
-            if tracer == Tracer::Untraced {
-                "1".into()
-            } else {
-                fmt_spread(&tcp_ratio, 3)
-            },
-            fmt_spread(&udp, 0),
-            if tracer == Tracer::Untraced {
-                "1".into()
-            } else {
-                fmt_spread(&udp_ratio, 3)
-            },
-            fmt_spread(&sent, 0),
+            fmt_spread(&tcp, 0),
+            ratio(tracer, &tcp_r),
+            fmt_spread(&udp, 2),
+            ratio(tracer, &udp_r),
             if tracer == Tracer::Untraced {
                 "–".into()
             } else {
-                format!("{}% of a core", fmt_spread(&cpu, 0))
+                fmt_spread(&cpu, 1)
             },
             if lost.is_empty() {
                 "–".into()
@@ -398,7 +448,7 @@ fn write_throughput(out: &mut String, runs: &[ThroughputRun], plan: &Plan) {
     let loads: Vec<f64> = runs.iter().map(|r| r.load).collect();
     let _ = writeln!(
         out,
-        "\nLoad average at the start of each run: {}.\n",
+        "\nLoad average (1 min) at the start of each run: {}.\n",
         fmt_spread(&loads, 2)
     );
 }
@@ -409,7 +459,7 @@ fn write_throughput(out: &mut String, runs: &[ThroughputRun], plan: &Plan) {
 struct Costs {
     /// (workload, program) → delta.
     by_workload: Vec<(String, BTreeMap<String, ProgStats>)>,
-    map_bytes: u64,
+    maps: Vec<(String, u64)>,
 }
 
 fn delta(
@@ -434,7 +484,7 @@ fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
     let running = tracers::start_nettools(bin, lab, &[], "costs")?;
     let pid = running.proc.pid;
     let stats = RunTimeStats::enable()?;
-    let map_bytes = kernel::map_bytes(pid).unwrap_or(0);
+    let maps = kernel::map_bytes(pid).unwrap_or_default();
     let mut by_workload = Vec::new();
     let stop = AtomicBool::new(false);
     let workloads: [(&str, &dyn Fn() -> Result<()>); 4] = [
@@ -467,10 +517,7 @@ fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
     }
     drop(stats);
     running.stop()?;
-    Ok(Costs {
-        by_workload,
-        map_bytes,
-    })
+    Ok(Costs { by_workload, maps })
 }
 
 fn write_costs(out: &mut String, c: &Costs) {
@@ -522,10 +569,21 @@ fn write_costs(out: &mut String, c: &Costs) {
         }
         let _ = writeln!(out);
     }
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    let total: u64 = c.maps.iter().map(|(_, b)| b).sum();
+    let largest: Vec<String> = c
+        .maps
+        .iter()
+        .take(6)
+        .map(|(n, b)| format!("`{n}` {:.1}", mib(*b)))
+        .collect();
     let _ = writeln!(
         out,
-        "\nKernel memory charged for nettools' maps (`memlock` of each map, ring buffers included): {:.1} MiB.\n",
-        c.map_bytes as f64 / 1024.0 / 1024.0
+        "\nKernel memory charged for nettools' maps (`memlock` of each, preallocated at load, fixed \
+         size): {:.1} MiB in {} maps; the largest (MiB): {}.\n",
+        mib(total),
+        c.maps.len(),
+        largest.join(", ")
     );
 }
 
@@ -533,7 +591,7 @@ fn write_costs(out: &mut String, c: &Costs) {
 // 3. Drop storm
 
 struct StormRun {
-    rate: u64,
+    rate: (u64, usize),
     sent_pps: f64,
     drops: u64,
     lost: u64,
@@ -552,7 +610,7 @@ fn storm(bin: &Path, lab: &Lab, plan: &Plan) -> Result<(Vec<StormRun>, Vec<f64>)
             attach.push(running.attach.as_secs_f64());
             let cpu0 = running.proc.cpu_s()?;
             let t0 = Instant::now();
-            let sent = load::flood(&lab.a, dst, rate, plan.storm, 1)?;
+            let sent = flood_threads(lab, dst, rate, plan.storm)?;
             let seconds = t0.elapsed().as_secs_f64();
             // Let the collector catch up with what is already in the ring buffer.
             std::thread::sleep(Duration::from_millis(300));
@@ -568,7 +626,7 @@ fn storm(bin: &Path, lab: &Lab, plan: &Plan) -> Result<(Vec<StormRun>, Vec<f64>)
                 collector_cpu: 100.0 * (cpu1 - cpu0) / (seconds + 0.3),
             };
             progress(&format!(
-                "  run {} rate {:>7}: sent {:>7.0}/s, drops {}, lost {}, collector {:.0}% of a core",
+                "  run {} rate {:>22}: sent {:>7.0}/s, drops {}, lost {}, collector {:.0}% of a core",
                 run + 1,
                 rate_label(rate),
                 r.sent_pps,
@@ -582,11 +640,33 @@ fn storm(bin: &Path, lab: &Lab, plan: &Plan) -> Result<(Vec<StormRun>, Vec<f64>)
     Ok((runs, attach))
 }
 
-fn rate_label(rate: u64) -> String {
-    if rate == 0 {
-        "max".into()
-    } else {
-        format!("{}k", rate / 1000)
+/// A flood from `threads` sending threads at once.
+fn flood_threads(
+    lab: &Lab,
+    dst: SocketAddrV4,
+    (rate, threads): (u64, usize),
+    duration: Duration,
+) -> Result<u64> {
+    let per_thread = rate / threads.max(1) as u64;
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..threads.max(1))
+            .map(|_| scope.spawn(|| load::flood(&lab.a, dst, per_thread, duration, 1)))
+            .collect();
+        let mut sent = 0;
+        for s in senders {
+            sent += s
+                .join()
+                .map_err(|_| anyhow::anyhow!("a sending thread panicked"))??;
+        }
+        Ok(sent)
+    })
+}
+
+fn rate_label((rate, threads): (u64, usize)) -> String {
+    match (rate, threads) {
+        (0, 1) => "max, 1 sending thread".into(),
+        (0, t) => format!("max, {t} sending threads"),
+        (r, _) => format!("{r}/s"),
     }
 }
 
@@ -596,7 +676,8 @@ fn write_storm(out: &mut String, runs: &[StormRun], plan: &Plan) {
         "## 3. Drop storm: the event pipeline\n\n\
          UDP datagrams from a to b into an iptables DROP in a's OUTPUT chain (an egress rule \
          of the pod, so a drop costs the sender little), paced at each rate for {:.0} s \
-         (\"max\": unpaced, one sending thread), with `nettools trace --probes drops` (one event \
+         (\"max\": unpaced; with two sending threads both cores are busy sending, and the \
+         collector has to find time between them), with `nettools trace --probes drops` (one event \
          per drop, default 4 MiB ring buffer, table report); {} run(s) per rate, interleaved, \
          medians shown. Drops are counted exactly in the kernel; an event that does not fit in \
          the ring buffer is counted as lost; events processed = drops − lost. Collector CPU is \
@@ -625,11 +706,7 @@ fn write_storm(out: &mut String, runs: &[StormRun], plan: &Plan) {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {}% | {} | {} |",
-            if rate == 0 {
-                "max".into()
-            } else {
-                format!("{rate}/s")
-            },
+            rate_label(rate),
             fmt_spread(&sent, 0),
             fmt_spread(&drops, 0),
             fmt_spread(&lost_pct, 1),
@@ -804,29 +881,34 @@ fn write_memory(out: &mut String, m: &Memory, plan: &Plan) {
 // ---------------------------------------------------------------------------------------------
 // 5. Attach time
 
-fn write_attach(out: &mut String, all: &[f64], drops: &[f64]) {
-    let ms: Vec<f64> = all.iter().map(|s| s * 1000.0).collect();
-    let ms_drops: Vec<f64> = drops.iter().map(|s| s * 1000.0).collect();
+fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Tracer, f64)]) {
+    let ms = |v: &[f64]| v.iter().map(|s| s * 1000.0).collect::<Vec<f64>>();
     let _ = writeln!(
         out,
-        "## 5. From `nettools trace` to probes attached\n\n\
-         From spawning the process to its \"nettools: tracing\" line on stderr (printed once every \
-         probe is attached), over every start in this bench.\n"
+        "## 5. From start to probes attached\n\n\
+         From spawning the process to the line it prints once its probes are attached: nettools' \
+         \"nettools: tracing\", tcpdump's \"listening on\", the bpftrace script's BEGIN output; \
+         over every start in this bench.\n"
     );
-    let _ = writeln!(out, "| probes | starts | ms, median (min–max) |");
+    let _ = writeln!(out, "| tracer | starts | ms, median (min–max) |");
     let _ = writeln!(out, "|---|---|---|");
-    let _ = writeln!(
-        out,
-        "| all (2 namespaces, 2 veths) | {} | {} |",
-        ms.len(),
-        fmt_spread(&ms, 0)
-    );
-    let _ = writeln!(
-        out,
-        "| drops only | {} | {} |\n",
-        ms_drops.len(),
-        fmt_spread(&ms_drops, 0)
-    );
+    let peer = |tracer: Tracer| -> Vec<f64> {
+        peers
+            .iter()
+            .filter(|(t, _)| *t == tracer)
+            .map(|(_, a)| *a)
+            .collect()
+    };
+    let rows = [
+        ("nettools, all probes (2 namespaces, 2 veths)", all.to_vec()),
+        ("nettools, drops only", drops.to_vec()),
+        (Tracer::Tcpdump.label(), peer(Tracer::Tcpdump)),
+        (Tracer::Bpftrace.label(), peer(Tracer::Bpftrace)),
+    ];
+    for (label, v) in rows.iter().filter(|(_, v)| !v.is_empty()) {
+        let _ = writeln!(out, "| {label} | {} | {} |", v.len(), fmt_spread(&ms(v), 0));
+    }
+    let _ = writeln!(out);
 }
 
 /// Fails with one sentence when a tool the bench runs is missing.
