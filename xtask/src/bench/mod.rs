@@ -887,7 +887,8 @@ fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Tracer, 
         out,
         "## 5. From start to probes attached\n\n\
          From spawning the process to the line it prints once its probes are attached: nettools' \
-         \"nettools: tracing\", tcpdump's \"listening on\", the bpftrace script's BEGIN output; \
+         \"nettools: tracing\", tcpdump's \"listening on\", the bpftrace script's first interval-probe output (it \
+         is attached last); \
          over every start in this bench.\n"
     );
     let _ = writeln!(out, "| tracer | starts | ms, median (min–max) |");

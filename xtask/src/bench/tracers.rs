@@ -49,12 +49,12 @@ impl Tracer {
 fn bpftrace_script(veth_a: &str, veth_b: &str) -> String {
     let on_veth = format!("str(args->name) == \"{veth_a}\" || str(args->name) == \"{veth_b}\"");
     format!(
-        r#"BEGIN {{ printf("bpftrace: ready\n"); }}
-tracepoint:net:netif_receive_skb /{on_veth}/ {{ @rx_packets[str(args->name)] = count(); @rx_bytes[str(args->name)] = sum(args->len); }}
+        r#"tracepoint:net:netif_receive_skb /{on_veth}/ {{ @rx_packets[str(args->name)] = count(); @rx_bytes[str(args->name)] = sum(args->len); }}
 tracepoint:net:net_dev_queue /{on_veth}/ {{ @tx_packets[str(args->name)] = count(); @tx_bytes[str(args->name)] = sum(args->len); }}
 tracepoint:skb:kfree_skb /args->reason > 2/ {{ @drops[args->reason, args->location] = count(); }}
 tracepoint:tcp:tcp_retransmit_skb {{ @retransmits[ntop(args->saddr), args->sport, ntop(args->daddr), args->dport] = count(); }}
 tracepoint:neigh:neigh_timer_handler {{ @neigh_timer = count(); }}
+interval:ms:20 /@attached == 0/ {{ @attached = 1; printf("bpftrace: attached\n"); }}
 "#
     )
 }
@@ -132,10 +132,12 @@ pub fn start(tracer: Tracer, bin: &Path, lab: &Lab) -> Result<Option<Running>> {
             std::fs::write(&script, bpftrace_script(&lab.a.host_veth, &lab.b.host_veth))
                 .with_context(|| format!("cannot write {}", script.display()))?;
             let mut cmd = Command::new("bpftrace");
-            // Its map dump at exit goes nowhere; "ready" comes from BEGIN, once attached.
+            // bpftrace fires BEGIN before it attaches the other probes, and attaches tracepoint
+            // and interval probes in the order of the script: the interval probe, last, says
+            // when everything is attached.
             cmd.arg(&script).stdout(Stdio::piped());
             let mut proc = Proc::spawn("bpftrace", &mut cmd)?;
-            let attach = proc.wait_for("bpftrace: ready", Duration::from_secs(60))?;
+            let attach = proc.wait_for("bpftrace: attached", Duration::from_secs(60))?;
             Ok(Some(Running {
                 tracer,
                 proc,
@@ -147,12 +149,24 @@ pub fn start(tracer: Tracer, bin: &Path, lab: &Lab) -> Result<Option<Running>> {
 }
 
 impl Running {
-    /// Stops the tracer (SIGINT, as Ctrl-C) and collects what it left.
+    /// Stops the tracer (SIGINT, as Ctrl-C) and collects what it left. nettools must stop
+    /// cleanly; a peer that does not exit within 20 s is killed, with a warning (bpftrace once
+    /// hung on exit here), since its measurement is already taken.
     pub fn stop(self) -> Result<Stopped> {
-        let usage = self
-            .proc
-            .stop(libc::SIGINT, Duration::from_secs(60))
-            .with_context(|| format!("stopping {}", self.tracer.label()))?;
+        let label = self.tracer.label();
+        let usage = match self.tracer {
+            Tracer::Nettools => self
+                .proc
+                .stop(libc::SIGINT, Duration::from_secs(60))
+                .with_context(|| format!("stopping {label}"))?,
+            _ => match self.proc.stop(libc::SIGINT, Duration::from_secs(20)) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("xtask bench: warning: {label} was killed: {e:#}");
+                    Usage::default()
+                }
+            },
+        };
         let report = match &self.report {
             Some(p) => std::fs::read_to_string(p).unwrap_or_default(),
             None => String::new(),
