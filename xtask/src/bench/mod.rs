@@ -460,7 +460,23 @@ struct Costs {
     /// (workload, program) → delta.
     by_workload: Vec<(String, BTreeMap<String, ProgStats>)>,
     maps: Vec<(String, u64)>,
+    /// (probe set, program) → delta, for the tc programs under the UDP workload.
+    by_probes: Vec<(String, BTreeMap<String, ProgStats>)>,
 }
+
+/// Probe sets whose tc cost per packet is compared: what each latency feature adds.
+const PROBE_SETS: [(&str, &[&str]); 4] = [
+    ("every probe (default)", &[]),
+    (
+        "every probe, --transit-sample 64",
+        &["--transit-sample", "64"],
+    ),
+    (
+        "no latency probes (drops, retransmits, neighbours, traffic)",
+        &["--probes", "drops,retransmits,neighbours,traffic"],
+    ),
+    ("traffic only", &["--probes", "traffic"]),
+];
 
 fn delta(
     a: &BTreeMap<String, ProgStats>,
@@ -515,9 +531,25 @@ fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
         let after = kernel::prog_stats(pid)?;
         by_workload.push((name.to_string(), delta(&before, &after)));
     }
-    drop(stats);
     running.stop()?;
-    Ok(Costs { by_workload, maps })
+
+    // What each part of the tc programs costs per packet, under the same UDP workload.
+    let mut by_probes = Vec::new();
+    for (label, args) in PROBE_SETS {
+        check_interrupted()?;
+        let running = tracers::start_nettools(bin, lab, args, "costs")?;
+        let before = kernel::prog_stats(running.proc.pid)?;
+        load::iperf(&lab.a, lab.b.ipv4, plan.udp_s, true)?;
+        let after = kernel::prog_stats(running.proc.pid)?;
+        running.stop()?;
+        by_probes.push((label.to_string(), delta(&before, &after)));
+    }
+    drop(stats);
+    Ok(Costs {
+        by_workload,
+        maps,
+        by_probes,
+    })
 }
 
 fn write_costs(out: &mut String, c: &Costs) {
@@ -568,6 +600,35 @@ fn write_costs(out: &mut String, c: &Costs) {
             }
         }
         let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "\nThe tc programs per packet by probe set (UDP 64 B at full speed, one nettools run per \
+         set): the latency probes parse each packet's headers and look it up in their pairing \
+         maps; transit also inserts every packet leaving a pod into an LRU map and emits one \
+         event per packet entering another.\n"
+    );
+    let _ = writeln!(out, "| probes | `nettools_ingress` | `nettools_egress` |");
+    let _ = writeln!(out, "|---|---|---|");
+    for (label, m) in &c.by_probes {
+        let cell = |p: &str| {
+            let s = m.get(p).copied().unwrap_or_default();
+            if s.run_cnt == 0 {
+                "not run".to_string()
+            } else {
+                format!(
+                    "{:.0} ns × {}",
+                    s.run_time_ns as f64 / s.run_cnt as f64,
+                    s.run_cnt
+                )
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} |",
+            cell("nettools_ingress"),
+            cell("nettools_egress")
+        );
     }
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     let total: u64 = c.maps.iter().map(|(_, b)| b).sum();
