@@ -44,11 +44,10 @@ pub static NETTOOLS_WAKEUP_BYTES: Global<u64> = Global::new(0);
 
 /// Submits an event, waking the collector once per batch instead of once per event.
 ///
-/// A wakeup is an irq_work (a self-IPI) and a wake-up of the collector's thread: in a VM each of
-/// those exits to the hypervisor, and `cargo xtask bench` measured about 4 µs per event on a
-/// 2-core Firecracker guest, more than everything else the tc programs do per packet. So an
-/// event wakes the collector only when it makes the waiting bytes cross a multiple of
-/// [`NETTOOLS_WAKEUP_BYTES`].
+/// A wakeup is an irq_work (a self-IPI) and a wake-up of the collector's thread; `cargo xtask
+/// bench` measured it at about 4 µs per event on a 2-core virtual machine, more than everything
+/// else the tc programs do per packet. So an event wakes the collector only when it makes the
+/// waiting bytes cross a multiple of [`NETTOOLS_WAKEUP_BYTES`].
 #[inline(always)]
 pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
     let threshold = NETTOOLS_WAKEUP_BYTES.load();
