@@ -143,7 +143,7 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         .b
         .command(&["iperf3", "-s", "-B", &lab.b.ipv4.to_string()]);
     server_cmd.stdout(Stdio::null());
-    let iperf_server = Proc::spawn("iperf3 -s", &mut server_cmd)?;
+    let mut iperf_server = Proc::spawn("iperf3 -s", &mut server_cmd)?;
     std::thread::sleep(Duration::from_millis(300));
 
     let mut out = String::new();

@@ -148,7 +148,7 @@ impl Proc {
     }
 
     /// Sends `signal` and waits up to `timeout` for the process to end (then SIGKILL).
-    pub fn stop(mut self, signal: i32, timeout: Duration) -> Result<Usage> {
+    pub fn stop(&mut self, signal: i32, timeout: Duration) -> Result<Usage> {
         if !self.reaped {
             // SAFETY: signalling our own child, by its PID.
             unsafe { libc::kill(self.pid, signal) };

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::{
     lab::Lab,
@@ -152,13 +152,19 @@ impl Running {
     /// Stops the tracer (SIGINT, as Ctrl-C) and collects what it left. nettools must stop
     /// cleanly; a peer that does not exit within 20 s is killed, with a warning (bpftrace once
     /// hung on exit here), since its measurement is already taken.
-    pub fn stop(self) -> Result<Stopped> {
+    pub fn stop(mut self) -> Result<Stopped> {
         let label = self.tracer.label();
         let usage = match self.tracer {
-            Tracer::Nettools => self
-                .proc
-                .stop(libc::SIGINT, Duration::from_secs(60))
-                .with_context(|| format!("stopping {label}"))?,
+            Tracer::Nettools => {
+                let u = self
+                    .proc
+                    .stop(libc::SIGINT, Duration::from_secs(60))
+                    .with_context(|| format!("stopping {label}"))?;
+                if !u.ok {
+                    bail!("nettools failed: {}", self.proc.stderr_text());
+                }
+                u
+            }
             _ => match self.proc.stop(libc::SIGINT, Duration::from_secs(20)) {
                 Ok(u) => u,
                 Err(e) => {
