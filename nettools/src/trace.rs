@@ -92,6 +92,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         kernel_debug: spec.verbose,
         ring_buffer_bytes: spec.ring_buffer_bytes,
         transit_sample_shift: spec.transit_sample_shift,
+        stacks: spec.output == Output::Flamegraph || spec.folded.is_some(),
     })?;
     for w in &spec.workloads {
         loaded.trace_netns(w.netns)?;

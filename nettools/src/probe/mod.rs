@@ -24,7 +24,7 @@ use aya::{
 use nettools_common::{
     config::{
         FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
-        RetransmitLayout, SYNACK_GLOBAL, WAKEUP_BYTES_GLOBAL,
+        RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, WAKEUP_BYTES_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -107,6 +107,9 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Follow one packet in 2^n through the host (the transit probe).
     pub transit_sample_shift: u32,
+    /// Record the kernel stack of each drop and retransmit (flame graphs, folded stacks). The
+    /// stack walk is most of what a drop costs, so it is off unless something will read them.
+    pub stacks: bool,
 }
 
 /// What was learnt about the running kernel while loading.
@@ -251,8 +254,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             &((1u32 << opts.transit_sample_shift.min(16)) - 1),
             true,
         )
+        .override_global(STACKS_GLOBAL, &u32::from(opts.stacks), true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        // Without stacks the 16 MiB stack map is never written: keep one entry.
+        .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
         .load(OBJECT)
         .context("loading nettools' eBPF object into this kernel failed")?;
     let (release, _) = preflight::kernel_release();
