@@ -12,7 +12,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
+    maps::{EVENTS, bump, submit},
     pairing::{self, header, now, reverse},
     tc::Packet,
 };
@@ -66,6 +66,6 @@ pub fn on_tcp(p: &Packet) {
             syns: pending.requests,
             _pad2: 0,
         });
-        entry.submit(0);
+        submit(entry);
     }
 }

@@ -8,7 +8,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
+    maps::{EVENTS, bump, submit},
     pairing::{self, header, now, reverse},
     tc::Packet,
 };
@@ -73,5 +73,5 @@ pub fn on_packet(p: &Packet) {
         latency_ns: now().saturating_sub(pending.ts_ns),
         flow: event_flow,
     });
-    entry.submit(0);
+    submit(entry);
 }

@@ -30,9 +30,16 @@ pub struct Options {
     pub timeout: Duration,
     /// The transit probe follows one packet in 2^n.
     pub transit_sample_shift: u32,
+    /// Record kernel stacks of drops and retransmits (for a flame graph); they cost most of
+    /// a drop's time in the kernel, so only when asked for.
+    pub stacks: bool,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
 }
+
+/// How often the collector reads the ring buffer without being woken: events below a wakeup
+/// batch ([`probe::wakeup_bytes`]) wait at most this long.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// What one [`Session::step`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +58,8 @@ pub struct Session {
     events: AsyncFd<RingBuf<MapData>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     tick: tokio::time::Interval,
+    /// Reads the ring buffer between wakeups (the kernel wakes the collector once per batch).
+    drain: tokio::time::Interval,
     /// Requests still waiting for an answer at the last expiry.
     waiting: probe::latency::Waiting,
 }
@@ -74,6 +83,7 @@ impl Session {
             kernel_debug: options.verbose,
             ring_buffer_bytes: options.ring_buffer_bytes,
             transit_sample_shift: options.transit_sample_shift,
+            stacks: options.stacks,
         })?;
         for w in &workloads {
             loaded.trace_netns(w.netns)?;
@@ -129,6 +139,11 @@ impl Session {
             events,
             kernel_log,
             tick: tokio::time::interval(Duration::from_secs(1)),
+            drain: {
+                let mut drain = tokio::time::interval(DRAIN_EVERY);
+                drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                drain
+            },
             waiting: probe::latency::Waiting::default(),
         })
     }
@@ -142,6 +157,10 @@ impl Session {
                 let mut guard = guard.context("polling the ring buffer failed")?;
                 self.collector.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
+                Ok(Step::Events)
+            }
+            _ = self.drain.tick() => {
+                self.collector.drain(self.events.get_mut())?;
                 Ok(Step::Events)
             }
             Some(guard) = async {

@@ -98,6 +98,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
             tc_mode: spec.tc_mode,
             timeout: spec.timeout,
             transit_sample_shift: spec.transit_sample_shift,
+            stacks: spec.output == Output::Flamegraph || spec.folded.is_some(),
             verbose: spec.verbose,
         },
         spec.workloads.clone(),

@@ -8,7 +8,9 @@
 //! - `image [--no-import]`: build the container image offline and import it into Podman.
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
+//! - `bench [--quick] [--only SECTION]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
 
+mod bench;
 mod fuzz;
 mod image;
 mod process;
@@ -33,6 +35,9 @@ commands:
                    and import it into Podman as localhost/nettools:latest
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
+  bench [--quick] [--only throughput|costs|storm|memory]
+                   root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
+                   memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";
 
 fn main() -> ExitCode {
@@ -80,6 +85,25 @@ fn run(args: &[String]) -> Result<()> {
             setup::run()?;
             let seconds = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
             fuzz::run(seconds)
+        }
+        "bench" => {
+            if !setup::is_root() {
+                bail!("the bench builds network labs and loads eBPF: run it as root");
+            }
+            setup::run()?;
+            setup::install(bench::PACKAGES)?;
+            bench::check_tools()?;
+            let bin = process::build_nettools(true)?;
+            let only = rest
+                .iter()
+                .position(|a| a == "--only")
+                .map(|i| rest.get(i + 1).map(String::as_str).unwrap_or(""));
+            if let Some(o) = only
+                && !bench::SECTIONS.contains(&o)
+            {
+                bail!("--only takes one of {}", bench::SECTIONS.join(", "));
+            }
+            bench::run(&bin, rest.iter().any(|a| a == "--quick"), only)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

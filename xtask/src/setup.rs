@@ -81,7 +81,7 @@ fn bpf_linker_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -111,6 +111,15 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend_from_slice(packages);
     apt(&args)
+}
+
+/// Installs those of `packages` that are missing (a no-op when all are there).
+pub fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
 }
 
 /// Installs whatever is missing.

@@ -244,6 +244,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
             tc_mode: args.tc_mode,
             timeout: args.timeout,
             transit_sample_shift: args.transit_sample.trailing_zeros(),
+            stacks: false,
             verbose,
         },
         Vec::new(),
