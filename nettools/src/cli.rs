@@ -180,7 +180,8 @@ pub struct TraceArgs {
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// Which probes to run, comma-separated [default: all].
+    /// Which probes to run, comma-separated [default: all but transit, which costs the most per
+    /// packet].
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
     /// Report format (flamegraph: an SVG, best written with --out FILE.svg).
@@ -224,7 +225,8 @@ pub struct ServeArgs {
     /// Where to serve /metrics.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9977")]
     pub listen: std::net::SocketAddr,
-    /// Which probes to run, comma-separated [default: all].
+    /// Which probes to run, comma-separated [default: all but transit, which costs the most per
+    /// packet].
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
     /// How often to ask the container runtimes (and the namespaces) what runs on the node.

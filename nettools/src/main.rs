@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workloads
                 .retain(|w| w.kind == discover::WorkloadKind::Interface || seen.insert(w.netns));
             let mut probes = if args.probes.is_empty() {
-                nettools::probe::ProbeKind::ALL.to_vec()
+                nettools::probe::ProbeKind::DEFAULT.to_vec()
             } else {
                 args.probes.clone()
             };

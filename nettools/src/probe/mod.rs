@@ -72,6 +72,18 @@ impl ProbeKind {
         Self::Transit,
     ];
 
+    /// What runs without `--probes`: everything but `transit`, which follows every packet
+    /// crossing the host and is about half of the per-packet cost on a veth (BENCHMARKS.md).
+    pub const DEFAULT: [Self; 7] = [
+        Self::Drops,
+        Self::Retransmits,
+        Self::Neighbours,
+        Self::Traffic,
+        Self::Handshake,
+        Self::Dns,
+        Self::Icmp,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Drops => "drops",

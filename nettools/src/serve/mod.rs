@@ -230,7 +230,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
     status.say("asking the container runtimes");
     let inventory = Inventory::gather(&sources).await;
     let mut probes = if args.probes.is_empty() {
-        ProbeKind::ALL.to_vec()
+        ProbeKind::DEFAULT.to_vec()
     } else {
         args.probes.clone()
     };
