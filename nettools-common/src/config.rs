@@ -7,6 +7,15 @@ pub const OFFSETS_GLOBAL: &str = "NETTOOLS_OFFSETS";
 pub const KFREE_SKB_GLOBAL: &str = "NETTOOLS_KFREE_SKB";
 /// Name of the global holding [`Filter`].
 pub const FILTER_GLOBAL: &str = "NETTOOLS_FILTER";
+/// Name of the global holding how many bytes of events wait in the ring buffer before the
+/// collector is woken (0: woken for every event).
+pub const WAKEUP_BYTES_GLOBAL: &str = "NETTOOLS_WAKEUP_BYTES";
+/// Name of the global saying whether drops and retransmits record their kernel stack (1) or not
+/// (0): only flame graphs and folded stacks need them, and the stack walk is most of a drop's
+/// cost.
+pub const STACKS_GLOBAL: &str = "NETTOOLS_STACKS";
+/// Entries of the kernel stack map when stacks are recorded (one when they are not).
+pub const STACK_MAP_ENTRIES: u32 = 16384;
 
 /// Offset value meaning "this kernel has no such field".
 pub const ABSENT: u32 = u32::MAX;

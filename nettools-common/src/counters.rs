@@ -40,5 +40,7 @@ pub const TRANSIT_REMOVED: u32 = 15;
 pub const DNS_UNMATCHED: u32 = 16;
 /// A drop or retransmit not counted per stack because its stack map was full.
 pub const STACK_COUNT_MAP_FULL: u32 = 17;
+/// Entries inserted into the `NEIGH_PROBES` LRU map (ARP/NDP lookups seen on veths).
+pub const NEIGH_PROBES_INSERTED: u32 = 18;
 /// Number of counters (size of the `COUNTERS` array).
 pub const COUNT: u32 = 24;

@@ -17,7 +17,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
+    maps::{EVENTS, bump, submit},
     pairing::{header, now, reverse, role_of},
     tc::Packet,
 };
@@ -148,6 +148,6 @@ pub fn on_packet(ctx: &TcContext, p: &Packet) {
             (*ev)._pad2 = 0;
             (*ev).len = capture(ctx, msg_off, msg_len, (*ev).message.as_mut_ptr());
         }
-        entry.submit(0);
+        submit(entry);
     }
 }

@@ -20,7 +20,7 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, field},
-    maps::{EVENTS, STACKS, add, bump, is_traced},
+    maps::{EVENTS, STACKS, add, bump, is_traced, submit, want_stacks},
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -87,15 +87,18 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         location,
     };
     count(&key);
-    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    let stack_key = DropStackKey {
-        netns,
-        reason,
-        stack_id,
-        _pad: 0,
-    };
-    if !add(&DROP_STACKS, &stack_key, 1) {
-        bump(counters::STACK_COUNT_MAP_FULL);
+    let mut stack_id = -1;
+    if want_stacks() {
+        stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+        let stack_key = DropStackKey {
+            netns,
+            reason,
+            stack_id,
+            _pad: 0,
+        };
+        if !add(&DROP_STACKS, &stack_key, 1) {
+            bump(counters::STACK_COUNT_MAP_FULL);
+        }
     }
 
     let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
@@ -117,7 +120,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         _pad2: 0,
         flow: kernel::skb_flow(skb, protocol),
     });
-    entry.submit(0);
+    submit(entry);
     Some(())
 }
 

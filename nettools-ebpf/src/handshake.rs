@@ -12,8 +12,8 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
-    pairing::{header, now, reverse, role_of},
+    maps::{EVENTS, bump, submit},
+    pairing::{self, header, now, reverse},
     tc::Packet,
 };
 
@@ -36,23 +36,7 @@ pub fn on_tcp(p: &Packet) {
             seq: 0,
             flow: p.flow,
         };
-        if let Some(pending) = HANDSHAKES.get_ptr_mut(&key) {
-            // SAFETY: a map value; a lost increment under a race only undercounts SYNs.
-            unsafe { (*pending).requests += 1 };
-            return;
-        }
-        let pending = Pending {
-            ts_ns: now(),
-            role: role_of(p.direction),
-            _pad: [0; 3],
-            requests: 1,
-        };
-        if HANDSHAKES
-            .insert(&key, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            bump(counters::HANDSHAKE_INSERTED);
-        }
+        pairing::request(&HANDSHAKES, &key, p.direction, counters::HANDSHAKE_INSERTED);
     } else if flags == SYN_ACK || p.tcp_flags & RST != 0 {
         let key = PendingKey {
             ifindex: p.ifindex,
@@ -60,15 +44,9 @@ pub fn on_tcp(p: &Packet) {
             seq: 0,
             flow: reverse(&p.flow),
         };
-        // SAFETY: copied out at once.
-        let Some(pending) = (unsafe { HANDSHAKES.get(&key) }).copied() else {
+        let Some(pending) = pairing::answer(&HANDSHAKES, &key, counters::HANDSHAKE_REMOVED) else {
             return;
         };
-        if HANDSHAKES.remove(&key).is_err() {
-            // Someone else (a racing answer, or userspace expiring it) took it.
-            return;
-        }
-        bump(counters::HANDSHAKE_REMOVED);
         let Some(mut entry) = EVENTS.reserve::<HandshakeEvent>(0) else {
             bump(counters::EVENTS_LOST);
             return;
@@ -88,6 +66,6 @@ pub fn on_tcp(p: &Packet) {
             syns: pending.requests,
             _pad2: 0,
         });
-        entry.submit(0);
+        submit(entry);
     }
 }

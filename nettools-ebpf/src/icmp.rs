@@ -8,8 +8,8 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
-    pairing::{header, now, reverse, role_of},
+    maps::{EVENTS, bump, submit},
+    pairing::{self, header, now, reverse},
     tc::Packet,
 };
 
@@ -46,18 +46,7 @@ pub fn on_packet(p: &Packet) {
             seq,
             flow,
         };
-        let pending = Pending {
-            ts_ns: now(),
-            role: role_of(p.direction),
-            _pad: [0; 3],
-            requests: 1,
-        };
-        if ICMP_PENDING
-            .insert(&key, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            bump(counters::ICMP_INSERTED);
-        }
+        pairing::request(&ICMP_PENDING, &key, p.direction, counters::ICMP_INSERTED);
         return;
     }
     let key = PendingKey {
@@ -66,14 +55,9 @@ pub fn on_packet(p: &Packet) {
         seq,
         flow: reverse(&flow),
     };
-    // SAFETY: copied out at once.
-    let Some(pending) = (unsafe { ICMP_PENDING.get(&key) }).copied() else {
+    let Some(pending) = pairing::answer(&ICMP_PENDING, &key, counters::ICMP_REMOVED) else {
         return;
     };
-    if ICMP_PENDING.remove(&key).is_err() {
-        return;
-    }
-    bump(counters::ICMP_REMOVED);
     let Some(mut entry) = EVENTS.reserve::<IcmpEvent>(0) else {
         bump(counters::EVENTS_LOST);
         return;
@@ -89,5 +73,5 @@ pub fn on_packet(p: &Packet) {
         latency_ns: now().saturating_sub(pending.ts_ns),
         flow: event_flow,
     });
-    entry.submit(0);
+    submit(entry);
 }

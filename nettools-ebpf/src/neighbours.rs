@@ -20,7 +20,7 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, add, bump, is_traced},
+    maps::{EVENTS, NETTOOLS_OFFSETS, add, bump, is_traced, submit},
 };
 
 /// Exact failures per (namespace, device, address).
@@ -81,6 +81,6 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
         key,
         dev: read::<[u8; 16]>(dev, o.dev_name).unwrap_or([0; 16]),
     });
-    entry.submit(0);
+    submit(entry);
     Some(())
 }

@@ -21,7 +21,7 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, field, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced},
+    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced, submit, want_stacks},
 };
 
 /// `TCP_SYN_RECV`: the state a SYN-ACK is retransmitted in.
@@ -117,13 +117,16 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
     };
     let key = RetransmitKey { netns, state, flow };
     add(&RETRANSMIT_TOTALS, &netns, segs as u64);
-    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    if !add(
-        &RETRANSMIT_STACKS,
-        &RetransmitStackKey { netns, stack_id },
-        segs as u64,
-    ) {
-        bump(counters::STACK_COUNT_MAP_FULL);
+    let mut stack_id = -1;
+    if want_stacks() {
+        stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+        if !add(
+            &RETRANSMIT_STACKS,
+            &RetransmitStackKey { netns, stack_id },
+            segs as u64,
+        ) {
+            bump(counters::STACK_COUNT_MAP_FULL);
+        }
     }
     if !add(&RETRANSMIT_FLOWS, &key, segs as u64) {
         bump(counters::RETRANSMIT_FLOW_MAP_FULL);
@@ -145,6 +148,6 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
         stack_id,
         _pad: 0,
     });
-    entry.submit(0);
+    submit(entry);
     Some(())
 }

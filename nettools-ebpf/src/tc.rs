@@ -322,7 +322,9 @@ fn record(ifindex: u32, family: u8, addr: [u8; 16], request: bool, direction: u8
     } else {
         value.replies[d] = 1;
     }
-    if NEIGH_PROBES.insert(&key, &value, 0).is_err() {
+    if NEIGH_PROBES.insert(&key, &value, 0).is_ok() {
+        bump(counters::NEIGH_PROBES_INSERTED);
+    } else {
         bump(counters::TC_MAP_FULL);
     }
 }

@@ -12,7 +12,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump},
+    maps::{EVENTS, bump, submit},
     pairing::{header, now},
     tc::Packet,
 };
@@ -80,5 +80,5 @@ pub fn on_packet(p: &Packet) {
         to_ifindex: p.ifindex,
         latency_ns: now().saturating_sub(seen.ts_ns),
     });
-    entry.submit(0);
+    submit(entry);
 }

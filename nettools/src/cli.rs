@@ -33,6 +33,9 @@ pub enum Command {
     List(ListArgs),
     /// Check what this kernel and these privileges allow, and what to do about what is missing.
     Doctor,
+    /// The node agent: trace every namespace and serve Prometheus metrics per pod/container.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
     /// Build a throwaway lab staging the five classic problems, trace it, tear it down.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
@@ -67,6 +70,21 @@ Examples:
   nettools list                            a table
   nettools list -o json                    JSON, with what each runtime answered
   nettools list --cri-socket /run/k3s/containerd/containerd.sock";
+
+const SERVE_EXAMPLES: &str = "\
+Every network namespace of the node is traced; pods and containers are named through the
+container runtimes (asked again every --refresh, so pods are followed as they come and go).
+Each scrape of /metrics reads the kernel's counts at that moment: drops by reason, TCP
+retransmits, ARP/NDP failures, veth traffic, TCP handshake / DNS / ping latency histograms,
+DNS rcodes, and the agent's own health (lost events, full maps, attached probes).
+
+Series are labelled kind, namespace, pod, container, netns; at most --max-workloads workloads
+get their own (the rest are summed into kind=\"overflow\").
+
+Examples:
+  nettools serve                              on 0.0.0.0:9977
+  nettools serve --listen 127.0.0.1:9977 --probes drops,retransmits,neighbours
+  curl -s localhost:9977/metrics | promtool check metrics";
 
 const LAB_EXAMPLES: &str = "\
 The lab is eleven namespaces on a bridge, like pods on a node, each classic problem staged in
@@ -162,7 +180,8 @@ pub struct TraceArgs {
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// Which probes to run, comma-separated [default: all].
+    /// Which probes to run, comma-separated [default: all but transit, which costs the most per
+    /// packet].
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
     /// Report format (flamegraph: an SVG, best written with --out FILE.svg).
@@ -181,10 +200,12 @@ pub struct TraceArgs {
     /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
     pub transit_sample: u32,
-    /// Also write the folded kernel stacks of drops and retransmits (for flame graph tools) to
-    /// FILE.
+    /// Also write the folded kernel stacks (for flame graph tools) to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and --folded show.
+    #[arg(long, value_enum, default_value = "drops")]
+    pub stacks: crate::report::flamegraph::Stacks,
     /// Show the live table while tracing even when the report goes to a file.
     #[arg(long, conflicts_with = "no_live")]
     pub live: bool,
@@ -194,6 +215,39 @@ pub struct TraceArgs {
     /// Also write one HdrHistogram percentile file (.hgrm) per workload and latency kind to DIR.
     #[arg(long, value_name = "DIR")]
     pub hgrm: Option<PathBuf>,
+    /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tc_mode: crate::probe::tc::Mode,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to serve /metrics.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9977")]
+    pub listen: std::net::SocketAddr,
+    /// Which probes to run, comma-separated [default: all but transit, which costs the most per
+    /// packet].
+    #[arg(long, value_delimiter = ',')]
+    pub probes: Vec<ProbeKind>,
+    /// How often to ask the container runtimes (and the namespaces) what runs on the node.
+    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    pub refresh: std::time::Duration,
+    /// At most this many workloads get series of their own; the rest are summed into one
+    /// series with kind="overflow".
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub max_workloads: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
+    pub ring_buffer: u32,
+    /// How long a SYN, DNS query or echo request may wait for its answer before it counts as
+    /// unanswered.
+    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    pub timeout: std::time::Duration,
+    /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_power_of_two)]
+    pub transit_sample: u32,
     /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_mode: crate::probe::tc::Mode,
@@ -210,9 +264,12 @@ pub struct LabArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Also write the folded kernel stacks of drops and retransmits to FILE.
+    /// Also write the folded kernel stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and --folded show.
+    #[arg(long, value_enum, default_value = "drops")]
+    pub stacks: crate::report::flamegraph::Stacks,
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
@@ -259,5 +316,20 @@ mod tests {
         assert!(Cli::try_parse_from(["nettools", "trace", "--netns", "a", "-n", "x"]).is_err());
         assert!(Cli::try_parse_from(["nettools", "trace", "--all", "--pod", "web"]).is_err());
         assert!(Cli::try_parse_from(["nettools", "list", "-o", "json"]).is_ok());
+    }
+
+    #[test]
+    fn serve_options() {
+        assert!(Cli::try_parse_from(["nettools", "serve"]).is_ok());
+        let ok = Cli::try_parse_from([
+            "nettools",
+            "serve",
+            "--listen",
+            "127.0.0.1:9100",
+            "--refresh",
+            "1s",
+        ]);
+        assert!(ok.is_ok());
+        assert!(Cli::try_parse_from(["nettools", "serve", "--listen", "localhost"]).is_err());
     }
 }

@@ -168,6 +168,7 @@ fn checks(version: (u32, u32)) -> Vec<Check> {
             kernel_debug: false,
             ring_buffer_bytes: 1 << 16,
             transit_sample_shift: 0,
+            stacks: true,
         })
         .and_then(|mut l| {
             // Loading (not attaching) runs the verifier on every probe.

@@ -16,4 +16,6 @@ pub mod list;
 pub mod preflight;
 pub mod probe;
 pub mod report;
+pub mod serve;
+pub mod session;
 pub mod trace;

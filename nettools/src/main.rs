@@ -81,7 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workloads
                 .retain(|w| w.kind == discover::WorkloadKind::Interface || seen.insert(w.netns));
             let mut probes = if args.probes.is_empty() {
-                nettools::probe::ProbeKind::ALL.to_vec()
+                nettools::probe::ProbeKind::DEFAULT.to_vec()
             } else {
                 args.probes.clone()
             };
@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 transit_sample_shift: args.transit_sample.trailing_zeros(),
                 hgrm_dir: args.hgrm.clone(),
                 folded: args.folded.clone(),
+                stacks: args.stacks,
                 live: match (args.live, args.no_live) {
                     (true, _) => Some(true),
                     (_, true) => Some(false),
@@ -120,6 +121,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } else {
             ExitCode::FAILURE
         }),
+        Command::Serve(args) => {
+            nettools::serve::run(&args, cli.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lab(args) => {
             lab::demo::run(&args, cli.verbose).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! `nettools trace`: load the probes, attach them, collect until the duration ends or Ctrl-C,
-//! then report. Pods and containers are followed while traced ([`follow`]).
+//! then report, with the probes of a [`Session`]. Pods and containers are followed while traced
+//! ([`follow`]).
 
 pub mod follow;
 
@@ -11,14 +12,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{MapData, RingBuf};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    collect::{self, Clock, Event, aggregate::Aggregate, kallsyms::Kallsyms},
-    discover::{Workload, WorkloadKind},
-    probe::{self, LoadOptions, ProbeKind},
-    report::{self, Health, Output, Summary, json},
+    discover::Workload,
+    probe::{self, ProbeKind},
+    report::{self, Output, json},
+    session::{self, Session, Status, Step},
 };
 
 /// Everything a trace needs to know.
@@ -44,8 +44,10 @@ pub struct TraceSpec {
     pub transit_sample_shift: u32,
     /// Write HdrHistogram percentile files (`.hgrm`) here.
     pub hgrm_dir: Option<PathBuf>,
-    /// Write the folded stacks of drops and retransmits here.
+    /// Write the folded stacks here.
     pub folded: Option<PathBuf>,
+    /// Which stacks the flame graph and the folded file show.
+    pub stacks: report::flamegraph::Stacks,
     /// Show the live view while tracing (`None`: when the table goes to stdout).
     pub live: Option<bool>,
     /// Forward kernel-side debug messages.
@@ -81,56 +83,30 @@ fn describe_targets(spec: &TraceSpec) -> String {
 pub async fn run(mut spec: TraceSpec) -> Result<()> {
     let output = open_output(&spec.out)?;
     let status = Status::new();
-    status.say("loading probes into the kernel");
-    let mut loaded = probe::load(&LoadOptions {
-        probes: spec.probes.clone(),
-        all_namespaces: spec.all,
-        kernel_debug: spec.verbose,
-        ring_buffer_bytes: spec.ring_buffer_bytes,
-        transit_sample_shift: spec.transit_sample_shift,
-    })?;
-    for w in &spec.workloads {
-        loaded.trace_netns(w.netns)?;
-    }
-    let mut labels: BTreeMap<u32, Workload> = if spec.all {
+    let labels: BTreeMap<u32, Workload> = if spec.all {
         let mut labels = crate::discover::netns::labels();
         labels.extend(spec.runtime.labels.clone());
         labels
     } else {
         BTreeMap::new()
     };
-    let mut notes = follow::host_network_notes(&spec.workloads);
-    if spec.probes.iter().any(|p| p.on_veth()) {
-        status.say("finding the workloads' veths");
-        let targets = tc_targets(&mut spec.workloads, &mut labels, &mut notes);
-        status.say(&format!(
-            "attaching tc programs to {} interface(s)",
-            targets.len()
-        ));
-        loaded.attach_tc(&targets, spec.tc_mode)?;
-    }
-    loaded.kernel.notes.extend(notes);
-    let kallsyms = Kallsyms::load().unwrap_or_else(|e| {
-        log::warn!("{e:#}; kernel locations are shown as addresses");
-        Kallsyms::default()
-    });
-    let mut kernel_log = if spec.verbose {
-        match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
-            Ok(logger) => Some(collect::pollable(logger).context("cannot poll the kernel log")?),
-            Err(e) => {
-                log::debug!("no kernel-side log: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let mut events =
-        collect::pollable(loaded.take_events()?).context("cannot poll the ring buffer")?;
-    status.say("attaching tracepoints");
-    for p in &spec.probes {
-        loaded.attach(*p)?;
-    }
+    let mut session = Session::start(
+        session::Options {
+            probes: spec.probes.clone(),
+            all: spec.all,
+            ring_buffer_bytes: spec.ring_buffer_bytes,
+            tc_mode: spec.tc_mode,
+            timeout: spec.timeout,
+            transit_sample_shift: spec.transit_sample_shift,
+            stacks: spec.output == Output::Flamegraph || spec.folded.is_some(),
+            verbose: spec.verbose,
+        },
+        spec.workloads.clone(),
+        labels,
+        output,
+        spec.output == Output::Json,
+        &status,
+    )?;
     status.clear();
     let started = Instant::now();
     let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
@@ -147,59 +123,28 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         }
     );
 
-    let mut collector = Collector {
-        agg: Aggregate::default(),
-        out: output,
-        json: spec.output == Output::Json,
-        traced: spec.workloads.clone(),
-        labels: &labels,
-        kernel: loaded.kernel.clone(),
-        kallsyms: &kallsyms,
-        clock: Clock::now(),
-    };
-
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = spec.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     let show_live = spec
         .live
         .unwrap_or(spec.output == Output::Table && spec.out.is_none());
     let mut live = show_live.then(report::live::Live::new);
     // The followed pods move out of the spec, so the rest of it can be read while they change.
     let mut runtime = std::mem::take(&mut spec.runtime);
-    let context = Context {
-        spec: &spec,
-        labels: &labels,
-        kallsyms: &kallsyms,
-    };
     loop {
         tokio::select! {
-            guard = events.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer failed")?;
-                collector.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
-            }
-            Some(guard) = async {
-                match kernel_log.as_mut() {
-                    Some(l) => l.readable_mut().await.ok(),
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = guard;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            _ = tick.tick() => {
-                let waiting = collector.expire(&mut loaded, spec.timeout)?;
-                collector.out.flush().context("cannot write the report")?;
-                if !follow::tick(&mut runtime, &spec, &mut loaded, &mut collector.traced, started).await? {
-                    break;
-                }
-                if let Some(live) = live.as_mut() {
-                    let elapsed = started.elapsed().as_secs_f64();
-                    let summary = context.summarize(&loaded, &mut collector.agg, &collector.traced, elapsed, waiting)?;
-                    live.show(&summary, elapsed);
+            step = session.step() => {
+                if step? == Step::Tick {
+                    let Session { loaded, collector, .. } = &mut session;
+                    if !follow::tick(&mut runtime, &spec, loaded, &mut collector.traced, started).await? {
+                        break;
+                    }
+                    if let Some(live) = live.as_mut() {
+                        let elapsed = started.elapsed().as_secs_f64();
+                        let summary = session.summarize(elapsed)?;
+                        live.show(&summary, elapsed);
+                    }
                 }
             }
             _ = sigint.recv() => break,
@@ -213,29 +158,37 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         }
     }
 
-    // Stop the probes first so the counts and the events describe the same packets.
-    loaded.detach_all();
-    collector.drain(events.get_mut())?;
-    let waiting = collector.expire(&mut loaded, spec.timeout)?;
+    session.finish()?;
     let duration_s = started.elapsed().as_secs_f64();
-    let summary = context.summarize(
-        &loaded,
-        &mut collector.agg,
-        &collector.traced,
-        duration_s,
-        waiting,
-    )?;
-    let Collector {
-        mut out, traced, ..
-    } = collector;
+    let summary = session.summarize(duration_s)?;
     if let Some(live) = live.as_mut() {
         live.finish();
     }
+    let Session {
+        loaded, collector, ..
+    } = session;
+    let session::Collector {
+        mut out,
+        traced,
+        labels,
+        kallsyms,
+        ..
+    } = collector;
     let folded = if spec.output == Output::Flamegraph || spec.folded.is_some() {
         let names = |netns: u32| report::workload_for(netns, &traced, &labels);
+        let drops = if spec.stacks.drops() {
+            probe::stacks::drop_counts(&loaded.ebpf)?
+        } else {
+            Vec::new()
+        };
+        let retransmits = if spec.stacks.retransmits() {
+            probe::stacks::retransmit_counts(&loaded.ebpf)?
+        } else {
+            Vec::new()
+        };
         report::flamegraph::folded(
-            &probe::stacks::drop_counts(&loaded.ebpf)?,
-            &probe::stacks::retransmit_counts(&loaded.ebpf)?,
+            &drops,
+            &retransmits,
             &probe::stacks::read(&loaded.ebpf)?,
             &names,
             &loaded.kernel,
@@ -249,10 +202,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
         Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
         Output::Flamegraph => {
-            let svg = report::flamegraph::svg(
-                &folded,
-                "Where packets die: drops and TCP retransmits by kernel stack",
-            )?;
+            let svg = report::flamegraph::svg(&folded, spec.stacks.title())?;
             out.write_all(&svg)
         }
     }
@@ -273,245 +223,6 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// What a summary needs besides the kernel maps and the aggregate.
-struct Context<'a> {
-    spec: &'a TraceSpec,
-    labels: &'a BTreeMap<u32, Workload>,
-    kallsyms: &'a Kallsyms,
-}
-
-impl Context<'_> {
-    /// Reads the kernel's exact counts into the aggregate and builds the summary (used every
-    /// second by the live view and once at the end).
-    fn summarize(
-        &self,
-        loaded: &probe::Loaded,
-        agg: &mut Aggregate,
-        traced: &[Workload],
-        duration_s: f64,
-        waiting: probe::latency::Waiting,
-    ) -> Result<Summary> {
-        let end_ktime_ns = Clock::monotonic_ns();
-        agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
-        let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
-        agg.set_retransmit_counts(&totals, &flows);
-        agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
-        agg.set_interfaces(
-            &probe::tc::read_traffic(&loaded.ebpf)?,
-            &probe::tc::read_neigh_probes(&loaded.ebpf)?,
-        );
-        let counters = loaded.counters()?;
-        let health = Health::from_counters(&counters, agg.undecodable);
-        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
-        Ok(Summary::build(&report::Inputs {
-            aggregate: agg,
-            traced,
-            labels: self.labels,
-            kernel: &loaded.kernel,
-            kallsyms: self.kallsyms,
-            health,
-            duration_s,
-            probes: self.spec.probes.clone(),
-            all_namespaces: self.spec.all,
-            attached: &loaded.tc.interfaces,
-            end_ktime_ns,
-            pairing,
-            waiting,
-        }))
-    }
-}
-
-/// A status line on stderr while probes load and attach (a terminal only; elsewhere the one
-/// "tracing …" line says it all).
-struct Status {
-    tty: bool,
-}
-
-impl Status {
-    fn new() -> Self {
-        use std::io::IsTerminal as _;
-        Self {
-            tty: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn say(&self, what: &str) {
-        if self.tty {
-            eprint!("\r\x1b[Knettools: {what}…");
-        }
-    }
-
-    fn clear(&self) {
-        if self.tty {
-            eprint!("\r\x1b[K");
-        }
-    }
-}
-
-/// Finds the host-side veths of every traced workload (or every namespace with `--all`) and
-/// returns them as tc targets. Workloads without one get a note instead.
-fn tc_targets(
-    workloads: &mut [Workload],
-    labels: &mut BTreeMap<u32, Workload>,
-    notes: &mut Vec<String>,
-) -> Vec<probe::tc::Target> {
-    let mut targets = Vec::new();
-    let all_mode = workloads.is_empty();
-    let list: Vec<&mut Workload> = if all_mode {
-        labels.values_mut().collect()
-    } else {
-        workloads.iter_mut().collect()
-    };
-    for w in list {
-        // Its interfaces are the host's (see follow::host_network_notes).
-        if w.host_network && !all_mode {
-            continue;
-        }
-        if let Err(e) = w.discover_veths() {
-            notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
-            continue;
-        }
-        if w.veths.is_empty() && !all_mode && w.kind != WorkloadKind::Host {
-            notes.push(format!(
-                "{} has no veth to another namespace: no traffic counters or ARP/NDP tracking on \
-                 the wire for it (use --iface to trace an interface directly)",
-                w.name
-            ));
-        }
-        for v in &w.veths {
-            targets.push(probe::tc::Target {
-                ifname: v.name.clone(),
-                ifindex: v.ifindex,
-            });
-        }
-    }
-    targets
-}
-
-/// Decodes events, aggregates them and streams them as JSON when asked.
-struct Collector<'a> {
-    agg: Aggregate,
-    out: Box<dyn Write>,
-    json: bool,
-    traced: Vec<Workload>,
-    labels: &'a BTreeMap<u32, Workload>,
-    kernel: probe::KernelInfo,
-    kallsyms: &'a Kallsyms,
-    clock: Clock,
-}
-
-impl Collector<'_> {
-    /// Reads every record waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
-        while let Some(record) = ring.next() {
-            match collect::decode(&record) {
-                Ok(ev) => self.handle(ev)?,
-                Err(e) => {
-                    self.agg.undecodable += 1;
-                    log::debug!("undecodable event: {e:?}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, ev: Event) -> Result<()> {
-        match ev {
-            Event::Drop(d) => {
-                self.agg.add_drop(&d);
-                if self.json {
-                    let w = report::workload_for(d.key.netns, &self.traced, self.labels);
-                    let j = json::drop_event(&d, &w, &self.kernel, self.kallsyms, &self.clock);
-                    self.line(&j)?;
-                }
-            }
-            Event::Retransmit(r) => {
-                self.agg.add_retransmit(&r);
-                if self.json {
-                    let w = report::workload_for(r.key.netns, &self.traced, self.labels);
-                    self.line(&json::retransmit_event(&r, &w, &self.clock))?;
-                }
-            }
-            Event::NeighbourFailed(n) => {
-                self.agg.add_neighbour(&n);
-                if self.json {
-                    let w = report::workload_for(n.key.netns, &self.traced, self.labels);
-                    self.line(&json::neighbour_event(&n, &w, &self.clock))?;
-                }
-            }
-            Event::Handshake(h) => {
-                self.agg.latency.add_handshake(&h);
-                if self.json {
-                    let w =
-                        report::workload_for(self.netns_of(h.ifindex), &self.traced, self.labels);
-                    self.line(&json::handshake_event(&h, &w, &self.clock))?;
-                }
-            }
-            Event::Dns(d) => {
-                let parsed = self.agg.latency.add_dns(&d);
-                if self.json {
-                    let w = report::workload_for(
-                        self.netns_of(d.key.ifindex),
-                        &self.traced,
-                        self.labels,
-                    );
-                    self.line(&json::dns_event(&d, parsed.as_ref().ok(), &w, &self.clock))?;
-                }
-            }
-            Event::Icmp(i) => {
-                self.agg.latency.add_icmp(&i);
-                if self.json {
-                    let w =
-                        report::workload_for(self.netns_of(i.ifindex), &self.traced, self.labels);
-                    self.line(&json::icmp_event(&i, &w, &self.clock))?;
-                }
-            }
-            // Transit samples can be one per packet: they go into histograms, not JSON lines.
-            Event::Transit(t) => self.agg.latency.add_transit(&t),
-        }
-        Ok(())
-    }
-
-    /// Moves requests that waited past the timeout out of the kernel's pairing maps and counts
-    /// them as unanswered; returns what is still waiting.
-    fn expire(
-        &mut self,
-        loaded: &mut probe::Loaded,
-        timeout: Duration,
-    ) -> Result<probe::latency::Waiting> {
-        let (swept, waiting) = probe::latency::sweep(
-            &mut loaded.ebpf,
-            Clock::monotonic_ns(),
-            timeout.as_nanos() as u64,
-        )?;
-        let l = &mut self.agg.latency;
-        l.expire_handshakes(&swept.handshakes);
-        l.expire_icmp(&swept.icmp);
-        l.expire_dns(&swept.dns);
-        if self.json {
-            for (k, v) in &swept.dns {
-                let netns = self.netns_of(k.ifindex);
-                let w = report::workload_for(netns, &self.traced, self.labels);
-                self.line(&json::dns_unanswered(k, v, &w, &self.clock, timeout))?;
-            }
-        }
-        Ok(waiting)
-    }
-
-    /// The namespace of the workload owning a traced interface (0 when unknown).
-    fn netns_of(&self, ifindex: u32) -> u32 {
-        self.traced
-            .iter()
-            .chain(self.labels.values())
-            .find(|w| w.veths.iter().any(|v| v.ifindex == ifindex))
-            .map_or(0, |w| w.netns)
-    }
-
-    fn line<T: serde::Serialize>(&mut self, value: &T) -> Result<()> {
-        writeln!(self.out, "{}", json::line(value)).context("cannot write the report")
-    }
 }
 
 /// `5s`, `1m30s`, `250ms`.

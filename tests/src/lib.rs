@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod nsexec;
+pub mod prom;
 pub mod runtimes;
 
 use anyhow::{Context as _, Result, bail};

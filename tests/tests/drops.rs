@@ -17,18 +17,7 @@ fn three_pods() -> Result<(Lab, Node, Node, Node)> {
 }
 
 fn drop_udp_port(node: &Node, port: u16) -> Result<()> {
-    node.run(&[
-        "iptables",
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        &port.to_string(),
-        "-j",
-        "DROP",
-    ])
-    .map(|_| ())
+    node.drop_input("udp", port)
 }
 
 #[test]

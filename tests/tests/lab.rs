@@ -161,7 +161,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
     }
 
     // The flame graph's folded stacks: the firewall's tower goes through netfilter, and the
-    // folded counts add up to the drops and retransmits counted.
+    // folded counts add up to the drops counted.
     let folded = std::fs::read_to_string(&folded.0)?;
     let fw_name = fw["name"].as_str().unwrap_or("");
     let fw_reason = firewall_reason()?;
@@ -179,10 +179,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
         .as_array()
         .map(|ws| {
             ws.iter()
-                .map(|w| {
-                    w["drops"]["total"].as_u64().unwrap_or(0)
-                        + w["retransmits"]["total"].as_u64().unwrap_or(0)
-                })
+                .map(|w| w["drops"]["total"].as_u64().unwrap_or(0))
                 .sum()
         })
         .unwrap_or(0);

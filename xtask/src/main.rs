@@ -7,10 +7,14 @@
 //!   root, one at a time (they build real network labs in this kernel), then the same tests on
 //!   the kernel matrix under QEMU.
 //! - `vmtest [--kernel VERSION]…`: the integration tests on other kernels, under QEMU.
+//! - `image [--no-import]`: build the container image offline and import it into Podman.
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
+//! - `bench [--quick] [--only SECTION]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
 
+mod bench;
 mod fuzz;
+mod image;
 mod process;
 mod setup;
 mod test;
@@ -36,8 +40,14 @@ commands:
                    VERSION: a series (5.10, 6.1, 6.12, 6.18, 7.3), an exact release or `newest`;
                    default 5.10 6.1 6.12 6.18 newest. --jobs: guests at a time (default 2).
                    TEST-ARGS go to every test binary
+  image [--no-import]
+                   build the container image offline (debootstrap + toolbox + release nettools)
+                   and import it into Podman as localhost/nettools:latest
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
+  bench [--quick] [--only throughput|costs|storm|memory]
+                   root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
+                   memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";
 
 fn main() -> ExitCode {
@@ -76,6 +86,10 @@ fn run(args: &[String]) -> Result<()> {
             setup::run()?;
             vmtest::run(rest)
         }
+        "image" => {
+            setup::run()?;
+            image::run(rest)
+        }
         "lab" => {
             setup::run()?;
             let bin = process::build_nettools(true)?;
@@ -87,6 +101,25 @@ fn run(args: &[String]) -> Result<()> {
             setup::run()?;
             let seconds = rest.first().and_then(|s| s.parse().ok()).unwrap_or(60);
             fuzz::run(seconds)
+        }
+        "bench" => {
+            if !setup::is_root() {
+                bail!("the bench builds network labs and loads eBPF: run it as root");
+            }
+            setup::run()?;
+            setup::install(bench::PACKAGES)?;
+            bench::check_tools()?;
+            let bin = process::build_nettools(true)?;
+            let only = rest
+                .iter()
+                .position(|a| a == "--only")
+                .map(|i| rest.get(i + 1).map(String::as_str).unwrap_or(""));
+            if let Some(o) = only
+                && !bench::SECTIONS.contains(&o)
+            {
+                bail!("--only takes one of {}", bench::SECTIONS.join(", "));
+            }
+            bench::run(&bin, rest.iter().any(|a| a == "--quick"), only)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -53,6 +53,9 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "libc6-dev",
     "protobuf-compiler",
 ];
+/// What the container image is built with (`cargo xtask image`, which the tests use), and
+/// `promtool`, which checks the agent's Prometheus exposition (Debian's `prometheus`).
+const IMAGE_PACKAGES: &[&str] = &["debootstrap", "prometheus"];
 /// Debian's BPF-capable Rust compiler and the LLVM bpf-linker builds against.
 const DEBIAN_BPF_PACKAGES: &[&str] = &["rustc-web", "libstd-rust-web-dev-bpf"];
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev"];
@@ -91,7 +94,7 @@ fn bpf_linker_version() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -123,12 +126,22 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     apt(&args)
 }
 
+/// Installs those of `packages` that are missing (a no-op when all are there).
+pub fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing)
+}
+
 /// Installs whatever is missing.
 pub fn run() -> Result<()> {
     let standard = nightly_with_rust_src();
     let mut wanted: Vec<&str> = LAB_PACKAGES.to_vec();
     wanted.extend_from_slice(VM_PACKAGES);
     wanted.extend_from_slice(RUNTIME_PACKAGES);
+    wanted.extend_from_slice(IMAGE_PACKAGES);
     if !standard {
         wanted.extend_from_slice(DEBIAN_BPF_PACKAGES);
     }

@@ -34,6 +34,15 @@ pub fn run(quick: bool, vm: bool) -> Result<()> {
         ]))
     })?;
     let bin = build_nettools(false)?;
+    // The image test runs this image in Podman (imported into the test's own storage).
+    let mut image = std::path::PathBuf::new();
+    step(
+        "container image (offline; the root filesystem is cached)",
+        || {
+            image = crate::image::build()?;
+            Ok(())
+        },
+    )?;
     step("integration tests (real labs, one at a time)", || {
         status(
             cargo()
@@ -44,7 +53,8 @@ pub fn run(quick: bool, vm: bool) -> Result<()> {
                     "--",
                     "--test-threads=1",
                 ])
-                .env("NETTOOLS_BIN", &bin),
+                .env("NETTOOLS_BIN", &bin)
+                .env("NETTOOLS_IMAGE_TAR", &image),
         )
     })?;
     if !vm {

@@ -74,12 +74,35 @@ impl LatencyKind {
     }
 }
 
-/// A histogram for nanosecond latencies: 1 ns to one hour, 3 significant digits.
+/// A histogram for nanosecond latencies: 100 ns to 10 minutes (longer samples count as 10
+/// minutes), 2 significant digits (every value within 1 %). There is one per interface and
+/// latency kind, which adds up in the node agent: these bounds keep one under 30 KiB, where
+/// 1 ns to 1 h at 3 digits took 270 KiB.
 pub fn new_histogram() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 3_600_000_000_000, 3) {
+    match Histogram::new_with_bounds(100, 600_000_000_000, 2) {
         Ok(h) => h,
         // Constant, valid bounds: only a broken hdrhistogram gets here.
-        Err(e) => panic!("hdrhistogram refused bounds 1 ns..1 h at 3 digits: {e:?}"),
+        Err(e) => panic!("hdrhistogram refused bounds 100 ns..10 min at 2 digits: {e:?}"),
+    }
+}
+
+/// At most this many names (or servers) are kept per interface in each DNS table; the rest are
+/// counted together under [`OTHER_NAMES`] / [`OTHER_SERVERS`], so totals stay exact and memory
+/// stays bounded when a workload fails to resolve ever new names.
+pub const MAX_DNS_NAMES: usize = 4096;
+/// The entry counting the names that did not fit.
+pub const OTHER_NAMES: &str = "(other names)";
+/// The entry counting the servers that did not fit.
+pub const OTHER_SERVERS: &str = "(other servers)";
+
+/// Adds one to `key` in a table of at most [`MAX_DNS_NAMES`] keys (plus `other`).
+fn bump_capped<K: Ord>(table: &mut BTreeMap<K, u64>, key: K, other: impl FnOnce() -> K) {
+    if let Some(n) = table.get_mut(&key) {
+        *n += 1;
+    } else if table.len() < MAX_DNS_NAMES {
+        table.insert(key, 1);
+    } else {
+        *table.entry(other()).or_default() += 1;
     }
 }
 
@@ -146,7 +169,7 @@ impl LatencyStats {
         self.histograms
             .entry((ifindex, kind))
             .or_insert_with(new_histogram)
-            .saturating_record(ns.max(1));
+            .saturating_record(ns.max(100));
     }
 
     pub fn add_handshake(&mut self, ev: &HandshakeEvent) {
@@ -188,7 +211,8 @@ impl LatencyStats {
                 let rcode = dns::rcode_name(m.rcode);
                 if m.rcode != 0 {
                     let name = m.qname.clone().unwrap_or_else(|| "?".into());
-                    *stats.failed_names.entry((name, rcode.clone())).or_default() += 1;
+                    let other = (OTHER_NAMES.to_string(), rcode.clone());
+                    bump_capped(&mut stats.failed_names, (name, rcode.clone()), || other);
                 }
                 *stats.rcodes.entry(rcode).or_default() += 1;
                 if m.qname.is_none() {
@@ -244,15 +268,18 @@ impl LatencyStats {
                 continue;
             }
             let stats = self.dns.entry(k.ifindex).or_default();
-            *stats
-                .unanswered_by_server
-                .entry(flow_endpoint_addr(&k.flow, false))
-                .or_default() += 1;
+            bump_capped(
+                &mut stats.unanswered_by_server,
+                flow_endpoint_addr(&k.flow, false),
+                || OTHER_SERVERS.to_string(),
+            );
             let len = usize::from(v.len).min(v.message.len());
             let name = dns::question(&v.message[..len])
                 .map(|(n, t)| format!("{n} {}", dns::qtype_name(t)))
                 .unwrap_or_else(|e| format!("? ({e})"));
-            *stats.unanswered_by_name.entry(name).or_default() += 1;
+            bump_capped(&mut stats.unanswered_by_name, name, || {
+                OTHER_NAMES.to_string()
+            });
         }
     }
 }
@@ -277,8 +304,14 @@ mod tests {
         hs.syns = 1;
         l.add_handshake(&hs);
         let h = &l.histograms[&(5, LatencyKind::TcpConnect)];
+        // Bounded memory: under 30 KiB per histogram.
+        assert!(
+            h.distinct_values() * 8 < 30 * 1024,
+            "{} counts",
+            h.distinct_values()
+        );
         assert_eq!(h.len(), 1, "a refused connection is not a latency sample");
-        assert!((h.value_at_quantile(0.5) as i64 - 2_000_000).abs() < 2_000_000 / 500);
+        assert!((h.value_at_quantile(0.5) as i64 - 2_000_000).abs() < 2_000_000 / 100);
         let s = l.handshakes[&(5, role::CLIENT)];
         assert_eq!((s.refused, s.syn_retransmits), (1, 1));
 
@@ -315,5 +348,29 @@ mod tests {
         assert_eq!(l.dns[&5].unanswered_by_server["10.0.0.53"], 1);
         assert_eq!(l.dns[&5].unanswered_by_name["gone.test A"], 1);
         assert_eq!(DNS_CAPTURE, 256);
+    }
+
+    #[test]
+    fn failing_names_are_bounded_and_counted() {
+        let mut l = LatencyStats::default();
+        let extra = 10;
+        for i in 0..MAX_DNS_NAMES + extra {
+            let q = dns::build_query(1, &format!("n{i}.test"), 1);
+            let mut ev = DnsEvent {
+                len: q.len() as u16,
+                ..Default::default()
+            };
+            ev.message[..q.len()].copy_from_slice(&q);
+            ev.message[2] |= 0x80;
+            ev.message[3] = 3;
+            let _ = l.add_dns(&ev);
+        }
+        let failed = &l.dns[&0].failed_names;
+        assert_eq!(failed.len(), MAX_DNS_NAMES + 1);
+        assert_eq!(
+            failed[&(OTHER_NAMES.to_string(), "NXDOMAIN".to_string())],
+            extra as u64
+        );
+        assert_eq!(failed.values().sum::<u64>(), (MAX_DNS_NAMES + extra) as u64);
     }
 }

@@ -22,7 +22,7 @@ pub struct Delay {
     iptables: &'static str,
     rule: Vec<String>,
     stop: Arc<AtomicBool>,
-    holder: Option<JoinHandle<Result<u64>>>,
+    holder: Option<JoinHandle<Result<Vec<Duration>>>>,
 }
 
 impl Delay {
@@ -41,7 +41,7 @@ impl Delay {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let holder_node = node.clone();
         let holder_stop = stop.clone();
-        let holder = std::thread::spawn(move || -> Result<u64> {
+        let holder = std::thread::spawn(move || -> Result<Vec<Duration>> {
             holder_node.enter(|| hold(queue, delay, &holder_stop, ready_tx))?
         });
         ready_rx
@@ -72,12 +72,13 @@ impl Delay {
         Ok(delay)
     }
 
-    /// Stops: removes the rule, then releases what is held. Returns how many packets were held.
-    pub fn stop(mut self) -> Result<u64> {
+    /// Stops: removes the rule, then releases what is held. Returns how long each packet was
+    /// really held (from its arrival in the queue to its release): the oracle for tests.
+    pub fn stop(mut self) -> Result<Vec<Duration>> {
         self.finish()
     }
 
-    fn finish(&mut self) -> Result<u64> {
+    fn finish(&mut self) -> Result<Vec<Duration>> {
         let mut del: Vec<String> = self.rule.clone();
         if let Some(first) = del.first_mut() {
             *first = "-D".into();
@@ -90,7 +91,7 @@ impl Delay {
             Some(h) => h
                 .join()
                 .map_err(|_| anyhow!("the NFQUEUE holder panicked"))??,
-            None => 0,
+            None => Vec::new(),
         };
         removed.context("cannot remove the NFQUEUE rule")?;
         Ok(held)
@@ -113,7 +114,7 @@ fn hold(
     delay: Duration,
     stop: &AtomicBool,
     ready: std::sync::mpsc::Sender<Result<()>>,
-) -> Result<u64> {
+) -> Result<Vec<Duration>> {
     let setup = || -> Result<nfq::Queue> {
         let mut q = nfq::Queue::open().context("cannot open an NFQUEUE socket")?;
         q.bind(queue_num).context("cannot bind the NFQUEUE")?;
@@ -134,37 +135,42 @@ fn hold(
             return Err(anyhow!(msg));
         }
     };
-    let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
-    let mut count = 0u64;
+    // (arrival, due, packet). The arrival is when this thread read the packet, at most one
+    // nap (200 us) after the kernel queued it on an idle machine. (nfq's own timestamp reader
+    // dereferences a misaligned pointer, so it is not used.)
+    let mut held: VecDeque<(Instant, Instant, nfq::Message)> = VecDeque::new();
+    let mut holds = Vec::new();
     loop {
         loop {
             match q.recv() {
                 Ok(mut msg) => {
                     msg.set_verdict(nfq::Verdict::Accept);
-                    held.push_back((Instant::now() + delay, msg));
-                    count += 1;
+                    let arrived = Instant::now();
+                    held.push_back((arrived, arrived + delay, msg));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(anyhow!("reading the NFQUEUE failed: {e}")),
             }
         }
         let now = Instant::now();
-        while held.front().is_some_and(|(due, _)| *due <= now) {
-            if let Some((_, msg)) = held.pop_front() {
+        while held.front().is_some_and(|(_, due, _)| *due <= now) {
+            if let Some((arrived, _, msg)) = held.pop_front() {
                 q.verdict(msg).context("cannot accept a held packet")?;
+                holds.push(arrived.elapsed());
             }
         }
         if stop.load(Ordering::Relaxed) {
             // Release everything still held rather than leave it to time out.
-            for (_, msg) in held.drain(..) {
+            for (arrived, _, msg) in held.drain(..) {
                 let _ = q.verdict(msg);
+                holds.push(arrived.elapsed());
             }
-            return Ok(count);
+            return Ok(holds);
         }
         // Sleep at most until the next packet is due, and briefly enough to see new ones.
         let nap = held
             .front()
-            .map_or(Duration::from_micros(200), |(due, _)| {
+            .map_or(Duration::from_micros(200), |(_, due, _)| {
                 due.saturating_duration_since(now)
             })
             .min(Duration::from_micros(200));

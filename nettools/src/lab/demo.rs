@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{
     Lab, Node,
@@ -205,19 +205,7 @@ pub fn stage(lab: &mut Lab) -> Result<(Staged, Vec<Delay>, Vec<DnsServer>)> {
         noroute: node(lab, "noroute", 19)?,
         router: node(lab, "router", 20)?,
     };
-    s.firewall
-        .run(&[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "udp",
-            "--dport",
-            &BLOCKED_PORT.to_string(),
-            "-j",
-            "DROP",
-        ])
-        .context("cannot stage the firewall drop (is iptables installed?)")?;
+    s.firewall.drop_input("udp", BLOCKED_PORT)?;
     // Loss on the receiving side (a drop in the sender's own OUTPUT is not a loss to TCP: it
     // just sends again later). Data segments only, so lossy-rx's handshake packets and ACKs
     // are not lost and lossy-rx itself retransmits nothing.
@@ -475,6 +463,7 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         transit_sample_shift: 0,
         hgrm_dir: None,
         folded: args.folded.clone(),
+        stacks: args.stacks,
         live: Some(false),
         verbose,
         runtime: Default::default(),

@@ -7,12 +7,14 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use std::os::fd::AsRawFd as _;
 
 use anyhow::{Context as _, Result};
 
@@ -41,6 +43,120 @@ pub struct DnsServer {
     threads: Vec<JoinHandle<()>>,
     /// Queries received, UDP and TCP.
     pub queries: Arc<AtomicU64>,
+    /// How long each answered query was really held: from its arrival to just before and just
+    /// after the reply was sent (the configured delay plus whatever the scheduler added).
+    pub held: Held,
+}
+
+/// One answered query: transport, DNS id, and the time from its arrival to just before and
+/// just after the reply was sent.
+pub type HeldQuery = (&'static str, u16, Duration, Duration);
+/// Answered queries and how long the server held each: the test's oracle for latency.
+pub type Held = Arc<Mutex<Vec<HeldQuery>>>;
+
+/// Asks the kernel to stamp every packet it receives on `fd` (SO_TIMESTAMPNS), so the server
+/// knows when a query really arrived, not when its thread got to read it.
+fn stamp_arrivals(fd: std::os::fd::RawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and option value.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// `recvmsg` into `buf`: bytes read, the sender (UDP), and when the kernel received the data
+/// (as an `Instant`, from its SO_TIMESTAMPNS stamp; now when there is none).
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<SocketAddr>, Instant)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: zeroed sockaddr_storage and msghdr are valid; pointers outlive the call.
+    let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&control);
+    // SAFETY: a valid socket and msghdr.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let now = (Instant::now(), std::time::SystemTime::now());
+    let mut arrived = now.0;
+    // SAFETY: walking the control messages the kernel wrote, with its own macros.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                let stamp =
+                    std::time::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                if let Ok(age) = now.1.duration_since(stamp) {
+                    arrived = now.0.checked_sub(age).unwrap_or(now.0);
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    let sender = match from.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in.
+            let a =
+                unsafe { *(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(a.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6.
+            let a =
+                unsafe { *(&from as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                a.sin6_addr.s6_addr,
+                u16::from_be(a.sin6_port),
+            )))
+        }
+        _ => None,
+    };
+    Ok((n as usize, sender, arrived))
+}
+
+/// Sends the reply with `send`, recording how long the query was held around it.
+fn reply_and_record(
+    held: &Held,
+    transport: &'static str,
+    query: &[u8],
+    arrived: Instant,
+    send: impl FnOnce() -> bool,
+) {
+    let before = arrived.elapsed();
+    if send() && query.len() >= 2 {
+        let after = arrived.elapsed();
+        if let Ok(mut h) = held.lock() {
+            h.push((
+                transport,
+                u16::from_be_bytes([query[0], query[1]]),
+                before,
+                after,
+            ));
+        }
+    }
 }
 
 fn behaviour(zone: &Zone, default: Behaviour, query: &[u8]) -> Behaviour {
@@ -74,16 +190,20 @@ impl DnsServer {
             Ok((udp, tcp))
         })??;
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
+        stamp_arrivals(udp.as_raw_fd());
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicU64::new(0));
+        let held: Held = Arc::new(Mutex::new(Vec::new()));
         let zone = Arc::new(zone);
         let mut threads = Vec::new();
         {
-            let (stop, queries, zone) = (stop.clone(), queries.clone(), zone.clone());
+            let (stop, queries, zone, held) =
+                (stop.clone(), queries.clone(), zone.clone(), held.clone());
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 1500];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = udp.recv_from(&mut buf) else {
+                    let Ok((n, Some(from), arrived)) = recv_stamped(udp.as_raw_fd(), &mut buf)
+                    else {
                         continue;
                     };
                     queries.fetch_add(1, Ordering::Relaxed);
@@ -92,16 +212,20 @@ impl DnsServer {
                         && let Ok(sock) = udp.try_clone()
                     {
                         // Each reply waits on its own, so a slow name does not hold the others.
+                        let held = held.clone();
                         std::thread::spawn(move || {
-                            std::thread::sleep(delay);
-                            let _ = sock.send_to(&reply, from);
+                            std::thread::sleep(delay.saturating_sub(arrived.elapsed()));
+                            reply_and_record(&held, "udp", &query, arrived, || {
+                                sock.send_to(&reply, from).is_ok()
+                            });
                         });
                     }
                 }
             }));
         }
         {
-            let (stop, queries, zone) = (stop.clone(), queries.clone(), zone.clone());
+            let (stop, queries, zone, held) =
+                (stop.clone(), queries.clone(), zone.clone(), held.clone());
             // A blocking accept, so a connection is served the moment it arrives (polling would
             // add its period to every TCP query's latency); Drop wakes it with a connection.
             threads.push(std::thread::spawn(move || {
@@ -110,9 +234,10 @@ impl DnsServer {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
-                        let (stop, queries, zone) = (stop.clone(), queries.clone(), zone.clone());
+                        let (stop, queries, zone, held) =
+                            (stop.clone(), queries.clone(), zone.clone(), held.clone());
                         std::thread::spawn(move || {
-                            serve_tcp(conn, &zone, default, &stop, &queries)
+                            serve_tcp(conn, &zone, default, &stop, &queries, &held)
                         });
                     }
                 }
@@ -124,6 +249,7 @@ impl DnsServer {
             stop,
             threads,
             queries,
+            held,
         })
     }
 }
@@ -135,17 +261,22 @@ fn serve_tcp(
     default: Behaviour,
     stop: &AtomicBool,
     queries: &AtomicU64,
+    held: &Held,
 ) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    stamp_arrivals(conn.as_raw_fd());
     let mut pending = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut buf = [0u8; 4096];
-        match conn.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        let arrived = match recv_stamped(conn.as_raw_fd(), &mut buf) {
+            Ok((0, _, _)) => return,
+            Ok((n, _, arrived)) => {
+                pending.extend_from_slice(&buf[..n]);
+                arrived
+            }
             Err(_) => continue,
-        }
+        };
         while pending.len() >= 2 {
             let len = usize::from(u16::from_be_bytes([pending[0], pending[1]]));
             if pending.len() < 2 + len {
@@ -154,10 +285,12 @@ fn serve_tcp(
             let query: Vec<u8> = pending.drain(..2 + len).skip(2).collect();
             queries.fetch_add(1, Ordering::Relaxed);
             if let Some((delay, reply)) = respond(&query, behaviour(zone, default, &query)) {
-                std::thread::sleep(delay);
+                std::thread::sleep(delay.saturating_sub(arrived.elapsed()));
                 let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
                 framed.extend_from_slice(&reply);
-                let _ = conn.write_all(&framed);
+                reply_and_record(held, "tcp", &query, arrived, || {
+                    conn.write_all(&framed).is_ok()
+                });
             }
         }
     }

@@ -87,6 +87,17 @@ impl Node {
         sh(&full)
     }
 
+    /// Stages a firewall drop: iptables in this namespace drops incoming `proto` (`udp`, `tcp`)
+    /// packets to `port`.
+    pub fn drop_input(&self, proto: &str, port: u16) -> Result<()> {
+        let port = port.to_string();
+        self.run(&[
+            "iptables", "-A", "INPUT", "-p", proto, "--dport", &port, "-j", "DROP",
+        ])
+        .map(|_| ())
+        .context("cannot stage a firewall drop (is iptables installed?)")
+    }
+
     /// Sets a sysctl inside this namespace (net.* sysctls are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.run(&["sysctl", "-q", "-w", &format!("{key}={value}")])

@@ -10,6 +10,7 @@ use aya::{
 use nettools_common::{
     counters,
     latency::{DnsKey, DnsPending, Pending, PendingKey, TransitKey, TransitValue},
+    traffic::{NeighProbeKey, NeighProbeValue},
 };
 
 /// Entries that waited past the timeout, removed from the maps.
@@ -153,6 +154,12 @@ pub fn accounts(
             0,
             count::<TransitKey, TransitValue>(ebpf, "TRANSIT"),
         ),
+        neighbour_lookups: MapAccount::new(
+            at(counters::NEIGH_PROBES_INSERTED),
+            0,
+            0,
+            count::<NeighProbeKey, NeighProbeValue>(ebpf, "NEIGH_PROBES"),
+        ),
     }
 }
 
@@ -165,6 +172,8 @@ pub struct Accounts {
     /// Packets followed through the host: `remaining` and `evicted` are packets that left a
     /// traced workload for somewhere untraced (or were not seen arriving).
     pub transit: MapAccount,
+    /// ARP/NDP lookups seen on veths (kept for the whole trace; `evicted` ones are forgotten).
+    pub neighbour_lookups: MapAccount,
 }
 
 #[cfg(test)]

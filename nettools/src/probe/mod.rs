@@ -24,7 +24,7 @@ use aya::{
 use nettools_common::{
     config::{
         FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
-        RetransmitLayout, SYNACK_GLOBAL,
+        RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, WAKEUP_BYTES_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -72,6 +72,18 @@ impl ProbeKind {
         Self::Transit,
     ];
 
+    /// What runs without `--probes`: everything but `transit`, which follows every packet
+    /// crossing the host and is about half of the per-packet cost on a veth (BENCHMARKS.md).
+    pub const DEFAULT: [Self; 7] = [
+        Self::Drops,
+        Self::Retransmits,
+        Self::Neighbours,
+        Self::Traffic,
+        Self::Handshake,
+        Self::Dns,
+        Self::Icmp,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Drops => "drops",
@@ -107,6 +119,9 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Follow one packet in 2^n through the host (the transit probe).
     pub transit_sample_shift: u32,
+    /// Record the kernel stack of each drop and retransmit (flame graphs, folded stacks). The
+    /// stack walk is most of what a drop costs, so it is off unless something will read them.
+    pub stacks: bool,
 }
 
 /// What was learnt about the running kernel while loading.
@@ -240,14 +255,22 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
         .override_global(SYNACK_GLOBAL, &synack, true)
         .override_global(FILTER_GLOBAL, &filter, true)
+        .override_global(
+            WAKEUP_BYTES_GLOBAL,
+            &wakeup_bytes(opts.ring_buffer_bytes),
+            true,
+        )
         .override_global(FEATURES_GLOBAL, &tc_features(&opts.probes), true)
         .override_global(
             TRANSIT_MASK_GLOBAL,
             &((1u32 << opts.transit_sample_shift.min(16)) - 1),
             true,
         )
+        .override_global(STACKS_GLOBAL, &u32::from(opts.stacks), true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        // Without stacks the 16 MiB stack map is never written: keep one entry.
+        .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
         .load(OBJECT)
         .context("loading nettools' eBPF object into this kernel failed")?;
     let (release, _) = preflight::kernel_release();
@@ -260,6 +283,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         },
         tc: tc::Attachments::default(),
     })
+}
+
+/// How many bytes of events wait in the ring buffer before the collector is woken: a sixteenth
+/// of it, so a burst is read in batches long before the buffer fills, while the collector's
+/// short drain timer ([`crate::session::DRAIN_EVERY`]) picks up the rest.
+pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    u64::from(ring_buffer_bytes / 16).max(1)
 }
 
 impl Loaded {

@@ -50,17 +50,39 @@ pub struct Attached {
 }
 
 /// What is attached where.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Attachments {
     pub interfaces: Vec<Attached>,
     /// Left-over clsact filters of a previous, killed nettools that were removed.
     pub stale_removed: usize,
+    /// The links of each interface (ifindex, program), to detach one interface's.
+    links: Vec<(u32, &'static str, aya::programs::tc::SchedClassifierLinkId)>,
 }
 
 impl Attachments {
     /// Called once the programs are detached. The list stays: it is what the trace covered,
     /// which the report names.
-    pub fn detached(&mut self) {}
+    pub fn detached(&mut self) {
+        self.links.clear();
+    }
+}
+
+/// Detaches the programs from one interface (one that is gone: the kernel already removed its
+/// hooks, this closes the links nettools still holds) and forgets it, so the same ifindex is
+/// attached again should it come back.
+pub fn detach(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) {
+    let (ours, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut atts.links)
+        .into_iter()
+        .partition(|(i, _, _)| *i == ifindex);
+    atts.links = rest;
+    for (_, name, link) in ours {
+        if let Ok(p) = program(ebpf, name)
+            && let Err(e) = p.detach(link)
+        {
+            log::debug!("detaching {name} from ifindex {ifindex}: {e}");
+        }
+    }
+    atts.interfaces.retain(|a| a.ifindex != ifindex);
 }
 
 /// Removes clsact filters named like ours from an interface (left by a killed nettools; a
@@ -134,7 +156,7 @@ pub fn attach(
             } else {
                 TcAttachOptions::Netlink(NlOptions::default())
             };
-            program(ebpf, name)?
+            let link = program(ebpf, name)?
                 .attach_with_options(&t.ifname, ty, options)
                 .with_context(|| {
                     format!(
@@ -143,6 +165,7 @@ pub fn attach(
                         if use_tcx { "tcx" } else { "clsact" }
                     )
                 })?;
+            atts.links.push((t.ifindex, name, link));
         }
         atts.interfaces.push(Attached {
             ifname: t.ifname.clone(),

@@ -10,9 +10,40 @@ use anyhow::{Context as _, Result};
 use crate::{
     collect::kallsyms::Kallsyms,
     discover::Workload,
-    probe::{KernelInfo, stacks::Stacks},
+    probe::{KernelInfo, stacks::Stacks as StackTraces},
 };
 use nettools_common::{drops::DropStackKey, retransmits::RetransmitStackKey};
+
+/// Which stacks a flame graph shows. Drops count packets and retransmits count segments, so
+/// they are not drawn together unless asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stacks {
+    /// Dropped packets, by workload, drop reason and kernel stack.
+    #[default]
+    Drops,
+    /// Retransmitted TCP segments, by workload and kernel stack (RTO timer or fast retransmit).
+    Retransmits,
+    /// Both, side by side.
+    All,
+}
+
+impl Stacks {
+    pub fn drops(self) -> bool {
+        self != Self::Retransmits
+    }
+
+    pub fn retransmits(self) -> bool {
+        self != Self::Drops
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Drops => "Where packets die: drops by workload, reason and kernel stack",
+            Self::Retransmits => "TCP retransmissions by workload and kernel stack",
+            Self::All => "Where packets die: drops (packets) and TCP retransmissions (segments)",
+        }
+    }
+}
 
 /// Frames that belong to the tracing machinery, not to the packet's path.
 fn is_tracing_frame(name: &str) -> bool {
@@ -58,7 +89,7 @@ pub fn path(frames: &[u64], kallsyms: &Kallsyms) -> Vec<String> {
 pub fn folded(
     drops: &[(DropStackKey, u64)],
     retransmits: &[(RetransmitStackKey, u64)],
-    stacks: &Stacks,
+    stacks: &StackTraces,
     name_of: &dyn Fn(u32) -> Workload,
     kernel: &KernelInfo,
     kallsyms: &Kallsyms,
@@ -131,7 +162,7 @@ ffffffff81004000 T ip_rcv
     #[test]
     fn stacks_fold_root_first_without_tracing_frames() {
         let k = Kallsyms::parse(SYMS);
-        let stacks: Stacks = [(
+        let stacks: StackTraces = [(
             7,
             vec![
                 0xffffffff81000010,

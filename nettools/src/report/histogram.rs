@@ -49,14 +49,16 @@ pub fn ascii(h: &Histogram<u64>) -> String {
             lo + (hi - lo) * t
         }
     };
-    let rows: Vec<(f64, f64, u64)> = (0..ROWS)
-        .map(|i| {
-            let (a, b) = (edge(i), edge(i + 1));
-            // count_between is inclusive: take [a, b) by subtracting one from the top.
-            let n = h.count_between(a as u64, (b as u64).saturating_sub(1).max(a as u64));
-            (a, b, n)
-        })
-        .collect();
+    // Each recorded value goes to exactly one row, so the rows add up to the sample count.
+    let mut rows: Vec<(f64, f64, u64)> = (0..ROWS).map(|i| (edge(i), edge(i + 1), 0)).collect();
+    for v in h.iter_recorded() {
+        let value = h.median_equivalent(v.value_iterated_to()) as f64;
+        let row = rows
+            .iter()
+            .position(|(a, b, _)| value >= *a && value < *b)
+            .unwrap_or(if value < lo { 0 } else { ROWS - 1 });
+        rows[row].2 += v.count_at_value();
+    }
     let peak = rows.iter().map(|r| r.2).max().unwrap_or(1).max(1);
     for (a, b, n) in rows {
         let len = ((n as f64 / peak as f64) * BAR as f64).round() as usize;
@@ -217,6 +219,21 @@ mod tests {
         assert_eq!(total, 101, "{text}");
         assert_eq!(text.lines().count(), ROWS);
         assert!(text.contains("#"));
+
+        // Tightly clustered samples (a ping on a veth), where bucket edges fall between
+        // HdrHistogram's equivalent values: every sample is still counted once.
+        let mut h = new_histogram();
+        for v in [
+            29_900u64, 34_600, 35_000, 35_900, 36_100, 36_400, 36_800, 37_000, 37_900, 38_600,
+            38_700, 43_900,
+        ] {
+            h.saturating_record(v);
+        }
+        let total: u64 = ascii(&h)
+            .lines()
+            .filter_map(|l| l.rsplit('|').next()?.trim().parse::<u64>().ok())
+            .sum();
+        assert_eq!(total, 12);
     }
 
     #[test]

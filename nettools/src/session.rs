@@ -1,0 +1,434 @@
+//! A running set of probes, what `nettools trace` and `nettools serve` share: load the object
+//! for this kernel, add the namespaces to the kernel's filter, attach the tc programs to the
+//! workloads' veths and the tracepoints, then collect: drain the ring buffer as it fills,
+//! expire unanswered requests every second, and build a [`Summary`] whenever asked.
+
+use std::{collections::BTreeMap, io::Write, time::Duration};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    collect::{self, Clock, Event, aggregate::Aggregate, kallsyms::Kallsyms},
+    discover::{Workload, WorkloadKind},
+    probe::{self, LoadOptions, ProbeKind},
+    report::{self, Health, Summary, json},
+};
+
+/// How to run the probes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub probes: Vec<ProbeKind>,
+    /// Count every network namespace (not only the traced workloads').
+    pub all: bool,
+    pub ring_buffer_bytes: u32,
+    /// How tc programs attach (tcx, clsact or whichever the kernel has).
+    pub tc_mode: probe::tc::Mode,
+    /// How long a request (SYN, DNS query, echo request) may wait before it counts as
+    /// unanswered.
+    pub timeout: Duration,
+    /// The transit probe follows one packet in 2^n.
+    pub transit_sample_shift: u32,
+    /// Record kernel stacks of drops and retransmits (for a flame graph); they cost most of
+    /// a drop's time in the kernel, so only when asked for.
+    pub stacks: bool,
+    /// Forward kernel-side debug messages.
+    pub verbose: bool,
+}
+
+/// How often the collector reads the ring buffer without being woken: events below a wakeup
+/// batch ([`probe::wakeup_bytes`]) wait at most this long.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
+/// What one [`Session::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Events were read (or kernel log lines forwarded).
+    Events,
+    /// A second passed: unanswered requests were expired.
+    Tick,
+}
+
+/// Loaded, attached probes and what they collected so far.
+pub struct Session {
+    pub options: Options,
+    pub loaded: probe::Loaded,
+    pub collector: Collector,
+    events: AsyncFd<RingBuf<MapData>>,
+    kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    tick: tokio::time::Interval,
+    /// Reads the ring buffer between wakeups (the kernel wakes the collector once per batch).
+    drain: tokio::time::Interval,
+    /// Requests still waiting for an answer at the last expiry.
+    waiting: probe::latency::Waiting,
+}
+
+impl Session {
+    /// Loads and attaches the probes for `workloads` (for every namespace with `options.all`,
+    /// the ones in `labels` getting their veths attached), saying what it does on `status`.
+    /// JSON lines of events go to `out` when `json` is set.
+    pub fn start(
+        options: Options,
+        mut workloads: Vec<Workload>,
+        mut labels: BTreeMap<u32, Workload>,
+        out: Box<dyn Write>,
+        json: bool,
+        status: &Status,
+    ) -> Result<Self> {
+        status.say("loading probes into the kernel");
+        let mut loaded = probe::load(&LoadOptions {
+            probes: options.probes.clone(),
+            all_namespaces: options.all,
+            kernel_debug: options.verbose,
+            ring_buffer_bytes: options.ring_buffer_bytes,
+            transit_sample_shift: options.transit_sample_shift,
+            stacks: options.stacks,
+        })?;
+        for w in &workloads {
+            loaded.trace_netns(w.netns)?;
+        }
+        let mut notes = crate::trace::follow::host_network_notes(&workloads);
+        if options.probes.iter().any(|p| p.on_veth()) {
+            status.say("finding the workloads' veths");
+            let targets = tc_targets(&mut workloads, &mut labels, &mut notes);
+            status.say(&format!(
+                "attaching tc programs to {} interface(s)",
+                targets.len()
+            ));
+            loaded.attach_tc(&targets, options.tc_mode)?;
+        }
+        loaded.kernel.notes.extend(notes);
+        let kallsyms = Kallsyms::load().unwrap_or_else(|e| {
+            log::warn!("{e:#}; kernel locations are shown as addresses");
+            Kallsyms::default()
+        });
+        let kernel_log = if options.verbose {
+            match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+                Ok(logger) => {
+                    Some(collect::pollable(logger).context("cannot poll the kernel log")?)
+                }
+                Err(e) => {
+                    log::debug!("no kernel-side log: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let events =
+            collect::pollable(loaded.take_events()?).context("cannot poll the ring buffer")?;
+        status.say("attaching tracepoints");
+        for p in &options.probes {
+            loaded.attach(*p)?;
+        }
+        let collector = Collector {
+            agg: Aggregate::default(),
+            out,
+            json,
+            traced: workloads,
+            labels,
+            kernel: loaded.kernel.clone(),
+            kallsyms,
+            clock: Clock::now(),
+        };
+        Ok(Self {
+            options,
+            loaded,
+            collector,
+            events,
+            kernel_log,
+            tick: tokio::time::interval(Duration::from_secs(1)),
+            drain: {
+                let mut drain = tokio::time::interval(DRAIN_EVERY);
+                drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                drain
+            },
+            waiting: probe::latency::Waiting::default(),
+        })
+    }
+
+    /// Waits for the next thing to do and does it: events to read, or the one-second tick
+    /// (expiring unanswered requests, flushing JSON lines). Cancel-safe: a caller may select
+    /// on it with its own signals and deadlines.
+    pub async fn step(&mut self) -> Result<Step> {
+        tokio::select! {
+            guard = self.events.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer failed")?;
+                self.collector.drain(guard.get_inner_mut())?;
+                guard.clear_ready();
+                Ok(Step::Events)
+            }
+            _ = self.drain.tick() => {
+                self.collector.drain(self.events.get_mut())?;
+                Ok(Step::Events)
+            }
+            Some(guard) = async {
+                match self.kernel_log.as_mut() {
+                    Some(l) => l.readable_mut().await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = guard;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+                Ok(Step::Events)
+            }
+            _ = self.tick.tick() => {
+                self.waiting = self.collector.expire(&mut self.loaded, self.options.timeout)?;
+                self.collector.out.flush().context("cannot write the report")?;
+                Ok(Step::Tick)
+            }
+        }
+    }
+
+    /// Reads what is waiting in the ring buffer now, without waiting for more.
+    pub fn drain(&mut self) -> Result<()> {
+        self.collector.drain(self.events.get_mut())
+    }
+
+    /// Stops the probes, then reads what they left, so the counts and the events describe the
+    /// same packets.
+    pub fn finish(&mut self) -> Result<()> {
+        self.loaded.detach_all();
+        self.drain()?;
+        self.waiting = self
+            .collector
+            .expire(&mut self.loaded, self.options.timeout)?;
+        Ok(())
+    }
+
+    /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
+    /// for the live view, at each scrape for `serve`, once at the end of a trace).
+    pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
+        let loaded = &self.loaded;
+        let agg = &mut self.collector.agg;
+        let end_ktime_ns = Clock::monotonic_ns();
+        agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
+        let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
+        agg.set_retransmit_counts(&totals, &flows);
+        agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
+        agg.set_interfaces(
+            &probe::tc::read_traffic(&loaded.ebpf)?,
+            &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+        );
+        let counters = loaded.counters()?;
+        let health = Health::from_counters(&counters, agg.undecodable);
+        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
+        Ok(Summary::build(&report::Inputs {
+            aggregate: agg,
+            traced: &self.collector.traced,
+            labels: &self.collector.labels,
+            kernel: &loaded.kernel,
+            kallsyms: &self.collector.kallsyms,
+            health,
+            duration_s,
+            probes: self.options.probes.clone(),
+            all_namespaces: self.options.all,
+            attached: &loaded.tc.interfaces,
+            end_ktime_ns,
+            pairing,
+            waiting: self.waiting,
+        }))
+    }
+}
+
+/// A status line on stderr while probes load and attach (a terminal only; elsewhere the one
+/// "tracing …" line says it all).
+pub struct Status {
+    tty: bool,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Status {
+    pub fn new() -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn say(&self, what: &str) {
+        if self.tty {
+            eprint!("\r\x1b[Knettools: {what}…");
+        }
+    }
+
+    pub fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// Finds the host-side veths of every traced workload (or every namespace with `--all`) and
+/// returns them as tc targets. Workloads without one get a note instead.
+pub fn tc_targets(
+    workloads: &mut [Workload],
+    labels: &mut BTreeMap<u32, Workload>,
+    notes: &mut Vec<String>,
+) -> Vec<probe::tc::Target> {
+    let mut targets = Vec::new();
+    let all_mode = workloads.is_empty();
+    let list: Vec<&mut Workload> = if all_mode {
+        labels.values_mut().collect()
+    } else {
+        workloads.iter_mut().collect()
+    };
+    for w in list {
+        // Its interfaces are the host's (see follow::host_network_notes).
+        if w.host_network && !all_mode {
+            continue;
+        }
+        if let Err(e) = w.discover_veths() {
+            notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
+            continue;
+        }
+        if w.veths.is_empty() && !all_mode && w.kind != WorkloadKind::Host {
+            notes.push(format!(
+                "{} has no veth to another namespace: no traffic counters or ARP/NDP tracking on \
+                 the wire for it (use --iface to trace an interface directly)",
+                w.name
+            ));
+        }
+        for v in &w.veths {
+            targets.push(probe::tc::Target {
+                ifname: v.name.clone(),
+                ifindex: v.ifindex,
+            });
+        }
+    }
+    targets
+}
+
+/// Decodes events, aggregates them and streams them as JSON when asked.
+pub struct Collector {
+    pub agg: Aggregate,
+    /// Where JSON lines go (and, for `trace`, the report).
+    pub out: Box<dyn Write>,
+    json: bool,
+    /// The workloads traced by name (all of them listed in the report).
+    pub traced: Vec<Workload>,
+    /// Names for every other namespace (`--all`, `serve`).
+    pub labels: BTreeMap<u32, Workload>,
+    kernel: probe::KernelInfo,
+    pub kallsyms: Kallsyms,
+    clock: Clock,
+}
+
+impl Collector {
+    /// Reads every record waiting in the ring buffer.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(record) = ring.next() {
+            match collect::decode(&record) {
+                Ok(ev) => self.handle(ev)?,
+                Err(e) => {
+                    self.agg.undecodable += 1;
+                    log::debug!("undecodable event: {e:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<()> {
+        match ev {
+            Event::Drop(d) => {
+                self.agg.add_drop(&d);
+                if self.json {
+                    let w = report::workload_for(d.key.netns, &self.traced, &self.labels);
+                    let j = json::drop_event(&d, &w, &self.kernel, &self.kallsyms, &self.clock);
+                    self.line(&j)?;
+                }
+            }
+            Event::Retransmit(r) => {
+                self.agg.add_retransmit(&r);
+                if self.json {
+                    let w = report::workload_for(r.key.netns, &self.traced, &self.labels);
+                    self.line(&json::retransmit_event(&r, &w, &self.clock))?;
+                }
+            }
+            Event::NeighbourFailed(n) => {
+                self.agg.add_neighbour(&n);
+                if self.json {
+                    let w = report::workload_for(n.key.netns, &self.traced, &self.labels);
+                    self.line(&json::neighbour_event(&n, &w, &self.clock))?;
+                }
+            }
+            Event::Handshake(h) => {
+                self.agg.latency.add_handshake(&h);
+                if self.json {
+                    let w =
+                        report::workload_for(self.netns_of(h.ifindex), &self.traced, &self.labels);
+                    self.line(&json::handshake_event(&h, &w, &self.clock))?;
+                }
+            }
+            Event::Dns(d) => {
+                let parsed = self.agg.latency.add_dns(&d);
+                if self.json {
+                    let w = report::workload_for(
+                        self.netns_of(d.key.ifindex),
+                        &self.traced,
+                        &self.labels,
+                    );
+                    self.line(&json::dns_event(&d, parsed.as_ref().ok(), &w, &self.clock))?;
+                }
+            }
+            Event::Icmp(i) => {
+                self.agg.latency.add_icmp(&i);
+                if self.json {
+                    let w =
+                        report::workload_for(self.netns_of(i.ifindex), &self.traced, &self.labels);
+                    self.line(&json::icmp_event(&i, &w, &self.clock))?;
+                }
+            }
+            // Transit samples can be one per packet: they go into histograms, not JSON lines.
+            Event::Transit(t) => self.agg.latency.add_transit(&t),
+        }
+        Ok(())
+    }
+
+    /// Moves requests that waited past the timeout out of the kernel's pairing maps and counts
+    /// them as unanswered; returns what is still waiting.
+    pub fn expire(
+        &mut self,
+        loaded: &mut probe::Loaded,
+        timeout: Duration,
+    ) -> Result<probe::latency::Waiting> {
+        let (swept, waiting) = probe::latency::sweep(
+            &mut loaded.ebpf,
+            Clock::monotonic_ns(),
+            timeout.as_nanos() as u64,
+        )?;
+        let l = &mut self.agg.latency;
+        l.expire_handshakes(&swept.handshakes);
+        l.expire_icmp(&swept.icmp);
+        l.expire_dns(&swept.dns);
+        if self.json {
+            for (k, v) in &swept.dns {
+                let netns = self.netns_of(k.ifindex);
+                let w = report::workload_for(netns, &self.traced, &self.labels);
+                self.line(&json::dns_unanswered(k, v, &w, &self.clock, timeout))?;
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// The namespace of the workload owning a traced interface (0 when unknown).
+    fn netns_of(&self, ifindex: u32) -> u32 {
+        self.traced
+            .iter()
+            .chain(self.labels.values())
+            .find(|w| w.veths.iter().any(|v| v.ifindex == ifindex))
+            .map_or(0, |w| w.netns)
+    }
+
+    fn line<T: serde::Serialize>(&mut self, value: &T) -> Result<()> {
+        writeln!(self.out, "{}", json::line(value)).context("cannot write the report")
+    }
+}

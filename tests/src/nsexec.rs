@@ -1,0 +1,79 @@
+//! Working inside a network namespace given by path (a container's `/proc/PID/ns/net`), from
+//! the host: commands with `nsenter`, a UDP firewall drop and its iptables rule counter (the
+//! kernel's own count, the oracle), UDP senders, and the host-side peer of `eth0`.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use nettools::lab::sh;
+use serde_json::Value;
+
+/// The inode of the network namespace at `path`.
+pub fn inode(path: &str) -> Result<u32> {
+    nettools::discover::netns::inode_of(Path::new(path))
+        .with_context(|| format!("{path} is no namespace"))
+}
+
+/// Runs a command inside the network namespace at `path` (`nsenter --net`).
+pub fn in_ns(path: &str, args: &[&str]) -> Result<String> {
+    let net = format!("--net={path}");
+    let mut full = vec!["nsenter", net.as_str()];
+    full.extend_from_slice(args);
+    sh(&full)
+}
+
+/// The host-side ifindex of `eth0` in a namespace, as the kernel links them (`eth0@ifN`).
+pub fn eth0_peer_index(path: &str) -> Result<u32> {
+    let out = in_ns(path, &["ip", "-j", "-d", "link", "show", "eth0"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    v[0]["link_index"]
+        .as_u64()
+        .and_then(|i| u32::try_from(i).ok())
+        .with_context(|| format!("eth0 has no peer index: {out}"))
+}
+
+/// Drops UDP to `port` inside a namespace with iptables (appended to INPUT).
+pub fn drop_udp(path: &str, port: u16) -> Result<()> {
+    in_ns(
+        path,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )
+    .map(|_| ())
+}
+
+/// The packet counter of rule `n` (1-based) of INPUT inside a namespace.
+pub fn input_rule_packets(path: &str, n: usize) -> Result<u64> {
+    let out = in_ns(path, &["iptables", "-L", "INPUT", "-v", "-x", "-n"])?;
+    out.lines()
+        .nth(1 + n)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no rule {n} in INPUT:\n{out}"))
+}
+
+/// Sends `count` UDP datagrams to `dst`, `gap` apart, from inside the namespace at `path`
+/// (from the host when `None`).
+pub fn udp_from(path: Option<&str>, dst: SocketAddr, count: u32, gap: Duration) -> Result<()> {
+    let send = move || -> Result<()> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for _ in 0..count {
+            socket.send_to(b"nettools test", dst)?;
+            std::thread::sleep(gap);
+        }
+        Ok(())
+    };
+    match path {
+        Some(p) => nettools::lab::in_netns(Path::new(p), send)?,
+        None => send(),
+    }
+}
