@@ -264,7 +264,7 @@ pub fn drops_with_reason(workload: &Value, reason: &str) -> u64 {
 /// Says that this test cannot run on this kernel or machine, and why. The test then returns
 /// without checking anything; `cargo xtask vmtest` lists every skip with its reason.
 pub fn skip(reason: &str) {
-    println!("nettools-tests: skipped: {reason}");
+    eprintln!("SKIPPED: {reason}");
 }
 
 /// The running kernel's `skb:kfree_skb` format file (tracefs), the oracle for what this kernel's

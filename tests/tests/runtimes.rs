@@ -13,13 +13,8 @@ use serde_json::Value;
 macro_rules! need {
     ($($p:expr),*) => {
         require_root();
-        if in_vmtest_guest() {
-            skip("the vmtest guest is a busybox initramfs without container runtimes; \
-                  these tests run on the host");
-            return Ok(());
-        }
         if let Some(reason) = missing(&[$($p),*]) {
-            skip(&reason);
+            eprintln!("SKIPPED: {reason}");
             return Ok(());
         }
     };

@@ -23,8 +23,8 @@ pub struct Outcome {
     pub timed_out_after: Option<u64>,
 }
 
-/// What a test prints (on stdout) to say it was skipped, and why; see `nettools_tests::skip`.
-pub const SKIP_MARKER: &str = "nettools-tests: skipped: ";
+/// How a test's output line says it was skipped, and why (`nettools_tests::skip`).
+pub const SKIP_MARKER: &str = "SKIPPED: ";
 
 impl Outcome {
     /// Whether this kernel passed: the guest finished, every binary exited 0, nothing failed
@@ -147,7 +147,7 @@ pub fn parse(log: &str) -> Outcome {
             section = Some(format!("{binary}::{name}"));
             continue;
         }
-        if let (Some(test), Some(reason)) = (&section, line.split_once(SKIP_MARKER).map(|x| x.1)) {
+        if let (Some(test), Some(reason)) = (&section, line.strip_prefix(SKIP_MARKER)) {
             o.skipped.push((test.clone(), reason.trim().to_string()));
         }
     }
@@ -170,7 +170,7 @@ test no_btf ... ok
 successes:
 
 ---- no_btf stdout ----
-nettools-tests: skipped: this kernel has no BTF to hide
+SKIPPED: this kernel has no BTF to hide
 
 test result: ok. 2 passed; 0 failed
 @@vmtest result cli 0
