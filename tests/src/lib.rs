@@ -548,7 +548,8 @@ pub fn kernel_has_tcx() -> Result<bool> {
 /// How far a measured latency may be from the delay a lab injected, given the tolerance on real
 /// hardware. Under software emulation (the vmtest guest) every packet that a userspace program
 /// holds (NFQUEUE) or answers waits for an emulated CPU, which adds several milliseconds
-/// (measured: 5.8 ms on a 30 ms delay); 10 ms more are allowed there.
+/// (measured: 5.8 ms on a 30 ms delay), and the holder's own clock readings land late; 10 ms
+/// more are allowed there.
 pub fn latency_tolerance_ms(on_hardware: f64) -> f64 {
     if in_vmtest_guest() {
         on_hardware + 10.0

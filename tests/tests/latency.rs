@@ -314,12 +314,15 @@ fn handshake_and_ping(ipv6: bool) -> Result<()> {
         held_syn >= target && held_echo >= target,
         "the holder held for {held_syn}/{held_echo} ms"
     );
+    // The holder times its hold in userspace; under emulation its clock reading after the
+    // verdict lands late, so its figure can exceed the packet's real wait (seen: 22.5 ms held,
+    // 21.2 ms measured at the veth).
     assert!(
-        (slow_connect - held_syn).abs() < 1.0,
+        (slow_connect - held_syn).abs() < latency_tolerance_ms(1.0),
         "connect p50 {slow_connect} ms, SYNs held {held_syn} ms ({target} ms injected)"
     );
     assert!(
-        (slow_echo - held_echo).abs() < 1.0,
+        (slow_echo - held_echo).abs() < latency_tolerance_ms(1.0),
         "ping p50 {slow_echo} ms, echo requests held {held_echo} ms ({target} ms injected)"
     );
     assert!(
