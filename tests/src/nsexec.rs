@@ -1,6 +1,6 @@
 //! Working inside a network namespace given by path (a container's `/proc/PID/ns/net`), from
 //! the host: commands with `nsenter`, a UDP firewall drop and its iptables rule counter (the
-//! kernel's own count, the oracle), UDP senders, and the host-side peer of `eth0`.
+//! kernel's own count, the oracle), UDP senders, and the host-side peer of `eth0` with its name.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -30,6 +30,17 @@ pub fn eth0_peer_index(path: &str) -> Result<u32> {
         .as_u64()
         .and_then(|i| u32::try_from(i).ok())
         .with_context(|| format!("eth0 has no peer index: {out}"))
+}
+
+/// The host's name for an interface index.
+pub fn host_ifname(index: u32) -> Result<String> {
+    let out = sh(&["ip", "-j", "link", "show"])?;
+    let v: Value = serde_json::from_str(&out)?;
+    v.as_array()
+        .and_then(|links| links.iter().find(|l| l["ifindex"] == index))
+        .and_then(|l| l["ifname"].as_str())
+        .map(String::from)
+        .with_context(|| format!("no host interface with index {index}"))
 }
 
 /// Drops UDP to `port` inside a namespace with iptables (appended to INPUT).

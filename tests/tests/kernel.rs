@@ -17,17 +17,7 @@ fn two_kinds_of_drops() -> Result<(Lab, Node, Vec<serde_json::Value>)> {
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.233.0.1/24", None)?;
     let b = lab.node("b", "10.233.0.2/24", None)?;
-    a.run(&[
-        "iptables",
-        "-A",
-        "INPUT",
-        "-p",
-        "udp",
-        "--dport",
-        &FIREWALLED.to_string(),
-        "-j",
-        "DROP",
-    ])?;
+    a.drop_input("udp", FIREWALLED)?;
     let trace = Trace::start(&["--netns", &a.netns, "-o", "json"])?;
     udp_burst(&b, SocketAddr::from((a.ipv4, FIREWALLED)), 40)?;
     udp_burst(&b, SocketAddr::from((a.ipv4, CLOSED)), 25)?;

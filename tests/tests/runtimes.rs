@@ -3,10 +3,10 @@
 //! kernel's: namespace inodes of the containers' processes, the veth peer index seen from
 //! inside, iptables rule counters in the pod's namespace.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
-use nettools_tests::{runtimes::*, *};
+use nettools_tests::{nsexec::*, runtimes::*, *};
 use serde_json::Value;
 
 /// Skips (with the reason printed) when a runtime's programs are missing.
@@ -20,85 +20,8 @@ macro_rules! need {
     };
 }
 
-fn inode(path: &str) -> Result<u32> {
-    nettools::discover::netns::inode_of(Path::new(path))
-        .with_context(|| format!("{path} is no namespace"))
-}
-
-/// Runs a command inside the network namespace at `path` (`nsenter --net`).
-fn in_ns(path: &str, args: &[&str]) -> Result<String> {
-    let net = format!("--net={path}");
-    let mut full = vec!["nsenter", net.as_str()];
-    full.extend_from_slice(args);
-    sh(&full)
-}
-
-/// The host-side ifindex of `eth0` in a namespace, as the kernel links them (`eth0@ifN`).
-fn eth0_peer_index(path: &str) -> Result<u32> {
-    let out = in_ns(path, &["ip", "-j", "-d", "link", "show", "eth0"])?;
-    let v: Value = serde_json::from_str(&out)?;
-    v[0]["link_index"]
-        .as_u64()
-        .and_then(|i| u32::try_from(i).ok())
-        .with_context(|| format!("eth0 has no peer index: {out}"))
-}
-
-/// The host's name for an interface index.
-fn host_ifname(index: u32) -> Result<String> {
-    let out = sh(&["ip", "-j", "link", "show"])?;
-    let v: Value = serde_json::from_str(&out)?;
-    v.as_array()
-        .and_then(|links| links.iter().find(|l| l["ifindex"] == index))
-        .and_then(|l| l["ifname"].as_str())
-        .map(String::from)
-        .with_context(|| format!("no host interface with index {index}"))
-}
-
-/// Drops UDP to `port` inside a namespace with iptables.
-fn drop_udp(path: &str, port: u16) -> Result<()> {
-    in_ns(
-        path,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "udp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    )
-    .map(|_| ())
-}
-
-/// The packet counter of rule `n` of INPUT inside a namespace.
-fn input_rule_packets(path: &str, n: usize) -> Result<u64> {
-    let out = in_ns(path, &["iptables", "-L", "INPUT", "-v", "-x", "-n"])?;
-    out.lines()
-        .nth(1 + n)
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no rule {n} in INPUT:\n{out}"))
-}
-
-/// Sends `count` UDP datagrams to `dst` from inside the namespace at `path` (from the host
-/// when `None`).
-fn udp_from(path: Option<&str>, dst: SocketAddr, count: u32) -> Result<()> {
-    let send = move || -> Result<()> {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        for _ in 0..count {
-            socket.send_to(b"nettools runtime test", dst)?;
-            std::thread::sleep(Duration::from_micros(300));
-        }
-        Ok(())
-    };
-    match path {
-        Some(p) => nettools::lab::in_netns(Path::new(p), send)?,
-        None => send(),
-    }
-}
+/// The gap between the datagrams these tests send.
+const RUNTIME_GAP: Duration = Duration::from_micros(300);
 
 /// `nettools list -o json ARGS`.
 fn list_json(args: &[&str]) -> Result<Value> {
@@ -295,7 +218,12 @@ fn podman_pod_firewall_drops_are_the_pods_not_its_neighbours() -> Result<()> {
         "json",
     ])?;
     let pod_ip = podman.ip("ntdrop-web")?;
-    udp_from(Some(&neighbour_ns), SocketAddr::from((pod_ip, 7777)), 200)?;
+    udp_from(
+        Some(&neighbour_ns),
+        SocketAddr::from((pod_ip, 7777)),
+        200,
+        RUNTIME_GAP,
+    )?;
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     let lines = done.json()?;
@@ -340,7 +268,12 @@ fn podman_pod_firewall_drops_are_the_pods_not_its_neighbours() -> Result<()> {
 
     // With --all every namespace is traced; the pod's is named by its pod.
     let trace = Trace::start(&["--all", "--docker-socket", &socket, "-o", "json"])?;
-    udp_from(Some(&neighbour_ns), SocketAddr::from((pod_ip, 7777)), 50)?;
+    udp_from(
+        Some(&neighbour_ns),
+        SocketAddr::from((pod_ip, 7777)),
+        50,
+        RUNTIME_GAP,
+    )?;
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     let lines = done.json()?;
@@ -427,7 +360,12 @@ fn podman_container_deleted_mid_trace_ends_it_and_a_restart_is_followed() -> Res
         std::thread::sleep(Duration::from_millis(50));
     }
     drop_udp(&path, 7001)?;
-    udp_from(None, SocketAddr::from((podman.ip("ntback")?, 7001)), 60)?;
+    udp_from(
+        None,
+        SocketAddr::from((podman.ip("ntback")?, 7001)),
+        60,
+        RUNTIME_GAP,
+    )?;
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     let lines = done.json()?;
@@ -509,7 +447,7 @@ fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> 
         .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
         .context("the pod has no address")?;
     assert!(ip.to_string().starts_with(&ctd.subnet_prefix));
-    udp_from(None, SocketAddr::from((ip, 7777)), 150)?;
+    udp_from(None, SocketAddr::from((ip, 7777)), 150, RUNTIME_GAP)?;
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     let lines = done.json()?;
@@ -601,7 +539,7 @@ fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> 
         .as_str()
         .and_then(|a| a.parse().ok())
         .context("the new sandbox has no address")?;
-    udp_from(None, SocketAddr::from((new_ip, 7778)), 40)?;
+    udp_from(None, SocketAddr::from((new_ip, 7778)), 40, RUNTIME_GAP)?;
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     let lines = done.json()?;
