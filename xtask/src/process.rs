@@ -1,4 +1,4 @@
-//! Running commands with their output shown, and building nettools.
+//! Running commands (their output shown, or captured), and building nettools.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,6 +26,21 @@ pub fn status(cmd: &mut Command) -> Result<()> {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// Runs a command and returns its stdout, failing with its stderr.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs one named step, printing how long it took.

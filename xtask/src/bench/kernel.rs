@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, os::fd::FromRawFd as _, os::fd::OwnedFd, proces
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use crate::process::output;
+
 /// `BPF_ENABLE_STATS` (include/uapi/linux/bpf.h).
 const BPF_ENABLE_STATS: libc::c_long = 32;
 /// `BPF_STATS_RUN_TIME`.
@@ -85,18 +87,8 @@ fn bpf_fdinfo(pid: i32, marker: &str) -> Result<Vec<BTreeMap<String, String>>> {
 
 /// Program names by id (`bpftool prog show`; fdinfo has no names).
 fn prog_names() -> Result<BTreeMap<u64, String>> {
-    let out = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .context("cannot run bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool prog show failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let progs: Value =
-        serde_json::from_slice(&out.stdout).context("bpftool's JSON does not parse")?;
+    let out = output(Command::new("bpftool").args(["--json", "prog", "show"]))?;
+    let progs: Value = serde_json::from_str(&out).context("bpftool's JSON does not parse")?;
     Ok(progs
         .as_array()
         .map(Vec::as_slice)

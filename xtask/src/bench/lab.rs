@@ -14,23 +14,14 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::process::output;
 
 /// Runs a command and returns its stdout; fails with the command and its stderr.
 pub fn sh(args: &[&str]) -> Result<String> {
     let (program, rest) = args.split_first().context("empty command")?;
-    let out = Command::new(program)
-        .args(rest)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    output(Command::new(program).args(rest))
 }
 
 /// One namespace of the lab.

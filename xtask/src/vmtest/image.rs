@@ -18,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{cpio::Archive, kernel::Kernel};
+use crate::process::output;
 
 /// The guest's init script.
 const INIT: &str = include_str!("init.sh");
@@ -105,21 +106,6 @@ pub fn userspace_key() -> String {
 /// Text that changes whenever the module lists change (for the modules archives' cache key).
 pub fn modules_key() -> String {
     format!("{MODULES:?}{OPTIONAL_MODULES:?}")
-}
-
-/// Runs a command and returns its stdout, failing with its stderr.
-fn output(cmd: &mut Command) -> Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Where a system tool is on this machine (system directories only: the guest gets the

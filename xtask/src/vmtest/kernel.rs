@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::process::output;
+
 /// Suites searched, as (archive, suite): every Debian kernel series people run in production.
 const SUITES: &[(&str, &str)] = &[
     ("debian", "bullseye"),
@@ -421,19 +423,8 @@ pub fn fetch(spec: &str, apt: &Result<Apt>, kernels: &Path) -> Result<Kernel> {
         .filter(|p| p.extension().is_some_and(|e| e == "deb"))
         .collect();
     for deb in &debs {
-        let out = Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(deb)
-            .arg(&unpacked)
-            .output()
-            .context("cannot run dpkg-deb (is dpkg installed?)")?;
-        if !out.status.success() {
-            bail!(
-                "cannot unpack {}: {}",
-                deb.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        output(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&unpacked))
+            .with_context(|| format!("cannot unpack {}", deb.display()))?;
     }
     if locate(&unpacked, &release).is_none() {
         bail!("the packages of kernel {release} hold no vmlinuz and module tree where expected");
