@@ -5,6 +5,7 @@
 //! fails). Tests run one at a time (`--test-threads=1`): they share one kernel.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     path::PathBuf,
@@ -65,33 +66,20 @@ impl Drop for TempFile {
     }
 }
 
-/// `nettools trace` running in the background, writing its report to a file.
-pub struct Trace {
-    child: Child,
+/// A nettools process running in the background: stdout discarded, stderr collected line by
+/// line, and SIGTERM'd (so it still removes what it attached) if the test process dies first.
+pub struct Background {
+    pub child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
-    out: TempFile,
 }
 
-/// What a finished trace produced.
-#[derive(Debug)]
-pub struct Finished {
-    pub success: bool,
-    pub report: String,
-    pub stderr: String,
-}
-
-impl Trace {
-    /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
-    pub fn start(args: &[&str]) -> Result<Self> {
-        let out = TempFile::new(".report");
+impl Background {
+    /// Spawns `nettools ARGS` and waits until its stderr says `ready` (fails if it exits
+    /// first or takes over 60 s).
+    pub fn start(args: &[&OsStr], ready: &str) -> Result<Self> {
         let mut cmd = Command::new(nettools_bin());
-        cmd.arg("trace")
-            .args(args)
-            .arg("--out")
-            .arg(&out.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; it makes a killed test take its trace along
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; it makes a killed test take nettools along
         // (SIGTERM: nettools still removes what it attached).
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -112,63 +100,106 @@ impl Trace {
                 }
             }
         });
-        let mut trace = Self { child, stderr, out };
+        let mut running = Self { child, stderr };
         let started = Instant::now();
         loop {
-            if trace.stderr_text().contains("nettools: tracing") {
-                return Ok(trace);
+            if running.stderr_text().contains(ready) {
+                return Ok(running);
             }
-            if let Some(status) = trace.child.try_wait()? {
+            if let Some(status) = running.child.try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
                 bail!(
-                    "nettools exited ({status}) before tracing: {}",
-                    trace.stderr_text()
+                    "nettools exited ({status}) before printing {ready:?}: {}",
+                    running.stderr_text()
                 );
             }
             if started.elapsed() > Duration::from_secs(60) {
                 bail!(
-                    "nettools did not start tracing within 60 s: {}",
-                    trace.stderr_text()
+                    "nettools did not print {ready:?} within 60 s: {}",
+                    running.stderr_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn stderr_text(&self) -> String {
+    /// Lines nettools printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
         self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    /// Sends `signal` to nettools, by the PID this test started.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: signalling the child we started, by its PID.
+        unsafe { libc::kill(pid, signal) };
+        Ok(())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `nettools trace` running in the background, writing its report to a file.
+pub struct Trace {
+    nettools: Background,
+    out: TempFile,
+}
+
+/// What a finished trace produced.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub report: String,
+    pub stderr: String,
+}
+
+impl Trace {
+    /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
+    pub fn start(args: &[&str]) -> Result<Self> {
+        let out = TempFile::new(".report");
+        let mut full: Vec<&OsStr> = vec![OsStr::new("trace")];
+        full.extend(args.iter().map(OsStr::new));
+        full.extend([OsStr::new("--out"), out.0.as_os_str()]);
+        let nettools = Background::start(&full, "nettools: tracing")?;
+        Ok(Self { nettools, out })
     }
 
     /// Sends SIGINT (Ctrl-C) and waits for the final report.
     pub fn stop(self) -> Result<Finished> {
-        let pid = i32::try_from(self.child.id())?;
-        // SAFETY: signalling the child we started, by its PID.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.nettools.signal(libc::SIGINT)?;
         self.wait()
     }
 
     /// Kills nettools with SIGKILL: no chance to clean up.
     pub fn kill(mut self) -> Result<()> {
-        kill_9(&mut self.child)
+        kill_9(&mut self.nettools.child)
     }
 
     /// Lines nettools printed on stderr so far.
     pub fn stderr_lines(&self) -> String {
-        self.stderr_text()
+        self.nettools.stderr_text()
     }
 
     /// Waits for the trace to end by itself (e.g. `--duration`).
     pub fn wait(mut self) -> Result<Finished> {
         let started = Instant::now();
+        let child = &mut self.nettools.child;
         let status = loop {
-            if let Some(s) = self.child.try_wait()? {
+            if let Some(s) = child.try_wait()? {
                 break s;
             }
             if started.elapsed() > Duration::from_secs(60) {
-                let _ = self.child.kill();
+                let _ = child.kill();
                 bail!(
                     "nettools did not finish within 60 s: {}",
-                    self.stderr_text()
+                    self.nettools.stderr_text()
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -177,17 +208,8 @@ impl Trace {
         Ok(Finished {
             success: status.success(),
             report: std::fs::read_to_string(&self.out.0).unwrap_or_default(),
-            stderr: self.stderr_text(),
+            stderr: self.nettools.stderr_text(),
         })
-    }
-}
-
-impl Drop for Trace {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

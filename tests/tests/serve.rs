@@ -6,10 +6,9 @@
 //! pods that go away leave the exposition.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    ffi::OsStr,
     net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,8 +17,7 @@ use nettools_tests::{nsexec::*, prom::*, runtimes::*, *};
 
 /// `nettools serve` on a free loopback port, stopped (SIGTERM, by PID) on drop.
 struct Agent {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
+    nettools: Background,
     addr: SocketAddr,
 }
 
@@ -27,51 +25,23 @@ impl Agent {
     fn start(args: &[&str]) -> Result<Self> {
         // A port nobody uses now (the kernel's choice), given back for the agent to take.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut cmd = Command::new(nettools_bin());
-        cmd.args(["serve", "--listen", &addr.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; a killed test takes its agent along.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().context("cannot start nettools serve")?;
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let pipe = child.stderr.take().context("no stderr pipe")?;
-        let lines = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if let Ok(mut l) = lines.lock() {
-                    l.push(line);
-                }
-            }
-        });
-        let agent = Self {
-            child,
-            stderr,
-            addr,
-        };
-        let started = Instant::now();
-        while !agent.stderr_text().contains("nettools: serving") {
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("nettools serve did not start: {}", agent.stderr_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(agent)
+        let listen = addr.to_string();
+        let mut full: Vec<&OsStr> = ["serve", "--listen", &listen]
+            .into_iter()
+            .map(OsStr::new)
+            .collect();
+        full.extend(args.iter().map(OsStr::new));
+        let nettools = Background::start(&full, "nettools: serving")?;
+        Ok(Self { nettools, addr })
     }
 
     fn stderr_text(&self) -> String {
-        self.stderr.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.nettools.stderr_text()
     }
 
     /// How many files (sockets, BPF links, maps, …) the agent holds open.
     fn open_files(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/fd", self.nettools.child.id()))
             .map(|d| d.count())
             .unwrap_or(0)
     }
@@ -84,19 +54,15 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling the agent this test started, by its PID.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        let _ = self.nettools.signal(libc::SIGTERM);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = self.nettools.child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Background's own drop kills what is still running.
     }
 }
 
