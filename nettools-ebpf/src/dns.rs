@@ -17,8 +17,8 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump, submit},
-    pairing::{header, now, reverse, role_of},
+    maps::{EVENTS, bump, header, now, submit},
+    pairing::{reverse, role_of},
     tc::Packet,
 };
 

@@ -5,7 +5,6 @@
 //! kernel location) and described in one `DropEvent` on the ring buffer.
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::PerCpuHashMap,
     programs::TracePointContext,
@@ -15,12 +14,12 @@ use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
     counters,
     drops::{DropEvent, DropKey, DropStackKey, REASON_UNAVAILABLE},
-    event::{EventHeader, kind},
+    event::kind,
 };
 
 use crate::{
     kernel::{self, field},
-    maps::{EVENTS, STACKS, add, bump, is_traced, submit, want_stacks},
+    maps::{STACKS, add, bump, emit, header, is_traced, want_stacks},
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -101,17 +100,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         }
     }
 
-    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
-        bump(counters::EVENTS_LOST);
-        return None;
-    };
-    entry.write(DropEvent {
-        header: EventHeader {
-            kind: kind::DROP,
-            // SAFETY: plain helper calls without arguments.
-            cpu: unsafe { bpf_get_smp_processor_id() },
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+    emit(DropEvent {
+        header: header(kind::DROP),
         key,
         ifindex,
         protocol,
@@ -120,7 +110,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         _pad2: 0,
         flow: kernel::skb_flow(skb, protocol),
     });
-    submit(entry);
     Some(())
 }
 

@@ -12,8 +12,8 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump, submit},
-    pairing::{self, header, now, reverse},
+    maps::{emit, header, now},
+    pairing::{self, reverse},
     tc::Packet,
 };
 
@@ -47,11 +47,7 @@ pub fn on_tcp(p: &Packet) {
         let Some(pending) = pairing::answer(&HANDSHAKES, &key, counters::HANDSHAKE_REMOVED) else {
             return;
         };
-        let Some(mut entry) = EVENTS.reserve::<HandshakeEvent>(0) else {
-            bump(counters::EVENTS_LOST);
-            return;
-        };
-        entry.write(HandshakeEvent {
+        emit(HandshakeEvent {
             header: header(kind::HANDSHAKE),
             ifindex: p.ifindex,
             role: pending.role,
@@ -66,6 +62,5 @@ pub fn on_tcp(p: &Packet) {
             syns: pending.requests,
             _pad2: 0,
         });
-        submit(entry);
     }
 }

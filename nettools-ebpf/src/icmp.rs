@@ -8,8 +8,8 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump, submit},
-    pairing::{self, header, now, reverse},
+    maps::{emit, header, now},
+    pairing::{self, reverse},
     tc::Packet,
 };
 
@@ -58,14 +58,10 @@ pub fn on_packet(p: &Packet) {
     let Some(pending) = pairing::answer(&ICMP_PENDING, &key, counters::ICMP_REMOVED) else {
         return;
     };
-    let Some(mut entry) = EVENTS.reserve::<IcmpEvent>(0) else {
-        bump(counters::EVENTS_LOST);
-        return;
-    };
     let mut event_flow = key.flow;
     event_flow.sport = id;
     event_flow.dport = seq;
-    entry.write(IcmpEvent {
+    emit(IcmpEvent {
         header: header(kind::ICMP),
         ifindex: p.ifindex,
         role: pending.role,
@@ -73,5 +69,4 @@ pub fn on_packet(p: &Packet) {
         latency_ns: now().saturating_sub(pending.ts_ns),
         flow: event_flow,
     });
-    submit(entry);
 }

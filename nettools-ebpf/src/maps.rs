@@ -1,15 +1,17 @@
-//! Maps and load-time globals shared by every probe: the event ring buffer, the health counters,
-//! the traced-namespace filter and the stack map.
+//! Maps and load-time globals shared by every probe: the event ring buffer (and how an event
+//! is stamped and sent), the health counters, the traced-namespace filter and the stack map.
 
 use aya_ebpf::{
     Global,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
 };
 use nettools_common::{
     config::{Filter, KernelOffsets, STACK_MAP_ENTRIES},
     counters,
+    event::EventHeader,
 };
 
 /// Rare events (drops, …) for userspace. Userspace sizes it at load time (`--ring-buffer`).
@@ -53,6 +55,35 @@ pub static NETTOOLS_STACKS: Global<u32> = Global::new(1);
 #[inline(always)]
 pub fn want_stacks() -> bool {
     NETTOOLS_STACKS.load() != 0
+}
+
+/// The kernel's monotonic clock.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A header for an event of this kind, stamped now.
+#[inline(always)]
+pub fn header(kind: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        // SAFETY: helper without arguments.
+        cpu: unsafe { bpf_get_smp_processor_id() },
+        ts_ns: now(),
+    }
+}
+
+/// Sends one event to userspace, counting it in `EVENTS_LOST` when the ring buffer is full.
+#[inline(always)]
+pub fn emit<T: 'static>(event: T) {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        bump(counters::EVENTS_LOST);
+        return;
+    };
+    entry.write(event);
+    submit(entry);
 }
 
 /// Submits an event, waking the collector once per batch instead of once per event.

@@ -6,21 +6,20 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::PerCpuHashMap,
     programs::RawTracePointContext,
 };
 use nettools_common::{
     counters,
-    event::{EventHeader, kind},
+    event::kind,
     flow::{AF_INET, AF_INET6},
     neighbours::{NUD_FAILED, NeighbourEvent, NeighbourKey},
 };
 
 use crate::{
     kernel::{self, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, add, bump, is_traced, submit},
+    maps::{NETTOOLS_OFFSETS, add, bump, emit, header, is_traced},
 };
 
 /// Exact failures per (namespace, device, address).
@@ -67,20 +66,10 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     if !add(&NEIGH_FAILURES, &key, 1) {
         bump(counters::NEIGH_MAP_FULL);
     }
-    let Some(mut entry) = EVENTS.reserve::<NeighbourEvent>(0) else {
-        bump(counters::EVENTS_LOST);
-        return None;
-    };
-    entry.write(NeighbourEvent {
-        header: EventHeader {
-            kind: kind::NEIGHBOUR_FAILED,
-            // SAFETY: helpers without arguments.
-            cpu: unsafe { bpf_get_smp_processor_id() },
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+    emit(NeighbourEvent {
+        header: header(kind::NEIGHBOUR_FAILED),
         key,
         dev: read::<[u8; 16]>(dev, o.dev_name).unwrap_or([0; 16]),
     });
-    submit(entry);
     Some(())
 }

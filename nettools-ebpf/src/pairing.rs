@@ -1,19 +1,14 @@
 //! What the latency probes share: reversing a flow to find the request an answer belongs to,
-//! the clock, and event headers.
+//! and the pairing maps' request and answer steps.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
-    maps::LruHashMap,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use nettools_common::{
-    event::EventHeader,
     flow::Flow,
     latency::{Pending, PendingKey, role},
     traffic::INGRESS,
 };
 
-use crate::maps::bump;
+use crate::maps::{bump, now};
 
 /// The flow of the answer to a request with this flow (source and destination swapped).
 #[inline(always)]
@@ -26,24 +21,6 @@ pub fn reverse(f: &Flow) -> Flow {
         _pad: 0,
         saddr: f.daddr,
         daddr: f.saddr,
-    }
-}
-
-/// The kernel's monotonic clock.
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
-
-/// A header for an event of this kind, stamped now.
-#[inline(always)]
-pub fn header(kind: u32) -> EventHeader {
-    EventHeader {
-        kind,
-        // SAFETY: helper without arguments.
-        cpu: unsafe { bpf_get_smp_processor_id() },
-        ts_ns: now(),
     }
 }
 

@@ -6,7 +6,6 @@
 
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::PerCpuHashMap,
     programs::{TracePointContext, tracing::StackIdContext as _},
@@ -14,14 +13,14 @@ use aya_ebpf::{
 use nettools_common::{
     config::{ABSENT, RetransmitLayout},
     counters,
-    event::{EventHeader, kind},
+    event::kind,
     flow::{AF_INET, AF_INET6, Flow, family_from_v6_field},
     retransmits::{RetransmitEvent, RetransmitKey, RetransmitStackKey},
 };
 
 use crate::{
     kernel::{self, field, read},
-    maps::{EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, is_traced, submit, want_stacks},
+    maps::{NETTOOLS_OFFSETS, STACKS, add, bump, emit, header, is_traced, want_stacks},
 };
 
 /// `TCP_SYN_RECV`: the state a SYN-ACK is retransmitted in.
@@ -131,23 +130,13 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
     if !add(&RETRANSMIT_FLOWS, &key, segs as u64) {
         bump(counters::RETRANSMIT_FLOW_MAP_FULL);
     }
-    let Some(mut entry) = EVENTS.reserve::<RetransmitEvent>(0) else {
-        bump(counters::EVENTS_LOST);
-        return None;
-    };
-    entry.write(RetransmitEvent {
-        header: EventHeader {
-            kind: kind::RETRANSMIT,
-            // SAFETY: helpers without arguments.
-            cpu: unsafe { bpf_get_smp_processor_id() },
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+    emit(RetransmitEvent {
+        header: header(kind::RETRANSMIT),
         key,
         segs,
         synack: synack as u32,
         stack_id,
         _pad: 0,
     });
-    submit(entry);
     Some(())
 }

@@ -12,8 +12,7 @@ use nettools_common::{
 };
 
 use crate::{
-    maps::{EVENTS, bump, submit},
-    pairing::{header, now},
+    maps::{bump, emit, header, now},
     tc::Packet,
 };
 
@@ -70,15 +69,10 @@ pub fn on_packet(p: &Packet) {
         return;
     }
     bump(counters::TRANSIT_REMOVED);
-    let Some(mut entry) = EVENTS.reserve::<TransitEvent>(0) else {
-        bump(counters::EVENTS_LOST);
-        return;
-    };
-    entry.write(TransitEvent {
+    emit(TransitEvent {
         header: header(kind::TRANSIT),
         from_ifindex: seen.ifindex,
         to_ifindex: p.ifindex,
         latency_ns: now().saturating_sub(seen.ts_ns),
     });
-    submit(entry);
 }
