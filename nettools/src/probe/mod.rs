@@ -18,7 +18,7 @@ pub mod tracefs;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader, Pod,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{Program, ProgramError},
 };
 use nettools_common::{
@@ -173,19 +173,28 @@ pub(crate) fn attach_tracepoint(
     Ok(())
 }
 
-/// Sums a per-CPU counting hash (`K` → u64 per CPU) into one figure per key.
-pub(crate) fn sum_per_cpu<K: Pod>(ebpf: &Ebpf, map: &str) -> Result<Vec<(K, u64)>> {
+/// Reads a per-CPU hash (plain or LRU), merging each key's per-CPU values into one.
+pub(crate) fn merge_per_cpu<K: Pod, V: Pod>(
+    ebpf: &Ebpf,
+    map: &str,
+    merge: impl Fn(&PerCpuValues<V>) -> V,
+) -> Result<Vec<(K, V)>> {
     let m = ebpf
         .map(map)
         .with_context(|| format!("the eBPF object has no {map} map"))?;
-    let counts: PerCpuHashMap<&MapData, K, u64> =
+    let values: PerCpuHashMap<&MapData, K, V> =
         PerCpuHashMap::try_from(m).with_context(|| format!("{map} is not a per-CPU hash map"))?;
     let mut out = Vec::new();
-    for item in counts.iter() {
+    for item in values.iter() {
         let (key, per_cpu) = item.with_context(|| format!("reading {map} failed"))?;
-        out.push((key, per_cpu.iter().sum()));
+        out.push((key, merge(&per_cpu)));
     }
     Ok(out)
+}
+
+/// Sums a per-CPU counting hash (`K` → u64 per CPU) into one figure per key.
+pub(crate) fn sum_per_cpu<K: Pod>(ebpf: &Ebpf, map: &str) -> Result<Vec<(K, u64)>> {
+    merge_per_cpu(ebpf, map, |per_cpu| per_cpu.iter().sum())
 }
 
 /// The latency features the tc programs run for these probes.

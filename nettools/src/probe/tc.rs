@@ -6,7 +6,6 @@
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
     programs::{
         SchedClassifier, TcAttachType,
         links::LinkOrder,
@@ -178,37 +177,19 @@ pub fn attach(
 
 /// Packets and bytes per (interface, direction, protocol), summed over CPUs.
 pub fn read_traffic(ebpf: &Ebpf) -> Result<Vec<(TrafficKey, TrafficValue)>> {
-    let m = ebpf
-        .map("TRAFFIC")
-        .context("the eBPF object has no TRAFFIC map")?;
-    let map: PerCpuHashMap<&MapData, TrafficKey, TrafficValue> =
-        PerCpuHashMap::try_from(m).context("TRAFFIC is not a per-CPU hash map")?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading the traffic counters failed")?;
+    super::merge_per_cpu(ebpf, "TRAFFIC", |per_cpu| -> TrafficValue {
         let mut sum = TrafficValue::default();
         for v in per_cpu.iter() {
             sum.packets += v.packets;
             sum.bytes += v.bytes;
         }
-        out.push((k, sum));
-    }
-    Ok(out)
+        sum
+    })
 }
 
 /// ARP/NDP requests and replies per (interface, address), summed over CPUs.
 pub fn read_neigh_probes(ebpf: &Ebpf) -> Result<Vec<(NeighProbeKey, NeighProbeValue)>> {
-    let m = ebpf
-        .map("NEIGH_PROBES")
-        .context("the eBPF object has no NEIGH_PROBES map")?;
-    let map: PerCpuHashMap<&MapData, NeighProbeKey, NeighProbeValue> =
-        PerCpuHashMap::try_from(m).context("NEIGH_PROBES is not an LRU per-CPU hash map")?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading the ARP/NDP counters failed")?;
-        out.push((k, merge_probes(per_cpu.iter())));
-    }
-    Ok(out)
+    super::merge_per_cpu(ebpf, "NEIGH_PROBES", |per_cpu| merge_probes(per_cpu.iter()))
 }
 
 /// Sums requests and replies over CPUs; the first request is the earliest, the last the latest.
