@@ -121,6 +121,9 @@ pub struct RetransmitLayout {
     pub daddr: u32,
     pub saddr_v6: u32,
     pub daddr_v6: u32,
+    /// The attempt's result (`err`, newer kernels): the record is also written for attempts
+    /// the kernel gave up on before sending.
+    pub err: u32,
 }
 
 impl RetransmitLayout {
@@ -136,6 +139,7 @@ impl RetransmitLayout {
         daddr: ABSENT,
         saddr_v6: ABSENT,
         daddr_v6: ABSENT,
+        err: ABSENT,
     };
 }
 

@@ -42,5 +42,9 @@ pub const DNS_UNMATCHED: u32 = 16;
 pub const STACK_COUNT_MAP_FULL: u32 = 17;
 /// Entries inserted into the `NEIGH_PROBES` LRU map (ARP/NDP lookups seen on veths).
 pub const NEIGH_PROBES_INSERTED: u32 = 18;
+/// `tcp_retransmit_skb` records of attempts the kernel gave up on before sending (its `err`:
+/// the segment still in the host's queue, no window, no memory, no route). TcpRetransSegs does
+/// not count them, so neither do the retransmit totals.
+pub const RETRANSMITS_NOT_SENT: u32 = 19;
 /// Number of counters (size of the `COUNTERS` array).
 pub const COUNT: u32 = 24;

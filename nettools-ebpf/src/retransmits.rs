@@ -63,11 +63,30 @@ pub fn tcp_retransmit_synack(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether a retransmission attempt's `err` says the kernel gave up before sending it, where
+/// `__tcp_retransmit_skb` returns before counting TcpRetransSegs: the original still in the
+/// host's queue (-EBUSY), no receive window (-EAGAIN), no memory to trim or split it (-ENOMEM),
+/// no route for the socket (-EHOSTUNREACH), a segment already acknowledged (-EINVAL). Failures
+/// after that point (a qdisc or netfilter dropping the copy) were counted, and count here too.
+#[inline(always)]
+fn not_sent(err: i32) -> bool {
+    const EAGAIN: i32 = 11;
+    const ENOMEM: i32 = 12;
+    const EBUSY: i32 = 16;
+    const EINVAL: i32 = 22;
+    const EHOSTUNREACH: i32 = 113;
+    matches!(-err, EAGAIN | ENOMEM | EBUSY | EINVAL | EHOSTUNREACH)
+}
+
 fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option<()> {
     let o = NETTOOLS_OFFSETS.load();
     let sk = field::<*const u8>(ctx, l.skaddr)?;
     let netns = kernel::sk_netns(&o, sk);
     if !is_traced(netns) {
+        return None;
+    }
+    if l.err != ABSENT && not_sent(field::<i32>(ctx, l.err).unwrap_or(0)) {
+        bump(counters::RETRANSMITS_NOT_SENT);
         return None;
     }
     // 5.10's records have no family field: read it off the IPv4-mapped v6 address instead.

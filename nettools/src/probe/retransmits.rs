@@ -31,6 +31,7 @@ pub fn layout(f: &Format) -> Result<RetransmitLayout> {
         daddr: at("daddr", 4),
         saddr_v6: at("saddr_v6", 16),
         daddr_v6: at("daddr_v6", 16),
+        err: at("err", 4),
     };
     if l.skaddr == ABSENT {
         bail!("this kernel's TCP retransmit tracepoint has no skaddr field");
@@ -98,17 +99,21 @@ mod tests {
              \tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;\n\
              \tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;\n\
              \tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;\n\
-             \tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;\n",
+             \tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;\n\
+             \tfield:int err;\toffset:76;\tsize:4;\tsigned:1;\n",
         );
         let l = layout(&skb)?;
         assert_eq!((l.skbaddr, l.skaddr, l.state, l.family), (8, 16, 24, 32));
-        assert_eq!((l.saddr, l.daddr_v6), (34, 58));
+        assert_eq!((l.saddr, l.daddr_v6, l.err), (34, 58, 76));
         let synack = Format::parse(
             "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
              \tfield:const void * req;\toffset:16;\tsize:8;\tsigned:0;\n",
         );
         let l = layout(&synack)?;
-        assert_eq!((l.skaddr, l.skbaddr, l.state), (8, ABSENT, ABSENT));
+        assert_eq!(
+            (l.skaddr, l.skbaddr, l.state, l.err),
+            (8, ABSENT, ABSENT, ABSENT)
+        );
         assert!(layout(&Format::default()).is_err());
         assert_eq!(state_name(1), "ESTABLISHED");
         Ok(())

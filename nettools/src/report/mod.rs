@@ -59,6 +59,9 @@ pub struct Health {
     pub frees_not_drops: u64,
     /// Retransmits not counted per flow because the flow map was full (totals stay exact).
     pub retransmit_flow_map_full: u64,
+    /// Retransmission attempts the kernel gave up on before sending: not retransmitted
+    /// segments, so not counted (TcpRetransSegs does not count them either).
+    pub retransmits_not_sent: u64,
     /// tc counters not kept because their map was full.
     pub tc_map_full: u64,
     /// Neighbour failures not counted because their map was full.
@@ -76,6 +79,7 @@ impl Health {
             drops_in_other_namespaces: c[counters::DROPS_FILTERED as usize],
             frees_not_drops: c[counters::FREES_NOT_DROPS as usize],
             retransmit_flow_map_full: c[counters::RETRANSMIT_FLOW_MAP_FULL as usize],
+            retransmits_not_sent: c[counters::RETRANSMITS_NOT_SENT as usize],
             tc_map_full: c[counters::TC_MAP_FULL as usize],
             neighbour_map_full: c[counters::NEIGH_MAP_FULL as usize],
             undecodable_events: undecodable,

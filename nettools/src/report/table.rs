@@ -299,6 +299,10 @@ fn health_line(h: &Health) -> String {
             h.retransmit_flow_map_full,
             "retransmits not counted per flow (map full)",
         ),
+        (
+            h.retransmits_not_sent,
+            "retransmit attempts not sent (not counted, as TcpRetransSegs)",
+        ),
         (h.tc_map_full, "tc counters not kept (map full)"),
         (
             h.neighbour_map_full,

@@ -502,6 +502,13 @@ fn health(f: &mut Families, s: &Summary, ctx: &Context) {
         h.drops_netns_unknown as f64,
     );
     f.add(
+        "nettools_retransmits_not_sent_total",
+        MetricType::COUNTER,
+        "TCP retransmission attempts the kernel gave up on before sending (not counted as retransmitted segments, as TcpRetransSegs does not).",
+        Vec::new(),
+        h.retransmits_not_sent as f64,
+    );
+    f.add(
         "nettools_undecodable_events_total",
         MetricType::COUNTER,
         "Ring-buffer records userspace could not decode.",
