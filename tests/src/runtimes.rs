@@ -199,19 +199,25 @@ pub fn pause_rootfs(dir: &Path) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Packs the contents of `dir` into the tar file `out`.
+fn tar(dir: &Path, out: &Path) -> Result<()> {
+    sh(&[
+        "tar",
+        "-C",
+        &dir.display().to_string(),
+        "-cf",
+        &out.display().to_string(),
+        ".",
+    ])
+    .map(|_| ())
+}
+
 /// Packs a root filesystem as a `docker save` archive (`ctr images import` reads it).
 pub fn docker_archive(rootfs: &Path, tag: &str, entrypoint: &[&str], out: &Path) -> Result<()> {
     let work = out.with_extension("d");
     std::fs::create_dir_all(&work)?;
     let layer = work.join("layer.tar");
-    sh(&[
-        "tar",
-        "-C",
-        &rootfs.display().to_string(),
-        "-cf",
-        &layer.display().to_string(),
-        ".",
-    ])?;
+    tar(rootfs, &layer)?;
     let digest = sh(&["sha256sum", &layer.display().to_string()])?;
     let digest = digest.split_whitespace().next().context("no sha256sum")?;
     let config = serde_json::json!({
@@ -505,16 +511,13 @@ network_config_dir = "{d}/networks"
             _paths: paths,
         };
         let rootfs = busybox_rootfs(&d)?;
-        let tar = d.join("busybox.tar");
-        sh(&[
-            "tar",
-            "-C",
-            &rootfs.display().to_string(),
-            "-cf",
-            &tar.display().to_string(),
-            ".",
+        let archive = d.join("busybox.tar");
+        tar(&rootfs, &archive)?;
+        podman.cmd(&[
+            "import",
+            &archive.display().to_string(),
+            "localhost/ntbusybox",
         ])?;
-        podman.cmd(&["import", &tar.display().to_string(), "localhost/ntbusybox"])?;
         let subnet = format!("{}.0/24", podman.subnet_prefix);
         let network = podman.network.clone();
         std::fs::write(d.join("network"), &network)?;
