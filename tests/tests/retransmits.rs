@@ -80,6 +80,13 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
     let s = summary(&lines)?;
     let tx = workload(s, sender.inode()?)?;
     let counted = tx["retransmits"]["total"].as_u64().unwrap_or(0);
+    // The figures themselves, for a run with --nocapture (CI's log keeps them on failure).
+    eprintln!(
+        "retransmits (sender netns {}): nettools {counted}, nstat TcpRetransSegs {kernel}; \
+         attempts not sent (not counted): {}",
+        sender.inode()?,
+        s["health"]["retransmits_not_sent"]
+    );
     let diff = counted.abs_diff(kernel) as f64;
     assert!(
         diff <= kernel as f64 * 0.01,
