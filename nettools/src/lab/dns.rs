@@ -70,6 +70,32 @@ fn stamp_arrivals(fd: std::os::fd::RawFd) {
     }
 }
 
+/// The monotonic and the wall clock read at (nearly) the same instant, to turn a kernel's
+/// wall-clock stamp into an `Instant`. Reading one after the other is not enough: a preemption
+/// between the two reads (a tenth of a millisecond is common under emulation) shifts every
+/// converted stamp by as much. So each wall-clock read is bracketed by two monotonic reads, the
+/// tightest of a few brackets wins, and its midpoint stands for the wall-clock read: the error
+/// is at most half that bracket.
+fn clock_pair() -> (Instant, std::time::SystemTime) {
+    let sample = || {
+        let before = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let width = before.elapsed();
+        (width, before + width / 2, wall)
+    };
+    let mut best = sample();
+    for _ in 0..7 {
+        if best.0 < Duration::from_micros(2) {
+            break;
+        }
+        let next = sample();
+        if next.0 < best.0 {
+            best = next;
+        }
+    }
+    (best.1, best.2)
+}
+
 /// `recvmsg` into `buf`: bytes read, the sender (UDP), and when the kernel received the data
 /// (as an `Instant`, from its SO_TIMESTAMPNS stamp; now when there is none).
 fn recv_stamped(
@@ -95,7 +121,7 @@ fn recv_stamped(
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let now = (Instant::now(), std::time::SystemTime::now());
+    let now = clock_pair();
     let mut arrived = now.0;
     // SAFETY: walking the control messages the kernel wrote, with its own macros.
     unsafe {
