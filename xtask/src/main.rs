@@ -69,14 +69,38 @@ fn run(args: &[String]) -> Result<()> {
             bail!("no command given");
         }
     };
+    // `cargo xtask COMMAND --help` prints the usage (but `lab --help` is nettools' own).
+    if command != "lab"
+        && rest
+            .iter()
+            .take_while(|a| *a != "--")
+            .any(|a| a == "--help" || a == "-h")
+    {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let known = |allowed: &[&str]| -> Result<()> {
+        match rest.iter().find(|a| !allowed.contains(&a.as_str())) {
+            Some(a) => {
+                eprint!("{USAGE}");
+                bail!("{command}: unknown option {a:?}")
+            }
+            None => Ok(()),
+        }
+    };
     match command {
-        "setup" => setup::run(),
+        "setup" => {
+            known(&[])?;
+            setup::run()
+        }
         "build" => {
+            known(&["--release"])?;
             setup::run()?;
             let release = rest.iter().any(|a| a == "--release");
             process::build_nettools(release).map(|_| ())
         }
         "test" => {
+            known(&["--quick", "--no-vm"])?;
             setup::run()?;
             let no_vm = rest.iter().any(|a| a == "--no-vm")
                 || std::env::var_os("NETTOOLS_NO_VM").is_some_and(|v| v != "0" && !v.is_empty());
@@ -87,6 +111,7 @@ fn run(args: &[String]) -> Result<()> {
             vmtest::run(rest)
         }
         "image" => {
+            known(&["--no-import"])?;
             setup::run()?;
             image::run(rest)
         }
