@@ -201,6 +201,7 @@ impl Session {
     /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
     /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
+        let skipped = self.loaded.skipped_runs();
         let loaded = &self.loaded;
         let agg = &mut self.collector.agg;
         let end_ktime_ns = Clock::monotonic_ns();
@@ -213,7 +214,7 @@ impl Session {
             &probe::tc::read_neigh_probes(&loaded.ebpf)?,
         );
         let counters = loaded.counters()?;
-        let health = Health::from_counters(&counters, agg.undecodable);
+        let health = Health::from_counters(&counters, agg.undecodable, skipped);
         let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
         Ok(Summary::build(&report::Inputs {
             aggregate: agg,

@@ -68,10 +68,17 @@ pub struct Health {
     pub neighbour_map_full: u64,
     /// Records userspace could not decode.
     pub undecodable_events: u64,
+    /// Runs of nettools' programs the kernel skipped because a BPF program was already running
+    /// on that CPU (fdinfo `recursion_misses`): what they would have counted is missing.
+    pub probe_runs_skipped: u64,
 }
 
 impl Health {
-    pub fn from_counters(c: &[u64; counters::COUNT as usize], undecodable: u64) -> Self {
+    pub fn from_counters(
+        c: &[u64; counters::COUNT as usize],
+        undecodable: u64,
+        probe_runs_skipped: u64,
+    ) -> Self {
         Self {
             events_lost: c[counters::EVENTS_LOST as usize],
             drop_count_map_full: c[counters::DROP_COUNT_MAP_FULL as usize],
@@ -83,6 +90,7 @@ impl Health {
             tc_map_full: c[counters::TC_MAP_FULL as usize],
             neighbour_map_full: c[counters::NEIGH_MAP_FULL as usize],
             undecodable_events: undecodable,
+            probe_runs_skipped,
         }
     }
 }

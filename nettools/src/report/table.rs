@@ -309,6 +309,10 @@ fn health_line(h: &Health) -> String {
             "neighbour failures not counted (map full)",
         ),
         (h.undecodable_events, "undecodable events"),
+        (
+            h.probe_runs_skipped,
+            "probe runs the kernel skipped (another BPF program was running; counts may be short)",
+        ),
     ];
     for (n, what) in extras {
         if n > 0 {

@@ -515,6 +515,13 @@ fn health(f: &mut Families, s: &Summary, ctx: &Context) {
         Vec::new(),
         h.undecodable_events as f64,
     );
+    f.add(
+        "nettools_probe_runs_skipped_total",
+        MetricType::COUNTER,
+        "Runs of nettools' eBPF programs the kernel skipped because another BPF program was already running on that CPU (what they would have counted is missing).",
+        Vec::new(),
+        h.probe_runs_skipped as f64,
+    );
     for p in ProbeKind::ALL {
         f.add(
             "nettools_probe_attached",
