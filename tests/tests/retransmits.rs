@@ -8,7 +8,28 @@ use nettools_tests::*;
 /// A TCP bulk transfer through 20 % random loss (iptables statistic in the receiver): the
 /// sender's retransmitted segments as nettools counts them equal its TcpRetransSegs (within
 /// 1 %), and the flow with them is the transfer's.
+///
+/// The transfer runs once more when nettools came up short. On the 6.18 host, in about one
+/// run in fifty (more under CPU load), `tcp:tcp_retransmit_skb` reported fewer segments than
+/// the kernel adds to TcpRetransSegs and to the socket's own `total_retrans` (from one segment
+/// to 45 of a TSO skb, with CUBIC and with BBR): bpftrace on the same tracepoint, and a raw
+/// tracepoint program, counted exactly what nettools counted, and no program run was skipped.
+/// The kernel did not report those segments to anyone, so a second short run in a row is a
+/// failure, and an overcount always is.
 fn lossy_transfer(ipv6: bool) -> Result<()> {
+    let Some(first) = measure(ipv6)? else {
+        return Ok(());
+    };
+    eprintln!("{first}: the tracepoint reported fewer than the kernel counted; once more");
+    match measure(ipv6)? {
+        None => Ok(()),
+        Some(second) => anyhow::bail!("twice short: {first}; then {second}"),
+    }
+}
+
+/// One lossy transfer, traced: `Some` (what was short) when nettools counted more than 1 %
+/// fewer segments than nstat; every other disagreement fails at once.
+fn measure(ipv6: bool) -> Result<Option<String>> {
     require_root();
     let mut lab = Lab::new()?;
     let (a6, b6) = if ipv6 {
@@ -86,15 +107,20 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
     // The figures themselves, for a run with --nocapture (CI's log keeps them on failure).
     eprintln!(
         "retransmits (sender netns {}): nettools {counted}, nstat TcpRetransSegs {kernel}; \
-         attempts not sent (not counted): {}",
+         attempts not sent (not counted): {}; probe runs the kernel skipped: {}",
         sender.inode()?,
-        s["health"]["retransmits_not_sent"]
+        s["health"]["retransmits_not_sent"],
+        s["health"]["probe_runs_skipped"]
     );
-    let diff = counted.abs_diff(kernel) as f64;
+    // Never more than the kernel. Fewer only by what the kernel's own tracepoint did not report
+    // (see `lossy_transfer`): within 1 %, or this run is reported as short.
     assert!(
-        diff <= kernel as f64 * 0.01,
+        counted <= kernel + kernel / 100,
         "nettools counted {counted} retransmitted segments, nstat {kernel}"
     );
+    let short = (counted * 100 < kernel * 99).then(|| {
+        format!("nettools counted {counted} retransmitted segments, nstat TcpRetransSegs {kernel}")
+    });
 
     // The transfer's flow carries them (local port of the client, server port 5201).
     let top = &tx["retransmits"]["top_flows"][0];
@@ -138,7 +164,7 @@ fn lossy_transfer(ipv6: bool) -> Result<()> {
         "no event lost, none misattributed"
     );
     assert_eq!(events_in(receiver.inode()?), rx_kernel);
-    Ok(())
+    Ok(short)
 }
 
 /// Waits until no TCP socket in `node` is closing (FIN_WAIT1, CLOSING, LAST_ACK).
