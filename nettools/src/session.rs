@@ -342,7 +342,7 @@ impl Collector {
             Event::Drop(d) => {
                 self.agg.add_drop(&d);
                 if self.json {
-                    let w = report::workload_for(d.key.netns, &self.traced, &self.labels);
+                    let w = self.workload(d.key.netns);
                     let j = json::drop_event(&d, &w, &self.kernel, &self.kallsyms, &self.clock);
                     self.line(&j)?;
                 }
@@ -350,41 +350,35 @@ impl Collector {
             Event::Retransmit(r) => {
                 self.agg.add_retransmit(&r);
                 if self.json {
-                    let w = report::workload_for(r.key.netns, &self.traced, &self.labels);
+                    let w = self.workload(r.key.netns);
                     self.line(&json::retransmit_event(&r, &w, &self.clock))?;
                 }
             }
             Event::NeighbourFailed(n) => {
                 self.agg.add_neighbour(&n);
                 if self.json {
-                    let w = report::workload_for(n.key.netns, &self.traced, &self.labels);
+                    let w = self.workload(n.key.netns);
                     self.line(&json::neighbour_event(&n, &w, &self.clock))?;
                 }
             }
             Event::Handshake(h) => {
                 self.agg.latency.add_handshake(&h);
                 if self.json {
-                    let w =
-                        report::workload_for(self.netns_of(h.ifindex), &self.traced, &self.labels);
+                    let w = self.workload(self.netns_of(h.ifindex));
                     self.line(&json::handshake_event(&h, &w, &self.clock))?;
                 }
             }
             Event::Dns(d) => {
                 let parsed = self.agg.latency.add_dns(&d);
                 if self.json {
-                    let w = report::workload_for(
-                        self.netns_of(d.key.ifindex),
-                        &self.traced,
-                        &self.labels,
-                    );
+                    let w = self.workload(self.netns_of(d.key.ifindex));
                     self.line(&json::dns_event(&d, parsed.as_ref().ok(), &w, &self.clock))?;
                 }
             }
             Event::Icmp(i) => {
                 self.agg.latency.add_icmp(&i);
                 if self.json {
-                    let w =
-                        report::workload_for(self.netns_of(i.ifindex), &self.traced, &self.labels);
+                    let w = self.workload(self.netns_of(i.ifindex));
                     self.line(&json::icmp_event(&i, &w, &self.clock))?;
                 }
             }
@@ -413,7 +407,7 @@ impl Collector {
         if self.json {
             for (k, v) in &swept.dns {
                 let netns = self.netns_of(k.ifindex);
-                let w = report::workload_for(netns, &self.traced, &self.labels);
+                let w = self.workload(netns);
                 self.line(&json::dns_unanswered(k, v, &w, &self.clock, timeout))?;
             }
         }
@@ -421,6 +415,11 @@ impl Collector {
     }
 
     /// The namespace of the workload owning a traced interface (0 when unknown).
+    /// The workload (traced or only labelled) a namespace belongs to, for an event's line.
+    fn workload(&self, netns: u32) -> Workload {
+        report::workload_for(netns, &self.traced, &self.labels)
+    }
+
     fn netns_of(&self, ifindex: u32) -> u32 {
         self.traced
             .iter()
