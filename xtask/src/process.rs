@@ -30,6 +30,12 @@ pub fn status(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command and returns its stdout, failing with its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
+    output_bytes(cmd).map(|out| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs a command and returns its stdout as bytes (a decompressed file, say), failing with its
+/// stderr.
+pub fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()
@@ -40,7 +46,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(out.stdout)
 }
 
 /// Runs one named step, printing how long it took.

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{cpio::Archive, kernel::Kernel};
-use crate::process::output;
+use crate::process::{output, output_bytes};
 
 /// The guest's init script.
 const INIT: &str = include_str!("init.sh");
@@ -399,20 +399,8 @@ fn module_bytes(path: &Path) -> Result<Vec<u8>> {
     };
     match tool {
         None => std::fs::read(path).with_context(|| format!("cannot read {name}")),
-        Some(tool) => {
-            let out = Command::new(tool)
-                .args(["-d", "-c"])
-                .arg(path)
-                .output()
-                .with_context(|| format!("cannot run {tool} to decompress {name}"))?;
-            if !out.status.success() {
-                bail!(
-                    "{tool} cannot decompress {name}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(out.stdout)
-        }
+        Some(tool) => output_bytes(Command::new(tool).args(["-d", "-c"]).arg(path))
+            .with_context(|| format!("{tool} cannot decompress {name}")),
     }
 }
 
