@@ -370,20 +370,18 @@ impl Loaded {
     /// counts, so the report says how many there were. Read while the programs are loaded; the
     /// last figure stays after [`Loaded::detach_all`].
     pub fn skipped_runs(&mut self) -> u64 {
-        let mut loaded = false;
-        let mut sum = 0;
-        for (_, program) in self.ebpf.programs() {
-            if let Ok(fd) = program.fd() {
-                loaded = true;
-                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
-                if let Ok(text) = std::fs::read_to_string(path) {
-                    sum += fdinfo_field(&text, "recursion_misses").unwrap_or(0);
-                }
-            }
-        }
-        if loaded {
-            self.skipped_runs = self.skipped_runs.max(sum);
-        }
+        let sum: u64 = self
+            .ebpf
+            .programs()
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd()))
+                    .ok()
+            })
+            .filter_map(|text| fdinfo_field(&text, "recursion_misses"))
+            .sum();
+        // The kernel's counts only grow while a program is loaded; unloaded ones read as 0.
+        self.skipped_runs = self.skipped_runs.max(sum);
         self.skipped_runs
     }
 
