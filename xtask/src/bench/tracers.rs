@@ -85,20 +85,27 @@ pub fn workdir() -> PathBuf {
 
 /// Starts `nettools trace` on both namespaces with `extra` arguments.
 pub fn start_nettools(bin: &Path, lab: &Lab, extra: &[&str], tag: &str) -> Result<Running> {
+    start_nettools_on(bin, &[&lab.a.netns, &lab.b.netns], extra, tag)
+}
+
+/// Starts `nettools trace` on these namespaces with `extra` arguments.
+pub fn start_nettools_on(
+    bin: &Path,
+    namespaces: &[&String],
+    extra: &[&str],
+    tag: &str,
+) -> Result<Running> {
     let report = workdir().join(format!("nettools-{tag}.txt"));
     let mut cmd = Command::new(bin);
-    cmd.args([
-        "trace",
-        "--netns",
-        &lab.a.netns,
-        "--netns",
-        &lab.b.netns,
-        "--no-live",
-    ])
-    .args(extra)
-    .arg("--out")
-    .arg(&report)
-    .stdout(Stdio::null());
+    cmd.arg("trace");
+    for ns in namespaces {
+        cmd.args(["--netns", ns.as_str()]);
+    }
+    cmd.arg("--no-live")
+        .args(extra)
+        .arg("--out")
+        .arg(&report)
+        .stdout(Stdio::null());
     let mut proc = Proc::spawn("nettools", &mut cmd)?;
     let attach = proc.wait_for("nettools: tracing", Duration::from_secs(60))?;
     Ok(Running {
