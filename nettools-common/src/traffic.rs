@@ -15,7 +15,8 @@ pub const CLASS_IPV4: u8 = 4;
 /// `TrafficKey::class` for IPv6.
 pub const CLASS_IPV6: u8 = 6;
 
-/// Key of the in-kernel `TRAFFIC` per-CPU hash.
+/// Key of the in-kernel `TRAFFIC_OVERFLOW` per-CPU hash (interfaces without a slot, protocols
+/// without a bucket), and of what userspace reads from both.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TrafficKey {
@@ -37,6 +38,55 @@ pub struct TrafficValue {
     pub packets: u64,
     pub bytes: u64,
 }
+
+/// Protocols counted in an interface's slot without a hash lookup: bucket `i` holds
+/// `(class, l4_proto) = BUCKETS[i]`. Other IP protocols (GRE, SCTP, IPv6 extension headers…) are
+/// rare and go to the `TRAFFIC_OVERFLOW` hash, keyed by their real protocol number.
+pub const BUCKETS: [(u8, u8); 8] = [
+    (CLASS_OTHER, 0),
+    (CLASS_ARP, 0),
+    (CLASS_IPV4, 6),
+    (CLASS_IPV4, 17),
+    (CLASS_IPV4, 1),
+    (CLASS_IPV6, 6),
+    (CLASS_IPV6, 17),
+    (CLASS_IPV6, 58),
+];
+/// Bucket of IPv4 TCP; the other IP buckets follow the order of [`BUCKETS`].
+pub const BUCKET_IPV4_TCP: u32 = 2;
+pub const BUCKET_IPV4_UDP: u32 = 3;
+pub const BUCKET_IPV4_ICMP: u32 = 4;
+pub const BUCKET_IPV6_TCP: u32 = 5;
+pub const BUCKET_IPV6_UDP: u32 = 6;
+pub const BUCKET_IPV6_ICMP: u32 = 7;
+pub const BUCKET_ARP: u32 = 1;
+pub const BUCKET_OTHER: u32 = 0;
+
+/// One interface's counters, in the per-CPU array `TRAFFIC` at the interface's slot: by hook
+/// direction ([`INGRESS`], [`EGRESS`]) and bucket ([`BUCKETS`]). One array entry per interface
+/// keeps the per-packet path at two array lookups and userspace at one read per interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounters {
+    pub by_direction: [[TrafficValue; 8]; 2],
+}
+
+/// An entry of `IF_SLOTS`, the direct-mapped table from an interface to its slot, indexed by
+/// `ifindex & (IF_SLOTS_ENTRIES - 1)`. The entry holds the whole ifindex, so an interface whose
+/// index collides with another's finds it is not its entry and counts into the overflow hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfSlot {
+    /// The interface this entry belongs to (0: free).
+    pub ifindex: u32,
+    /// Its slot in `TRAFFIC`.
+    pub slot: u32,
+}
+
+/// Entries of `IF_SLOTS` (a power of two: 512 KiB of kernel memory, shared by all CPUs).
+pub const IF_SLOTS_ENTRIES: u32 = 65536;
+/// Slots in `TRAFFIC` unless userspace sizes it otherwise at load time.
+pub const DEFAULT_SLOTS: u32 = 256;
 
 /// Key of the in-kernel `NEIGH_PROBES` LRU per-CPU hash: an address asked for on an interface.
 #[repr(C)]
@@ -65,4 +115,11 @@ pub struct NeighProbeValue {
     pub last_request_ns: u64,
 }
 
-crate::user_pod!(TrafficKey, TrafficValue, NeighProbeKey, NeighProbeValue);
+crate::user_pod!(
+    TrafficKey,
+    TrafficValue,
+    SlotCounters,
+    IfSlot,
+    NeighProbeKey,
+    NeighProbeValue
+);

@@ -18,8 +18,8 @@ use nettools_common::{
 
 use crate::{
     maps::{EVENTS, bump, header, now, submit},
+    packet::Packet,
     pairing::{reverse, role_of},
-    tc::Packet,
 };
 
 const IPPROTO_TCP: u8 = 6;

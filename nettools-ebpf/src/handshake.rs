@@ -13,8 +13,8 @@ use nettools_common::{
 
 use crate::{
     maps::{emit, header, now},
+    packet::Packet,
     pairing::{self, reverse},
-    tc::Packet,
 };
 
 const FIN_SYN_RST_ACK: u8 = 0x17;

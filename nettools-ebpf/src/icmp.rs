@@ -9,8 +9,8 @@ use nettools_common::{
 
 use crate::{
     maps::{emit, header, now},
+    packet::Packet,
     pairing::{self, reverse},
-    tc::Packet,
 };
 
 const ECHO_REQUEST: u16 = 8;

@@ -12,6 +12,7 @@ mod icmp;
 mod kernel;
 mod maps;
 mod neighbours;
+mod packet;
 mod pairing;
 mod retransmits;
 mod tc;

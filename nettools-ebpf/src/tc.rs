@@ -1,48 +1,76 @@
 //! tc programs for each traced workload's host-side veth (or an interface given by name):
 //! packets and bytes per direction and protocol, and ARP/NDP requests with their answers, so
-//! that addresses nobody answers show up even before the kernel gives up on them.
+//! that addresses nobody answers show up even before the kernel gives up on them; and the
+//! packets the latency probes pair.
 //!
-//! They only observe: both always return `TC_ACT_UNSPEC` (tcx: next program; clsact: continue).
+//! A program runs for every packet of every traced workload, so its common path is short: the
+//! headers are read in place ([`crate::packet`]), the counters live in a per-CPU array at the
+//! interface's slot (two array lookups, no hash), no clock is read, and a packet no enabled
+//! probe needs — a TCP segment without SYN or RST off port 53, a UDP datagram off port 53, an
+//! ICMP message that is not an echo — leaves after being counted. They only observe: both
+//! always return `TC_ACT_UNSPEC` (tcx: next program; clsact: continue).
+
+use core::mem::offset_of;
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{LruPerCpuHashMap, PerCpuHashMap},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
 use nettools_common::{
     counters,
-    flow::{AF_INET, AF_INET6, Flow},
+    flow::{AF_INET, AF_INET6},
     latency::features,
     traffic::{
-        CLASS_ARP, CLASS_IPV4, CLASS_IPV6, CLASS_OTHER, EGRESS, INGRESS, NeighProbeKey,
-        NeighProbeValue, TrafficKey, TrafficValue,
+        BUCKET_ARP, BUCKET_IPV4_ICMP, BUCKET_IPV4_TCP, BUCKET_IPV4_UDP, BUCKET_IPV6_ICMP,
+        BUCKET_IPV6_TCP, BUCKET_IPV6_UDP, BUCKET_OTHER, CLASS_ARP, CLASS_IPV4, CLASS_IPV6,
+        CLASS_OTHER, DEFAULT_SLOTS, IF_SLOTS_ENTRIES, INGRESS, IfSlot, NeighProbeKey,
+        NeighProbeValue, SlotCounters, TrafficKey, TrafficValue,
     },
 };
 
-use crate::{dns, handshake, icmp, maps::bump, transit};
+use crate::{
+    dns, handshake, icmp,
+    maps::bump,
+    packet::{
+        self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP, L3, L4,
+    },
+    transit,
+};
+use network_types::{arp::ArpHdr, ip::Ipv6Hdr};
 
 /// Which latency probes run ([`features`] bits), written by userspace before load.
 #[unsafe(no_mangle)]
 static NETTOOLS_TC_FEATURES: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_ARP: u16 = 0x0806;
 const ARPOP_REQUEST: u16 = 1;
 const ARPOP_REPLY: u16 = 2;
-const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
 const ND_NEIGHBOR_SOLICIT: u8 = 135;
 const ND_NEIGHBOR_ADVERT: u8 = 136;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+const ICMPV6_ECHO: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+const TCP_SYN_RST: u8 = 0x06;
+const DNS_PORT: u16 = 53;
 
-/// Packets and bytes per (interface, direction, protocol).
+/// Packets and bytes of each attached interface, at the slot userspace gave it (userspace sizes
+/// the array at load time).
 #[map]
-static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficValue> = PerCpuHashMap::with_max_entries(8192, 0);
+static TRAFFIC: PerCpuArray<SlotCounters> = PerCpuArray::with_max_entries(DEFAULT_SLOTS, 0);
+
+/// Interface → slot in [`TRAFFIC`], direct-mapped by `ifindex & (IF_SLOTS_ENTRIES - 1)`.
+#[map]
+static IF_SLOTS: Array<IfSlot> = Array::with_max_entries(IF_SLOTS_ENTRIES, 0);
+
+/// Packets of interfaces without a slot (their index collides with another's, or every slot is
+/// taken) and of IP protocols without a bucket, by (interface, direction, protocol).
+#[map]
+static TRAFFIC_OVERFLOW: PerCpuHashMap<TrafficKey, TrafficValue> =
+    PerCpuHashMap::with_max_entries(8192, 0);
 
 /// ARP/NDP requests and answers per (interface, address asked for).
 #[map]
@@ -59,176 +87,87 @@ pub fn nettools_ingress(ctx: TcContext) -> i32 {
 /// Egress of the attached interface (for a host-side veth: what the workload receives).
 #[classifier]
 pub fn nettools_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, EGRESS);
+    observe(&ctx, nettools_common::traffic::EGRESS);
     TC_ACT_UNSPEC
 }
 
+/// The counting bucket of an IP packet's protocol (None: counted in the overflow hash).
 #[inline(always)]
-fn be16(ctx: &TcContext, offset: usize) -> Option<u16> {
-    ctx.load::<[u8; 2]>(offset).ok().map(u16::from_be_bytes)
-}
-
-/// What the latency probes need to know about a packet, parsed once.
-#[derive(Clone, Copy, Default)]
-pub struct Packet {
-    pub ifindex: u32,
-    /// [`INGRESS`] or [`EGRESS`].
-    pub direction: u8,
-    /// Addresses, protocol and ports (ICMP: type and code).
-    pub flow: Flow,
-    /// Offset of the L4 header from the start of the frame.
-    pub l4_off: usize,
-    /// Bytes of L4 payload, from the IP header's length (0 when unknown).
-    pub payload_len: u32,
-    /// Offset of the L4 payload.
-    pub payload_off: usize,
-    /// TCP flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
-    pub tcp_flags: u8,
-    /// TCP sequence number.
-    pub tcp_seq: u32,
-    /// IPv4 id or IPv6 flow label.
-    pub ip_id: u32,
-    /// UDP checksum or ICMP id/sequence: what tells two packets of one flow apart.
-    pub l4_tag: u32,
-}
-
-/// Parses the IP and L4 headers of an Ethernet frame.
-#[inline(always)]
-fn parse(ctx: &TcContext, ifindex: u32, direction: u8, ethertype: u16) -> Option<Packet> {
-    let mut p = Packet {
-        ifindex,
-        direction,
-        ..Packet::default()
-    };
-    let l3 = ETH_HLEN;
-    let total: u32;
-    if ethertype == ETH_P_IP {
-        let ip = ctx.load::<[u8; 20]>(l3).ok()?;
-        if ip[0] >> 4 != 4 {
-            return None;
-        }
-        let ihl = ((ip[0] & 0xf) as usize) * 4;
-        p.flow.family = AF_INET;
-        p.flow.l4_proto = ip[9];
-        p.flow.saddr[..4].copy_from_slice(&ip[12..16]);
-        p.flow.daddr[..4].copy_from_slice(&ip[16..20]);
-        p.ip_id = u16::from_be_bytes([ip[4], ip[5]]) as u32;
-        // Fragments after the first carry no L4 header.
-        if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-            return Some(p);
-        }
-        p.l4_off = l3 + ihl;
-        total = (u16::from_be_bytes([ip[2], ip[3]]) as u32).saturating_sub(ihl as u32);
-    } else if ethertype == ETH_P_IPV6 {
-        let ip = ctx.load::<[u8; 40]>(l3).ok()?;
-        if ip[0] >> 4 != 6 {
-            return None;
-        }
-        p.flow.family = AF_INET6;
-        p.flow.l4_proto = ip[6];
-        p.flow.saddr.copy_from_slice(&ip[8..24]);
-        p.flow.daddr.copy_from_slice(&ip[24..40]);
-        p.ip_id = u32::from_be_bytes([0, ip[1] & 0xf, ip[2], ip[3]]);
-        p.l4_off = l3 + 40;
-        total = u16::from_be_bytes([ip[4], ip[5]]) as u32;
-    } else {
-        return None;
+fn ip_bucket(v6: bool, proto: u8) -> Option<u32> {
+    match (v6, proto) {
+        (false, IPPROTO_TCP) => Some(BUCKET_IPV4_TCP),
+        (false, IPPROTO_UDP) => Some(BUCKET_IPV4_UDP),
+        (false, IPPROTO_ICMP) => Some(BUCKET_IPV4_ICMP),
+        (true, IPPROTO_TCP) => Some(BUCKET_IPV6_TCP),
+        (true, IPPROTO_UDP) => Some(BUCKET_IPV6_UDP),
+        (true, IPPROTO_ICMPV6) => Some(BUCKET_IPV6_ICMP),
+        _ => None,
     }
-    match p.flow.l4_proto {
-        IPPROTO_TCP => {
-            let t = ctx.load::<[u8; 20]>(p.l4_off).ok()?;
-            p.flow.sport = u16::from_be_bytes([t[0], t[1]]);
-            p.flow.dport = u16::from_be_bytes([t[2], t[3]]);
-            p.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-            p.tcp_flags = t[13];
-            let doff = ((t[12] >> 4) as u32) * 4;
-            p.payload_off = p.l4_off + doff as usize;
-            p.payload_len = total.saturating_sub(doff);
-            p.l4_tag = p.tcp_seq;
-        }
-        IPPROTO_UDP => {
-            let u = ctx.load::<[u8; 8]>(p.l4_off).ok()?;
-            p.flow.sport = u16::from_be_bytes([u[0], u[1]]);
-            p.flow.dport = u16::from_be_bytes([u[2], u[3]]);
-            p.payload_off = p.l4_off + 8;
-            p.payload_len = (u16::from_be_bytes([u[4], u[5]]) as u32).saturating_sub(8);
-            p.l4_tag = u16::from_be_bytes([u[6], u[7]]) as u32;
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let i = ctx.load::<[u8; 8]>(p.l4_off).ok()?;
-            p.flow.sport = i[0] as u16;
-            p.flow.dport = i[1] as u16;
-            p.l4_tag = u32::from_be_bytes([i[4], i[5], i[6], i[7]]);
-            p.payload_off = p.l4_off + 8;
-        }
-        _ => {}
-    }
-    Some(p)
 }
 
 #[inline(always)]
 fn observe(ctx: &TcContext, direction: u8) {
     // SAFETY: the context's skb pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let mut key = TrafficKey {
-        ifindex,
-        direction,
-        class: CLASS_OTHER,
-        l4_proto: 0,
-        _pad: 0,
-    };
-    let ethertype = be16(ctx, 12).unwrap_or(0);
+    let len = u64::from(ctx.len());
+    let ethertype = packet::ethertype(ctx);
+    let l4: Option<L4>;
     match ethertype {
         ETH_P_IP => {
-            key.class = CLASS_IPV4;
-            key.l4_proto = ctx.load::<u8>(ETH_HLEN + 9).unwrap_or(0);
+            l4 = packet::ipv4_l4(ctx);
+            let proto = l4.map_or(0, |l| l.proto);
+            count(
+                ifindex,
+                direction,
+                ip_bucket(false, proto),
+                CLASS_IPV4,
+                proto,
+                len,
+            );
         }
         ETH_P_IPV6 => {
-            key.class = CLASS_IPV6;
-            key.l4_proto = ctx.load::<u8>(ETH_HLEN + 6).unwrap_or(0);
-            if key.l4_proto == IPPROTO_ICMPV6 {
-                ndp(ctx, ifindex, direction);
+            l4 = packet::ipv6_l4(ctx);
+            let proto = l4.map_or(0, |l| l.proto);
+            count(
+                ifindex,
+                direction,
+                ip_bucket(true, proto),
+                CLASS_IPV6,
+                proto,
+                len,
+            );
+            if let Some(l) = l4
+                && l.proto == IPPROTO_ICMPV6
+            {
+                ndp(ctx, ifindex, direction, l.offset);
             }
         }
         ETH_P_ARP => {
-            key.class = CLASS_ARP;
+            count(ifindex, direction, Some(BUCKET_ARP), CLASS_ARP, 0, len);
             arp(ctx, ifindex, direction);
+            return;
         }
-        _ => {}
-    }
-    let len = ctx.len() as u64;
-    if let Some(v) = TRAFFIC.get_ptr_mut(&key) {
-        // SAFETY: this CPU's slot of a per-CPU map.
-        unsafe {
-            (*v).packets += 1;
-            (*v).bytes += len;
+        _ => {
+            count(ifindex, direction, Some(BUCKET_OTHER), CLASS_OTHER, 0, len);
+            return;
         }
-    } else if TRAFFIC
-        .insert(
-            &key,
-            &TrafficValue {
-                packets: 1,
-                bytes: len,
-            },
-            0,
-        )
-        .is_err()
-    {
-        bump(counters::TC_MAP_FULL);
     }
 
     let enabled = NETTOOLS_TC_FEATURES.load();
-    if enabled == 0 || (key.class != CLASS_IPV4 && key.class != CLASS_IPV6) {
+    let Some(l4) = l4 else {
+        return;
+    };
+    if enabled == 0 || (enabled & features::TRANSIT == 0 && !wanted(ctx, enabled, l4)) {
         return;
     }
-    let Some(p) = parse(ctx, ifindex, direction, ethertype) else {
+    let Some(p) = packet::parse(ctx, ifindex, direction, ethertype, l4) else {
         return;
     };
     if enabled & features::HANDSHAKE != 0 && p.flow.l4_proto == IPPROTO_TCP {
         handshake::on_tcp(&p);
     }
     if enabled & features::DNS != 0
-        && (p.flow.dport == 53 || p.flow.sport == 53)
+        && (p.flow.dport == DNS_PORT || p.flow.sport == DNS_PORT)
         && (p.flow.l4_proto == IPPROTO_UDP || p.flow.l4_proto == IPPROTO_TCP)
     {
         dns::on_packet(ctx, &p);
@@ -243,47 +182,128 @@ fn observe(ctx: &TcContext, direction: u8) {
     }
 }
 
+/// Whether an enabled latency probe (other than transit, which wants every packet) needs this
+/// packet: a SYN, SYN-ACK or RST for the handshake probe, anything to or from port 53 for DNS,
+/// an echo request or reply for ICMP. Everything else has been counted and is done.
+#[inline(always)]
+fn wanted(ctx: &TcContext, enabled: u32, l4: L4) -> bool {
+    if !l4.first {
+        return false;
+    }
+    match l4.proto {
+        IPPROTO_TCP => {
+            if enabled & features::HANDSHAKE != 0
+                && packet::tcp_flags(ctx, l4.offset).is_some_and(|f| f & TCP_SYN_RST != 0)
+            {
+                return true;
+            }
+            enabled & features::DNS != 0 && on_dns_port(ctx, l4.offset)
+        }
+        IPPROTO_UDP => enabled & features::DNS != 0 && on_dns_port(ctx, l4.offset),
+        IPPROTO_ICMP => {
+            enabled & features::ICMP != 0
+                && packet::at::<u8>(ctx, l4.offset)
+                    .is_some_and(|t| t == ICMP_ECHO || t == ICMP_ECHO_REPLY)
+        }
+        IPPROTO_ICMPV6 => {
+            enabled & features::ICMP != 0
+                && packet::at::<u8>(ctx, l4.offset)
+                    .is_some_and(|t| t == ICMPV6_ECHO || t == ICMPV6_ECHO_REPLY)
+        }
+        _ => false,
+    }
+}
+
+#[inline(always)]
+fn on_dns_port(ctx: &TcContext, l4: usize) -> bool {
+    packet::ports(ctx, l4).is_some_and(|(s, d)| s == DNS_PORT || d == DNS_PORT)
+}
+
+/// Counts a packet: in its interface's slot when it has one and the protocol has a bucket, in
+/// the overflow hash otherwise.
+#[inline(always)]
+fn count(ifindex: u32, direction: u8, bucket: Option<u32>, class: u8, l4_proto: u8, len: u64) {
+    if let Some(bucket) = bucket
+        && let Some(entry) = IF_SLOTS.get(ifindex & (IF_SLOTS_ENTRIES - 1))
+        && entry.ifindex == ifindex
+        && let Some(slot) = TRAFFIC.get_ptr_mut(entry.slot)
+    {
+        // SAFETY: this CPU's entry of a per-CPU array; both indices are masked into range.
+        unsafe {
+            let v = &mut (*slot).by_direction[(direction & 1) as usize][(bucket & 7) as usize];
+            v.packets += 1;
+            v.bytes += len;
+        }
+        return;
+    }
+    let key = TrafficKey {
+        ifindex,
+        direction,
+        class,
+        l4_proto,
+        _pad: 0,
+    };
+    if let Some(v) = TRAFFIC_OVERFLOW.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe {
+            (*v).packets += 1;
+            (*v).bytes += len;
+        }
+    } else if TRAFFIC_OVERFLOW
+        .insert(
+            &key,
+            &TrafficValue {
+                packets: 1,
+                bytes: len,
+            },
+            0,
+        )
+        .is_err()
+    {
+        bump(counters::TC_MAP_FULL);
+    }
+}
+
 /// ARP: requests for an address (not gratuitous ones) and replies from it.
 #[inline(always)]
 fn arp(ctx: &TcContext, ifindex: u32, direction: u8) {
-    let Some(op) = be16(ctx, ETH_HLEN + 6) else {
+    let Some(arp) = packet::at::<ArpHdr>(ctx, L3) else {
         return;
     };
-    let (Ok(spa), Ok(tpa)) = (
-        ctx.load::<[u8; 4]>(ETH_HLEN + 14),
-        ctx.load::<[u8; 4]>(ETH_HLEN + 24),
-    ) else {
-        return;
-    };
+    let op = u16::from_be_bytes(arp.oper);
     let mut addr = [0u8; 16];
-    if op == ARPOP_REQUEST && spa != tpa {
-        addr[..4].copy_from_slice(&tpa);
+    if op == ARPOP_REQUEST && arp.spa != arp.tpa {
+        addr[..4].copy_from_slice(&arp.tpa);
         record(ifindex, AF_INET, addr, true, direction);
     } else if op == ARPOP_REPLY {
-        addr[..4].copy_from_slice(&spa);
+        addr[..4].copy_from_slice(&arp.spa);
         record(ifindex, AF_INET, addr, false, direction);
     }
 }
 
-/// NDP: neighbour solicitations (not duplicate address detection) and advertisements.
+/// NDP: neighbour solicitations (not duplicate address detection) and advertisements; `icmp`
+/// is the ICMPv6 header's offset.
 #[inline(always)]
-fn ndp(ctx: &TcContext, ifindex: u32, direction: u8) {
-    let icmp = ETH_HLEN + 40;
-    let Ok(ty) = ctx.load::<u8>(icmp) else {
+fn ndp(ctx: &TcContext, ifindex: u32, direction: u8, icmp: usize) {
+    let Some(ty) = packet::at::<u8>(ctx, icmp) else {
         return;
     };
-    let Ok(target) = ctx.load::<[u8; 16]>(icmp + 8) else {
+    if ty != ND_NEIGHBOR_SOLICIT && ty != ND_NEIGHBOR_ADVERT {
+        return;
+    }
+    // The target address follows the 4-byte header and 4 reserved bytes.
+    let Some(target) = packet::at::<[u8; 16]>(ctx, icmp + 8) else {
         return;
     };
     if ty == ND_NEIGHBOR_SOLICIT {
         // DAD probes come from the unspecified address: not a lookup.
-        let Ok(src) = ctx.load::<[u8; 16]>(ETH_HLEN + 8) else {
+        let Some(src) = packet::at::<[u8; 16]>(ctx, L3 + offset_of!(Ipv6Hdr, src_addr)) else {
             return;
         };
         if src != [0u8; 16] {
             record(ifindex, AF_INET6, target, true, direction);
         }
-    } else if ty == ND_NEIGHBOR_ADVERT {
+    } else {
         record(ifindex, AF_INET6, target, false, direction);
     }
 }

@@ -13,7 +13,7 @@ use nettools_common::{
 
 use crate::{
     maps::{bump, emit, header, now},
-    tc::Packet,
+    packet::Packet,
 };
 
 /// Packets that left a traced workload and have not yet entered another.

@@ -210,7 +210,7 @@ impl Session {
         agg.set_retransmit_counts(&totals, &flows);
         agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
         agg.set_interfaces(
-            &probe::tc::read_traffic(&loaded.ebpf)?,
+            &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
             &probe::tc::read_neigh_probes(&loaded.ebpf)?,
         );
         let counters = loaded.counters()?;

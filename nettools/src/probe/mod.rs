@@ -262,6 +262,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     };
     // aya-log levels: 0 off … 4 debug.
     let log_level: u8 = if opts.kernel_debug { 4 } else { 0 };
+    let slots = traffic_slots(opts.all_namespaces);
     let ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
@@ -282,6 +283,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(STACKS_GLOBAL, &u32::from(opts.stacks), true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+        .map_max_entries("TRAFFIC", slots)
         // Without stacks the 16 MiB stack map is never written: keep one entry.
         .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
         .load(OBJECT)
@@ -294,9 +296,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             drop_reasons: reasons,
             notes,
         },
-        tc: tc::Attachments::default(),
+        tc: tc::Attachments::with_slots(slots),
         skipped_runs: 0,
     })
+}
+
+/// Interfaces that get a counter slot of their own in `TRAFFIC` (the rest are counted in the
+/// overflow hash): 1024 when every namespace is traced (the agent), 256 otherwise; fewer on a
+/// machine with so many CPUs that the per-CPU array would pass 16 MiB (a slot is 256 bytes per
+/// CPU).
+pub fn traffic_slots(all_namespaces: bool) -> u32 {
+    let wanted: u32 = if all_namespaces { 1024 } else { 256 };
+    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1) as u32;
+    let fit =
+        (16 << 20) / (cpus * std::mem::size_of::<nettools_common::traffic::SlotCounters>() as u32);
+    wanted.min(fit.max(64))
 }
 
 /// How many bytes of events wait in the ring buffer before the collector is woken: a sixteenth

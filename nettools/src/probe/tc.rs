@@ -2,8 +2,15 @@
 //! kernels that have them (Linux 6.6+; they vanish with the process, even on SIGKILL), netlink
 //! clsact filters otherwise (removed on exit, and left-overs from a killed run are removed at the
 //! next start). Plus reading what they counted.
+//!
+//! Each attached interface gets a slot in the per-CPU array `TRAFFIC` (written into the
+//! direct-mapped `IF_SLOTS` table the programs look up by ifindex), so counting a packet takes
+//! two array lookups; an interface without a slot (all taken, or its ifindex collides with
+//! another's in `IF_SLOTS`) is counted in the `TRAFFIC_OVERFLOW` hash instead, as are rare
+//! protocols. Reading gives the same figures either way.
 
 use anyhow::{Context as _, Result, bail};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::{
     Ebpf,
     programs::{
@@ -12,7 +19,10 @@ use aya::{
         tc::{self as aya_tc, NlOptions, TcAttachOptions},
     },
 };
-use nettools_common::traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue};
+use nettools_common::traffic::{
+    BUCKETS, EGRESS, IF_SLOTS_ENTRIES, INGRESS, IfSlot, NeighProbeKey, NeighProbeValue,
+    SlotCounters, TrafficKey, TrafficValue,
+};
 
 use crate::preflight;
 
@@ -56,9 +66,21 @@ pub struct Attachments {
     pub stale_removed: usize,
     /// The links of each interface (ifindex, program), to detach one interface's.
     links: Vec<(u32, &'static str, aya::programs::tc::SchedClassifierLinkId)>,
+    /// Slot in `TRAFFIC` of each interface that has one, by ifindex.
+    slots: std::collections::BTreeMap<u32, u32>,
+    /// Slots `TRAFFIC` has (its size, set at load time).
+    slot_count: u32,
 }
 
 impl Attachments {
+    /// No attachment yet; `slot_count` slots in `TRAFFIC`.
+    pub fn with_slots(slot_count: u32) -> Self {
+        Self {
+            slot_count,
+            ..Self::default()
+        }
+    }
+
     /// Called once the programs are detached. The list stays: it is what the trace covered,
     /// which the report names.
     pub fn detached(&mut self) {
@@ -82,6 +104,72 @@ pub fn detach(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) {
         }
     }
     atts.interfaces.retain(|a| a.ifindex != ifindex);
+    if atts.slots.remove(&ifindex).is_some()
+        && let Err(e) = set_if_slot(ebpf, ifindex, IfSlot::default())
+    {
+        log::debug!("freeing the counter slot of ifindex {ifindex}: {e:#}");
+    }
+}
+
+/// Index of an interface in `IF_SLOTS`.
+fn if_slot_index(ifindex: u32) -> u32 {
+    ifindex & (IF_SLOTS_ENTRIES - 1)
+}
+
+fn if_slots(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, IfSlot>> {
+    Array::try_from(
+        ebpf.map_mut("IF_SLOTS")
+            .context("the eBPF object has no IF_SLOTS map")?,
+    )
+    .context("IF_SLOTS is not an array")
+}
+
+fn set_if_slot(ebpf: &mut Ebpf, ifindex: u32, entry: IfSlot) -> Result<()> {
+    if_slots(ebpf)?
+        .set(if_slot_index(ifindex), entry, 0)
+        .context("cannot write IF_SLOTS")
+}
+
+/// Gives the interface a counter slot when one is free and its `IF_SLOTS` entry is not another
+/// interface's; the slot's counters start from zero. Without a slot it is counted in the
+/// overflow hash, exactly but at the cost of a hash lookup per packet.
+fn assign_slot(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) -> Result<()> {
+    if atts.slots.contains_key(&ifindex) {
+        return Ok(());
+    }
+    let taken: std::collections::BTreeSet<u32> = atts.slots.values().copied().collect();
+    let Some(slot) = (0..atts.slot_count).find(|s| !taken.contains(s)) else {
+        log::info!(
+            "all {} counter slots are taken: ifindex {ifindex} is counted in the overflow map",
+            atts.slot_count
+        );
+        return Ok(());
+    };
+    let current = if_slots(ebpf)?
+        .get(&if_slot_index(ifindex), 0)
+        .context("cannot read IF_SLOTS")?;
+    if current.ifindex != 0 && current.ifindex != ifindex {
+        log::debug!(
+            "ifindex {ifindex} shares its IF_SLOTS entry with ifindex {}: counted in the \
+             overflow map",
+            current.ifindex
+        );
+        return Ok(());
+    }
+    let mut traffic: PerCpuArray<&mut MapData, SlotCounters> = PerCpuArray::try_from(
+        ebpf.map_mut("TRAFFIC")
+            .context("the eBPF object has no TRAFFIC map")?,
+    )
+    .context("TRAFFIC is not a per-CPU array")?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let zero = PerCpuValues::try_from(vec![SlotCounters::default(); cpus])
+        .context("cannot build per-CPU values")?;
+    traffic
+        .set(slot, zero, 0)
+        .context("cannot reset a TRAFFIC slot")?;
+    set_if_slot(ebpf, ifindex, IfSlot { ifindex, slot })?;
+    atts.slots.insert(ifindex, slot);
+    Ok(())
 }
 
 /// Removes clsact filters named like ours from an interface (left by a killed nettools; a
@@ -166,6 +254,7 @@ pub fn attach(
                 })?;
             atts.links.push((t.ifindex, name, link));
         }
+        assign_slot(ebpf, atts, t.ifindex)?;
         atts.interfaces.push(Attached {
             ifname: t.ifname.clone(),
             ifindex: t.ifindex,
@@ -175,16 +264,59 @@ pub fn attach(
     Ok(())
 }
 
-/// Packets and bytes per (interface, direction, protocol), summed over CPUs.
-pub fn read_traffic(ebpf: &Ebpf) -> Result<Vec<(TrafficKey, TrafficValue)>> {
-    super::merge_per_cpu(ebpf, "TRAFFIC", |per_cpu| -> TrafficValue {
-        let mut sum = TrafficValue::default();
-        for v in per_cpu.iter() {
-            sum.packets += v.packets;
-            sum.bytes += v.bytes;
+/// Packets and bytes per (interface, direction, protocol), summed over CPUs: the slots of the
+/// attached interfaces and the overflow hash.
+pub fn read_traffic(ebpf: &Ebpf, atts: &Attachments) -> Result<Vec<(TrafficKey, TrafficValue)>> {
+    let mut out = super::merge_per_cpu(ebpf, "TRAFFIC_OVERFLOW", |per_cpu| -> TrafficValue {
+        sum_values(per_cpu.iter())
+    })?;
+    let traffic: PerCpuArray<&MapData, SlotCounters> = PerCpuArray::try_from(
+        ebpf.map("TRAFFIC")
+            .context("the eBPF object has no TRAFFIC map")?,
+    )
+    .context("TRAFFIC is not a per-CPU array")?;
+    for (&ifindex, &slot) in &atts.slots {
+        let per_cpu = traffic
+            .get(&slot, 0)
+            .with_context(|| format!("reading the counters of ifindex {ifindex} failed"))?;
+        out.extend(slot_figures(ifindex, per_cpu.iter()));
+    }
+    Ok(out)
+}
+
+fn sum_values<'a>(values: impl Iterator<Item = &'a TrafficValue>) -> TrafficValue {
+    let mut sum = TrafficValue::default();
+    for v in values {
+        sum.packets += v.packets;
+        sum.bytes += v.bytes;
+    }
+    sum
+}
+
+/// One interface's slot, summed over CPUs, as (key, value) pairs for the buckets it counted.
+pub fn slot_figures<'a>(
+    ifindex: u32,
+    per_cpu: impl Iterator<Item = &'a SlotCounters> + Clone,
+) -> Vec<(TrafficKey, TrafficValue)> {
+    let mut out = Vec::new();
+    for (d, direction) in [INGRESS, EGRESS].into_iter().enumerate() {
+        for (b, &(class, l4_proto)) in BUCKETS.iter().enumerate() {
+            let v = sum_values(per_cpu.clone().map(|c| &c.by_direction[d][b]));
+            if v.packets > 0 {
+                out.push((
+                    TrafficKey {
+                        ifindex,
+                        direction,
+                        class,
+                        l4_proto,
+                        _pad: 0,
+                    },
+                    v,
+                ));
+            }
         }
-        sum
-    })
+    }
+    out
 }
 
 /// ARP/NDP requests and replies per (interface, address), summed over CPUs.

@@ -147,7 +147,7 @@ fn forget(session: &mut Session, netns: u32, ifindexes: &[u32]) {
     removed +=
         remove_keys::<RetransmitStackKey, u64>(ebpf, "RETRANSMIT_STACKS", |k| k.netns == netns);
     removed += remove_keys::<NeighbourKey, u64>(ebpf, "NEIGH_FAILURES", |k| k.netns == netns);
-    removed += remove_keys::<TrafficKey, TrafficValue>(ebpf, "TRAFFIC", |k| {
+    removed += remove_keys::<TrafficKey, TrafficValue>(ebpf, "TRAFFIC_OVERFLOW", |k| {
         ifindexes.contains(&k.ifindex)
     });
     log::debug!("forgot namespace {netns} ({removed} kernel map entries)");
