@@ -17,6 +17,11 @@ pub const STACKS_GLOBAL: &str = "NETTOOLS_STACKS";
 /// Entries of the kernel stack map when stacks are recorded (one when they are not).
 pub const STACK_MAP_ENTRIES: u32 = 16384;
 
+/// Entries of `TRACED_NETNS_DIRECT`, the direct-mapped table of traced namespaces (a power of
+/// two). Namespace inodes are handed out nearly in sequence, so they rarely share an entry; one
+/// that finds its entry taken goes to the `TRACED_NETNS` hash instead.
+pub const TRACED_NETNS_DIRECT_ENTRIES: u32 = 4096;
+
 /// Offset value meaning "this kernel has no such field".
 pub const ABSENT: u32 = u32::MAX;
 
@@ -49,6 +54,8 @@ pub struct KernelOffsets {
     pub tcp_cb_gso_segs: u32,
     /// `struct net_device`: `name`.
     pub dev_name: u32,
+    /// `struct sk_buff`: `protocol` (the EtherType, network byte order).
+    pub skb_protocol: u32,
     /// `struct neighbour`: `dev`.
     pub neigh_dev: u32,
     /// `struct neighbour`: `nud_state`.
@@ -76,6 +83,7 @@ impl KernelOffsets {
         skb_cb: ABSENT,
         tcp_cb_gso_segs: ABSENT,
         dev_name: ABSENT,
+        skb_protocol: ABSENT,
         neigh_dev: ABSENT,
         neigh_nud_state: ABSENT,
         neigh_primary_key: ABSENT,
@@ -84,18 +92,18 @@ impl KernelOffsets {
     };
 }
 
-/// Field offsets in the `skb:kfree_skb` tracepoint record, read from its tracefs `format` file
-/// (they move between kernels: `rx_sk` appeared in 6.12 and shifted the fields after it).
+/// The arguments of the `kfree_skb` raw tracepoint on this kernel. Its prototype grew at the end:
+/// `(skb, location)`, then `reason` (5.17), then `rx_sk` (6.12); userspace reads which from the
+/// kernel's BTF (`btf_trace_kfree_skb`) or, failing that, from the tracepoint's tracefs fields.
+/// The raw tracepoint hands the program its arguments as they are, where the plain tracepoint
+/// first copies them into a record: reading them costs nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KfreeSkbLayout {
-    pub skbaddr: u32,
-    pub location: u32,
-    pub protocol: u32,
-    /// [`ABSENT`] before Linux 5.17.
-    pub reason: u32,
-    /// [`ABSENT`] before Linux 6.12.
-    pub rx_sk: u32,
+    /// 1 when argument 2 is the drop reason (Linux 5.17+).
+    pub has_reason: u32,
+    /// 1 when argument 3 is the receiving socket (Linux 6.12+).
+    pub has_rx_sk: u32,
     /// Reason values that are not drops (`SKB_NOT_DROPPED_YET`, `SKB_CONSUMED`,
     /// `SKB_DROP_REASON_NOT_SPECIFIED`), [`ABSENT`] where this kernel lacks them.
     pub not_drops: [u32; 3],

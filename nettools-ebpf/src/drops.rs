@@ -1,13 +1,20 @@
-//! The drop probe: `skb:kfree_skb`.
+//! The drop probe: the `kfree_skb` raw tracepoint.
 //!
 //! Every freed packet whose reason is a real drop (not `NOT_SPECIFIED`, not a normal consume) and
 //! whose namespace is traced is counted exactly in `DROP_COUNTS` (per namespace, reason and
 //! kernel location) and described in one `DropEvent` on the ring buffer.
+//!
+//! The program runs for every packet the host frees with a reason, in every namespace, so the
+//! order matters: the reason first (an argument, free to read), then the namespace (two or three
+//! kernel reads) and the traced-namespace filter; only a traced drop reads its device, protocol
+//! and headers. A raw tracepoint rather than `skb:kfree_skb`: the kernel hands the program the
+//! arguments as they are instead of first filling a trace record with them.
 
 use aya_ebpf::{
-    macros::{map, tracepoint},
+    EbpfContext as _,
+    macros::{map, raw_tracepoint},
     maps::PerCpuHashMap,
-    programs::TracePointContext,
+    programs::RawTracePointContext,
     programs::tracing::StackIdContext as _,
 };
 use nettools_common::{
@@ -18,8 +25,8 @@ use nettools_common::{
 };
 
 use crate::{
-    kernel::{self, field},
-    maps::{STACKS, add, bump, emit, header, is_traced, want_stacks},
+    kernel::{self, read},
+    maps::{NETTOOLS_OFFSETS, STACKS, add, bump, emit, header, is_traced, want_stacks},
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -30,34 +37,41 @@ static DROP_COUNTS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::with_max_entrie
 #[map]
 static DROP_STACKS: PerCpuHashMap<DropStackKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Field offsets of this kernel's `skb:kfree_skb` record, written by userspace before load.
+/// This kernel's `kfree_skb` arguments, written by userspace before load.
 #[unsafe(no_mangle)]
 static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
     aya_ebpf::Global::new(KfreeSkbLayout {
-        skbaddr: ABSENT,
-        location: ABSENT,
-        protocol: ABSENT,
-        reason: ABSENT,
-        rx_sk: ABSENT,
+        has_reason: 0,
+        has_rx_sk: 0,
         not_drops: [ABSENT; 3],
     });
 
-/// `skb:kfree_skb`.
-#[tracepoint]
-pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+/// `kfree_skb(struct sk_buff *skb, void *location[, enum skb_drop_reason reason[, struct sock
+/// *rx_sk]])`.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     let _ = try_kfree_skb(&ctx);
     0
 }
 
-fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
+/// Argument `N` of the raw tracepoint (a constant index: the verifier allows no other).
+macro_rules! arg {
+    ($ctx:expr, $n:literal) => {
+        // SAFETY: a raw tracepoint's context is its arguments as an array of u64; the verifier
+        // checks the index against the tracepoint's prototype when the program is attached.
+        unsafe { *($ctx.as_ptr() as *const u64).add($n) }
+    };
+}
+
+fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     let layout = NETTOOLS_KFREE_SKB.load();
-    let reason = if layout.reason == ABSENT {
+    let reason = if layout.has_reason == 0 {
         // Before 5.17 there is no reason, and every kfree_skb is a drop (normal frees go to
-        // skb:consume_skb). REASON_UNAVAILABLE and the unset `not_drops` slots are both
-        // u32::MAX, so they must not be compared: that would discard every drop.
+        // consume_skb). REASON_UNAVAILABLE and the unset `not_drops` slots are both u32::MAX,
+        // so they must not be compared: that would discard every drop.
         REASON_UNAVAILABLE
     } else {
-        let reason = field::<u32>(ctx, layout.reason)?;
+        let reason = arg!(ctx, 2) as u32;
         if reason == layout.not_drops[0]
             || reason == layout.not_drops[1]
             || reason == layout.not_drops[2]
@@ -67,19 +81,27 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
         }
         reason
     };
-    let skb = field::<*const u8>(ctx, layout.skbaddr)?;
-    let location = field::<u64>(ctx, layout.location).unwrap_or(0);
-    let protocol = field::<u16>(ctx, layout.protocol).unwrap_or(0);
-    let rx_sk = field::<*const u8>(ctx, layout.rx_sk).unwrap_or(core::ptr::null());
-    let (netns, ifindex) = kernel::skb_netns(skb, rx_sk);
+    let skb = arg!(ctx, 0) as *const u8;
+    let rx_sk = if layout.has_rx_sk != 0 {
+        arg!(ctx, 3) as *const u8
+    } else {
+        core::ptr::null()
+    };
+    let netns = kernel::skb_netns(skb, rx_sk);
     if netns == 0 {
         bump(counters::DROP_NETNS_UNKNOWN);
-        aya_log_ebpf::debug!(ctx, "drop at {:x}: network namespace unreadable", location);
     }
     if !is_traced(netns) {
         bump(counters::DROPS_FILTERED);
         return None;
     }
+    let location = arg!(ctx, 1);
+    if netns == 0 {
+        aya_log_ebpf::debug!(ctx, "drop at {:x}: network namespace unreadable", location);
+    }
+    let o = NETTOOLS_OFFSETS.load();
+    let ifindex = kernel::skb_ifindex(&o, skb, netns);
+    let protocol = u16::from_be(read::<u16>(skb, o.skb_protocol).unwrap_or(0));
     let key = DropKey {
         netns,
         reason,

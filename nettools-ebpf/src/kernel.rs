@@ -62,30 +62,39 @@ pub fn sk_netns(o: &KernelOffsets, sk: *const u8) -> u32 {
     net_inum(o, net)
 }
 
-/// The network namespace a packet belongs to and the ifindex of its device.
+/// The network namespace a packet belongs to (0 when unreadable), with as few reads as possible:
+/// this runs for every drop on the host, traced or not.
 ///
 /// The receiving socket (`rx_sk`, where the tracepoint has it) and the owning socket come first:
 /// for packets queued on a UDP socket `skb->dev` is reused as scratch space and is not a device.
 /// Otherwise the device's namespace is the packet's.
 #[inline(always)]
-pub fn skb_netns(skb: *const u8, rx_sk: *const u8) -> (u32, u32) {
+pub fn skb_netns(skb: *const u8, rx_sk: *const u8) -> u32 {
     let o = NETTOOLS_OFFSETS.load();
-    let dev = read::<*const u8>(skb, o.skb_dev).unwrap_or(core::ptr::null());
-    let (dev_ns, ifindex) = dev_netns(&o, dev);
-    for sk in [
-        rx_sk,
-        read::<*const u8>(skb, o.skb_sk).unwrap_or(core::ptr::null()),
-    ] {
-        if !sk.is_null() {
-            let ns = sk_netns(&o, sk);
-            if ns != 0 {
-                // The device pointer may be scratch data when a socket owns the skb.
-                let ifindex = if ns == dev_ns { ifindex } else { 0 };
-                return (ns, ifindex);
-            }
+    if !rx_sk.is_null() {
+        let ns = sk_netns(&o, rx_sk);
+        if ns != 0 {
+            return ns;
         }
     }
-    (dev_ns, ifindex)
+    let sk = read::<*const u8>(skb, o.skb_sk).unwrap_or(core::ptr::null());
+    if !sk.is_null() {
+        let ns = sk_netns(&o, sk);
+        if ns != 0 {
+            return ns;
+        }
+    }
+    let dev = read::<*const u8>(skb, o.skb_dev).unwrap_or(core::ptr::null());
+    dev_netns(&o, dev).0
+}
+
+/// The ifindex of the packet's device when the device is in the packet's namespace `netns`
+/// (0 otherwise: a socket's packet may carry scratch data where the device pointer would be).
+#[inline(always)]
+pub fn skb_ifindex(o: &KernelOffsets, skb: *const u8, netns: u32) -> u32 {
+    let dev = read::<*const u8>(skb, o.skb_dev).unwrap_or(core::ptr::null());
+    let (dev_ns, ifindex) = dev_netns(o, dev);
+    if dev_ns == netns { ifindex } else { 0 }
 }
 
 /// Addresses and ports of the packet, from the headers at `skb->head + skb->network_header`.

@@ -6,10 +6,10 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace, ring_buf::RingBufEntry},
 };
 use nettools_common::{
-    config::{Filter, KernelOffsets, STACK_MAP_ENTRIES},
+    config::{Filter, KernelOffsets, STACK_MAP_ENTRIES, TRACED_NETNS_DIRECT_ENTRIES},
     counters,
     event::EventHeader,
 };
@@ -22,7 +22,15 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 21, 0);
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
-/// Network namespace inodes to report on (value unused) unless `Filter::all` is set.
+/// Network namespace inodes to report on, unless `Filter::all` is set: each at
+/// `inode & (TRACED_NETNS_DIRECT_ENTRIES - 1)`, so the filter that every drop on the host passes
+/// through is one array lookup. Userspace keeps the rule that makes that exact: an inode is in
+/// the [`TRACED_NETNS`] hash only when its entry here holds another inode.
+#[map]
+pub static TRACED_NETNS_DIRECT: Array<u32> =
+    Array::with_max_entries(TRACED_NETNS_DIRECT_ENTRIES, 0);
+
+/// Traced namespaces whose [`TRACED_NETNS_DIRECT`] entry another one holds (value unused).
 #[map]
 pub static TRACED_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -150,5 +158,16 @@ pub fn add<K>(map: &aya_ebpf::maps::PerCpuHashMap<K, u64>, key: &K, n: u64) -> b
 /// Whether events in this network namespace are reported.
 #[inline(always)]
 pub fn is_traced(netns: u32) -> bool {
-    NETTOOLS_FILTER.load().all != 0 || TRACED_NETNS.get_ptr(netns).is_some()
+    if NETTOOLS_FILTER.load().all != 0 {
+        return true;
+    }
+    if netns == 0 {
+        return false;
+    }
+    match TRACED_NETNS_DIRECT.get(netns & (TRACED_NETNS_DIRECT_ENTRIES - 1)) {
+        Some(&held) if held == netns => true,
+        // A free entry: no traced namespace maps here, so none is in the hash either.
+        Some(&0) => false,
+        _ => TRACED_NETNS.get_ptr(netns).is_some(),
+    }
 }

@@ -325,6 +325,51 @@ impl Btf {
         })
     }
 
+    /// The parameter types of the function prototype a typedef points to, e.g. the raw
+    /// tracepoint prototype `btf_trace_kfree_skb` (`void (*)(void *, struct sk_buff *, …)`),
+    /// spelt like C (`struct sk_buff *`, `void *`, `enum skb_drop_reason`; `?` for anything else).
+    /// The kernel's BTF names no parameters of such prototypes, so their types tell them apart.
+    /// `None` when there is no such typedef or it is not a pointer to a prototype.
+    pub fn func_proto_params(&self, typedef: &str) -> Option<Vec<String>> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| t.kind == btf_kind::TYPEDEF && self.string(t.name_off) == typedef)?
+            as u32;
+        let ptr = self.ty(self.ty(id).ok()?.size_or_type).ok()?;
+        if ptr.kind != btf_kind::PTR {
+            return None;
+        }
+        let proto = self.ty(self.resolve(ptr.size_or_type).ok()?).ok()?;
+        if proto.kind != btf_kind::FUNC_PROTO {
+            return None;
+        }
+        (0..proto.vlen as usize)
+            .map(|i| {
+                let ty = u32_at(&self.type_data, proto.extra + 8 * i + 4).ok()?;
+                Some(self.c_type(ty))
+            })
+            .collect()
+    }
+
+    /// A type as C spells it, as far as [`Btf::func_proto_params`] needs.
+    fn c_type(&self, id: u32) -> String {
+        let Ok(t) = self.resolve(id).and_then(|id| self.ty(id)) else {
+            return "?".into();
+        };
+        match t.kind {
+            btf_kind::ENUM | btf_kind::ENUM64 => format!("enum {}", self.string(t.name_off)),
+            btf_kind::PTR => match self.resolve(t.size_or_type).and_then(|id| self.ty(id)) {
+                Ok(to) if to.kind == btf_kind::STRUCT => {
+                    format!("struct {} *", self.string(to.name_off))
+                }
+                _ if t.size_or_type == 0 => "void *".into(),
+                _ => "?".into(),
+            },
+            _ => "?".into(),
+        }
+    }
+
     /// The values of an enum (`ENUM` or `ENUM64`) by name, e.g. `skb_drop_reason`.
     pub fn enum_values(&self, enum_name: &str) -> Option<Vec<(String, i64)>> {
         let t = self.types.iter().find(|t| {
@@ -435,6 +480,16 @@ pub(crate) mod tests {
                 for v in [n, ty, off] {
                     self.types.extend_from_slice(&v.to_le_bytes());
                 }
+            }
+            id
+        }
+        /// A function prototype with unnamed parameters of these types (as the kernel's
+        /// raw tracepoint prototypes are).
+        pub(crate) fn func_proto(&mut self, params: &[u32]) -> u32 {
+            let id = self.header("", btf_kind::FUNC_PROTO, params.len() as u32, false, 0);
+            for &ty in params {
+                self.types.extend_from_slice(&0u32.to_le_bytes());
+                self.types.extend_from_slice(&ty.to_le_bytes());
             }
             id
         }

@@ -1,9 +1,9 @@
-//! The drop probe's userspace side: attaches `skb:kfree_skb`, names drop reasons from this
-//! kernel's BTF, decodes `DropEvent`s and reads the exact in-kernel counts.
+//! The drop probe's userspace side: attaches the `kfree_skb` raw tracepoint, names drop reasons
+//! from this kernel's BTF, decodes `DropEvent`s and reads the exact in-kernel counts.
 
 use std::collections::HashMap;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use aya::Ebpf;
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
@@ -82,34 +82,75 @@ impl DropReasons {
     }
 }
 
-/// The `skb:kfree_skb` record layout for the kernel program.
-pub fn kfree_skb_layout(format: &Format, reasons: &DropReasons) -> Result<KfreeSkbLayout> {
-    let offset = |name: &str, size: u32| -> Option<u32> {
-        format
-            .field(name)
-            .filter(|f| f.size == size)
-            .map(|f| f.offset)
-    };
-    let (Some(skbaddr), Some(location)) = (offset("skbaddr", 8), offset("location", 8)) else {
-        bail!("this kernel's skb:kfree_skb tracepoint has no skbaddr/location fields");
+/// The `kfree_skb` raw tracepoint's arguments on this kernel, for the kernel program: from the
+/// BTF prototype `btf_trace_kfree_skb` where the kernel has it, else from the fields of the
+/// tracepoint's tracefs record (a field `reason` or `rx_sk` exists exactly when the argument
+/// does). Fails with one sentence when the prototype is not one nettools knows.
+pub fn kfree_skb_layout(
+    btf: &Btf,
+    format: Option<&Format>,
+    reasons: &DropReasons,
+) -> Result<KfreeSkbLayout> {
+    let (has_reason, has_rx_sk) = match btf.func_proto_params("btf_trace_kfree_skb") {
+        Some(params) => {
+            // The first parameter is the tracepoint's own data pointer.
+            let types: Vec<&str> = params.iter().skip(1).map(String::as_str).collect();
+            match types.as_slice() {
+                ["struct sk_buff *", "void *"] => (false, false),
+                ["struct sk_buff *", "void *", "enum skb_drop_reason"] => (true, false),
+                [
+                    "struct sk_buff *",
+                    "void *",
+                    "enum skb_drop_reason",
+                    "struct sock *",
+                ] => (true, true),
+                other => bail!(
+                    "this kernel's kfree_skb tracepoint takes ({}), which nettools does not know: \
+                     please report the kernel version (uname -r) to the nettools project",
+                    other.join(", ")
+                ),
+            }
+        }
+        None => {
+            let Some(format) = format else {
+                bail!(
+                    "this kernel describes its kfree_skb tracepoint neither in BTF nor in tracefs"
+                );
+            };
+            if format.field("skbaddr").is_none() || format.field("location").is_none() {
+                bail!("this kernel's skb:kfree_skb tracepoint has no skbaddr/location fields");
+            }
+            (
+                format.field("reason").is_some(),
+                format.field("rx_sk").is_some(),
+            )
+        }
     };
     let mut not_drops = [ABSENT; 3];
     for (slot, value) in not_drops.iter_mut().zip(&reasons.not_drops) {
         *slot = *value;
     }
     Ok(KfreeSkbLayout {
-        skbaddr,
-        location,
-        protocol: offset("protocol", 2).unwrap_or(ABSENT),
-        reason: offset("reason", 4).unwrap_or(ABSENT),
-        rx_sk: offset("rx_sk", 8).unwrap_or(ABSENT),
+        has_reason: u32::from(has_reason),
+        has_rx_sk: u32::from(has_rx_sk),
         not_drops,
     })
 }
 
-/// Loads and attaches the `kfree_skb` program.
+/// Loads and attaches the `kfree_skb` program (a raw tracepoint: the kernel hands it the
+/// arguments directly instead of filling a trace record first).
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    super::attach_tracepoint(ebpf, "kfree_skb", "skb", "kfree_skb")
+    let p: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut("kfree_skb")
+        .context("the eBPF object has no kfree_skb program")?
+        .try_into()
+        .context("kfree_skb is not a raw tracepoint program")?;
+    p.load()
+        .map_err(super::load_error)
+        .context("the kernel refused the probe on the kfree_skb tracepoint")?;
+    p.attach("kfree_skb")
+        .context("cannot attach a probe to the kfree_skb tracepoint")?;
+    Ok(())
 }
 
 /// Exact drop counts per (namespace, reason, location), summed over CPUs.
@@ -142,7 +183,50 @@ mod tests {
     }
 
     #[test]
-    fn layout_follows_the_format_file() -> Result<()> {
+    fn layout_follows_the_btf_prototype_then_the_format_file() -> Result<()> {
+        let r = DropReasons::from_pairs(&[("SKB_DROP_REASON_NOT_SPECIFIED", 0)]);
+        // void (*)(void *, struct sk_buff *, void *[, enum skb_drop_reason[, struct sock *]])
+        let btf_with = |params: &[&str]| -> Result<Btf> {
+            let mut b = crate::probe::btf::tests::Builder::new();
+            let skb = b.composite(false, "sk_buff", 232, &[]);
+            let sock = b.composite(false, "sock", 760, &[]);
+            let reason = b.enumeration("skb_drop_reason", &[("SKB_CONSUMED", 1)]);
+            let long = b.int("long int", 8);
+            let types: Vec<u32> = params
+                .iter()
+                .map(|p| match *p {
+                    "void *" => b.ptr(0),
+                    "struct sk_buff *" => b.ptr(skb),
+                    "struct sock *" => b.ptr(sock),
+                    "enum skb_drop_reason" => reason,
+                    _ => long,
+                })
+                .collect();
+            let proto = b.func_proto(&types);
+            let to_proto = b.ptr(proto);
+            b.typedef("btf_trace_kfree_skb", to_proto);
+            Btf::parse(&b.build())
+        };
+        let (data, skb, loc) = ("void *", "struct sk_buff *", "void *");
+        for (params, expected) in [
+            (&[data, skb, loc][..], (0, 0)),
+            (&[data, skb, loc, "enum skb_drop_reason"][..], (1, 0)),
+            (
+                &[data, skb, loc, "enum skb_drop_reason", "struct sock *"][..],
+                (1, 1),
+            ),
+        ] {
+            let l = kfree_skb_layout(&btf_with(params)?, None, &r)?;
+            assert_eq!((l.has_reason, l.has_rx_sk), expected, "{params:?}");
+            assert_eq!(l.not_drops, [0, ABSENT, ABSENT]);
+        }
+        let strange = kfree_skb_layout(&btf_with(&[data, skb, "long"])?, None, &r);
+        assert!(
+            format!("{:#}", strange.err().context("accepted")?).contains("(struct sk_buff *, ?)")
+        );
+
+        // Without the prototype in BTF: the tracefs fields say which arguments exist.
+        let no_proto = Btf::parse(&crate::probe::btf::tests::Builder::new().build())?;
         let f = Format::parse(
             "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
              \tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
@@ -150,22 +234,17 @@ mod tests {
              \tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;\n\
              \tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;\n",
         );
-        let r = DropReasons::from_pairs(&[("SKB_DROP_REASON_NOT_SPECIFIED", 0)]);
-        let l = kfree_skb_layout(&f, &r)?;
-        assert_eq!(
-            (l.skbaddr, l.location, l.rx_sk, l.protocol, l.reason),
-            (8, 16, 24, 32, 36)
-        );
-        assert_eq!(l.not_drops, [0, ABSENT, ABSENT]);
-
+        let l = kfree_skb_layout(&no_proto, Some(&f), &r)?;
+        assert_eq!((l.has_reason, l.has_rx_sk), (1, 1));
         let old = Format::parse(
             "\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\
              \tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;\n\
              \tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;\n",
         );
-        let l = kfree_skb_layout(&old, &DropReasons::default())?;
-        assert_eq!((l.reason, l.rx_sk, l.protocol), (ABSENT, ABSENT, 24));
-        assert!(kfree_skb_layout(&Format::default(), &r).is_err());
+        let l = kfree_skb_layout(&no_proto, Some(&old), &DropReasons::default())?;
+        assert_eq!((l.has_reason, l.has_rx_sk), (0, 0));
+        assert!(kfree_skb_layout(&no_proto, Some(&Format::default()), &r).is_err());
+        assert!(kfree_skb_layout(&no_proto, None, &r).is_err());
         Ok(())
     }
 }

@@ -235,7 +235,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
                     .to_string(),
             );
         }
-        kfree = drops::kfree_skb_layout(&tracefs::format("skb", "kfree_skb")?, &reasons)?;
+        let format = tracefs::format("skb", "kfree_skb").ok();
+        kfree = drops::kfree_skb_layout(&btf, format.as_ref(), &reasons)?;
     }
     let (mut retransmit, mut synack) = (RetransmitLayout::UNSET, RetransmitLayout::UNSET);
     if wants(ProbeKind::Retransmits) {
@@ -329,8 +330,28 @@ fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
 }
 
 impl Loaded {
-    /// Reports events from this network namespace (by inode).
+    /// Reports events from this network namespace (by inode): in its entry of the
+    /// direct-mapped `TRACED_NETNS_DIRECT` when that is free, in the `TRACED_NETNS` hash when
+    /// another namespace holds it (what the kernel side's filter relies on).
     pub fn trace_netns(&mut self, inode: u32) -> Result<()> {
+        use nettools_common::config::TRACED_NETNS_DIRECT_ENTRIES;
+        let index = inode & (TRACED_NETNS_DIRECT_ENTRIES - 1);
+        let mut direct: aya::maps::Array<&mut MapData, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("TRACED_NETNS_DIRECT")
+                .context("the eBPF object has no TRACED_NETNS_DIRECT map")?,
+        )?;
+        let held = direct
+            .get(&index, 0)
+            .context("cannot read the trace filter")?;
+        if held == inode {
+            return Ok(());
+        }
+        if held == 0 {
+            return direct.set(index, inode, 0).with_context(|| {
+                format!("cannot add network namespace {inode} to the trace filter")
+            });
+        }
         let mut map: BpfHashMap<&mut MapData, u32, u8> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut("TRACED_NETNS")

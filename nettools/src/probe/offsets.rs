@@ -75,6 +75,7 @@ pub fn resolve(btf: &mut Btf) -> Result<(KernelOffsets, Vec<String>)> {
         skb_cb: get(wanted("sk_buff", "cb", 48, false))?,
         tcp_cb_gso_segs: get(wanted("tcp_skb_cb", "tcp_gso_segs", 2, false))?,
         dev_name: get(wanted("net_device", "name", 16, false))?,
+        skb_protocol: get(wanted("sk_buff", "protocol", 2, false))?,
         neigh_dev: get(wanted("neighbour", "dev", 8, false))?,
         neigh_nud_state: get(wanted("neighbour", "nud_state", 1, false))?,
         neigh_primary_key: get(flexible("neighbour", "primary_key"))?,
@@ -146,6 +147,7 @@ mod tests {
             ("sk", sockp, 192, 0),
             ("cb", cb, 320, 0),
             ("head", u8p, 1536, 0),
+            ("protocol", u16t, 1440, 0),
         ];
         if with_headers {
             members.push(("network_header", u16t, 1472, 0));
@@ -194,6 +196,7 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!((o.skb_dev, o.skb_sk, o.skb_head), (16, 24, 192));
         assert_eq!((o.skb_network_header, o.skb_transport_header), (184, 182));
+        assert_eq!(o.skb_protocol, 180);
         assert_eq!(
             (o.dev_ifindex, o.dev_net, o.sk_net, o.net_inum),
             (224, 512, 48, 144)

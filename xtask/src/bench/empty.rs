@@ -20,9 +20,11 @@ use anyhow::{Context as _, Result, bail};
 
 // uapi constants (include/uapi/linux/bpf.h, perf_event.h): stable ABI, not kernel layouts.
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
@@ -30,10 +32,14 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 
-/// Name of the empty tc program, as `bpftool prog show` and the cost tables print it.
-pub const TC_NAME: &str = "empty_tc";
-/// Name of the empty tracepoint program.
+/// Names of the empty tc programs (ingress, egress), as `bpftool prog show` and the cost tables
+/// print them.
+pub const TC_INGRESS: &str = "empty_ingress";
+pub const TC_EGRESS: &str = "empty_egress";
+/// Name of the empty tracepoint program (`skb:kfree_skb`, which fills a trace record first).
 pub const TP_NAME: &str = "empty_kfree_skb";
+/// Name of the empty raw tracepoint program (`kfree_skb`, the hook nettools' drop probe uses).
+pub const RAW_TP_NAME: &str = "empty_raw_kfree";
 
 /// `r0 = imm; exit`, as two eBPF instructions.
 fn return_imm(imm: i32) -> [u64; 2] {
@@ -91,12 +97,13 @@ pub struct Empty {
 }
 
 impl Empty {
-    /// The empty tc program on both hooks of each interface (tcx links).
+    /// An empty tc program on both hooks of each interface (tcx links), one per direction like
+    /// nettools' own.
     pub fn attach_tc(&mut self, ifnames: &[&str]) -> Result<()> {
-        let prog = load(BPF_PROG_TYPE_SCHED_CLS, -1, TC_NAME)?;
-        for ifname in ifnames {
-            let ifindex = ifindex(ifname)?;
-            for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+        for (name, attach_type) in [(TC_INGRESS, BPF_TCX_INGRESS), (TC_EGRESS, BPF_TCX_EGRESS)] {
+            let prog = load(BPF_PROG_TYPE_SCHED_CLS, -1, name)?;
+            for ifname in ifnames {
+                let ifindex = ifindex(ifname)?;
                 let mut attr = [0u8; 128];
                 // BPF_LINK_CREATE: prog_fd u32 @0, target_ifindex u32 @4, attach_type u32 @8,
                 // flags u32 @12 (0: after the programs already there).
@@ -108,8 +115,8 @@ impl Empty {
                 })?;
                 self.attachments.push(link);
             }
+            self.programs.push(prog);
         }
-        self.programs.push(prog);
         Ok(())
     }
 
@@ -164,12 +171,29 @@ impl Empty {
         Ok(())
     }
 
+    /// The empty raw tracepoint program on `kfree_skb`.
+    pub fn attach_raw_kfree_skb(&mut self) -> Result<()> {
+        let prog = load(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, RAW_TP_NAME)?;
+        let name = b"kfree_skb\0";
+        let mut attr = [0u8; 128];
+        // BPF_RAW_TRACEPOINT_OPEN: name u64 @0, prog_fd u32 @8.
+        put(&mut attr, 0, &(name.as_ptr() as u64).to_ne_bytes());
+        put(&mut attr, 8, &(prog.as_raw_fd() as u32).to_ne_bytes());
+        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
+            .context("cannot attach the empty program to the kfree_skb raw tracepoint")?;
+        self.attachments.push(link);
+        self.programs.push(prog);
+        Ok(())
+    }
+
     /// Run-time statistics of the empty programs, by name (they are this process's).
     pub fn stats(&self) -> BTreeMap<String, super::kernel::ProgStats> {
         super::kernel::prog_stats(std::process::id() as i32)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(name, _)| name == TC_NAME || name == TP_NAME)
+            .filter(|(name, _)| {
+                [TC_INGRESS, TC_EGRESS, TP_NAME, RAW_TP_NAME].contains(&name.as_str())
+            })
             .collect()
     }
 }
