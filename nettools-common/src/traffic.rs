@@ -81,6 +81,11 @@ pub struct IfSlot {
     pub ifindex: u32,
     /// Its slot in `TRAFFIC`.
     pub slot: u32,
+    /// The hook direction its own ARP/NDP requests pass ([`INGRESS`] on a workload's host-side
+    /// veth, [`EGRESS`] on an interface traced directly): only those create a `NEIGH_PROBES`
+    /// entry, not the requests of others the bridge floods to it.
+    pub own_requests: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Entries of `IF_SLOTS` (a power of two: 512 KiB of kernel memory, shared by all CPUs).

@@ -308,6 +308,11 @@ fn ndp(ctx: &TcContext, ifindex: u32, direction: u8, icmp: usize) {
     }
 }
 
+/// Counts an ARP/NDP request for `addr` or a reply from it. Only a request in the direction the
+/// interface's own requests pass creates an entry (where the interface has a slot and so a known
+/// direction): the requests of other workloads that the bridge floods to every veth, and replies,
+/// only add to entries that exist. Without that, every flooded lookup left an entry on every
+/// veth of the node.
 #[inline(always)]
 fn record(ifindex: u32, family: u8, addr: [u8; 16], request: bool, direction: u8) {
     let key = NeighProbeKey {
@@ -334,14 +339,19 @@ fn record(ifindex: u32, family: u8, addr: [u8; 16], request: bool, direction: u8
         }
         return;
     }
-    let mut value = NeighProbeValue::default();
-    if request {
-        value.requests[d] = 1;
-        value.first_request_ns = now;
-        value.last_request_ns = now;
-    } else {
-        value.replies[d] = 1;
+    if !request {
+        return;
     }
+    if let Some(entry) = IF_SLOTS.get(ifindex & (IF_SLOTS_ENTRIES - 1))
+        && entry.ifindex == ifindex
+        && entry.own_requests != direction
+    {
+        return;
+    }
+    let mut value = NeighProbeValue::default();
+    value.requests[d] = 1;
+    value.first_request_ns = now;
+    value.last_request_ns = now;
     if NEIGH_PROBES.insert(&key, &value, 0).is_ok() {
         bump(counters::NEIGH_PROBES_INSERTED);
     } else {

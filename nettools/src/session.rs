@@ -276,6 +276,9 @@ pub fn tc_targets(
 ) -> Vec<probe::tc::Target> {
     let mut targets = Vec::new();
     let all_mode = workloads.is_empty();
+    // The host's links, dumped once for every workload (None: each dumps them, and says why
+    // it could not).
+    let host = crate::discover::netlink::links().ok();
     let list: Vec<&mut Workload> = if all_mode {
         labels.values_mut().collect()
     } else {
@@ -286,7 +289,7 @@ pub fn tc_targets(
         if w.host_network && !all_mode {
             continue;
         }
-        if let Err(e) = w.discover_veths() {
+        if let Err(e) = w.discover_veths_among(host.as_deref()) {
             notes.push(format!("cannot find the veths of {}: {e:#}", w.name));
             continue;
         }
@@ -301,6 +304,7 @@ pub fn tc_targets(
             targets.push(probe::tc::Target {
                 ifname: v.name.clone(),
                 ifindex: v.ifindex,
+                direct: w.kind == WorkloadKind::Interface,
             });
         }
     }

@@ -47,6 +47,9 @@ pub enum Mode {
 pub struct Target {
     pub ifname: String,
     pub ifindex: u32,
+    /// Traced directly (`--iface`): its own ARP/NDP requests leave on egress. A workload's
+    /// host-side veth receives the workload's requests on ingress.
+    pub direct: bool,
 }
 
 /// One interface with nettools' programs on both hooks.
@@ -133,7 +136,8 @@ fn set_if_slot(ebpf: &mut Ebpf, ifindex: u32, entry: IfSlot) -> Result<()> {
 /// Gives the interface a counter slot when one is free and its `IF_SLOTS` entry is not another
 /// interface's; the slot's counters start from zero. Without a slot it is counted in the
 /// overflow hash, exactly but at the cost of a hash lookup per packet.
-fn assign_slot(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) -> Result<()> {
+fn assign_slot(ebpf: &mut Ebpf, atts: &mut Attachments, target: &Target) -> Result<()> {
+    let ifindex = target.ifindex;
     if atts.slots.contains_key(&ifindex) {
         return Ok(());
     }
@@ -167,7 +171,16 @@ fn assign_slot(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) -> Result<
     traffic
         .set(slot, zero, 0)
         .context("cannot reset a TRAFFIC slot")?;
-    set_if_slot(ebpf, ifindex, IfSlot { ifindex, slot })?;
+    set_if_slot(
+        ebpf,
+        ifindex,
+        IfSlot {
+            ifindex,
+            slot,
+            own_requests: if target.direct { EGRESS } else { INGRESS },
+            _pad: [0; 3],
+        },
+    )?;
     atts.slots.insert(ifindex, slot);
     Ok(())
 }
@@ -254,7 +267,7 @@ pub fn attach(
                 })?;
             atts.links.push((t.ifindex, name, link));
         }
-        assign_slot(ebpf, atts, t.ifindex)?;
+        assign_slot(ebpf, atts, t)?;
         atts.interfaces.push(Attached {
             ifname: t.ifname.clone(),
             ifindex: t.ifindex,

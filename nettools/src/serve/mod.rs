@@ -137,7 +137,7 @@ fn forget(session: &mut Session, netns: u32, ifindexes: &[u32]) {
         drops::{DropKey, DropStackKey},
         neighbours::NeighbourKey,
         retransmits::{RetransmitKey, RetransmitStackKey},
-        traffic::{TrafficKey, TrafficValue},
+        traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue},
     };
     let ebpf = &mut session.loaded.ebpf;
     let mut removed = remove_keys::<DropKey, u64>(ebpf, "DROP_COUNTS", |k| k.netns == netns);
@@ -148,6 +148,9 @@ fn forget(session: &mut Session, netns: u32, ifindexes: &[u32]) {
         remove_keys::<RetransmitStackKey, u64>(ebpf, "RETRANSMIT_STACKS", |k| k.netns == netns);
     removed += remove_keys::<NeighbourKey, u64>(ebpf, "NEIGH_FAILURES", |k| k.netns == netns);
     removed += remove_keys::<TrafficKey, TrafficValue>(ebpf, "TRAFFIC_OVERFLOW", |k| {
+        ifindexes.contains(&k.ifindex)
+    });
+    removed += remove_keys::<NeighProbeKey, NeighProbeValue>(ebpf, "NEIGH_PROBES", |k| {
         ifindexes.contains(&k.ifindex)
     });
     log::debug!("forgot namespace {netns} ({removed} kernel map entries)");

@@ -87,6 +87,7 @@ pub async fn tick(
                         .map(|v| probe::tc::Target {
                             ifname: v.name.clone(),
                             ifindex: v.ifindex,
+                            direct: false,
                         })
                         .collect();
                     loaded.attach_tc(&targets, spec.tc_mode)?;
