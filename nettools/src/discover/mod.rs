@@ -101,6 +101,11 @@ pub struct Workload {
 impl Workload {
     /// Fills in `veths` from the namespace (a workload without a path or veth keeps none).
     pub fn discover_veths(&mut self) -> anyhow::Result<()> {
+        self.discover_veths_among(None)
+    }
+
+    /// The same, with the host's links already dumped (`None`: dump them now, if needed).
+    pub fn discover_veths_among(&mut self, host: Option<&[netlink::Link]>) -> anyhow::Result<()> {
         if self.kind == WorkloadKind::Interface
             || self.kind == WorkloadKind::Host
             || self.host_network
@@ -109,7 +114,10 @@ impl Workload {
             return Ok(());
         }
         if let Some(path) = &self.netns_path {
-            self.veths = veth::host_veths(path)?;
+            self.veths = match host {
+                Some(links) => veth::host_veths_among(path, links)?,
+                None => veth::host_veths(path)?,
+            };
         }
         Ok(())
     }

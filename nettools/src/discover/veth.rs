@@ -77,9 +77,14 @@ pub fn pair(inside: &[Link], host: &[Link]) -> Vec<HostVeth> {
 
 /// The host-side veths of the workload whose namespace is at `netns_path`.
 pub fn host_veths(netns_path: &Path) -> Result<Vec<HostVeth>> {
+    host_veths_among(netns_path, &netlink::links()?)
+}
+
+/// The same, given the host's links (dumped once for many workloads: on a node with hundreds of
+/// pods, one dump per pod made finding every veth quadratic).
+pub fn host_veths_among(netns_path: &Path, host: &[Link]) -> Result<Vec<HostVeth>> {
     let inside = inside(netns_path)?;
-    let host = netlink::links()?;
-    Ok(pair(&inside.links, &host))
+    Ok(pair(&inside.links, host))
 }
 
 #[cfg(test)]
