@@ -5,6 +5,9 @@ use std::fmt::Write as _;
 use super::{stats::fmt_spread, tracers::Tracer};
 
 pub fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Tracer, f64)]) {
+    if all.is_empty() && drops.is_empty() && peers.is_empty() {
+        return;
+    }
     let ms = |v: &[f64]| v.iter().map(|s| s * 1000.0).collect::<Vec<f64>>();
     let _ = writeln!(
         out,

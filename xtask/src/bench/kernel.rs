@@ -156,6 +156,61 @@ pub fn map_bytes(pid: i32) -> Result<Vec<(String, u64)>> {
     Ok(maps)
 }
 
+/// Entries in each map a process holds, by name: every hash map (plain, LRU, per-CPU) and
+/// the non-zero entries of the slot tables `IF_SLOTS` and `TRACED_NETNS_DIRECT` (other arrays
+/// are fixed-size and not counted).
+pub fn map_entries(pid: i32) -> Result<Vec<(String, u64)>> {
+    let out = output(Command::new("bpftool").args(["--json", "map", "show"]))?;
+    let all: Value = serde_json::from_str(&out).context("bpftool's JSON does not parse")?;
+    let ours: std::collections::BTreeSet<u64> = bpf_fdinfo(pid, "map_id")?
+        .iter()
+        .filter_map(|f| f.get("map_id")?.parse().ok())
+        .collect();
+    let mut counts = Vec::new();
+    for m in all.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let (Some(id), Some(name), Some(ty)) =
+            (m["id"].as_u64(), m["name"].as_str(), m["type"].as_str())
+        else {
+            continue;
+        };
+        let slot_table = name == "IF_SLOTS" || name == "TRACED_NETNS_DI";
+        if !ours.contains(&id) || !(ty.contains("hash") || slot_table) {
+            continue;
+        }
+        let dump = output(
+            Command::new("bpftool")
+                .args(["--json", "map", "dump", "id"])
+                .arg(id.to_string()),
+        )?;
+        let entries: Value = serde_json::from_str(&dump)
+            .with_context(|| format!("bpftool's dump of map {name} does not parse"))?;
+        let entries = entries.as_array().map(Vec::as_slice).unwrap_or_default();
+        let n = if slot_table {
+            entries
+                .iter()
+                .filter(|e| !is_zero(&e["value"]) || !is_zero(&e["formatted"]["value"]))
+                .count()
+        } else {
+            entries.len()
+        };
+        counts.push((name.to_string(), n as u64));
+    }
+    counts.sort();
+    Ok(counts)
+}
+
+/// Whether a value bpftool printed (raw hex bytes or formatted by BTF) is all zeros.
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Number(n) => n.as_u64() == Some(0) || n.as_i64() == Some(0),
+        Value::String(s) => s.trim_start_matches("0x").chars().all(|c| c == '0'),
+        Value::Array(a) => a.iter().all(is_zero),
+        Value::Object(o) => o.values().all(is_zero),
+        Value::Bool(b) => !b,
+    }
+}
+
 /// What this machine is, for the record.
 pub struct Machine {
     pub cpu: String,

@@ -79,6 +79,23 @@ pub struct Lab {
     bridge: String,
 }
 
+impl Lab {
+    /// The lab's name, on its namespaces and as the alias of its links (for the stale sweep).
+    pub fn id(&self) -> String {
+        format!("{PREFIX}{}-bench", std::process::id())
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// Namespace and host-side veth of the `i`-th extra pod (the scale section's).
+    pub fn pod_names(&self, i: usize) -> (String, String) {
+        let short = self.bridge.trim_end_matches("br");
+        (format!("{}-p{i}", self.id()), format!("{short}p{i}"))
+    }
+}
+
 const PREFIX: &str = "ntlab-";
 
 impl Lab {

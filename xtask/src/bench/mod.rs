@@ -25,6 +25,7 @@ mod lab;
 mod load;
 mod memory;
 mod proc;
+mod scale;
 mod stats;
 mod storm;
 mod throughput;
@@ -77,6 +78,9 @@ struct Plan {
     connections: u32,
     dns_names: u32,
     long: Duration,
+    /// Pods beside a and b in the scale section, and how long they churn.
+    scale_pods: usize,
+    churn: Duration,
 }
 
 impl Plan {
@@ -92,6 +96,8 @@ impl Plan {
                 connections: 1_000,
                 dns_names: 2_000,
                 long: Duration::from_secs(6),
+                scale_pods: 40,
+                churn: Duration::from_secs(10),
             }
         } else {
             Self {
@@ -104,13 +110,15 @@ impl Plan {
                 connections: 10_000,
                 dns_names: 30_000,
                 long: Duration::from_secs(60),
+                scale_pods: 248,
+                churn: Duration::from_secs(180),
             }
         }
     }
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 4] = ["throughput", "costs", "storm", "memory"];
+pub const SECTIONS: [&str; 5] = ["throughput", "costs", "storm", "memory", "scale"];
 
 pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
@@ -177,6 +185,11 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         progress("collector memory");
         let mem = memory::memory(nettools, &lab, &plan, &mut attach_all)?;
         memory::write_memory(&mut out, &mem, &plan);
+    }
+    if wanted("scale") {
+        progress("a node's worth of pods");
+        let scale = scale::scale(nettools, &lab, &plan)?;
+        scale::write_scale(&mut out, &scale);
     }
     attach_all.extend(
         attach_peers
