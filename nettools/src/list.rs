@@ -59,6 +59,8 @@ pub fn table(inv: &Inventory) -> String {
     for w in &inv.workloads {
         let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
         runtimes.dedup();
+        // Named from a failing runtime's last answer.
+        let stale = if w.stale { " (stale)" } else { "" };
         rows.push([
             if w.pod.is_some() { "pod" } else { "container" }.to_string(),
             name(w),
@@ -90,7 +92,7 @@ pub fn table(inv: &Inventory) -> String {
                 )
             },
             dash_if_empty(w.addresses.join(", ")),
-            dash_if_empty(runtimes.join(", ")),
+            dash_if_empty(runtimes.join(", ")) + stale,
         ]);
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -140,6 +142,7 @@ mod tests {
                 runtime: Some("podman 4.3.1".into()),
                 found: 3,
                 error: None,
+                kept: 0,
             }],
             workloads: vec![
                 Workload {
