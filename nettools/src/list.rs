@@ -206,4 +206,43 @@ mod tests {
         );
         assert_eq!(lines[4], "asked: podman 4.3.1 at /run/podman/podman.sock");
     }
+
+    #[test]
+    fn a_workload_from_a_failing_runtimes_last_answer_is_marked_stale() {
+        let inv = Inventory {
+            sources: vec![SourceReport {
+                source: "cri",
+                socket: Some("/run/containerd/containerd.sock".into()),
+                runtime: Some("containerd 1.6.20".into()),
+                found: 0,
+                error: Some("no answer to the CRI Version call within 5 s".into()),
+                kept: 2,
+            }],
+            workloads: vec![Workload {
+                kind: WorkloadKind::Pod,
+                netns: 4026532253,
+                pod: Some(PodRef {
+                    name: "web".into(),
+                    namespace: Some("shop".into()),
+                    ..Default::default()
+                }),
+                containers: vec![ContainerRef {
+                    id: "a".into(),
+                    name: "app".into(),
+                    runtime: "containerd".into(),
+                }],
+                stale: true,
+                ..Default::default()
+            }],
+        };
+        let t = table(&inv);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].ends_with("containerd (stale)"), "{t}");
+        assert_eq!(
+            lines[3],
+            "asked: cri (containerd 1.6.20) at /run/containerd/containerd.sock failed: no answer \
+             to the CRI Version call within 5 s; its last answer stands for 2 containers and \
+             sandboxes whose namespaces still exist (marked stale)"
+        );
+    }
 }
