@@ -59,6 +59,8 @@ pub fn table(inv: &Inventory) -> String {
     for w in &inv.workloads {
         let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
         runtimes.dedup();
+        // Named from a failing runtime's last answer.
+        let stale = if w.stale { " (stale)" } else { "" };
         rows.push([
             if w.pod.is_some() { "pod" } else { "container" }.to_string(),
             name(w),
@@ -90,7 +92,7 @@ pub fn table(inv: &Inventory) -> String {
                 )
             },
             dash_if_empty(w.addresses.join(", ")),
-            dash_if_empty(runtimes.join(", ")),
+            dash_if_empty(runtimes.join(", ")) + stale,
         ]);
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -140,6 +142,7 @@ mod tests {
                 runtime: Some("podman 4.3.1".into()),
                 found: 3,
                 error: None,
+                kept: 0,
             }],
             workloads: vec![
                 Workload {
@@ -202,5 +205,44 @@ mod tests {
             "container  agent   agent       4026531840 (host)  -      host network     -              podman"
         );
         assert_eq!(lines[4], "asked: podman 4.3.1 at /run/podman/podman.sock");
+    }
+
+    #[test]
+    fn a_workload_from_a_failing_runtimes_last_answer_is_marked_stale() {
+        let inv = Inventory {
+            sources: vec![SourceReport {
+                source: "cri",
+                socket: Some("/run/containerd/containerd.sock".into()),
+                runtime: Some("containerd 1.6.20".into()),
+                found: 0,
+                error: Some("no answer to the CRI Version call within 5 s".into()),
+                kept: 2,
+            }],
+            workloads: vec![Workload {
+                kind: WorkloadKind::Pod,
+                netns: 4026532253,
+                pod: Some(PodRef {
+                    name: "web".into(),
+                    namespace: Some("shop".into()),
+                    ..Default::default()
+                }),
+                containers: vec![ContainerRef {
+                    id: "a".into(),
+                    name: "app".into(),
+                    runtime: "containerd".into(),
+                }],
+                stale: true,
+                ..Default::default()
+            }],
+        };
+        let t = table(&inv);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].ends_with("containerd (stale)"), "{t}");
+        assert_eq!(
+            lines[3],
+            "asked: cri (containerd 1.6.20) at /run/containerd/containerd.sock failed: no answer \
+             to the CRI Version call within 5 s; its last answer stands for 2 containers and \
+             sandboxes whose namespaces still exist (marked stale)"
+        );
     }
 }

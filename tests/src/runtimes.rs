@@ -6,13 +6,25 @@
 //! uses its own socket, network and subnet; everything it made — containers, pods, sandboxes,
 //! networks, netavark's iptables chains, cgroup directories, CNI state, mounts — is removed when
 //! it is dropped, also when a test fails. Only processes started here are stopped, by PID.
+//!
+//! Runtimes that misbehave: [`FaultSocket`] is a Docker-API socket that accepts and then
+//! never answers, dribbles, or floods; [`Containerd::freeze`] stops the real containerd with
+//! SIGSTOP (SIGCONT when dropped).
 
 use std::{
     collections::{BTreeSet, HashMap},
-    os::unix::process::CommandExt as _,
+    io::{Read as _, Write as _},
+    os::unix::{
+        net::{UnixListener, UnixStream},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -1004,6 +1016,43 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
 }
 
+/// containerd stopped with SIGSTOP: its socket still accepts connections (the kernel queues
+/// them) but nothing answers, as with a runtime that hangs. SIGCONT when dropped.
+pub struct Frozen {
+    pid: i32,
+}
+
+impl Frozen {
+    /// Lets containerd run again.
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: signalling the containerd this test started, by its PID.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+}
+
+impl Containerd {
+    /// Stops containerd (only the daemon, not the shims that hold the pods) with SIGSTOP.
+    pub fn freeze(&mut self) -> Result<Frozen> {
+        let daemon = self.daemon.as_mut().context("containerd is not running")?;
+        if daemon.try_wait()?.is_some() {
+            bail!("containerd exited");
+        }
+        let pid = i32::try_from(daemon.id())?;
+        // SAFETY: signalling the containerd this test started, by its PID.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+            bail!(
+                "cannot stop containerd: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Frozen { pid })
+    }
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         for id in self.sandboxes.clone() {
@@ -1025,6 +1074,139 @@ impl Drop for Containerd {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
+        }
+    }
+}
+
+/// How a [`FaultSocket`] misbehaves once it has read a request.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Accepts, reads the request, never answers.
+    Silent,
+    /// Answers a valid `GET /version` one byte every so often.
+    Dribble(Duration),
+    /// Answers `/version` as Podman does, and anything else with a chunked JSON document of
+    /// this many bytes, as fast as it is read.
+    Flood(usize),
+}
+
+/// A unix socket that speaks (or fails to speak) the Docker API the way a broken runtime
+/// does. The server runs on threads of its own; dropping it stops them and removes the
+/// socket's directory.
+pub struct FaultSocket {
+    pub path: PathBuf,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    _dir: Scratch,
+}
+
+/// A Podman 4.3.1 `GET /version` answer body.
+const PODMAN_VERSION: &str = r#"{"Components":[{"Name":"Podman Engine","Version":"4.3.1"}],"Version":"4.3.1","ApiVersion":"1.41"}"#;
+
+impl FaultSocket {
+    pub fn start(fault: Fault) -> Result<Self> {
+        let dir = Scratch::new("fault")?;
+        let path = dir.0.join("docker.sock");
+        let listener = UnixListener::bind(&path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let acceptor = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let stopping = stopping.clone();
+                std::thread::spawn(move || serve_fault(conn, fault, &stopping));
+            }
+        });
+        Ok(Self {
+            path,
+            stop,
+            acceptor: Some(acceptor),
+            _dir: dir,
+        })
+    }
+
+    pub fn display(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl Drop for FaultSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the acceptor, which then sees the flag.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+    }
+}
+
+/// One connection to a [`FaultSocket`].
+fn serve_fault(mut conn: UnixStream, fault: Fault, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+            Err(_) if stop.load(Ordering::Relaxed) => return,
+            Err(_) => {}
+        }
+    }
+    let path = String::from_utf8_lossy(&request)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let version = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{PODMAN_VERSION}",
+        PODMAN_VERSION.len()
+    );
+    match fault {
+        // Held open until the client gives up (end of file) or the test ends.
+        Fault::Silent => {
+            while !stop.load(Ordering::Relaxed) {
+                if matches!(conn.read(&mut buf), Ok(0)) {
+                    return;
+                }
+            }
+        }
+        Fault::Dribble(gap) => {
+            for b in version.bytes() {
+                if stop.load(Ordering::Relaxed) || conn.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(gap);
+            }
+        }
+        Fault::Flood(_) if path == "/version" => {
+            let _ = conn.write_all(version.as_bytes());
+        }
+        Fault::Flood(total) => {
+            if conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            let chunk = vec![b' '; 64 << 10];
+            let mut sent = 0;
+            while sent < total && !stop.load(Ordering::Relaxed) {
+                let head = format!("{:x}\r\n", chunk.len());
+                if conn.write_all(head.as_bytes()).is_err()
+                    || conn.write_all(&chunk).is_err()
+                    || conn.write_all(b"\r\n").is_err()
+                {
+                    return;
+                }
+                sent += chunk.len();
+            }
+            let _ = conn.write_all(b"2\r\n[]\r\n0\r\n\r\n");
         }
     }
 }

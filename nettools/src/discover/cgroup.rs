@@ -171,6 +171,7 @@ pub fn scan() -> Vec<Found> {
                 }),
                 host_network: Some(inode) == host,
                 sandbox: false,
+                stale: false,
             })
         })
         .collect()

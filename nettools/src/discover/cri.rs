@@ -2,14 +2,20 @@
 //! sandboxes a kubelet made, with their Kubernetes names (`io.kubernetes.pod.name` /
 //! `io.kubernetes.pod.namespace`), their network namespace and process (from the sandbox's
 //! verbose status, as `crictl inspectp` shows it) and the containers in each.
+//!
+//! Every call runs under [`Limits`]: a connect timeout, a deadline per call, a cap on the
+//! size of an answer; sandbox statuses are asked a few at a time. A sandbox removed between
+//! the list and its status is left out; any other failure fails the whole answer, so that a
+//! runtime's hiccup never makes pods vanish.
 
 use std::{
     collections::HashMap,
+    future::Future,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
+use futures_util::{StreamExt as _, stream};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::{
     ContainerFilter, ContainerState, ContainerStateValue, ListContainersRequest,
@@ -18,7 +24,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{ContainerRef, PodRef, inventory::Found, netns};
+use super::{ContainerRef, LIMITS, Limits, PodRef, inventory::Found, netns, quoted_text, span};
 
 /// Where CRI runtimes listen (`$CONTAINER_RUNTIME_ENDPOINT` comes first, as for crictl).
 pub const DEFAULT_SOCKETS: [&str; 4] = [
@@ -27,10 +33,6 @@ pub const DEFAULT_SOCKETS: [&str; 4] = [
     "/run/k3s/containerd/containerd.sock",
     "/run/cri-dockerd.sock",
 ];
-
-/// How long connecting, and one whole listing, may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The sockets to ask: the one given, else `$CONTAINER_RUNTIME_ENDPOINT` and the defaults that
 /// exist.
@@ -58,22 +60,94 @@ pub fn sockets(given: Option<&Path>) -> Vec<PathBuf> {
 
 /// A connected RuntimeService client.
 pub async fn connect(socket: &Path) -> Result<RuntimeServiceClient<Channel>> {
+    connect_within(socket, &LIMITS)
+        .await
+        .with_context(|| format!("cannot connect to {}", socket.display()))
+}
+
+/// A connected RuntimeService client, within the limits' connect timeout; answers may be up
+/// to the limits' size. The error is the end of a sentence.
+async fn connect_within(socket: &Path, limits: &Limits) -> Result<RuntimeServiceClient<Channel>> {
     let path = socket.to_path_buf();
     // The URI is ignored: every connection goes to the socket.
-    let channel = Endpoint::from_static("http://cri.sock")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
+    let endpoint = Endpoint::from_static("http://cri.sock")
+        .connect_timeout(limits.connect)
+        .timeout(limits.request);
+    let connecting = endpoint.connect_with_connector(tower::service_fn(move |_: Uri| {
+        let path = path.clone();
+        async move {
+            tokio::net::UnixStream::connect(path)
+                .await
+                .map(TokioIo::new)
+        }
+    }));
+    let channel = match tokio::time::timeout(limits.connect, connecting).await {
+        Err(_) => bail!(
+            "no connection within {} (the socket accepts nothing)",
+            span(limits.connect)
+        ),
+        Ok(Err(e)) => {
+            let io = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .map(|io| io.kind());
+            match io {
+                Some(std::io::ErrorKind::NotFound) => {
+                    bail!("cannot connect: the socket does not exist")
+                }
+                Some(std::io::ErrorKind::ConnectionRefused) => {
+                    bail!("cannot connect: nothing listens on the socket (connection refused)")
+                }
+                Some(std::io::ErrorKind::PermissionDenied) => {
+                    bail!("cannot connect: permission denied")
+                }
+                _ => bail!("cannot connect ({e})"),
             }
-        }))
-        .await
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    Ok(RuntimeServiceClient::new(channel))
+        }
+        Ok(Ok(c)) => c,
+    };
+    Ok(RuntimeServiceClient::new(channel).max_decoding_message_size(limits.max_answer))
+}
+
+/// One CRI call within the limits' deadline; the error is the end of a sentence.
+async fn call<T>(
+    limits: &Limits,
+    name: &str,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(limits.request, call).await {
+        Err(_) => Err(CallError::Failed(anyhow!(
+            "no answer to {name} within {}",
+            span(limits.request)
+        ))),
+        Ok(Err(s)) if s.code() == tonic::Code::NotFound => Err(CallError::NotFound),
+        Ok(Err(s)) if s.code() == tonic::Code::Cancelled && s.message() == "Timeout expired" => {
+            Err(CallError::Failed(anyhow!(
+                "no answer to {name} within {}",
+                span(limits.request)
+            )))
+        }
+        Ok(Err(s)) => Err(CallError::Failed(anyhow!(
+            "{name} failed: {}",
+            quoted_text(s.message())
+        ))),
+        Ok(Ok(r)) => Ok(r.into_inner()),
+    }
+}
+
+/// Why a call gave nothing.
+enum CallError {
+    /// What was asked about does not exist (any more).
+    NotFound,
+    Failed(anyhow::Error),
+}
+
+impl From<CallError> for anyhow::Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::NotFound => anyhow!("the runtime answered \"not found\""),
+            CallError::Failed(e) => e,
+        }
+    }
 }
 
 /// The runtime behind a socket, e.g. `containerd 1.6.20~ds1`.
@@ -142,69 +216,86 @@ pub fn pod_ref(
     }
 }
 
-/// Every ready pod sandbox and running container the runtime at `socket` knows.
+/// Every ready pod sandbox and running container the runtime at `socket` knows; the error
+/// is the end of a sentence saying what went wrong.
 pub async fn query(socket: &Path) -> Result<(Runtime, Vec<Found>)> {
-    tokio::time::timeout(CALL_TIMEOUT * 2, query_inner(socket))
-        .await
-        .map_err(|_| anyhow!("{} did not answer in time", socket.display()))?
+    query_within(socket, &LIMITS).await
 }
 
-async fn query_inner(socket: &Path) -> Result<(Runtime, Vec<Found>)> {
-    let mut client = connect(socket).await?;
-    let what = |call: &str| format!("{} refused {call}", socket.display());
-    let version = client
-        .version(VersionRequest {
+/// [`query`] under other limits.
+pub async fn query_within(socket: &Path, limits: &Limits) -> Result<(Runtime, Vec<Found>)> {
+    let mut client = connect_within(socket, limits).await?;
+    let version = call(
+        limits,
+        "the CRI Version call",
+        client.version(VersionRequest {
             version: "v1".into(),
-        })
-        .await
-        .map_err(|s| anyhow!("{}: {}", what("the CRI Version call"), s.message()))?
-        .into_inner();
+        }),
+    )
+    .await?;
     let runtime = Runtime {
         name: version.runtime_name,
         version: version.runtime_version,
     };
-    let sandboxes = client
-        .list_pod_sandbox(ListPodSandboxRequest {
+    let sandboxes = call(
+        limits,
+        "ListPodSandbox",
+        client.list_pod_sandbox(ListPodSandboxRequest {
             filter: Some(PodSandboxFilter {
                 state: Some(PodSandboxStateValue {
                     state: PodSandboxState::SandboxReady as i32,
                 }),
                 ..Default::default()
             }),
-        })
-        .await
-        .map_err(|s| anyhow!("{}: {}", what("ListPodSandbox"), s.message()))?
-        .into_inner()
-        .items;
-    let containers = client
-        .list_containers(ListContainersRequest {
+        }),
+    )
+    .await?
+    .items;
+    let containers = call(
+        limits,
+        "ListContainers",
+        client.list_containers(ListContainersRequest {
             filter: Some(ContainerFilter {
                 state: Some(ContainerStateValue {
                     state: ContainerState::ContainerRunning as i32,
                 }),
                 ..Default::default()
             }),
+        }),
+    )
+    .await?
+    .containers;
+    // The statuses a few at a time, on the one connection (HTTP/2 streams).
+    let statuses: Vec<_> = stream::iter(sandboxes)
+        .map(|sandbox| {
+            let mut client = client.clone();
+            async move {
+                let status = call(
+                    limits,
+                    "PodSandboxStatus",
+                    client.pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: sandbox.id.clone(),
+                        verbose: true,
+                    }),
+                )
+                .await;
+                (sandbox, status)
+            }
         })
-        .await
-        .map_err(|s| anyhow!("{}: {}", what("ListContainers"), s.message()))?
-        .into_inner()
-        .containers;
+        .buffered(limits.concurrency.max(1))
+        .collect()
+        .await;
     let host = netns::host_inode();
     let mut out = Vec::new();
-    for sandbox in sandboxes {
-        let status = match client
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: sandbox.id.clone(),
-                verbose: true,
-            })
-            .await
-        {
-            Ok(s) => s.into_inner(),
+    for (sandbox, status) in statuses {
+        let status = match status {
+            Ok(s) => s,
             // Removed between the list and the status.
-            Err(e) => {
-                log::debug!("no status for sandbox {}: {}", sandbox.id, e.message());
+            Err(CallError::NotFound) => {
+                log::debug!("sandbox {} is gone", sandbox.id);
                 continue;
             }
+            Err(CallError::Failed(e)) => return Err(e),
         };
         let info = parse_verbose_info(&status.info);
         let host_network = status
@@ -215,17 +306,14 @@ async fn query_inner(socket: &Path) -> Result<(Runtime, Vec<Found>)> {
             .and_then(|n| n.options.as_ref())
             .is_some_and(|o| o.network == NamespaceMode::Node as i32);
         let proc_path = info.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net")));
-        let (netns_path, inode) = match (&info.netns_path, &proc_path) {
-            (Some(p), _) if netns::inode_of(p).is_some() => {
-                (p.clone(), netns::inode_of(p).unwrap_or_default())
-            }
-            (_, Some(p)) if netns::inode_of(p).is_some() => {
-                (p.clone(), netns::inode_of(p).unwrap_or_default())
-            }
-            _ => {
-                log::debug!("sandbox {} has no readable network namespace", sandbox.id);
-                continue;
-            }
+        let readable = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .and_then(|p| netns::inode_of(p).map(|i| (p.clone(), i)))
+        };
+        let Some((netns_path, inode)) = readable(&info.netns_path).or_else(|| readable(&proc_path))
+        else {
+            log::debug!("sandbox {} has no readable network namespace", sandbox.id);
+            continue;
         };
         let pod = pod_ref(&sandbox.labels, sandbox.metadata.as_ref(), &sandbox.id);
         let host_network = host_network || Some(inode) == host;
@@ -241,6 +329,7 @@ async fn query_inner(socket: &Path) -> Result<(Runtime, Vec<Found>)> {
             }),
             host_network,
             sandbox: true,
+            stale: false,
         });
         for c in containers.iter().filter(|c| c.pod_sandbox_id == sandbox.id) {
             out.push(Found {
@@ -260,6 +349,7 @@ async fn query_inner(socket: &Path) -> Result<(Runtime, Vec<Found>)> {
                 }),
                 host_network,
                 sandbox: false,
+                stale: false,
             });
         }
     }

@@ -1,26 +1,44 @@
 //! The Docker-compatible Engine API over its unix socket: Docker itself, and Podman's
 //! `podman system service`. Gives every running container with its name, main process and
 //! network namespace; on Podman also the pod each container belongs to (Podman's own
-//! `libpod` endpoint on the same socket). A tiny HTTP/1.1 client: one `GET` per connection.
+//! `libpod` endpoint on the same socket).
+//!
+//! HTTP/1.1 by hyper's client, one `GET` per connection, under [`Limits`]: a connect timeout,
+//! a deadline for each whole request and a cap on the answer's size, so a socket that accepts
+//! and never answers, dribbles, or floods costs at most those and fails this source with one
+//! sentence. Containers are inspected a few at a time ([`Limits::concurrency`]).
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    os::unix::net::UnixStream,
+    io,
     path::{Path, PathBuf},
-    time::Duration,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use bytes::Bytes;
+use futures_util::{StreamExt as _, stream};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::{Body as _, Incoming};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::UnixStream,
+    time::Instant,
+};
 
-use super::{ContainerRef, PodRef, inventory::Found, netns};
+use super::{
+    ContainerRef, LIMITS, Limits, PodRef, inventory::Found, netns, quoted_text, size, span,
+};
 
 /// Where Docker and Podman listen by default (`$DOCKER_HOST` comes first when it is a socket).
 pub const DEFAULT_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/podman/podman.sock"];
-
-/// How long one request may take.
-const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The sockets to ask: the one given, else `$DOCKER_HOST` and the defaults that exist.
 pub fn sockets(given: Option<&Path>) -> Vec<PathBuf> {
@@ -56,136 +74,268 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Splits a raw HTTP/1.x response into status and (de-chunked) body.
-pub fn parse_response(raw: &[u8]) -> Result<Response> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("the answer is not HTTP (no end of headers)")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or("");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("the answer is not HTTP: {status_line:?}"))?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
-    Ok(Response { status, body })
+/// A unix stream that counts the bytes read from it, to say how much of an answer came.
+struct Counted {
+    inner: UnixStream,
+    read: Arc<AtomicUsize>,
 }
 
-/// Decodes `Transfer-Encoding: chunked`.
-fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("a chunked answer ended early")?;
-        let size_text = String::from_utf8_lossy(&data[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("bad chunk size {size_text:?}"))?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if data.len() < size {
-            bail!("a chunked answer ended early");
-        }
-        out.extend_from_slice(&data[..size]);
-        data = data.get(size + 2..).unwrap_or(&[]);
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len().saturating_sub(before);
+        self.read.fetch_add(got, Ordering::Relaxed);
+        polled
     }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why connecting failed, as the end of a sentence (no raw errno).
+fn connect_failure(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "cannot connect: the socket does not exist".to_string(),
+        io::ErrorKind::ConnectionRefused => {
+            "cannot connect: nothing listens on the socket (connection refused)".to_string()
+        }
+        io::ErrorKind::PermissionDenied => "cannot connect: permission denied".to_string(),
+        io::ErrorKind::WouldBlock => {
+            "cannot connect: the socket's queue of connections is full".to_string()
+        }
+        kind => format!("cannot connect ({kind})"),
+    }
+}
+
+/// A failed exchange, as the end of a sentence.
+fn exchange_failure(e: &hyper::Error, path: &str) -> anyhow::Error {
+    if e.is_parse() || e.is_parse_status() {
+        anyhow!("the answer to GET {path} is not HTTP ({e})")
+    } else if e.is_incomplete_message() || e.is_closed() || ended_early(e) {
+        anyhow!("the connection closed before the answer to GET {path} was complete")
+    } else {
+        anyhow!("the exchange for GET {path} failed ({e})")
+    }
+}
+
+/// Whether the connection ended in the middle of the body (hyper says so in its causes).
+fn ended_early(e: &hyper::Error) -> bool {
+    std::iter::successors(std::error::Error::source(e), |s| s.source()).any(|s| {
+        s.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof)
+    })
+}
+
+/// The body, refused once it grows past `max` bytes.
+async fn capped(mut body: Incoming, max: usize, path: &str) -> Result<Vec<u8>> {
+    let too_large = || anyhow!("the answer to GET {path} is larger than {}", size(max));
+    if body.size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| exchange_failure(&e, path))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len().saturating_add(data.len()) > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+/// One `GET` on a connected stream: the request sent, the answer read (at most `max` bytes).
+async fn exchange(io: Counted, path: &str, max: usize) -> Result<Response> {
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+            .await
+            .map_err(|e| exchange_failure(&e, path))?;
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .header(hyper::header::USER_AGENT, "nettools")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| anyhow!("cannot ask for {path} ({e})"))?;
+    let answer = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| exchange_failure(&e, path))?;
+        let status = response.status().as_u16();
+        let body = capped(response.into_body(), max, path).await?;
+        Ok(Response { status, body })
+    };
+    let mut conn = pin!(conn);
+    let mut answer = pin!(answer);
+    tokio::select! {
+        r = &mut answer => r,
+        c = &mut conn => match c {
+            Err(e) => Err(exchange_failure(&e, path)),
+            // The connection ended cleanly: the answer is complete, or fails on its own.
+            Ok(()) => answer.await,
+        },
+    }
+}
+
+/// Whether a container id from the runtime is safe to put in a request path.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// A client for one Engine API socket.
 #[derive(Clone, Debug)]
 pub struct Client {
     pub socket: PathBuf,
+    pub limits: Limits,
 }
 
 impl Client {
     pub fn new(socket: &Path) -> Self {
+        Self::with_limits(socket, LIMITS)
+    }
+
+    pub fn with_limits(socket: &Path, limits: Limits) -> Self {
         Self {
             socket: socket.to_path_buf(),
+            limits,
         }
     }
 
-    /// `GET path`; fails on connection errors, not on HTTP errors.
-    pub fn get(&self, path: &str) -> Result<Response> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("cannot connect to {}", self.socket.display()))?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: nettools\r\nConnection: close\r\n\r\n"
+    /// `GET path`, within the connect timeout and the request's deadline; fails on
+    /// connection errors, timeouts and answers past the size cap, not on HTTP errors. The
+    /// error is the end of a sentence that names the socket elsewhere.
+    pub async fn get(&self, path: &str) -> Result<Response> {
+        let deadline = Instant::now() + self.limits.request;
+        let stream = match tokio::time::timeout(
+            self.limits.connect,
+            UnixStream::connect(&self.socket),
         )
-        .with_context(|| format!("cannot send a request to {}", self.socket.display()))?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .with_context(|| format!("no answer from {}", self.socket.display()))?;
-        parse_response(&raw).with_context(|| format!("{} answered oddly", self.socket.display()))
+        .await
+        {
+            Err(_) => bail!(
+                "no connection within {} (the socket accepts nothing)",
+                span(self.limits.connect)
+            ),
+            Ok(Err(e)) => bail!("{}", connect_failure(&e)),
+            Ok(Ok(s)) => s,
+        };
+        let read = Arc::new(AtomicUsize::new(0));
+        let io = Counted {
+            inner: stream,
+            read: read.clone(),
+        };
+        match tokio::time::timeout_at(deadline, exchange(io, path, self.limits.max_answer)).await {
+            Ok(r) => r,
+            Err(_) => match read.load(Ordering::Relaxed) {
+                0 => bail!(
+                    "no answer to GET {path} within {}",
+                    span(self.limits.request)
+                ),
+                n => bail!(
+                    "only {n} bytes of an answer to GET {path} within {}",
+                    span(self.limits.request)
+                ),
+            },
+        }
     }
 
-    /// `GET path` that must answer 200 with JSON.
-    fn json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
-        let r = self.get(path)?;
+    /// `GET path` answered with JSON: `None` when the answer is 404 (no such thing).
+    async fn json_or_none<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<Option<T>> {
+        let r = self.get(path).await?;
+        if r.status == 404 {
+            return Ok(None);
+        }
         if r.status != 200 {
             bail!(
-                "{} answered {} to {path}: {}",
-                self.socket.display(),
+                "answered {} to GET {path}: {}",
                 r.status,
-                api_message(&r.body)
+                quoted_text(&api_message(&r.body))
             );
         }
         serde_json::from_slice(&r.body)
-            .with_context(|| format!("cannot decode {}'s answer to {path}", self.socket.display()))
+            .map(Some)
+            .map_err(|e| anyhow!("the answer to GET {path} is not the JSON expected ({e})"))
+    }
+
+    /// `GET path` that must answer 200 with JSON.
+    async fn json<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T> {
+        self.json_or_none(path)
+            .await?
+            .ok_or_else(|| anyhow!("answered 404 to GET {path}: not a Docker-compatible API"))
     }
 
     /// Which engine this is: `podman` or `docker`, with its version.
-    pub fn engine(&self) -> Result<Engine> {
-        let v: Version = self.json("/version")?;
+    pub async fn engine(&self) -> Result<Engine> {
+        let v: Version = self.json("/version").await?;
         Ok(v.engine())
     }
 
-    /// Every running container, with pods on Podman.
-    pub fn containers(&self) -> Result<(Engine, Vec<Found>)> {
-        let engine = self.engine()?;
-        let listed: Vec<Listed> = self.json("/v1.40/containers/json")?;
+    /// Every running container, with pods on Podman. A container removed between the list
+    /// and its inspection is left out; any other failure fails the whole answer (a partial
+    /// one would make workloads vanish).
+    pub async fn containers(&self) -> Result<(Engine, Vec<Found>)> {
+        let engine = self.engine().await?;
+        let listed: Vec<Listed> = self.json("/v1.40/containers/json").await?;
         // Podman knows pods; its own endpoint says which pod each container is in.
         let pods: HashMap<String, LibpodListed> = if engine.name == "podman" {
-            self.json::<Vec<LibpodListed>>("/v4.0.0/libpod/containers/json")
-                .map(|v| v.into_iter().map(|c| (c.id.clone(), c)).collect())
-                .unwrap_or_else(|e| {
-                    log::debug!("no pods from podman: {e:#}");
-                    HashMap::new()
-                })
+            self.json_or_none::<Vec<LibpodListed>>("/v4.0.0/libpod/containers/json")
+                .await?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect()
         } else {
             HashMap::new()
         };
+        let this = &self;
+        let inspected: Vec<Result<Option<Inspect>>> = stream::iter(listed)
+            .filter(|c| {
+                let ok = plausible_id(&c.id);
+                if !ok {
+                    log::debug!("skipping a container with an odd id {:?}", c.id);
+                }
+                std::future::ready(ok)
+            })
+            .map(|c| async move {
+                this.json_or_none::<Inspect>(&format!("/v1.40/containers/{}/json", c.id))
+                    .await
+            })
+            .buffered(self.limits.concurrency.max(1))
+            .collect()
+            .await;
         let host = netns::host_inode();
         let mut out = Vec::new();
-        for c in listed {
-            let inspect: Inspect = match self.json(&format!("/v1.40/containers/{}/json", c.id)) {
-                Ok(i) => i,
-                // Gone between the list and the inspection.
-                Err(e) => {
-                    log::debug!("cannot inspect container {}: {e:#}", c.id);
-                    continue;
-                }
-            };
-            if let Some(found) = found(&engine, &inspect, pods.get(&c.id), host) {
+        for inspect in inspected {
+            // `None`: gone between the list and the inspection.
+            if let Some(found) = inspect?
+                .as_ref()
+                .and_then(|i| found(&engine, i, pods.get(&i.id), host))
+            {
                 out.push(found);
             }
         }
@@ -361,41 +511,211 @@ pub fn found(
         }),
         host_network: c.host_config.network_mode == "host" || Some(inode) == host,
         sandbox: infra,
+        stale: false,
     })
 }
 
-/// Asks one socket, with a sentence for what went wrong.
-pub fn query(socket: &Path) -> Result<(Engine, Vec<Found>)> {
-    Client::new(socket)
-        .containers()
-        .map_err(|e| anyhow!("{e:#}"))
+/// Asks one socket; the error is the end of a sentence saying what went wrong.
+pub async fn query(socket: &Path) -> Result<(Engine, Vec<Found>)> {
+    Client::new(socket).containers().await
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
-    #[test]
-    fn http_plain_and_chunked() -> Result<()> {
-        let plain =
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]";
-        assert_eq!(
-            parse_response(plain)?,
-            Response {
-                status: 200,
-                body: b"[]".to_vec()
-            }
-        );
-        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3;x=y\r\n 1}\r\n0\r\n\r\n";
-        let r = parse_response(chunked)?;
-        assert_eq!(r.status, 404);
-        assert_eq!(r.body, b"{\"a\": 1}");
-        assert!(parse_response(b"garbage").is_err());
+    /// Small limits, so that the fault sockets fail fast.
+    const TEST_LIMITS: Limits = Limits {
+        connect: Duration::from_millis(200),
+        request: Duration::from_millis(400),
+        source: Duration::from_secs(2),
+        max_answer: 4096,
+        concurrency: 2,
+    };
+
+    /// A unix socket of this test's own that answers every connection with `answer` (after
+    /// reading the request), or with nothing (`None`), or one byte every `dribble`.
+    struct FaultSocket {
+        path: PathBuf,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl FaultSocket {
+        fn start(answer: Option<Vec<u8>>, dribble: Option<Duration>) -> Result<Self> {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "nettools-unit-{}-{}.sock",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)?;
+            let server = tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let answer = answer.clone();
+                    tokio::spawn(async move {
+                        let mut request = [0u8; 4096];
+                        let _ = conn.read(&mut request).await;
+                        match (answer, dribble) {
+                            (Some(a), Some(gap)) => {
+                                for b in a {
+                                    if conn.write_all(&[b]).await.is_err() {
+                                        return;
+                                    }
+                                    tokio::time::sleep(gap).await;
+                                }
+                            }
+                            (Some(a), None) => {
+                                let _ = conn.write_all(&a).await;
+                            }
+                            (None, _) => std::future::pending::<()>().await,
+                        }
+                    });
+                }
+            });
+            Ok(Self { path, server })
+        }
+
+        fn client(&self) -> Client {
+            Client::with_limits(&self.path, TEST_LIMITS)
+        }
+    }
+
+    impl Drop for FaultSocket {
+        fn drop(&mut self) {
+            self.server.abort();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    async fn failure(socket: &FaultSocket, path: &str) -> (String, Duration) {
+        let started = std::time::Instant::now();
+        let r = socket.client().get(path).await;
+        let took = started.elapsed();
+        match r {
+            Ok(r) => (format!("unexpectedly answered {}", r.status), took),
+            Err(e) => (format!("{e:#}"), took),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_socket_costs_the_deadline() -> Result<()> {
+        let socket = FaultSocket::start(None, None)?;
+        let (e, took) = failure(&socket, "/version").await;
+        assert_eq!(e, "no answer to GET /version within 400 ms");
         assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab")
-                .is_err()
+            took >= Duration::from_millis(390) && took < Duration::from_secs(2),
+            "{took:?}"
         );
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dribbling_socket_costs_the_deadline() -> Result<()> {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]".to_vec();
+        let socket = FaultSocket::start(Some(answer), Some(Duration::from_millis(100)))?;
+        let (e, took) = failure(&socket, "/version").await;
+        assert!(
+            e.starts_with("only ")
+                && e.ends_with(" bytes of an answer to GET /version within 400 ms"),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn answers_past_the_cap_are_refused() -> Result<()> {
+        // Announced by its length…
+        let big = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1 << 20);
+        let socket = FaultSocket::start(Some(big.into_bytes()), None)?;
+        let (e, _) = failure(&socket, "/v1.40/containers/json").await;
+        assert_eq!(
+            e,
+            "the answer to GET /v1.40/containers/json is larger than 4096 bytes"
+        );
+        // …or streamed in chunks without one.
+        let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..10 {
+            chunked.extend_from_slice(b"400\r\n");
+            chunked.extend(std::iter::repeat_n(b' ', 0x400));
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let socket = FaultSocket::start(Some(chunked), None)?;
+        let (e, _) = failure(&socket, "/v1.40/containers/json").await;
+        assert_eq!(
+            e,
+            "the answer to GET /v1.40/containers/json is larger than 4096 bytes"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_and_api_errors_are_read() -> Result<()> {
+        let chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3;x=y\r\n 1}\r\n0\r\n\r\n";
+        let socket = FaultSocket::start(Some(chunked.to_vec()), None)?;
+        let r = socket.client().get("/x").await?;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.body, b"{\"a\": 1}");
+
+        let error = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 30\r\n\r\n{\"message\":\"bad\\u001b[2J day\"}";
+        let socket = FaultSocket::start(Some(error.to_vec()), None)?;
+        let e = socket
+            .client()
+            .engine()
+            .await
+            .err()
+            .context("a 500 was taken for an answer")?;
+        // The runtime's own words, with their control characters escaped.
+        assert_eq!(
+            format!("{e:#}"),
+            "answered 500 to GET /version: bad\\u{1b}[2J day"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn garbage_and_missing_sockets_are_sentences() -> Result<()> {
+        let socket = FaultSocket::start(Some(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()), None)?;
+        let (e, _) = failure(&socket, "/version").await;
+        assert!(
+            e.starts_with("the answer to GET /version is not HTTP"),
+            "{e}"
+        );
+
+        let socket = FaultSocket::start(
+            Some(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[]".to_vec()),
+            None,
+        )?;
+        let (e, _) = failure(&socket, "/version").await;
+        assert_eq!(
+            e,
+            "the connection closed before the answer to GET /version was complete"
+        );
+
+        let gone = Client::with_limits(Path::new("/nonexistent/docker.sock"), TEST_LIMITS);
+        let e = gone.get("/version").await.err().context("no error")?;
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot connect: the socket does not exist"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn odd_container_ids_are_not_put_in_paths() {
+        assert!(plausible_id(
+            "faba427618a88f6c9efa2771c5c52b590743e21a98ef97fb5dc5460c9f47a966"
+        ));
+        for odd in ["", "../../version", "a b", "x?all=1", "x/json"] {
+            assert!(!plausible_id(odd), "{odd}");
+        }
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! containers, or containers joined with `--net container:X`, are one workload. Also where
 //! `--pod NAME [-n NS]` and `--container ID|NAME` are looked up, with one clear sentence when
 //! they are unknown or ambiguous.
+//!
+//! The runtimes are asked all at once ([`ask`]), each within [`LIMITS`](super::LIMITS): a
+//! hung runtime costs its deadline, not the sum of everyone's.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -10,9 +13,13 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use futures_util::future::join_all;
 use serde::Serialize;
 
-use super::{ContainerRef, PodRef, Workload, WorkloadKind, cgroup, cri, docker, netns, veth};
+use super::{
+    ContainerRef, LIMITS, Limits, PodRef, Workload, WorkloadKind, cgroup, cri, docker, netns, span,
+    veth,
+};
 
 /// One container or pod sandbox as a source reports it, before grouping by namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +34,18 @@ pub struct Found {
     /// A pod's sandbox (pause or infra container): holds the namespace, not named as a
     /// container of the pod.
     pub sandbox: bool,
+    /// From its source's last good answer: that source fails now (see
+    /// [`RuntimeCache`](super::cache::RuntimeCache)).
+    pub stale: bool,
+}
+
+impl Found {
+    /// Whether its network namespace still exists (its path still holds that inode).
+    pub fn still_there(&self) -> bool {
+        self.netns_path
+            .as_deref()
+            .is_some_and(|p| still_there(p, self.netns))
+    }
 }
 
 /// Which runtime sockets to ask (`None`: the standard paths that exist).
@@ -49,19 +68,121 @@ pub struct SourceReport {
     pub found: usize,
     /// Why it gave nothing, if it failed.
     pub error: Option<String>,
+    /// Containers and sandboxes kept from its last good answer while it fails (their
+    /// namespaces still exist): their workloads are marked stale.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl SourceReport {
-    /// `containerd 1.6.20 at /run/containerd/containerd.sock`, `/x.sock (cannot connect …)`.
+    /// A source not asked yet.
+    fn new(source: &'static str, socket: Option<String>) -> Self {
+        Self {
+            source,
+            socket,
+            runtime: None,
+            found: 0,
+            error: None,
+            kept: 0,
+        }
+    }
+
+    /// `containerd 1.6.20 at /run/containerd/containerd.sock`, `docker-api at /x.sock failed:
+    /// no answer to GET /version within 5 s`.
     pub fn describe(&self) -> String {
         let at = self.socket.as_deref().unwrap_or("");
+        let who = match &self.runtime {
+            Some(rt) if self.error.is_some() => format!("{} ({rt})", self.source),
+            _ => self.source.to_string(),
+        };
         match (&self.runtime, &self.error) {
-            (_, Some(e)) => format!("{} at {at} failed: {e}", self.source),
+            (_, Some(e)) if self.kept > 0 => format!(
+                "{who} at {at} failed: {e}; its last answer stands for {} containers and \
+                 sandboxes whose namespaces still exist (marked stale)",
+                self.kept
+            ),
+            (_, Some(e)) => format!("{who} at {at} failed: {e}"),
             (Some(rt), None) => format!("{rt} at {at}"),
             (None, None) if self.source == "cgroup-scan" => "the cgroup scan of /proc".to_string(),
             (None, None) => format!("{} at {at}", self.source),
         }
     }
+
+    /// Whether this is a runtime's API (not the cgroup scan) and it answered.
+    pub fn answered(&self) -> bool {
+        self.source != "cgroup-scan" && self.error.is_none()
+    }
+}
+
+/// What one source said, and what it found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub report: SourceReport,
+    pub found: Vec<Found>,
+}
+
+/// Asks one runtime within the limits' deadline for a whole listing.
+async fn ask_one<R>(
+    mut report: SourceReport,
+    limits: &Limits,
+    query: impl std::future::Future<Output = Result<(R, Vec<Found>)>>,
+    name: impl Fn(&R) -> String,
+) -> Answer {
+    let mut found = Vec::new();
+    match tokio::time::timeout(limits.source, query).await {
+        Ok(Ok((rt, f))) => {
+            report.runtime = Some(name(&rt));
+            report.found = f.len();
+            found = f;
+        }
+        Ok(Err(e)) => report.error = Some(format!("{e:#}")),
+        Err(_) => {
+            report.error = Some(format!(
+                "no complete listing within {}",
+                span(limits.source)
+            ))
+        }
+    }
+    Answer { report, found }
+}
+
+/// Asks every source: the runtimes all at once (CRI sockets first, then the Docker API
+/// ones, in this order in the answer), then the cgroup scan. Sources that fail are reported,
+/// not fatal.
+pub async fn ask(sources: &Sources) -> Vec<Answer> {
+    let limits = &LIMITS;
+    let cri = cri::sockets(sources.cri_socket.as_deref())
+        .into_iter()
+        .map(|socket| async move {
+            let report = SourceReport::new("cri", Some(socket.display().to_string()));
+            ask_one(report, limits, cri::query(&socket), |rt| {
+                format!("{} {}", rt.name, rt.version)
+            })
+            .await
+        });
+    let docker = docker::sockets(sources.docker_socket.as_deref())
+        .into_iter()
+        .map(|socket| async move {
+            let report = SourceReport::new("docker-api", Some(socket.display().to_string()));
+            ask_one(report, limits, docker::query(&socket), |e| {
+                format!("{} {}", e.name, e.version)
+            })
+            .await
+        });
+    let (mut answers, docker) = tokio::join!(join_all(cri), join_all(docker));
+    answers.extend(docker);
+    let scanned = cgroup::scan();
+    let mut report = SourceReport::new("cgroup-scan", None);
+    report.found = scanned.len();
+    answers.push(Answer {
+        report,
+        found: scanned,
+    });
+    answers
 }
 
 /// Everything found, one workload per network namespace (host-network pods and containers
@@ -76,55 +197,20 @@ impl Inventory {
     /// Asks every source and groups what they found. Sources that fail are reported in
     /// `sources`, not fatal. Veths and addresses are not filled in (see [`Inventory::describe`]).
     pub async fn gather(sources: &Sources) -> Self {
-        let mut reports = Vec::new();
+        Self::from_answers(ask(sources).await)
+    }
+
+    /// Groups what the sources answered, in their order (the first to report a container
+    /// names it).
+    pub fn from_answers(answers: Vec<Answer>) -> Self {
+        let mut sources = Vec::new();
         let mut found = Vec::new();
-        for socket in cri::sockets(sources.cri_socket.as_deref()) {
-            let mut report = SourceReport {
-                source: "cri",
-                socket: Some(socket.display().to_string()),
-                runtime: None,
-                found: 0,
-                error: None,
-            };
-            match cri::query(&socket).await {
-                Ok((rt, f)) => {
-                    report.runtime = Some(format!("{} {}", rt.name, rt.version));
-                    report.found = f.len();
-                    found.extend(f);
-                }
-                Err(e) => report.error = Some(format!("{e:#}")),
-            }
-            reports.push(report);
+        for a in answers {
+            sources.push(a.report);
+            found.extend(a.found);
         }
-        for socket in docker::sockets(sources.docker_socket.as_deref()) {
-            let mut report = SourceReport {
-                source: "docker-api",
-                socket: Some(socket.display().to_string()),
-                runtime: None,
-                found: 0,
-                error: None,
-            };
-            match docker::query(&socket) {
-                Ok((engine, f)) => {
-                    report.runtime = Some(format!("{} {}", engine.name, engine.version));
-                    report.found = f.len();
-                    found.extend(f);
-                }
-                Err(e) => report.error = Some(format!("{e:#}")),
-            }
-            reports.push(report);
-        }
-        let scanned = cgroup::scan();
-        reports.push(SourceReport {
-            source: "cgroup-scan",
-            socket: None,
-            runtime: None,
-            found: scanned.len(),
-            error: None,
-        });
-        found.extend(scanned);
         Self {
-            sources: reports,
+            sources,
             workloads: group(found),
         }
     }
@@ -261,10 +347,7 @@ impl Inventory {
     }
 
     fn asked_or_nothing(&self) -> String {
-        let answered = self
-            .sources
-            .iter()
-            .any(|s| s.source != "cgroup-scan" && s.error.is_none());
+        let answered = self.sources.iter().any(SourceReport::answered);
         if answered {
             format!("asked {}", self.asked())
         } else if self.sources.iter().all(|s| s.source == "cgroup-scan") {
@@ -321,7 +404,8 @@ pub async fn lookup(
     follow: bool,
 ) -> Result<(Vec<Workload>, Vec<super::watch::Watch>)> {
     use super::watch::{Target, Watch};
-    let inv = Inventory::gather(sources).await;
+    let mut cache = super::cache::RuntimeCache::new(sources.clone());
+    let inv = cache.gather().await.clone();
     let targets = pods
         .iter()
         .map(|p| Target::Pod {
@@ -334,7 +418,7 @@ pub async fn lookup(
     for t in targets {
         let mut w = t.find(&inv)?;
         describe(&mut w);
-        watches.push(Watch::new(t, sources.clone(), follow, w.clone()));
+        watches.push(Watch::new(t, cache.clone(), follow, w.clone()));
         workloads.push(w);
     }
     Ok((workloads, watches))
@@ -413,6 +497,8 @@ pub fn group(found: Vec<Found>) -> Vec<Workload> {
                 ..Default::default()
             }
         });
+        // Named (in part) from a source's last good answer.
+        w.stale |= f.stale;
         if w.pod.is_none() {
             w.pod = f.pod.clone();
         }
@@ -618,6 +704,7 @@ mod tests {
                 runtime: Some("containerd 1.6.20".into()),
                 found: 7,
                 error: None,
+                kept: 0,
             }],
             workloads: sample(),
         }
@@ -669,6 +756,7 @@ mod tests {
                 runtime: None,
                 found: 0,
                 error: None,
+                kept: 0,
             }],
             workloads: Vec::new(),
         };

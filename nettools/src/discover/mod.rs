@@ -4,9 +4,14 @@
 //! Pods and containers come from the node's container runtimes, one module per source: [`cri`]
 //! (containerd, CRI-O), [`docker`] (Docker, Podman's Docker-compatible service) and [`cgroup`]
 //! (a /proc + cgroup scan when no runtime answers); [`inventory`] merges them into one workload
-//! per network namespace and finds `--pod` / `--container` there; [`watch`] follows a pod or
-//! container during a trace.
+//! per network namespace and finds `--pod` / `--container` there; [`cache`] keeps the last
+//! good answer of a runtime that stops answering, so its workloads keep their names (marked
+//! stale); [`watch`] follows a pod or container during a trace.
+//!
+//! Every runtime call has deadlines ([`Limits`]): a runtime that hangs, dribbles or floods
+//! costs at most those and shows as an error of that source, never as a stuck nettools.
 
+pub mod cache;
 pub mod cgroup;
 pub mod cri;
 pub mod docker;
@@ -16,7 +21,67 @@ pub mod netns;
 pub mod veth;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
+
+/// How long a container runtime may take, and how much it may send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connecting to its socket.
+    pub connect: Duration,
+    /// One request, from connecting to the last byte of the answer.
+    pub request: Duration,
+    /// One source's whole listing (version, lists, every inspection).
+    pub source: Duration,
+    /// The largest answer read; a larger one fails the source.
+    pub max_answer: usize,
+    /// Requests in flight at once to one runtime (container inspections, sandbox statuses).
+    pub concurrency: usize,
+}
+
+/// The limits nettools uses for every runtime.
+pub const LIMITS: Limits = Limits {
+    connect: Duration::from_secs(1),
+    request: Duration::from_secs(5),
+    source: Duration::from_secs(15),
+    max_answer: 16 << 20,
+    concurrency: 8,
+};
+
+/// `5 s`, `300 ms`: a limit in a sentence.
+pub fn span(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// `16 MiB`, `1024 bytes`: a size limit in a sentence.
+pub fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// Text a runtime sent (an error message), fit for one line of a sentence: control
+/// characters escaped, at most 200 characters.
+pub fn quoted_text(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.trim().chars().enumerate() {
+        if i == 200 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 use serde::Serialize;
 
@@ -96,6 +161,10 @@ pub struct Workload {
     pub host_network: bool,
     /// Addresses inside the namespace (`10.233.0.2/24`), loopback left out.
     pub addresses: Vec<String>,
+    /// Named from a runtime's last good answer: that runtime fails now, and the namespace
+    /// still exists (see [`cache`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
 }
 
 impl Workload {

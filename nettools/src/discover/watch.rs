@@ -1,6 +1,11 @@
 //! Following a pod or container while it is traced: every couple of seconds the runtimes are
 //! asked again. A workload that is gone ends the trace (it is reported); one that came back
 //! with a new sandbox — a new network namespace — is followed with `--follow`.
+//!
+//! The runtimes are asked in the background: the trace's loop (which drains the kernel's
+//! events) never waits for them, and their answer is looked at on a later tick. A runtime
+//! that fails keeps its last answer ([`RuntimeCache`]), so a hiccup neither ends nor restarts
+//! a trace; only the namespace itself disappearing does.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +13,8 @@ use anyhow::Result;
 
 use super::{
     Workload,
-    inventory::{self, Inventory, Sources},
+    cache::RuntimeCache,
+    inventory::{self, Inventory},
 };
 
 /// How often the runtimes are asked.
@@ -61,7 +67,8 @@ pub enum Change {
 #[derive(Clone, Debug)]
 pub struct Watch {
     pub target: Target,
-    pub sources: Sources,
+    /// The runtimes, with their last good answers.
+    pub runtimes: RuntimeCache,
     /// Follow a new sandbox (`--follow`) instead of ending the trace.
     pub follow: bool,
     /// The namespace being traced now.
@@ -73,10 +80,10 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(target: Target, sources: Sources, follow: bool, current: Workload) -> Self {
+    pub fn new(target: Target, runtimes: RuntimeCache, follow: bool, current: Workload) -> Self {
         Self {
             target,
-            sources,
+            runtimes,
             follow,
             current,
             reported_gone: false,
@@ -85,17 +92,26 @@ impl Watch {
         }
     }
 
-    /// Asks the runtimes again when [`INTERVAL`] has passed since the last time.
+    /// Asks the runtimes again when [`INTERVAL`] has passed since the last time (in the
+    /// background), and looks at their answer once it is in. Never waits for them.
     pub async fn check(&mut self) -> Change {
-        if self.last.is_some_and(|l| l.elapsed() < INTERVAL) {
+        if !self.runtimes.asking() {
+            if self.last.is_some_and(|l| l.elapsed() < INTERVAL) {
+                return Change::Same;
+            }
+            self.last = Some(Instant::now());
+            self.runtimes.ask();
+        }
+        if !self.runtimes.answer(Some(Duration::ZERO)).await {
             return Change::Same;
         }
-        self.last = Some(Instant::now());
-        let inv = Inventory::gather(&self.sources).await;
-        let answered = inv
-            .sources
-            .iter()
-            .any(|s| s.source != "cgroup-scan" && s.error.is_none());
+        let inv = self.runtimes.inventory().clone();
+        self.decide_on(&inv)
+    }
+
+    /// What the inventory `inv` means for the workload followed.
+    fn decide_on(&mut self, inv: &Inventory) -> Change {
+        let answered = inv.sources.iter().any(inventory::SourceReport::answered);
         let alive = self
             .current
             .netns_path
@@ -104,7 +120,7 @@ impl Watch {
         let change = decide(
             &self.target,
             &self.current,
-            self.target.find(&inv),
+            self.target.find(inv),
             answered,
             alive,
         );

@@ -8,7 +8,11 @@
 pub mod http;
 pub mod metrics;
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Instant};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -23,10 +27,7 @@ use tokio::{
 
 use crate::{
     cli::ServeArgs,
-    discover::{
-        Workload, WorkloadKind,
-        inventory::{Inventory, Sources},
-    },
+    discover::{Workload, WorkloadKind, cache::RuntimeCache, inventory::Inventory},
     probe::ProbeKind,
     session::{self, Session, Status},
 };
@@ -189,10 +190,16 @@ fn attach_veths(session: &mut Session, labels: &mut BTreeMap<u32, Workload>) {
     }
 }
 
+/// How long a refresh waits for the runtimes; a later answer is used at a later refresh.
+const RUNTIME_WAIT: Duration = Duration::from_millis(250);
+
 /// Asks the runtimes and the namespaces again: names new workloads, attaches their veths,
-/// forgets the ones that are gone.
-async fn refresh(session: &mut Session, sources: &Sources, ctx: &mut metrics::Context) {
-    let inventory = Inventory::gather(sources).await;
+/// forgets the ones that are gone. A runtime that fails keeps its last answer (stale), so its
+/// workloads are not forgotten while their namespaces exist.
+async fn refresh(session: &mut Session, runtimes: &mut RuntimeCache, ctx: &mut metrics::Context) {
+    runtimes.ask();
+    runtimes.answer(Some(RUNTIME_WAIT)).await;
+    let inventory = runtimes.inventory().clone();
     ctx.sources = sources_of(&inventory);
     let mut labels = all_labels(&inventory);
     let old = std::mem::take(&mut session.collector.labels);
@@ -228,10 +235,10 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
     crate::preflight::require_privileges()?;
     let listener = bind(args.listen)?;
     let local = listener.local_addr().unwrap_or(args.listen);
-    let sources = args.runtime.sources();
+    let mut runtimes = RuntimeCache::new(args.runtime.sources());
     let status = Status::new();
     status.say("asking the container runtimes");
-    let inventory = Inventory::gather(&sources).await;
+    let inventory = runtimes.gather().await.clone();
     let mut probes = if args.probes.is_empty() {
         ProbeKind::DEFAULT.to_vec()
     } else {
@@ -287,7 +294,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
     loop {
         tokio::select! {
             step = session.step() => { step?; }
-            _ = every.tick() => refresh(&mut session, &sources, &mut ctx).await,
+            _ = every.tick() => refresh(&mut session, &mut runtimes, &mut ctx).await,
             Some(reply) = requests.recv() => {
                 let body = scrape(&mut session, &ctx, started).map_err(|e| {
                     log::warn!("scrape failed: {e:#}");
