@@ -8,6 +8,7 @@ use nettools::{
     cli::{Cli, Command},
     discover::{self, Workload},
     doctor, lab,
+    report::text,
     trace::{self, TraceSpec},
 };
 
@@ -35,10 +36,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Errors quote names from outside (namespaces, pods, interfaces): escaped.
             if verbose {
-                eprintln!("nettools: {e:#}");
+                eprintln!("nettools: {}", text::escape_lines(&format!("{e:#}")));
             } else {
-                eprintln!("nettools: {e}");
+                eprintln!("nettools: {}", text::escape(&e.to_string()));
             }
             ExitCode::FAILURE
         }

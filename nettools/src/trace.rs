@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     discover::Workload,
     probe::{self, ProbeKind},
-    report::{self, Output, json},
+    report::{self, Output, json, text::Safe},
     session::{self, Session, Status, Step},
 };
 
@@ -67,14 +67,18 @@ fn open_output(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
     })
 }
 
-/// Human description of what is traced, for the status line.
+/// Human description of what is traced, for the status line (names escaped).
 fn describe_targets(spec: &TraceSpec) -> String {
     if spec.all {
         return "every network namespace".to_string();
     }
-    let names: Vec<&str> = spec.workloads.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<String> = spec
+        .workloads
+        .iter()
+        .map(|w| Safe(&w.name).to_string())
+        .collect();
     match names.len() {
-        1 => names[0].to_string(),
+        1 => names[0].clone(),
         n => format!("{n} namespaces ({})", names.join(", ")),
     }
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use hdrhistogram::Histogram;
 
-use super::{LatencyDistribution, Summary};
+use super::{LatencyDistribution, Summary, text::Safe};
 
 /// Width of the longest bar.
 const BAR: usize = 40;
@@ -96,7 +96,8 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "nettools latency histograms, {:.1} s, kernel {}",
-        s.duration_s, s.kernel
+        s.duration_s,
+        Safe(&s.kernel)
     );
     let mut any = false;
     for w in &s.workloads {
@@ -107,7 +108,7 @@ pub fn render(s: &Summary) -> String {
             continue;
         }
         any = true;
-        let _ = writeln!(out, "\n== {}  (netns {})", w.name, w.netns);
+        let _ = writeln!(out, "\n== {}  (netns {})", Safe(&w.name), w.netns);
         for d in &l.distributions {
             distribution(&mut out, d);
         }

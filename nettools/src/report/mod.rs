@@ -6,6 +6,10 @@ pub mod histogram;
 pub mod json;
 pub mod live;
 pub mod table;
+pub mod text;
+
+#[cfg(test)]
+pub(crate) mod hostile_tests;
 
 use std::{
     collections::BTreeMap,
