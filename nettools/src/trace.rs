@@ -17,7 +17,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     discover::Workload,
     probe::{self, ProbeKind},
-    report::{self, Output, json, text::Safe},
+    report::{
+        self, Output,
+        file::{Commit, Destination},
+        json,
+        text::Safe,
+    },
     session::{self, Session, Status, Step},
 };
 
@@ -56,14 +61,18 @@ pub struct TraceSpec {
     pub runtime: follow::RuntimeTrace,
 }
 
-/// Where the report goes.
-fn open_output(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
+/// Where the report goes: stdout, or a temporary file next to `--out` that becomes it once
+/// the report is complete ([`report::file`]), so the old file stays as it was until then.
+fn open_output(out: &Option<PathBuf>) -> Result<(Box<dyn Write>, Commit)> {
     Ok(match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        Some(path) => {
+            let (file, commit) = Destination::new(path)?.open()?;
+            (Box::new(std::io::BufWriter::new(file)), commit)
+        }
+        None => (
+            Box::new(std::io::BufWriter::new(std::io::stdout())),
+            Commit::none(),
+        ),
     })
 }
 
@@ -85,7 +94,15 @@ fn describe_targets(spec: &TraceSpec) -> String {
 
 /// Runs a trace to its end and writes the report.
 pub async fn run(mut spec: TraceSpec) -> Result<()> {
-    let output = open_output(&spec.out)?;
+    // Every file is checked before anything is attached; none is replaced before the report
+    // is complete.
+    let (output, commit) = open_output(&spec.out)?;
+    let folded_file = spec.folded.as_deref().map(Destination::new).transpose()?;
+    let hgrm_dir = spec
+        .hgrm_dir
+        .as_deref()
+        .map(report::file::Dir::for_own_files)
+        .transpose()?;
     let status = Status::new();
     let labels: BTreeMap<u32, Workload> = if spec.all {
         let mut labels = crate::discover::netns::labels();
@@ -212,18 +229,19 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     }
     .and_then(|()| out.flush())
     .context("cannot write the report")?;
-    if let Some(path) = &spec.folded {
+    drop(out);
+    commit.commit()?;
+    if let Some(file) = &folded_file {
         let mut text = folded.join("\n");
         text.push('\n');
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write the folded stacks to {}", path.display()))?;
+        file.write(text.as_bytes())?;
     }
-    if let Some(dir) = &spec.hgrm_dir {
+    if let Some(dir) = &hgrm_dir {
         let files = report::histogram::write_hgrm(dir, &summary)?;
         eprintln!(
             "nettools: wrote {} histogram file(s) to {}",
             files.len(),
-            dir.display()
+            dir.path().display()
         );
     }
     Ok(())

@@ -241,6 +241,14 @@ proptest! {
                 "{}\n{}", header, row
             );
         }
+        // The .hgrm files: names safe for any file system, never two the same.
+        let files = super::histogram::hgrm_files(&s);
+        let mut seen = std::collections::HashSet::new();
+        for (name, _) in &files {
+            prop_assert!(name.len() < 256 && !name.starts_with('.'), "{}", name);
+            prop_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{}", name);
+            prop_assert!(seen.insert(name.clone()), "{} twice", name);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Turning what was collected into answers: one [`Summary`] model that both the table (for
 //! people) and JSON (for machines) render, so their figures cannot disagree.
 
+pub mod file;
 pub mod flamegraph;
 pub mod histogram;
 pub mod json;
