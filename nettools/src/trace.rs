@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     discover::Workload,
@@ -23,7 +22,7 @@ use crate::{
         json,
         text::Safe,
     },
-    session::{self, Session, Status, Step},
+    session::{self, Session, Status, Step, Stop},
 };
 
 /// Everything a trace needs to know.
@@ -94,6 +93,9 @@ fn describe_targets(spec: &TraceSpec) -> String {
 
 /// Runs a trace to its end and writes the report.
 pub async fn run(mut spec: TraceSpec) -> Result<()> {
+    // Signals first: from here on Ctrl-C and SIGTERM end the trace cleanly, also while the
+    // probes load and attach.
+    let mut stop = Stop::install()?;
     // Every file is checked before anything is attached; none is replaced before the report
     // is complete.
     let (output, commit) = open_output(&spec.out)?;
@@ -144,8 +146,6 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         }
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = spec.duration.map(|d| tokio::time::Instant::now() + d);
     let show_live = spec
         .live
@@ -168,8 +168,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                     }
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.requested() => break,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
