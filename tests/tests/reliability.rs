@@ -412,6 +412,7 @@ fn sigterm_while_attaching_leaves_no_clsact_filter() -> Result<()> {
         "nettools: tracing",
     ] {
         let _ = std::fs::remove_file(&out.0);
+        let started = std::time::Instant::now();
         let Some(mut term) = pty::Terminal::start(&args, pty::Side::Stderr, 200)? else {
             skip("no pseudo-terminals here (devpts is not mounted)");
             return Ok(());
@@ -424,8 +425,14 @@ fn sigterm_while_attaching_leaves_no_clsact_filter() -> Result<()> {
         if moment == "nettools: tracing" {
             assert!(ours(&a)? && ours(&b)?, "no clsact filter while tracing");
         }
+        let shown_at = started.elapsed();
         term.signal(libc::SIGTERM)?;
         let (status, shown) = term.wait(Duration::from_secs(60))?;
+        eprintln!(
+            "SIGTERM at {moment:?} ({:.0} ms after start): exited {status} {:.0} ms later",
+            shown_at.as_secs_f64() * 1e3,
+            (started.elapsed() - shown_at).as_secs_f64() * 1e3
+        );
         assert!(
             status.success(),
             "SIGTERM at {moment:?}: {status} (killed by the signal?): {shown}"

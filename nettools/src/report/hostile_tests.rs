@@ -203,20 +203,25 @@ fn summary(names: &[String]) -> Summary {
     }
 }
 
-fn plain_names() -> Vec<String> {
-    vec!["x".to_string(); NAMES]
-}
+/// The table and the histogram text with every name `x`: the lines a report has.
+static PLAIN: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
+    let plain = summary(&vec!["x".to_string(); NAMES]);
+    (
+        super::table::render(&plain),
+        super::histogram::render(&plain),
+    )
+});
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // Each case builds two summaries with histograms: 128 keep the unit tests quick.
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn table_and_histograms(names in prop::collection::vec(hostile(), NAMES)) {
         let s = summary(&names);
-        let plain = summary(&plain_names());
         for (what, out, expected) in [
-            ("table", super::table::render(&s), super::table::render(&plain)),
-            ("histogram", super::histogram::render(&s), super::histogram::render(&plain)),
+            ("table", super::table::render(&s), &PLAIN.0),
+            ("histogram", super::histogram::render(&s), &PLAIN.1),
         ] {
             assert_terminal_safe(what, &out);
             prop_assert_eq!(out.lines().count(), expected.lines().count(), "{}:\n{}", what, out);
