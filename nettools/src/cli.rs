@@ -275,6 +275,52 @@ pub struct LabArgs {
     pub keep: bool,
 }
 
+/// A usage error as the one sentence every nettools error is: clap's message, its tip, and
+/// where help is (`nettools trace --help`, the subcommand found in `args`), on one line,
+/// escaped.
+pub fn one_sentence<S: AsRef<std::ffi::OsStr>>(e: &clap::Error, args: &[S]) -> String {
+    use clap::CommandFactory as _;
+    let rendered = e.render().to_string();
+    let mut message = Vec::new();
+    let mut tips = Vec::new();
+    let cli = Cli::command();
+    let mut command = match args.iter().find_map(|a| {
+        cli.get_subcommands()
+            .find(|s| std::ffi::OsStr::new(s.get_name()) == a.as_ref())
+    }) {
+        Some(sub) => format!("nettools {}", sub.get_name()),
+        None => "nettools".to_string(),
+    };
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(usage) = line.strip_prefix("Usage:") {
+            // `Usage: nettools trace [OPTIONS] <…>`: the command's words.
+            let words: Vec<&str> = usage
+                .split_whitespace()
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect();
+            if !words.is_empty() {
+                command = words.join(" ");
+            }
+        } else if let Some(tip) = line.strip_prefix("tip:") {
+            tips.push(tip.trim().to_string());
+        } else if !line.starts_with("For more information") {
+            message.push(
+                line.strip_prefix("error:")
+                    .unwrap_or(line)
+                    .trim()
+                    .to_string(),
+            );
+        }
+    }
+    let mut sentence = message.join(" ");
+    for tip in tips {
+        sentence.push_str("; ");
+        sentence.push_str(&tip);
+    }
+    sentence.push_str(&format!("; see `{command} --help`"));
+    crate::report::text::escape(&sentence).into_owned()
+}
+
 /// 1, 2, 4, … 65536.
 fn parse_power_of_two(text: &str) -> Result<u32, String> {
     match text.parse::<u32>() {
@@ -316,6 +362,72 @@ mod tests {
         assert!(Cli::try_parse_from(["nettools", "trace", "--netns", "a", "-n", "x"]).is_err());
         assert!(Cli::try_parse_from(["nettools", "trace", "--all", "--pod", "web"]).is_err());
         assert!(Cli::try_parse_from(["nettools", "list", "-o", "json"]).is_ok());
+    }
+
+    #[test]
+    fn usage_errors_are_one_sentence() {
+        let sentence = |args: &[&str]| match Cli::try_parse_from(args) {
+            Ok(_) => String::new(),
+            Err(e) => one_sentence(&e, args),
+        };
+        assert_eq!(
+            sentence(&["nettools", "trace", "--netns", "a", "-d", "1e20"]),
+            "invalid value '1e20' for '--duration <DURATION>': \"1e20\" is longer than the \
+             longest duration nettools takes (365 days); see `nettools trace --help`"
+        );
+        assert_eq!(
+            sentence(&["nettools", "trace", "--netns", "a", "--foo"]),
+            "unexpected argument '--foo' found; a similar argument exists: '--follow'; see \
+             `nettools trace --help`"
+        );
+        assert!(
+            sentence(&["nettools", "trace"])
+                .starts_with("the following required arguments were not provided: <--netns")
+        );
+        assert_eq!(
+            sentence(&[
+                "nettools",
+                "trace",
+                "--netns",
+                "a",
+                "--ring-buffer",
+                "99999999999999999G"
+            ]),
+            "invalid value '99999999999999999G' for '--ring-buffer <SIZE>': the ring buffer must \
+             be a power of two between 4K and 1G, not 99999999999999999G; see `nettools trace \
+             --help`"
+        );
+        // What was typed never comes back raw (clap drops control characters, the rest is
+        // escaped) nor on two lines.
+        let odd = sentence(&[
+            "nettools",
+            "trace",
+            "--netns",
+            "a",
+            "-o",
+            "x\x07\n\u{202e}\x1b[2J",
+        ]);
+        assert!(odd.starts_with("invalid value 'x"), "{odd}");
+        assert!(!odd.contains(['\x1b', '\x07', '\n', '\u{202e}']), "{odd}");
+        for args in [
+            &["nettools", "serve", "--refresh", "1e20"][..],
+            &["nettools", "serve", "--timeout", "99999999999h"],
+            &["nettools", "lab", "--duration", "inf"],
+            &["nettools", "trace", "--all", "--timeout", "1e20"],
+            &["nettools", "trace", "--all", "--transit-sample", "1e20"],
+            &[
+                "nettools",
+                "serve",
+                "--ring-buffer",
+                "18446744073709551615K",
+            ],
+        ] {
+            let s = sentence(args);
+            assert!(
+                s.starts_with("invalid value") && !s.contains('\n'),
+                "{args:?}: {s}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::{
     cli::ListArgs,
     cli::ListFormat as Output,
     discover::{Workload, inventory::Inventory},
+    report::text,
 };
 
 /// Runs `nettools list`.
@@ -43,7 +44,8 @@ fn name(w: &Workload) -> String {
     }
 }
 
-/// The table for people.
+/// The table for people. Every cell is escaped ([`text::escape`]: names come from the runtimes
+/// and the workloads) and padded by display columns.
 pub fn table(inv: &Inventory) -> String {
     let header = [
         "KIND",
@@ -57,48 +59,13 @@ pub fn table(inv: &Inventory) -> String {
     ];
     let mut rows: Vec<[String; 8]> = Vec::new();
     for w in &inv.workloads {
-        let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
-        runtimes.dedup();
-        // Named from a failing runtime's last answer.
-        let stale = if w.stale { " (stale)" } else { "" };
-        rows.push([
-            if w.pod.is_some() { "pod" } else { "container" }.to_string(),
-            name(w),
-            dash_if_empty(
-                w.containers
-                    .iter()
-                    .map(|c| c.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-            if w.host_network {
-                format!("{} (host)", w.netns)
-            } else {
-                w.netns.to_string()
-            },
-            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            if w.host_network {
-                "host network".to_string()
-            } else {
-                dash_if_empty(
-                    w.veths
-                        .iter()
-                        .map(|v| match &v.bridge {
-                            Some(b) => format!("{} ({b})", v.name),
-                            None => v.name.clone(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                )
-            },
-            dash_if_empty(w.addresses.join(", ")),
-            dash_if_empty(runtimes.join(", ")) + stale,
-        ]);
+        let cells = row(w);
+        rows.push(cells.map(|c| text::escape(&c).into_owned()));
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(text::width(cell));
         }
     }
     let mut out = String::new();
@@ -108,10 +75,11 @@ pub fn table(inv: &Inventory) -> String {
             if i + 1 == cells.len() {
                 l.push_str(cell);
             } else {
-                let _ = write!(l, "{cell:<w$}  ");
+                l.push_str(&text::pad(cell, *w));
+                l.push_str("  ");
             }
         }
-        let _ = writeln!(out, "{}", l.trim_end());
+        let _ = writeln!(out, "{l}");
     };
     if rows.is_empty() {
         let _ = writeln!(out, "no pods or containers found on this node");
@@ -122,8 +90,49 @@ pub fn table(inv: &Inventory) -> String {
             line(&mut out, &cells);
         }
     }
-    let _ = writeln!(out, "\nasked: {}", inv.asked());
+    let _ = writeln!(out, "\nasked: {}", text::escape(&inv.asked()));
     out
+}
+
+/// One workload's cells, raw.
+fn row(w: &Workload) -> [String; 8] {
+    let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
+    runtimes.dedup();
+    // Named from a failing runtime's last answer.
+    let stale = if w.stale { " (stale)" } else { "" };
+    [
+        if w.pod.is_some() { "pod" } else { "container" }.to_string(),
+        name(w),
+        dash_if_empty(
+            w.containers
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        if w.host_network {
+            format!("{} (host)", w.netns)
+        } else {
+            w.netns.to_string()
+        },
+        w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        if w.host_network {
+            "host network".to_string()
+        } else {
+            dash_if_empty(
+                w.veths
+                    .iter()
+                    .map(|v| match &v.bridge {
+                        Some(b) => format!("{} ({b})", v.name),
+                        None => v.name.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        },
+        dash_if_empty(w.addresses.join(", ")),
+        dash_if_empty(runtimes.join(", ")) + stale,
+    ]
 }
 
 #[cfg(test)]
@@ -132,6 +141,67 @@ mod tests {
     use crate::discover::{
         ContainerRef, PodRef, WorkloadKind, inventory::SourceReport, veth::HostVeth,
     };
+
+    proptest::proptest! {
+        /// Names from the runtimes and the workloads: escaped, one line per workload, and
+        /// every column starting where its header does.
+        #[test]
+        fn hostile_names_keep_the_table_whole(
+            names in proptest::collection::vec(crate::report::hostile_tests::hostile(), 12),
+        ) {
+            let w = |i: usize| Workload {
+                name: names[i].clone(),
+                kind: WorkloadKind::Pod,
+                netns: 4026532253 + i as u32,
+                pid: Some(14052),
+                pod: Some(PodRef {
+                    name: names[i + 1].clone(),
+                    namespace: Some(names[i + 2].clone()),
+                    ..Default::default()
+                }),
+                containers: vec![ContainerRef {
+                    id: "a".into(),
+                    name: names[i + 3].clone(),
+                    runtime: names[i + 4].clone(),
+                }],
+                veths: vec![HostVeth {
+                    name: names[i + 5].clone(),
+                    ifindex: 9,
+                    bridge: Some(names[i + 6].clone()),
+                    inner_name: "eth0".into(),
+                    inner_ifindex: 2,
+                }],
+                addresses: vec![names[i + 7].clone()],
+                ..Default::default()
+            };
+            let inv = Inventory {
+                sources: vec![SourceReport {
+                    source: "docker-api",
+                    socket: Some(names[8].clone()),
+                    runtime: Some(names[9].clone()),
+                    found: 2,
+                    error: Some(names[10].clone()),
+                    kept: 0,
+                }],
+                workloads: vec![w(0), w(4)],
+            };
+            let t = table(&inv);
+            crate::report::hostile_tests::assert_terminal_safe("list", &t);
+            let lines: Vec<&str> = t.lines().collect();
+            proptest::prop_assert_eq!(lines.len(), 5, "{}", t);
+            // Everything before the last column (RUNTIME) is as wide on every line.
+            let last = |i: usize| -> String {
+                match i {
+                    0 => "RUNTIME".to_string(),
+                    _ => text::escape(&super::dash_if_empty(names[(i - 1) * 4 + 4].clone())).into_owned(),
+                }
+            };
+            let before: Vec<usize> = (0..3)
+                .map(|i| text::width(lines[i]) - text::width(&last(i)))
+                .collect();
+            proptest::prop_assert!(before.iter().all(|b| *b == before[0]), "{:?}\n{}", before, t);
+        }
+    }
 
     #[test]
     fn one_row_per_namespace() {

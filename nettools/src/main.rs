@@ -8,11 +8,15 @@ use nettools::{
     cli::{Cli, Command},
     discover::{self, Workload},
     doctor, lab,
+    report::text,
     trace::{self, TraceSpec},
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let level = if cli.verbose {
         "debug,aya=info,aya_obj=info"
     } else {
@@ -35,11 +39,31 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
+            // Errors quote names from outside (namespaces, pods, interfaces): escaped.
             if verbose {
-                eprintln!("nettools: {e:#}");
+                eprintln!("nettools: {}", text::escape_lines(&format!("{e:#}")));
             } else {
-                eprintln!("nettools: {e}");
+                eprintln!("nettools: {}", text::escape(&e.to_string()));
             }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--help` and `--version` print as clap prints them; a usage error (an unknown option, a
+/// value out of range) is one sentence and exit code 1, like every other error.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+        }
+        _ => {
+            let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            eprintln!("nettools: {}", nettools::cli::one_sentence(e, &args));
             ExitCode::FAILURE
         }
     }

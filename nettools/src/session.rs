@@ -234,6 +234,34 @@ impl Session {
     }
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, caught from before the first probe is attached: a signal that
+/// arrives while the probes load or attach no longer kills the process half-attached (leaving
+/// clsact filters behind); it ends the run once attaching is over, and everything is detached
+/// as on any other stop. Install it before [`Session::start`].
+pub struct Stop {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+
+    /// Waits for SIGINT or SIGTERM (at once when one came since [`Stop::install`]).
+    /// Cancel-safe.
+    pub async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
 /// A status line on stderr while probes load and attach (a terminal only; elsewhere the one
 /// "tracing …" line says it all).
 pub struct Status {

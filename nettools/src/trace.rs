@@ -12,13 +12,17 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     discover::Workload,
     probe::{self, ProbeKind},
-    report::{self, Output, json},
-    session::{self, Session, Status, Step},
+    report::{
+        self, Output,
+        file::{Commit, Destination},
+        json,
+        text::Safe,
+    },
+    session::{self, Session, Status, Step, Stop},
 };
 
 /// Everything a trace needs to know.
@@ -56,32 +60,51 @@ pub struct TraceSpec {
     pub runtime: follow::RuntimeTrace,
 }
 
-/// Where the report goes.
-fn open_output(out: &Option<PathBuf>) -> Result<Box<dyn Write>> {
+/// Where the report goes: stdout, or a temporary file next to `--out` that becomes it once
+/// the report is complete ([`report::file`]), so the old file stays as it was until then.
+fn open_output(out: &Option<PathBuf>) -> Result<(Box<dyn Write>, Commit)> {
     Ok(match out {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+        Some(path) => {
+            let (file, commit) = Destination::new(path)?.open()?;
+            (Box::new(std::io::BufWriter::new(file)), commit)
+        }
+        None => (
+            Box::new(std::io::BufWriter::new(std::io::stdout())),
+            Commit::none(),
+        ),
     })
 }
 
-/// Human description of what is traced, for the status line.
+/// Human description of what is traced, for the status line (names escaped).
 fn describe_targets(spec: &TraceSpec) -> String {
     if spec.all {
         return "every network namespace".to_string();
     }
-    let names: Vec<&str> = spec.workloads.iter().map(|w| w.name.as_str()).collect();
+    let names: Vec<String> = spec
+        .workloads
+        .iter()
+        .map(|w| Safe(&w.name).to_string())
+        .collect();
     match names.len() {
-        1 => names[0].to_string(),
+        1 => names[0].clone(),
         n => format!("{n} namespaces ({})", names.join(", ")),
     }
 }
 
 /// Runs a trace to its end and writes the report.
 pub async fn run(mut spec: TraceSpec) -> Result<()> {
-    let output = open_output(&spec.out)?;
+    // Signals first: from here on Ctrl-C and SIGTERM end the trace cleanly, also while the
+    // probes load and attach.
+    let mut stop = Stop::install()?;
+    // Every file is checked before anything is attached; none is replaced before the report
+    // is complete.
+    let (output, commit) = open_output(&spec.out)?;
+    let folded_file = spec.folded.as_deref().map(Destination::new).transpose()?;
+    let hgrm_dir = spec
+        .hgrm_dir
+        .as_deref()
+        .map(report::file::Dir::for_own_files)
+        .transpose()?;
     let status = Status::new();
     let labels: BTreeMap<u32, Workload> = if spec.all {
         let mut labels = crate::discover::netns::labels();
@@ -123,8 +146,6 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         }
     );
 
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let deadline = spec.duration.map(|d| tokio::time::Instant::now() + d);
     let show_live = spec
         .live
@@ -147,8 +168,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                     }
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.requested() => break,
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -208,18 +228,19 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     }
     .and_then(|()| out.flush())
     .context("cannot write the report")?;
-    if let Some(path) = &spec.folded {
+    drop(out);
+    commit.commit()?;
+    if let Some(file) = &folded_file {
         let mut text = folded.join("\n");
         text.push('\n');
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write the folded stacks to {}", path.display()))?;
+        file.write(text.as_bytes())?;
     }
-    if let Some(dir) = &spec.hgrm_dir {
+    if let Some(dir) = &hgrm_dir {
         let files = report::histogram::write_hgrm(dir, &summary)?;
         eprintln!(
             "nettools: wrote {} histogram file(s) to {}",
             files.len(),
-            dir.display()
+            dir.path().display()
         );
     }
     Ok(())
@@ -239,50 +260,76 @@ pub fn humantime(d: Duration) -> String {
     }
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s` or a plain number of seconds.
+/// The longest duration any flag takes: a year. Longer ones are refused with one sentence
+/// rather than overflowing a timer.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, `1m30s` or a plain number of seconds, from 1 ms to
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && secs > 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-        return Err(format!("{text:?} is not a positive duration"));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m or h (e.g. 30s)"))?;
-        if digits == 0 {
-            return Err(format!(
+    let too_long =
+        || format!("{text:?} is longer than the longest duration nettools takes (365 days)");
+    let mut positive = false;
+    let mut seconds = |secs: f64| {
+        positive |= secs > 0.0;
+        if secs.is_nan() {
+            Err(format!(
                 "{text:?} is not a duration such as 30s, 500ms or 2m"
-            ));
+            ))
+        } else if secs < 0.0 {
+            Err(format!("{text:?} is not a positive duration"))
+        } else {
+            Duration::try_from_secs_f64(secs).map_err(|_| too_long())
         }
-        let value: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 2m"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            other => {
+    };
+    let total = if let Ok(secs) = text.parse::<f64>() {
+        seconds(secs)?
+    } else {
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(|| format!("{text:?} needs a unit: ms, s, m or h (e.g. 30s)"))?;
+            if digits == 0 {
                 return Err(format!(
-                    "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+                    "{text:?} is not a duration such as 30s, 500ms or 2m"
                 ));
             }
-        };
-        total += Duration::from_secs_f64(secs);
+            let value: f64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("{text:?} is not a duration such as 30s, 500ms or 2m"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let secs = match unit {
+                "ms" => value / 1000.0,
+                "s" => value,
+                "m" => value * 60.0,
+                "h" => value * 3600.0,
+                other => {
+                    return Err(format!(
+                        "unknown unit {other:?} in {text:?}: use ms, s, m or h"
+                    ));
+                }
+            };
+            total = total.checked_add(seconds(secs)?).ok_or_else(too_long)?;
+        }
+        total
+    };
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
-    if total.is_zero() {
-        return Err(format!("{text:?} is not a positive duration"));
+    if total < Duration::from_millis(1) {
+        return Err(if positive {
+            format!("{text:?} is shorter than a millisecond")
+        } else {
+            format!("{text:?} is not a positive duration")
+        });
     }
     Ok(total)
 }
@@ -300,13 +347,13 @@ pub fn parse_size(text: &str) -> Result<u32, String> {
         .trim_end_matches(['i', 'I'])
         .parse()
         .map_err(|_| format!("{text:?} is not a size such as 4M"))?;
-    let bytes = n * mult;
+    let refused =
+        || format!("the ring buffer must be a power of two between 4K and 1G, not {text}");
+    let bytes = n.checked_mul(mult).ok_or_else(refused)?;
     if bytes < 4096 || !bytes.is_power_of_two() || bytes > 1 << 30 {
-        return Err(format!(
-            "the ring buffer must be a power of two between 4K and 1G, not {text}"
-        ));
+        return Err(refused());
     }
-    Ok(bytes as u32)
+    u32::try_from(bytes).map_err(|_| refused())
 }
 
 #[cfg(test)]
@@ -324,6 +371,32 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("10x").is_err());
         assert!(parse_duration("s").is_err());
+        // Regression (issue 14): these panicked converting float seconds to a Duration.
+        for huge in [
+            "1e20",
+            "1e400",
+            "inf",
+            "99999999999999999999h",
+            "366d",
+            "8761h",
+            "1e10m",
+        ] {
+            let e = parse_duration(huge).err().unwrap_or_default();
+            assert!(
+                e.contains("longer than the longest duration") || e.contains("unknown unit"),
+                "{huge}: {e}"
+            );
+        }
+        assert!(parse_duration("8760h").is_ok());
+        assert!(parse_duration("8759h59m60s").is_ok());
+        assert!(parse_duration("4380h4380h1s").is_err());
+        for bad in ["nan", "-5", "-1s", "1e-20", "0.0000001s", "0ms", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("1e-20"),
+            Err("\"1e-20\" is shorter than a millisecond".into())
+        );
         assert_eq!(humantime(Duration::from_secs(90)), "1m30s");
         assert_eq!(humantime(Duration::from_millis(1500)), "1500ms");
     }
@@ -336,5 +409,10 @@ mod tests {
         assert!(parse_size("3M").is_err());
         assert!(parse_size("1K").is_err());
         assert!(parse_size("lots").is_err());
+        // Regression (issue 14): the multiplication overflowed.
+        assert!(parse_size("99999999999999999G").is_err());
+        assert!(parse_size("18446744073709551615K").is_err());
+        assert!(parse_size("2G").is_err());
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
     }
 }

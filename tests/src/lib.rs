@@ -16,6 +16,7 @@ use std::{
 
 pub mod nsexec;
 pub mod prom;
+pub mod pty;
 pub mod runtimes;
 
 use anyhow::{Context as _, Result, bail};

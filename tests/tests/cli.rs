@@ -58,9 +58,132 @@ fn no_btf() -> Result<()> {
 #[test]
 fn bad_duration_is_refused_by_the_parser() -> Result<()> {
     let out = nettools(&["trace", "--all", "-d", "ten"])?;
+    assert_one_sentence(&out, "is not a duration such as 30s");
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is not a duration such as 30s"), "{stderr}");
+    assert!(
+        stderr.ends_with("; see `nettools trace --help`\n"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// Regression (issue 14): `--duration 1e20` panicked converting float seconds to a Duration,
+/// a huge `--ring-buffer` overflowed. Every duration and size flag of every command: one
+/// sentence, exit code 1, before anything is done.
+#[test]
+fn overflowing_durations_and_sizes_are_one_sentence() -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["trace", "--all", "--duration", "1e20"],
+            "longer than the longest duration",
+        ),
+        (
+            &["trace", "--all", "-d", "99999999999999999999h"],
+            "longer than the longest duration",
+        ),
+        (
+            &["trace", "--all", "-d", "4380h4380h1s"],
+            "longer than the longest duration",
+        ),
+        (
+            &["trace", "--all", "-d", "1e-20"],
+            "shorter than a millisecond",
+        ),
+        (
+            &["trace", "--all", "--timeout", "1e20"],
+            "longer than the longest duration",
+        ),
+        (
+            &["trace", "--all", "--timeout", "inf"],
+            "longer than the longest duration",
+        ),
+        (
+            &["trace", "--all", "--ring-buffer", "99999999999999999G"],
+            "power of two between 4K and 1G",
+        ),
+        (
+            &["trace", "--all", "--ring-buffer", "18446744073709551615K"],
+            "power of two between 4K and 1G",
+        ),
+        (
+            &["trace", "--all", "--transit-sample", "1e20"],
+            "is not a power of two",
+        ),
+        (
+            &["serve", "--refresh", "1e20"],
+            "longer than the longest duration",
+        ),
+        (
+            &["serve", "--timeout", "1e300"],
+            "longer than the longest duration",
+        ),
+        (
+            &["serve", "--ring-buffer", "99999999999999999G"],
+            "power of two between 4K and 1G",
+        ),
+        (
+            &["serve", "--transit-sample", "4294967296"],
+            "is not a power of two",
+        ),
+        (
+            &["serve", "--max-workloads", "99999999999999999999999"],
+            "--max-workloads",
+        ),
+        (
+            &["lab", "--duration", "1e20"],
+            "longer than the longest duration",
+        ),
+        (&["trace", "--pid", "99999999999"], "--pid"),
+    ];
+    for (args, expected) in cases {
+        let out = nettools(args)?;
+        assert_one_sentence(&out, expected);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    Ok(())
+}
+
+/// Regression (issue 14): the live view cut a name at a byte offset inside a character and
+/// panicked (`nettools trace --netns ééééééééééééééé` on a terminal). Now names are cut by
+/// columns, keeping their end, on a real terminal with a real namespace.
+#[test]
+fn the_live_view_cuts_long_multibyte_names_by_columns() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let node = lab.node("ééééééééééééééé", "10.239.3.1/24", None)?;
+    assert!(node.netns.len() > 28 && node.netns.ends_with("ééééééééééééééé"));
+    let args = ["trace", "--netns", node.netns.as_str(), "-d", "2500ms"];
+    let Some(term) = pty::Terminal::start(&args, pty::Side::Stdout, 100)? else {
+        skip("no pseudo-terminals here (devpts is not mounted)");
+        return Ok(());
+    };
+    let (status, shown) = term.wait(std::time::Duration::from_secs(60))?;
+    assert!(status.success(), "{status}: {shown}");
+    assert!(!shown.contains("panicked"), "{shown}");
+    pty::assert_only_own_escapes(&shown);
+    // Live frames were drawn (redrawn in place) with the name's end in 28 columns…
+    assert!(shown.contains("\x1b[J"), "no live frame: {shown:?}");
+    let cut: String = std::iter::once('…')
+        .chain(
+            node.netns
+                .chars()
+                .rev()
+                .take(27)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev(),
+        )
+        .collect();
+    assert!(
+        shown.contains(&format!("{cut} ")),
+        "{cut:?} not in {shown:?}"
+    );
+    // …and the final report names it whole.
+    assert!(
+        shown.contains(&format!("== {}  (netns", node.netns)),
+        "{shown}"
+    );
     Ok(())
 }
 

@@ -432,8 +432,10 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         lab.id
     );
     let (staged, delays, servers) = stage(&mut lab)?;
-    for (node, what) in staged.all() {
-        eprintln!("  {:<26} {what}", node.netns);
+    let nodes = staged.all();
+    let width = nodes.iter().map(|(n, _)| n.netns.len()).max().unwrap_or(0);
+    for (node, what) in nodes {
+        eprintln!("  {:<width$}  {what}", node.netns);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let threads = traffic(&staged, &stop)?;

@@ -1,6 +1,8 @@
 //! Throwaway network labs: network namespaces wired to a bridge by veth pairs, like pods on a
 //! node. Everything a [`Lab`] creates is removed when it is dropped, also when a test fails, and
-//! labs left behind by a killed process are removed the next time a lab starts.
+//! labs left behind by a killed process are removed the next time a lab starts: every name
+//! carries its owner, the PID and the process's start time ([`Owner`]), so a PID the kernel
+//! has given to another process since does not keep a dead lab alive.
 //!
 //! Used by `nettools lab` (the demo) and by the integration tests.
 
@@ -118,7 +120,7 @@ impl Node {
 
 /// A lab: its namespaces and bridge live as long as this value.
 pub struct Lab {
-    /// Unique to this lab: `ntlab-<pid>-<n>`.
+    /// Unique to this lab: `ntlab-<pid>.<start time>-<n>` ([`Owner`]).
     pub id: String,
     /// Short prefix for interface names (15 bytes at most in Linux).
     ifprefix: String,
@@ -134,7 +136,7 @@ impl Lab {
         let pid = std::process::id();
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
-            id: format!("{TAG}-{pid}-{n}"),
+            id: format!("{TAG}-{}-{n}", Owner::me().token()),
             ifprefix: format!("n{}{}", pid % 100_000, n % 10),
             bridge: None,
             nodes: Vec::new(),
@@ -173,19 +175,14 @@ impl Lab {
     pub fn node(&mut self, short: &str, ipv4: &str, ipv6: Option<&str>) -> Result<Node> {
         let bridge = self.bridge()?;
         let netns = format!("{}-{short}", self.id);
-        // Interface names have 15 bytes at most: keep as much of the short name as fits, and
-        // number it when that would clash with another node's.
-        let mut host_veth: String = format!("{}{short}", self.ifprefix)
-            .chars()
-            .take(15)
-            .collect();
+        // Interface names have 15 bytes at most: keep as much of the short name as fits (whole
+        // characters: a short name may be é…), and number it when that would clash with
+        // another node's.
+        let mut host_veth = bytes_prefix(&format!("{}{short}", self.ifprefix), IFNAME_MAX);
         if self.nodes.iter().any(|n| n.host_veth == host_veth) {
             let idx = self.nodes.len().to_string();
-            host_veth = format!("{}{short}", self.ifprefix)
-                .chars()
-                .take(15 - idx.len())
-                .collect::<String>()
-                + &idx;
+            host_veth =
+                bytes_prefix(&format!("{}{short}", self.ifprefix), IFNAME_MAX - idx.len()) + &idx;
         }
         let ip4: std::net::Ipv4Addr = ipv4
             .split('/')
@@ -292,15 +289,105 @@ fn quiet_ipv6(ifname: &str) {
     );
 }
 
+/// Bytes in an interface name (IFNAMSIZ less the NUL).
+const IFNAME_MAX: usize = 15;
+
+/// The longest prefix of `s` with at most `max` bytes that ends on a character boundary.
+fn bytes_prefix(s: &str, max: usize) -> String {
+    let mut end = 0;
+    for (i, c) in s.char_indices() {
+        if i + c.len_utf8() > max {
+            break;
+        }
+        end = i + c.len_utf8();
+    }
+    s[..end].to_string()
+}
+
+/// The process that owns a lab: its PID and its start time (clock ticks after boot, field 22
+/// of `/proc/PID/stat`). A PID alone is not enough: once the owner is gone the kernel may give
+/// its PID to any new process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// `None` for names without one (`ntlab-<pid>-bench`, the bench's labs).
+    pub start: Option<u64>,
+}
+
+impl Owner {
+    /// This process.
+    pub fn me() -> Self {
+        let pid = std::process::id();
+        Self {
+            pid,
+            start: start_time(pid),
+        }
+    }
+
+    /// `16173.4829371`: how a lab's names carry their owner.
+    pub fn token(&self) -> String {
+        match self.start {
+            Some(start) => format!("{}.{start}", self.pid),
+            None => self.pid.to_string(),
+        }
+    }
+
+    /// The owner in a lab name's token (`16173.4829371`, or `16173` without start time).
+    pub fn parse(token: &str) -> Option<Self> {
+        let (pid, start) = match token.split_once('.') {
+            Some((pid, start)) => (pid, Some(start.parse().ok()?)),
+            None => (token, None),
+        };
+        Some(Self {
+            pid: pid.parse().ok()?,
+            start,
+        })
+    }
+
+    /// The owner of a lab name (`ntlab-<token>-…`), when it is one.
+    pub fn of_name(name: &str) -> Option<Self> {
+        let rest = name.strip_prefix(TAG)?.strip_prefix('-')?;
+        Self::parse(rest.split('-').next()?)
+    }
+
+    /// Whether the owner still runs, given the start time of the process that has its PID
+    /// now (`None`: no such process).
+    pub fn alive(&self, now: Option<u64>) -> bool {
+        match (now, self.start) {
+            (None, _) => false,
+            (Some(now), Some(then)) => now == then,
+            // A name without start time: the PID is all there is to go by.
+            (Some(_), None) => true,
+        }
+    }
+
+    /// Whether the owner still runs on this machine.
+    pub fn running(&self) -> bool {
+        self.alive(start_time(self.pid))
+    }
+}
+
+/// The start time of process `pid` (clock ticks after boot), `None` when there is none.
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/PID/stat` line. The command name (field 2, in parentheses) may hold
+/// spaces and parentheses itself, so fields are counted after its last `)`.
+pub fn stat_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a lab name belongs to a lab whose owner is gone.
+fn stale(name: &str) -> bool {
+    Owner::of_name(name).is_some_and(|o| !o.running())
+}
+
 /// Removes namespaces and bridges of labs whose process no longer exists.
 pub fn remove_stale() {
-    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
-    let prefix = format!("{TAG}-");
     for (name, _) in crate::discover::netns::named() {
-        if let Some(rest) = name.strip_prefix(&prefix)
-            && let Some(pid) = rest.split('-').next()
-            && !alive(pid)
-        {
+        if stale(&name) {
             let _ = sh(&["ip", "netns", "del", &name]);
         }
     }
@@ -311,13 +398,7 @@ pub fn remove_stale() {
                 continue;
             };
             let alias = alias.split_whitespace().next().unwrap_or("");
-            let Some(rest) = alias.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next() else {
-                continue;
-            };
-            if alive(pid) {
+            if !stale(alias) {
                 continue;
             }
             // "7: nt12br: <…>": the name is the second field, without any "@peer".
@@ -326,5 +407,66 @@ pub fn remove_stale() {
                 let _ = sh(&["ip", "link", "del", ifname]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_does_not_keep_a_dead_lab_alive() {
+        let owner = Owner::of_name("ntlab-16173.4829371-0-firewall");
+        assert_eq!(
+            owner,
+            Some(Owner {
+                pid: 16173,
+                start: Some(4829371)
+            })
+        );
+        let Some(owner) = owner else { return };
+        // Its process: alive. Another process with its PID now, started later: dead. None: dead.
+        assert!(owner.alive(Some(4829371)));
+        assert!(!owner.alive(Some(9000000)));
+        assert!(!owner.alive(None));
+        // The bench's labs carry no start time: the PID decides.
+        let bench = Owner::of_name("ntlab-812-bench-a");
+        assert_eq!(
+            bench,
+            Some(Owner {
+                pid: 812,
+                start: None
+            })
+        );
+        assert!(bench.is_some_and(|b| b.alive(Some(1)) && !b.alive(None)));
+        for other in ["ntlabx-1-0", "ntlab-", "ntlab-abc-0", "ntlab-1.x-0", "web"] {
+            assert_eq!(Owner::of_name(other), None, "{other}");
+        }
+        assert_eq!(Owner::parse(&owner.token()), Some(owner));
+    }
+
+    #[test]
+    fn start_time_is_field_22_even_after_an_odd_command_name() {
+        let stat = "4242 (a) b (c) R 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                    987654 1000 100 18446744073709551615";
+        assert_eq!(stat_start_time(stat), Some(987654));
+        assert_eq!(stat_start_time("garbage"), None);
+        // This process: what a lab it makes carries.
+        let me = Owner::me();
+        assert!(me.start.is_some() && me.running());
+        assert!(
+            !Owner {
+                start: me.start.map(|s| s + 1),
+                ..me
+            }
+            .running()
+        );
+    }
+
+    #[test]
+    fn interface_names_are_cut_on_character_boundaries() {
+        assert_eq!(bytes_prefix("n123450éééééééééé", 15), "n123450éééé");
+        assert_eq!(bytes_prefix("abc", 15), "abc");
+        assert_eq!(bytes_prefix("ab東京", 4), "ab");
     }
 }

@@ -61,11 +61,6 @@ fn is_tracing_frame(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// A frame name safe for folded stacks (no `;`, no spaces).
-fn clean(name: &str) -> String {
-    name.replace([';', ' '], "_")
-}
-
 /// The kernel path of a stack, outermost caller first, tracing frames removed.
 pub fn path(frames: &[u64], kallsyms: &Kallsyms) -> Vec<String> {
     let mut names: Vec<String> = frames
@@ -73,7 +68,7 @@ pub fn path(frames: &[u64], kallsyms: &Kallsyms) -> Vec<String> {
         .map(|&ip| {
             kallsyms
                 .function(ip)
-                .map(clean)
+                .map(super::text::frame)
                 .unwrap_or_else(|| format!("{ip:#x}"))
         })
         .collect();
@@ -99,7 +94,7 @@ pub fn folded(
         if n == 0 {
             return;
         }
-        let mut frames = vec![clean(&root), clean(&what)];
+        let mut frames = vec![super::text::frame(&root), super::text::frame(&what)];
         match stacks.get(&stack_id) {
             Some(ips) if stack_id >= 0 => frames.extend(path(ips, kallsyms)),
             _ => frames.push("[stack_unavailable]".to_string()),

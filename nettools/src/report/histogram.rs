@@ -1,15 +1,12 @@
 //! Latency histograms for people (`--output histogram`: percentiles and an ASCII distribution
 //! per workload and kind) and for plotters (`--hgrm DIR`: HdrHistogram percentile files).
 
-use std::{
-    fmt::Write as _,
-    path::{Path, PathBuf},
-};
+use std::{fmt::Write as _, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use hdrhistogram::Histogram;
 
-use super::{LatencyDistribution, Summary};
+use super::{LatencyDistribution, Summary, text::Safe};
 
 /// Width of the longest bar.
 const BAR: usize = 40;
@@ -96,7 +93,8 @@ pub fn render(s: &Summary) -> String {
     let _ = writeln!(
         out,
         "nettools latency histograms, {:.1} s, kernel {}",
-        s.duration_s, s.kernel
+        s.duration_s,
+        Safe(&s.kernel)
     );
     let mut any = false;
     for w in &s.workloads {
@@ -107,7 +105,7 @@ pub fn render(s: &Summary) -> String {
             continue;
         }
         any = true;
-        let _ = writeln!(out, "\n== {}  (netns {})", w.name, w.netns);
+        let _ = writeln!(out, "\n== {}  (netns {})", Safe(&w.name), w.netns);
         for d in &l.distributions {
             distribution(&mut out, d);
         }
@@ -168,9 +166,14 @@ pub fn hgrm(h: &Histogram<u64>) -> String {
     out
 }
 
-/// A file name part from a workload name: letters, digits, `-`, `_`, `.`.
+/// Bytes of a workload's name kept in a file name (a file name has 255 at most).
+const FILE_PART: usize = 160;
+
+/// A file name part from a workload name: letters, digits, `-`, `_`, `.`; nothing else from
+/// the name reaches the file system (no `/`, no control character, no leading `.`).
 fn file_part(name: &str) -> String {
-    name.chars()
+    let part: String = name
+        .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
                 c
@@ -178,25 +181,46 @@ fn file_part(name: &str) -> String {
                 '_'
             }
         })
-        .collect()
+        .take(FILE_PART)
+        .collect();
+    match part.strip_prefix('.') {
+        Some(rest) => format!("_{rest}"),
+        None => part,
+    }
 }
 
-/// `--hgrm DIR`: one `.hgrm` file per workload and latency kind.
-pub fn write_hgrm(dir: &Path, s: &Summary) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut written = Vec::new();
+/// The `.hgrm` files of a summary: (file name, contents), one per workload and latency kind.
+/// Workloads whose names map to the same file name are told apart by their namespace inode.
+pub fn hgrm_files(s: &Summary) -> Vec<(String, String)> {
+    let mut used = std::collections::HashSet::new();
+    let mut files = Vec::new();
     for w in &s.workloads {
         let Some(l) = &w.latency else {
             continue;
         };
         for d in &l.distributions {
-            let path = dir.join(format!("{}-{}.hgrm", file_part(&w.name), d.kind.name()));
-            std::fs::write(&path, hgrm(&d.histogram))
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            written.push(path);
+            let mut name = format!("{}-{}.hgrm", file_part(&w.name), d.kind.name());
+            if !used.insert(name.clone()) {
+                name = format!("{}-{}-{}.hgrm", file_part(&w.name), w.netns, d.kind.name());
+                used.insert(name.clone());
+            }
+            files.push((name, hgrm(&d.histogram)));
         }
     }
-    Ok(written)
+    files
+}
+
+/// `--hgrm DIR`: one `.hgrm` file per workload and latency kind, each replaced whole (see
+/// [`super::file`]). Every name is checked before the first is written.
+pub fn write_hgrm(dir: &super::file::Dir, s: &Summary) -> Result<Vec<PathBuf>> {
+    let files = hgrm_files(s);
+    for (name, _) in &files {
+        dir.check_replace(name.as_ref())?;
+    }
+    files
+        .iter()
+        .map(|(name, text)| dir.replace(name.as_ref(), text.as_bytes()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -263,5 +287,8 @@ mod tests {
         }
         assert_eq!(duration(1_500_000.0), "1.500 ms");
         assert_eq!(file_part("pod default/web"), "pod_default_web");
+        assert_eq!(file_part("../../etc/x"), "_._.._etc_x");
+        assert_eq!(file_part("\x1b[2J"), "__2J");
+        assert_eq!(file_part(&"é".repeat(300)).len(), FILE_PART);
     }
 }

@@ -9,7 +9,11 @@ use std::{
     io::{IsTerminal as _, Write},
 };
 
-use super::{LatencySummary, Summary, WorkloadSummary, histogram::duration};
+use super::{
+    LatencySummary, Summary, WorkloadSummary,
+    histogram::duration,
+    text::{self, Safe},
+};
 use crate::collect::latency::LatencyKind;
 
 /// How the live view shows itself.
@@ -76,20 +80,26 @@ fn p50_p99(l: Option<&LatencySummary>, kind: LatencyKind) -> String {
         )
 }
 
-/// One frame of the live table.
+/// Columns of the workload's name.
+const NAME: usize = 28;
+/// Columns of the top drop reason.
+const REASON: usize = 18;
+
+/// One frame of the live table, no line wider than `width` columns (40 at least). Names from
+/// outside are escaped and cut by columns, keeping their end (where lab, pod and namespace
+/// names differ).
 pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
+    let width = width.max(40);
+    let mut lines = Vec::new();
+    lines.push(format!(
         "nettools live  {:.0}s  {} workload{}  events lost {}  (Ctrl-C: final report)",
         elapsed_s,
         s.workloads.len(),
         if s.workloads.len() == 1 { "" } else { "s" },
         s.health.events_lost
-    );
-    let _ = writeln!(
-        out,
-        "{:<28} {:>7} {:<18} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
+    ));
+    lines.push(format!(
+        "{:<NAME$} {:>7} {:<REASON$} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
         "WORKLOAD",
         "DROPS",
         "TOP REASON",
@@ -100,17 +110,20 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
         "TCP CONNECT p50/p99",
         "PING p50",
         "LOST"
-    );
+    ));
     let mut ws: Vec<&WorkloadSummary> = s.workloads.iter().collect();
     ws.sort_by(|a, b| badness(b).cmp(&badness(a)).then(a.name.cmp(&b.name)));
     for w in ws {
         let p = problems(w);
         let l = w.latency.as_ref();
-        let mut name = w.name.clone();
-        if name.len() > 28 {
-            name = format!("…{}", &name[name.len() - 27..]);
-        }
-        let reason = w.drops.by_reason.first().map_or("-", |r| r.reason.as_str());
+        let name = text::pad(&text::fit_tail(&w.name, NAME), NAME);
+        let reason = text::pad(
+            &text::fit(
+                w.drops.by_reason.first().map_or("-", |r| r.reason.as_str()),
+                REASON,
+            ),
+            REASON,
+        );
         let ping = l
             .and_then(|l| {
                 l.distributions
@@ -118,8 +131,8 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
                     .find(|d| d.kind == LatencyKind::IcmpEcho)
             })
             .map_or_else(|| "-".to_string(), |d| duration(d.p50_ms * 1e6));
-        let line = format!(
-            "{:<28} {:>7} {:<18.18} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
+        lines.push(format!(
+            "{} {:>7} {} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
             name,
             p.drops,
             reason,
@@ -130,12 +143,11 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
             p50_p99(l, LatencyKind::TcpConnect),
             ping,
             p.ping_lost,
-        );
-        let _ = writeln!(
-            out,
-            "{}",
-            line.chars().take(width.max(40)).collect::<String>()
-        );
+        ));
+    }
+    let mut out = String::new();
+    for line in lines {
+        let _ = writeln!(out, "{}", text::truncate(&line, width));
     }
     out
 }
@@ -238,7 +250,7 @@ fn growth(name: &str, before: Problems, now: Problems, elapsed_s: f64) -> Option
     .filter(|(n, _)| *n > 0)
     .map(|(n, what)| format!("+{n} {what}"))
     .collect();
-    (!parts.is_empty()).then(|| format!("[{elapsed_s:>5.0}s] {name}: {}", parts.join(", ")))
+    (!parts.is_empty()).then(|| format!("[{elapsed_s:>5.0}s] {}: {}", Safe(name), parts.join(", ")))
 }
 
 fn terminal_width() -> usize {
@@ -293,6 +305,16 @@ mod tests {
             pod: None,
             containers: vec![],
             host_network: false,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn growth_lines_are_one_safe_line(name in crate::report::hostile_tests::hostile()) {
+            let now = Problems { drops: 3, ..Default::default() };
+            let line = growth(&name, Problems::default(), now, 4.0).unwrap_or_default();
+            crate::report::hostile_tests::assert_terminal_safe("live line", &line);
+            proptest::prop_assert_eq!(line.lines().count(), 1);
         }
     }
 

@@ -1,11 +1,16 @@
 //! Turning what was collected into answers: one [`Summary`] model that both the table (for
 //! people) and JSON (for machines) render, so their figures cannot disagree.
 
+pub mod file;
 pub mod flamegraph;
 pub mod histogram;
 pub mod json;
 pub mod live;
 pub mod table;
+pub mod text;
+
+#[cfg(test)]
+pub(crate) mod hostile_tests;
 
 use std::{
     collections::BTreeMap,

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Counts, Health, InterfaceSummary, LatencySummary, Summary, WorkloadSummary};
+use super::{
+    Counts, Health, InterfaceSummary, LatencySummary, Summary, WorkloadSummary,
+    text::{self, Safe},
+};
 
 /// `1.2 MiB`, `340 B`.
 pub fn bytes(n: u64) -> String {
@@ -38,10 +41,10 @@ pub fn render(s: &Summary) -> String {
         },
         s.duration_s,
         probes.join(", "),
-        s.kernel
+        Safe(&s.kernel)
     );
     for note in &s.notes {
-        let _ = writeln!(out, "note: {note}");
+        let _ = writeln!(out, "note: {}", Safe(note));
     }
     let _ = writeln!(out, "{}", health_line(&s.health));
     if s.workloads.is_empty() {
@@ -55,11 +58,11 @@ pub fn render(s: &Summary) -> String {
 
 fn workload(out: &mut String, w: &WorkloadSummary) {
     let _ = writeln!(out);
-    let mut title = format!("== {}  (netns {}", w.name, w.netns);
+    let mut title = format!("== {}  (netns {}", Safe(&w.name), w.netns);
     if let Some(p) = &w.netns_path
         && !w.name.contains(p.as_str())
     {
-        let _ = write!(title, ", {p}");
+        let _ = write!(title, ", {}", Safe(p));
     }
     title.push(')');
     let _ = writeln!(out, "{title}");
@@ -78,7 +81,7 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                     out,
                     "    {:>8}  {}  ({})",
                     f.segments,
-                    f.flow,
+                    Safe(&f.flow),
                     f.states_text()
                 );
             }
@@ -101,8 +104,8 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                 let _ = writeln!(
                     out,
                     "    {} on {}: FAILED {} time{} ({})",
-                    f.address,
-                    f.device,
+                    Safe(&f.address),
+                    Safe(&f.device),
                     f.failures,
                     if f.failures == 1 { "" } else { "s" },
                     f.protocol.to_uppercase()
@@ -112,7 +115,7 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                 let _ = writeln!(
                     out,
                     "    {}: {} {} request{}, no reply",
-                    u.address,
+                    Safe(&u.address),
                     u.requests,
                     u.protocol.to_uppercase(),
                     if u.requests == 1 { "" } else { "s" }
@@ -170,7 +173,11 @@ fn latency(out: &mut String, l: &LatencySummary) {
     }
     let d = &l.dns;
     if d.responses + d.unanswered > 0 {
-        let rcodes: Vec<String> = d.rcodes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let rcodes: Vec<String> = d
+            .rcodes
+            .iter()
+            .map(|(k, v)| format!("{} {v}", Safe(k)))
+            .collect();
         let mut line = format!(
             "  dns: {} response{}",
             d.responses,
@@ -183,7 +190,7 @@ fn latency(out: &mut String, l: &LatencySummary) {
             let servers: Vec<String> = d
                 .unanswered_by_server
                 .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
+                .map(|(k, v)| format!("{}: {v}", Safe(k)))
                 .collect();
             let _ = write!(
                 line,
@@ -194,10 +201,16 @@ fn latency(out: &mut String, l: &LatencySummary) {
         }
         let _ = writeln!(out, "{line}");
         for f in &d.failures {
-            let _ = writeln!(out, "    {} {} ({})", f.rcode, f.name, f.count);
+            let _ = writeln!(
+                out,
+                "    {} {} ({})",
+                Safe(&f.rcode),
+                Safe(&f.name),
+                f.count
+            );
         }
         for (name, n) in &d.unanswered_by_name {
-            let _ = writeln!(out, "    unanswered {name} ({n})");
+            let _ = writeln!(out, "    unanswered {} ({n})", Safe(name));
         }
     }
     if l.icmp_unanswered > 0 {
@@ -218,18 +231,18 @@ fn latency(out: &mut String, l: &LatencySummary) {
         let from: Vec<String> = l
             .transit_from
             .iter()
-            .map(|t| format!("{} ({} packets)", t.from, t.packets))
+            .map(|t| format!("{} ({} packets)", Safe(&t.from), t.packets))
             .collect();
         let _ = writeln!(out, "  transit into it from: {}", from.join(", "));
     }
 }
 
 fn interface(out: &mut String, i: &InterfaceSummary) {
-    let mut what = i.name.clone();
+    let mut what = text::escape(&i.name).into_owned();
     if let Some(peer) = &i.peer {
-        let _ = write!(what, " (host side of {peer}");
+        let _ = write!(what, " (host side of {}", Safe(peer));
         if let Some(b) = &i.bridge {
-            let _ = write!(what, ", on {b}");
+            let _ = write!(what, ", on {}", Safe(b));
         }
         what.push(')');
     }
@@ -255,28 +268,33 @@ fn drops(out: &mut String, w: &WorkloadSummary) {
         return;
     }
     let _ = writeln!(out, "  drops: {}", d.total);
-    let width = d
+    let reasons: Vec<String> = d
         .by_reason
         .iter()
-        .map(|r| r.reason.len())
+        .map(|r| text::escape(&r.reason).into_owned())
+        .collect();
+    let width = reasons
+        .iter()
+        .map(|r| text::width(r))
         .max()
         .unwrap_or(6)
         .max(6);
     let _ = writeln!(
         out,
-        "    {:<width$}  {:>8}  WHERE IN THE KERNEL",
-        "REASON", "PACKETS"
+        "    {}  {:>8}  WHERE IN THE KERNEL",
+        text::pad("REASON", width),
+        "PACKETS"
     );
-    for r in &d.by_reason {
+    for (r, name) in d.by_reason.iter().zip(&reasons) {
         let locs: Vec<String> = r
             .locations
             .iter()
-            .map(|l| format!("{} ({})", l.location, l.count))
+            .map(|l| format!("{} ({})", Safe(&l.location), l.count))
             .collect();
         let _ = writeln!(
             out,
-            "    {:<width$}  {:>8}  {}",
-            r.reason,
+            "    {}  {:>8}  {}",
+            text::pad(name, width),
             r.count,
             locs.join(", ")
         );
@@ -284,7 +302,13 @@ fn drops(out: &mut String, w: &WorkloadSummary) {
     if !d.top_flows.is_empty() {
         let _ = writeln!(out, "    top dropped flows:");
         for f in &d.top_flows {
-            let _ = writeln!(out, "      {:>8}  {}  [{}]", f.count, f.flow, f.reason);
+            let _ = writeln!(
+                out,
+                "      {:>8}  {}  [{}]",
+                f.count,
+                Safe(&f.flow),
+                Safe(&f.reason)
+            );
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::{
         watch::{Change, Watch},
     },
     probe::{self, Loaded},
+    report::text::Safe,
 };
 
 /// What a trace knows from the container runtimes.
@@ -57,14 +58,17 @@ pub async fn tick(
         match watch.check().await {
             Change::Same => {}
             Change::Gone(sentence) if watch.follow => {
-                eprintln!("nettools: {sentence}; waiting for it to come back (--follow)");
+                eprintln!(
+                    "nettools: {}; waiting for it to come back (--follow)",
+                    Safe(&sentence)
+                );
                 loaded
                     .kernel
                     .notes
                     .push(format!("{sentence} {at}; waited for it (--follow)"));
             }
             Change::Gone(sentence) => {
-                eprintln!("nettools: {sentence}: ending the trace");
+                eprintln!("nettools: {}: ending the trace", Safe(&sentence));
                 loaded.kernel.notes.push(format!("{sentence} {at}"));
                 keep_going = false;
             }
@@ -74,7 +78,7 @@ pub async fn tick(
                     watch.target.describe(),
                     w.netns
                 );
-                eprintln!("nettools: {sentence}: ending the trace");
+                eprintln!("nettools: {}: ending the trace", Safe(&sentence));
                 loaded.kernel.notes.push(format!("{sentence} ({at})"));
                 keep_going = false;
             }
@@ -110,7 +114,7 @@ pub async fn tick(
                         w.netns
                     )
                 };
-                eprintln!("nettools: {sentence}");
+                eprintln!("nettools: {}", Safe(&sentence));
                 loaded.kernel.notes.push(format!("{sentence} ({at})"));
                 traced.push(*w);
             }
