@@ -7,7 +7,7 @@
 
 use core::mem::{offset_of, size_of};
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::generated::bpf_skb_load_bytes, programs::TcContext};
 use nettools_common::flow::{AF_INET, AF_INET6, Flow};
 use network_types::{
     eth::EthHdr,
@@ -29,16 +29,54 @@ pub const L3: usize = EthHdr::LEN;
 const TCP_FLAGS: usize = 13;
 
 /// A `T` (plain bytes: any bit pattern is valid) at `offset` from the start of the frame.
+///
+/// Both outcomes are fully defined values (zeros when the bytes are not there): an `Option`
+/// built from an undefined payload lets LLVM spill an uninitialised register, which the verifier
+/// refuses ("R4 !read_ok").
 #[inline(always)]
 pub fn at<T: Copy>(ctx: &TcContext, offset: usize) -> Option<T> {
+    let (ok, value) = read::<T>(ctx, offset);
+    ok.then_some(value)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, offset: usize) -> (bool, T) {
     let start = ctx.data();
     if start + offset + size_of::<T>() <= ctx.data_end() {
         // SAFETY: the bytes lie between data and data_end (checked just above, which is also the
         // check the verifier needs), and T is plain bytes read without alignment.
-        return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
+        return (true, unsafe {
+            core::ptr::read_unaligned((start + offset) as *const T)
+        });
     }
     // Not in the linear part (or past the end): copy it, if the packet has it at all.
-    ctx.load::<T>(offset).ok()
+    // SAFETY: T is plain bytes, for which all zeros is a valid value.
+    let mut value: T = unsafe { core::mem::zeroed() };
+    // SAFETY: the helper writes at most size_of::<T>() bytes into `value`.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            (&raw mut value).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    if ret == 0 {
+        (true, value)
+    } else {
+        // SAFETY: as above.
+        (false, unsafe { core::mem::zeroed() })
+    }
+}
+
+/// The byte at `offset`, of a header that has at least one more byte after it.
+///
+/// Read as two bytes: for a one-byte window LLVM turns `p + 1 <= data_end` into `p < data_end`,
+/// which gives the verifier no range for a pointer with a variable offset ("invalid access to
+/// packet"); a two-byte window keeps the `p + 2 <= data_end` form it can use.
+#[inline(always)]
+pub fn byte(ctx: &TcContext, offset: usize) -> Option<u8> {
+    at::<[u8; 2]>(ctx, offset).map(|b| b[0])
 }
 
 #[inline(always)]
@@ -53,45 +91,72 @@ pub fn ethertype(ctx: &TcContext) -> u16 {
 }
 
 /// The L4 protocol of an IP packet and where its header starts; `first` is false for IPv4
-/// fragments after the first (they carry no L4 header).
+/// fragments after the first (they carry no L4 header). Always fully initialised, never behind
+/// an `Option`: a `None` leaves its payload undefined, LLVM may then copy those bytes through the
+/// stack, and kernels before 5.12 refuse any read of an unwritten stack slot ("invalid read from
+/// stack"), even one whose value is never used.
 #[derive(Clone, Copy)]
 pub struct L4 {
+    /// False when the IP header could not be read (or is not the version it claims).
+    pub valid: bool,
     pub proto: u8,
     pub offset: usize,
     pub first: bool,
 }
 
-/// Protocol and L4 offset of an IPv4 packet (None when the header is not IPv4).
+impl L4 {
+    const NONE: Self = Self {
+        valid: false,
+        proto: 0,
+        offset: 0,
+        first: false,
+    };
+}
+
+/// Protocol and L4 offset of an IPv4 packet (not `valid` when the header is not IPv4).
 ///
 /// Three small reads rather than one of the first ten bytes: with the array, LLVM left a register
 /// undefined on the copy path and the verifier refused the program ("R5 !read_ok").
 #[inline(always)]
-pub fn ipv4_l4(ctx: &TcContext) -> Option<L4> {
-    let vihl = at::<u8>(ctx, L3 + offset_of!(Ipv4Hdr, vihl))?;
+pub fn ipv4_l4(ctx: &TcContext) -> L4 {
+    let Some(vihl) = byte(ctx, L3 + offset_of!(Ipv4Hdr, vihl)) else {
+        return L4::NONE;
+    };
+    let (Some(proto), Some(frags)) = (
+        byte(ctx, L3 + offset_of!(Ipv4Hdr, proto)),
+        be16(ctx, L3 + offset_of!(Ipv4Hdr, frags)),
+    ) else {
+        return L4::NONE;
+    };
     if vihl >> 4 != 4 {
-        return None;
+        return L4::NONE;
     }
-    let proto = at::<u8>(ctx, L3 + offset_of!(Ipv4Hdr, proto))?;
-    let frags = be16(ctx, L3 + offset_of!(Ipv4Hdr, frags))?;
-    Some(L4 {
+    L4 {
+        valid: true,
         proto,
         offset: L3 + ((vihl & 0xf) as usize) * 4,
         first: frags & 0x1fff == 0,
-    })
+    }
 }
 
 /// Protocol (the next header) and L4 offset of an IPv6 packet.
 #[inline(always)]
-pub fn ipv6_l4(ctx: &TcContext) -> Option<L4> {
-    let vcf = at::<u8>(ctx, L3 + offset_of!(Ipv6Hdr, vcf))?;
+pub fn ipv6_l4(ctx: &TcContext) -> L4 {
+    let (Some(vcf), Some(proto)) = (
+        byte(ctx, L3 + offset_of!(Ipv6Hdr, vcf)),
+        byte(ctx, L3 + offset_of!(Ipv6Hdr, next_hdr)),
+    ) else {
+        return L4::NONE;
+    };
     if vcf >> 4 != 6 {
-        return None;
+        return L4::NONE;
     }
-    Some(L4 {
-        proto: at::<u8>(ctx, L3 + offset_of!(Ipv6Hdr, next_hdr))?,
+    L4 {
+        valid: true,
+        proto,
         offset: L3 + Ipv6Hdr::LEN,
         first: true,
-    })
+    }
 }
 
 /// Source and destination port of a TCP or UDP header at `l4` (the same place in both).
@@ -107,7 +172,7 @@ pub fn ports(ctx: &TcContext, l4: usize) -> Option<(u16, u16)> {
 /// The TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
 #[inline(always)]
 pub fn tcp_flags(ctx: &TcContext, l4: usize) -> Option<u8> {
-    at::<u8>(ctx, l4 + TCP_FLAGS)
+    byte(ctx, l4 + TCP_FLAGS)
 }
 
 /// What the latency probes need to know about a packet, parsed once.

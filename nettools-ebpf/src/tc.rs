@@ -91,17 +91,20 @@ pub fn nettools_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// The counting bucket of an IP packet's protocol (None: counted in the overflow hash).
+/// No bucket: the packet is counted in the overflow hash.
+const NO_BUCKET: u32 = 8;
+
+/// The counting bucket of an IP packet's protocol ([`NO_BUCKET`]: the overflow hash).
 #[inline(always)]
-fn ip_bucket(v6: bool, proto: u8) -> Option<u32> {
+fn ip_bucket(v6: bool, proto: u8) -> u32 {
     match (v6, proto) {
-        (false, IPPROTO_TCP) => Some(BUCKET_IPV4_TCP),
-        (false, IPPROTO_UDP) => Some(BUCKET_IPV4_UDP),
-        (false, IPPROTO_ICMP) => Some(BUCKET_IPV4_ICMP),
-        (true, IPPROTO_TCP) => Some(BUCKET_IPV6_TCP),
-        (true, IPPROTO_UDP) => Some(BUCKET_IPV6_UDP),
-        (true, IPPROTO_ICMPV6) => Some(BUCKET_IPV6_ICMP),
-        _ => None,
+        (false, IPPROTO_TCP) => BUCKET_IPV4_TCP,
+        (false, IPPROTO_UDP) => BUCKET_IPV4_UDP,
+        (false, IPPROTO_ICMP) => BUCKET_IPV4_ICMP,
+        (true, IPPROTO_TCP) => BUCKET_IPV6_TCP,
+        (true, IPPROTO_UDP) => BUCKET_IPV6_UDP,
+        (true, IPPROTO_ICMPV6) => BUCKET_IPV6_ICMP,
+        _ => NO_BUCKET,
     }
 }
 
@@ -111,52 +114,40 @@ fn observe(ctx: &TcContext, direction: u8) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let len = u64::from(ctx.len());
     let ethertype = packet::ethertype(ctx);
-    let l4: Option<L4>;
-    match ethertype {
-        ETH_P_IP => {
-            l4 = packet::ipv4_l4(ctx);
-            let proto = l4.map_or(0, |l| l.proto);
-            count(
-                ifindex,
-                direction,
-                ip_bucket(false, proto),
-                CLASS_IPV4,
-                proto,
-                len,
-            );
-        }
-        ETH_P_IPV6 => {
-            l4 = packet::ipv6_l4(ctx);
-            let proto = l4.map_or(0, |l| l.proto);
-            count(
-                ifindex,
-                direction,
-                ip_bucket(true, proto),
-                CLASS_IPV6,
-                proto,
-                len,
-            );
-            if let Some(l) = l4
-                && l.proto == IPPROTO_ICMPV6
-            {
-                ndp(ctx, ifindex, direction, l.offset);
-            }
-        }
+    let (class, v6) = match ethertype {
+        ETH_P_IP => (CLASS_IPV4, false),
+        ETH_P_IPV6 => (CLASS_IPV6, true),
         ETH_P_ARP => {
-            count(ifindex, direction, Some(BUCKET_ARP), CLASS_ARP, 0, len);
+            count(ifindex, direction, BUCKET_ARP, CLASS_ARP, 0, len);
             arp(ctx, ifindex, direction);
             return;
         }
         _ => {
-            count(ifindex, direction, Some(BUCKET_OTHER), CLASS_OTHER, 0, len);
+            count(ifindex, direction, BUCKET_OTHER, CLASS_OTHER, 0, len);
             return;
         }
+    };
+    let l4 = if v6 {
+        packet::ipv6_l4(ctx)
+    } else {
+        packet::ipv4_l4(ctx)
+    };
+    count(
+        ifindex,
+        direction,
+        ip_bucket(v6, l4.proto),
+        class,
+        l4.proto,
+        len,
+    );
+    if !l4.valid {
+        return;
+    }
+    if v6 && l4.proto == IPPROTO_ICMPV6 {
+        ndp(ctx, ifindex, direction, l4.offset);
     }
 
     let enabled = NETTOOLS_TC_FEATURES.load();
-    let Some(l4) = l4 else {
-        return;
-    };
     if enabled == 0 || (enabled & features::TRANSIT == 0 && !wanted(ctx, enabled, l4)) {
         return;
     }
@@ -202,12 +193,12 @@ fn wanted(ctx: &TcContext, enabled: u32, l4: L4) -> bool {
         IPPROTO_UDP => enabled & features::DNS != 0 && on_dns_port(ctx, l4.offset),
         IPPROTO_ICMP => {
             enabled & features::ICMP != 0
-                && packet::at::<u8>(ctx, l4.offset)
+                && packet::byte(ctx, l4.offset)
                     .is_some_and(|t| t == ICMP_ECHO || t == ICMP_ECHO_REPLY)
         }
         IPPROTO_ICMPV6 => {
             enabled & features::ICMP != 0
-                && packet::at::<u8>(ctx, l4.offset)
+                && packet::byte(ctx, l4.offset)
                     .is_some_and(|t| t == ICMPV6_ECHO || t == ICMPV6_ECHO_REPLY)
         }
         _ => false,
@@ -222,8 +213,8 @@ fn on_dns_port(ctx: &TcContext, l4: usize) -> bool {
 /// Counts a packet: in its interface's slot when it has one and the protocol has a bucket, in
 /// the overflow hash otherwise.
 #[inline(always)]
-fn count(ifindex: u32, direction: u8, bucket: Option<u32>, class: u8, l4_proto: u8, len: u64) {
-    if let Some(bucket) = bucket
+fn count(ifindex: u32, direction: u8, bucket: u32, class: u8, l4_proto: u8, len: u64) {
+    if bucket < NO_BUCKET
         && let Some(entry) = IF_SLOTS.get(ifindex & (IF_SLOTS_ENTRIES - 1))
         && entry.ifindex == ifindex
         && let Some(slot) = TRAFFIC.get_ptr_mut(entry.slot)
@@ -236,6 +227,13 @@ fn count(ifindex: u32, direction: u8, bucket: Option<u32>, class: u8, l4_proto: 
         }
         return;
     }
+    count_overflow(ifindex, direction, class, l4_proto, len);
+}
+
+/// The overflow hash's share of [`count`], rare enough to be a function of its own (a BPF
+/// subprogram) rather than inlined into every call site of the per-packet path.
+#[inline(never)]
+fn count_overflow(ifindex: u32, direction: u8, class: u8, l4_proto: u8, len: u64) {
     let key = TrafficKey {
         ifindex,
         direction,
@@ -285,7 +283,7 @@ fn arp(ctx: &TcContext, ifindex: u32, direction: u8) {
 /// is the ICMPv6 header's offset.
 #[inline(always)]
 fn ndp(ctx: &TcContext, ifindex: u32, direction: u8, icmp: usize) {
-    let Some(ty) = packet::at::<u8>(ctx, icmp) else {
+    let Some(ty) = packet::byte(ctx, icmp) else {
         return;
     };
     if ty != ND_NEIGHBOR_SOLICIT && ty != ND_NEIGHBOR_ADVERT {
