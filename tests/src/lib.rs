@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod agent;
 pub mod nsexec;
 pub mod prom;
 pub mod runtimes;
