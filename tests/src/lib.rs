@@ -15,6 +15,7 @@ use std::{
 };
 
 pub mod agent;
+pub mod manifest;
 pub mod nsexec;
 pub mod prom;
 pub mod runtimes;
