@@ -12,10 +12,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nettools_tests::{
     agent::{Agent, free_port},
+    manifest,
     prom::*,
     runtimes::missing,
     *,
 };
+use serde_json::{Value, json};
 
 /// A scratch directory, removed on drop.
 struct Dir(PathBuf);
@@ -491,5 +493,146 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
     let out = nettools(&["serve", "--tls-key", &key])?;
     assert_eq!(out.status.code(), Some(2));
     assert!(Path::new(&cert).is_file());
+    Ok(())
+}
+
+/// Prometheus itself, on a loopback port, stopped (by PID) on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(config: &Value, dir: &Dir) -> Result<Self> {
+        let file = dir.file("prometheus.yml");
+        // JSON is YAML.
+        std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
+        let addr = free_port()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={file}"))
+            .arg(format!("--storage.tsdb.path={}", dir.file("tsdb")))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.file("prometheus.log"))?)
+            .spawn()
+            .context("cannot start prometheus")?;
+        Ok(Self { child, addr })
+    }
+
+    /// The active scrape targets of `job`: health and last error.
+    fn targets(&self, job: &str) -> Result<Vec<(String, String)>> {
+        let a = get(
+            self.addr,
+            "/api/v1/targets?state=active",
+            &[],
+            Duration::from_secs(5),
+        )?;
+        let v: Value = serde_json::from_str(&a.body)?;
+        Ok(v["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["labels"]["job"] == job)
+            .map(|t| {
+                (
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until `job`'s one target was scraped (health up or down).
+    fn scraped(&self, job: &str) -> Result<(String, String)> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(t) = self.targets(job)
+                && let [(health, error)] = t.as_slice()
+                && health != "unknown"
+            {
+                return Ok((health.clone(), error.clone()));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("prometheus never scraped {job}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child this test started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// deploy/prometheus.yml's job, as a real Prometheus runs it against a real agent: up with
+/// the client certificate; down, refused in the handshake, without it.
+#[test]
+fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["openssl", "prometheus"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let dir = Dir::new("prometheus")?;
+    certificates(&dir)?;
+    let agent = Agent::start(&[
+        "--tls-cert",
+        &dir.file("server.pem"),
+        "--tls-key",
+        &dir.file("server.key"),
+        "--client-ca",
+        &dir.file("good-ca.pem"),
+        "--probes",
+        "drops",
+    ])?;
+    let docs = manifest::documents("prometheus.yml")?;
+    let [documented] = docs.as_slice() else {
+        bail!("deploy/prometheus.yml is not one document");
+    };
+    let mut config = documented.clone();
+    config["global"]["scrape_interval"] = json!("1s");
+    config["global"]["scrape_timeout"] = json!("1s");
+    let job = config["scrape_configs"][0].clone();
+    assert_eq!(job["scheme"], "https", "{job}");
+    let mut with_cert = job.clone();
+    with_cert["job_name"] = json!("with-cert");
+    with_cert["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
+    with_cert["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
+    with_cert["tls_config"]["key_file"] = json!(dir.file("client.key"));
+    with_cert["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
+    let mut without = with_cert.clone();
+    without["job_name"] = json!("without-cert");
+    if let Some(tls) = without["tls_config"].as_object_mut() {
+        tls.remove("cert_file");
+        tls.remove("key_file");
+    }
+    config["scrape_configs"] = json!([with_cert, without]);
+    let prometheus = Prometheus::start(&config, &dir)?;
+    let (health, error) = prometheus.scraped("with-cert")?;
+    assert_eq!(health, "up", "{error}");
+    // What it stored: the agent's own series, with the labels deploy/prometheus.yml adds.
+    let a = get(
+        prometheus.addr,
+        "/api/v1/query?query=nettools_build_info",
+        &[],
+        Duration::from_secs(5),
+    )?;
+    let v: Value = serde_json::from_str(&a.body)?;
+    let result = &v["data"]["result"];
+    assert!(
+        result.as_array().is_some_and(|r| r
+            .iter()
+            .any(|s| s["metric"]["job"] == "with-cert" && s["metric"]["node"] == "node1")),
+        "{}",
+        a.body
+    );
+    let (health, error) = prometheus.scraped("without-cert")?;
+    assert_eq!(health, "down");
+    assert!(error.contains("certificate"), "{error}");
+    eprintln!("prometheus: with the client certificate up; without it down ({error})");
     Ok(())
 }
