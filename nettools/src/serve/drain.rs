@@ -25,9 +25,9 @@ use crate::{
     session::DRAIN_EVERY,
 };
 
-/// Decoded events that may wait for the lock before the thread waits for it (about 8 MiB:
-/// more than a 4 MiB ring buffer holds, so the kernel's buffer fills first only if a lock
-/// holder takes seconds).
+/// Decoded events that may wait for the lock before the thread waits for it (6 MiB, at 96
+/// bytes each: more than a 4 MiB ring buffer holds, so the kernel's buffer fills first only if
+/// a lock holder takes seconds).
 pub const PENDING_MAX: usize = 65_536;
 
 /// The kernel-side log of `--verbose`, forwarded as it comes.
