@@ -81,9 +81,25 @@ DNS rcodes, and the agent's own health (lost events, full maps, attached probes)
 Series are labelled kind, namespace, pod, container, netns; at most --max-workloads workloads
 get their own (the rest are summed into kind=\"overflow\").
 
+What is protected: /metrics (the node's workload inventory) and / need a client certificate
+signed by --client-ca (checked during the TLS handshake) and/or the bearer token of
+--bearer-token-file, whichever are given. /healthz needs them too, except on a plain-HTTP
+loopback --listen, where it is open for the kubelet's probe; --health-listen serves /healthz
+alone, unauthenticated, on a loopback address of its own. Without TLS or a token, listen on
+loopback (the default) and put an authenticating proxy in front (deploy/: kube-rbac-proxy).
+
+The listener answers /healthz as soon as it is up, before the probes are loaded and before
+the runtimes are asked; /metrics answers 503 until the probes are loaded. Tracing never waits
+for HTTP or the runtimes: a thread of its own drains the kernel's events. At most 64
+connections are served at once (more wait their turn); concurrent scrapes share one render.
+
 Examples:
-  nettools serve                              on 0.0.0.0:9977
-  nettools serve --listen 127.0.0.1:9977 --probes drops,retransmits,neighbours
+  nettools serve                              plain HTTP on 127.0.0.1:9977 (behind a proxy)
+  nettools serve --listen 0.0.0.0:9977 --tls-cert tls.crt --tls-key tls.key \\
+      --client-ca prometheus-ca.crt           HTTPS; only Prometheus' client certificate
+  nettools serve --listen 0.0.0.0:9977 --tls-cert tls.crt --tls-key tls.key \\
+      --bearer-token-file /etc/nettools/token HTTPS with a bearer token
+  nettools serve --probes drops,retransmits,neighbours
   curl -s localhost:9977/metrics | promtool check metrics";
 
 const LAB_EXAMPLES: &str = "\
@@ -222,9 +238,27 @@ pub struct TraceArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where to serve /metrics.
-    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:9977")]
+    /// Where to serve /metrics. Keep it on loopback unless TLS or a bearer token protects it.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9977")]
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Accept only clients with a certificate signed by one of these CAs (PEM); the others are
+    /// refused during the TLS handshake. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN`, TOKEN being this file's content (read at start;
+    /// surrounding whitespace ignored). A missing or wrong token gets 401.
+    #[arg(long, value_name = "FILE")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Also serve /healthz alone, plain and unauthenticated, on this loopback address (for the
+    /// kubelet's probes when --listen needs a client certificate).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Which probes to run, comma-separated [default: all but transit, which costs the most per
     /// packet].
     #[arg(long, value_delimiter = ',')]
@@ -443,5 +477,41 @@ mod tests {
         ]);
         assert!(ok.is_ok());
         assert!(Cli::try_parse_from(["nettools", "serve", "--listen", "localhost"]).is_err());
+        // Loopback unless told otherwise.
+        let Ok(cli) = Cli::try_parse_from(["nettools", "serve"]) else {
+            panic!("serve without arguments")
+        };
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:9977");
+        // A certificate needs its key and the client CA needs the certificate.
+        for incomplete in [
+            &["--tls-cert", "c.pem"][..],
+            &["--tls-key", "k.pem"],
+            &["--client-ca", "ca.pem"],
+            &["--client-ca", "ca.pem", "--tls-key", "k.pem"],
+        ] {
+            let mut argv = vec!["nettools", "serve"];
+            argv.extend(incomplete);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "nettools",
+                "serve",
+                "--tls-cert",
+                "c.pem",
+                "--tls-key",
+                "k.pem",
+                "--client-ca",
+                "ca.pem",
+                "--bearer-token-file",
+                "t",
+                "--health-listen",
+                "127.0.0.1:9978",
+            ])
+            .is_ok()
+        );
     }
 }

@@ -64,17 +64,35 @@ pub struct Session {
     waiting: probe::latency::Waiting,
 }
 
-impl Session {
+/// Loaded, attached probes whose events nobody reads yet. [`Session`] polls them on the async
+/// runtime (`trace`); `serve` drains the ring buffer on a thread of its own and keeps the rest,
+/// the [`Probes`], behind a lock.
+pub struct Started<W: Write = Box<dyn Write>> {
+    pub probes: Probes<W>,
+    pub events: RingBuf<MapData>,
+    pub kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Whether to read `/proc/kallsyms` to name the kernel functions that drop packets (reports
+/// show them; the agent's metrics never do, so it needs no CAP_SYSLOG).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Symbols {
+    Load,
+    Skip,
+}
+
+impl<W: Write> Started<W> {
     /// Loads and attaches the probes for `workloads` (for every namespace with `options.all`,
     /// the ones in `labels` getting their veths attached), saying what it does on `status`.
     /// JSON lines of events go to `out` when `json` is set.
-    pub fn start(
+    pub fn load(
         options: Options,
         mut workloads: Vec<Workload>,
         mut labels: BTreeMap<u32, Workload>,
-        out: Box<dyn Write>,
+        out: W,
         json: bool,
         status: &Status,
+        symbols: Symbols,
     ) -> Result<Self> {
         status.say("loading probes into the kernel");
         let mut loaded = probe::load(&LoadOptions {
@@ -99,15 +117,16 @@ impl Session {
             loaded.attach_tc(&targets, options.tc_mode)?;
         }
         loaded.kernel.notes.extend(notes);
-        let kallsyms = Kallsyms::load().unwrap_or_else(|e| {
-            log::warn!("{e:#}; kernel locations are shown as addresses");
-            Kallsyms::default()
-        });
+        let kallsyms = match symbols {
+            Symbols::Load => Kallsyms::load().unwrap_or_else(|e| {
+                log::warn!("{e:#}; kernel locations are shown as addresses");
+                Kallsyms::default()
+            }),
+            Symbols::Skip => Kallsyms::default(),
+        };
         let kernel_log = if options.verbose {
             match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
-                Ok(logger) => {
-                    Some(collect::pollable(logger).context("cannot poll the kernel log")?)
-                }
+                Ok(logger) => Some(logger),
                 Err(e) => {
                     log::debug!("no kernel-side log: {e}");
                     None
@@ -116,8 +135,7 @@ impl Session {
         } else {
             None
         };
-        let events =
-            collect::pollable(loaded.take_events()?).context("cannot poll the ring buffer")?;
+        let events = loaded.take_events()?;
         status.say("attaching tracepoints");
         for p in &options.probes {
             loaded.attach(*p)?;
@@ -133,6 +151,38 @@ impl Session {
             clock: Clock::now(),
         };
         Ok(Self {
+            probes: Probes {
+                options,
+                loaded,
+                collector,
+                waiting: probe::latency::Waiting::default(),
+            },
+            events,
+            kernel_log,
+        })
+    }
+}
+
+impl Started {
+    /// Polls the events on the async runtime, as [`Session::step`] does.
+    pub fn into_session(self) -> Result<Session> {
+        let Started {
+            probes:
+                Probes {
+                    options,
+                    loaded,
+                    collector,
+                    waiting,
+                },
+            events,
+            kernel_log,
+        } = self;
+        let kernel_log = match kernel_log {
+            Some(logger) => Some(collect::pollable(logger).context("cannot poll the kernel log")?),
+            None => None,
+        };
+        let events = collect::pollable(events).context("cannot poll the ring buffer")?;
+        Ok(Session {
             options,
             loaded,
             collector,
@@ -144,8 +194,55 @@ impl Session {
                 drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 drain
             },
-            waiting: probe::latency::Waiting::default(),
+            waiting,
         })
+    }
+}
+
+/// Loaded, attached probes and what they collected, without their event stream: what `serve`
+/// keeps behind a lock while a thread of its own drains the events into `collector`.
+pub struct Probes<W: Write> {
+    pub options: Options,
+    pub loaded: probe::Loaded,
+    pub collector: Collector<W>,
+    /// Requests still waiting for an answer at the last expiry.
+    pub waiting: probe::latency::Waiting,
+}
+
+impl<W: Write> Probes<W> {
+    /// Moves requests that waited past the timeout out of the kernel's pairing maps.
+    pub fn expire(&mut self) -> Result<()> {
+        self.waiting = self
+            .collector
+            .expire(&mut self.loaded, self.options.timeout)?;
+        Ok(())
+    }
+
+    /// The summary at this moment (see [`Session::summarize`]).
+    pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
+        summarize(
+            &self.options,
+            &mut self.loaded,
+            &mut self.collector,
+            self.waiting,
+            duration_s,
+        )
+    }
+}
+
+impl Session {
+    /// Loads and attaches the probes for `workloads` (for every namespace with `options.all`,
+    /// the ones in `labels` getting their veths attached), saying what it does on `status`.
+    /// JSON lines of events go to `out` when `json` is set.
+    pub fn start(
+        options: Options,
+        workloads: Vec<Workload>,
+        labels: BTreeMap<u32, Workload>,
+        out: Box<dyn Write>,
+        json: bool,
+        status: &Status,
+    ) -> Result<Self> {
+        Started::load(options, workloads, labels, out, json, status, Symbols::Load)?.into_session()
     }
 
     /// Waits for the next thing to do and does it: events to read, or the one-second tick
@@ -201,37 +298,53 @@ impl Session {
     /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
     /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
-        let skipped = self.loaded.skipped_runs();
-        let loaded = &self.loaded;
-        let agg = &mut self.collector.agg;
-        let end_ktime_ns = Clock::monotonic_ns();
-        agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
-        let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
-        agg.set_retransmit_counts(&totals, &flows);
-        agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
-        agg.set_interfaces(
-            &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
-            &probe::tc::read_neigh_probes(&loaded.ebpf)?,
-        );
-        let counters = loaded.counters()?;
-        let health = Health::from_counters(&counters, agg.undecodable, skipped);
-        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
-        Ok(Summary::build(&report::Inputs {
-            aggregate: agg,
-            traced: &self.collector.traced,
-            labels: &self.collector.labels,
-            kernel: &loaded.kernel,
-            kallsyms: &self.collector.kallsyms,
-            health,
+        summarize(
+            &self.options,
+            &mut self.loaded,
+            &mut self.collector,
+            self.waiting,
             duration_s,
-            probes: self.options.probes.clone(),
-            all_namespaces: self.options.all,
-            attached: &loaded.tc.interfaces,
-            end_ktime_ns,
-            pairing,
-            waiting: self.waiting,
-        }))
+        )
     }
+}
+
+/// Reads the kernel's exact counts into the aggregate and builds the summary.
+fn summarize<W: Write>(
+    options: &Options,
+    loaded: &mut probe::Loaded,
+    collector: &mut Collector<W>,
+    waiting: probe::latency::Waiting,
+    duration_s: f64,
+) -> Result<Summary> {
+    let skipped = loaded.skipped_runs();
+    let agg = &mut collector.agg;
+    let end_ktime_ns = Clock::monotonic_ns();
+    agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
+    let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
+    agg.set_retransmit_counts(&totals, &flows);
+    agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
+    agg.set_interfaces(
+        &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
+        &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+    );
+    let counters = loaded.counters()?;
+    let health = Health::from_counters(&counters, agg.undecodable, skipped);
+    let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
+    Ok(Summary::build(&report::Inputs {
+        aggregate: agg,
+        traced: &collector.traced,
+        labels: &collector.labels,
+        kernel: &loaded.kernel,
+        kallsyms: &collector.kallsyms,
+        health,
+        duration_s,
+        probes: options.probes.clone(),
+        all_namespaces: options.all,
+        attached: &loaded.tc.interfaces,
+        end_ktime_ns,
+        pairing,
+        waiting,
+    }))
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, caught from before the first probe is attached: a signal that
@@ -340,10 +453,10 @@ pub fn tc_targets(
 }
 
 /// Decodes events, aggregates them and streams them as JSON when asked.
-pub struct Collector {
+pub struct Collector<W: Write = Box<dyn Write>> {
     pub agg: Aggregate,
     /// Where JSON lines go (and, for `trace`, the report).
-    pub out: Box<dyn Write>,
+    pub out: W,
     json: bool,
     /// The workloads traced by name (all of them listed in the report).
     pub traced: Vec<Workload>,
@@ -354,12 +467,12 @@ pub struct Collector {
     clock: Clock,
 }
 
-impl Collector {
+impl<W: Write> Collector<W> {
     /// Reads every record waiting in the ring buffer.
     pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(record) = ring.next() {
             match collect::decode(&record) {
-                Ok(ev) => self.handle(ev)?,
+                Ok(ev) => self.add(ev)?,
                 Err(e) => {
                     self.agg.undecodable += 1;
                     log::debug!("undecodable event: {e:?}");
@@ -369,7 +482,8 @@ impl Collector {
         Ok(())
     }
 
-    fn handle(&mut self, ev: Event) -> Result<()> {
+    /// Aggregates one decoded event (and writes its JSON line when asked).
+    pub fn add(&mut self, ev: Event) -> Result<()> {
         match ev {
             Event::Drop(d) => {
                 self.agg.add_drop(&d);

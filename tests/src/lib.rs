@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod agent;
+pub mod manifest;
 pub mod nsexec;
 pub mod prom;
 pub mod pty;

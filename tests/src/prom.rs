@@ -11,29 +11,72 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// `GET /metrics` on `addr`: the body, when the answer is 200 in Prometheus text format 0.0.4.
-pub fn scrape(addr: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+/// An HTTP answer: status code, head (status line and headers) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `GET path` on `addr` in plain HTTP/1.1, with extra header lines, on a connection of its own
+/// (waits at most `timeout` for the whole answer).
+pub fn get(addr: SocketAddr, path: &str, headers: &[&str], timeout: Duration) -> Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let response = String::from_utf8(response).context("the answer is not UTF-8")?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .with_context(|| format!("not an HTTP response: {response}"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("scrape failed: {head}\n{body}");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in {head}"))?;
+    Ok(Answer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+/// Whether an answer is a scrape: 200 in Prometheus text format 0.0.4.
+pub fn exposition(answer: Answer) -> Result<String> {
+    if answer.status != 200 {
+        bail!("scrape failed: {}\n{}", answer.head, answer.body);
     }
-    if !head
-        .to_ascii_lowercase()
-        .contains("content-type: text/plain; version=0.0.4")
+    if !answer
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain; version=0.0.4"))
     {
-        bail!("not Prometheus text format 0.0.4: {head}");
+        bail!("not Prometheus text format 0.0.4: {}", answer.head);
     }
-    Ok(body.to_string())
+    Ok(answer.body)
+}
+
+/// `GET /metrics` on `addr`: the body, when the answer is 200 in Prometheus text format 0.0.4.
+pub fn scrape(addr: SocketAddr) -> Result<String> {
+    exposition(get(addr, "/metrics", &[], Duration::from_secs(30))?)
 }
 
 /// `promtool check metrics` (Prometheus' own linter) accepts the exposition.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{nsexec::*, prom, runtimes::*, *};
+use nettools_tests::{manifest, nsexec::*, prom, runtimes::*, *};
 use serde_json::Value;
 
 const IMAGE: &str = "localhost/nettools-image:test";
@@ -58,23 +58,28 @@ fn privileged(podman: &Podman) -> Vec<String> {
     .collect()
 }
 
-/// The capabilities deploy/daemonset.yaml adds (its `add: [...]` line).
-fn daemonset_capabilities() -> Result<Vec<String>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
-    let text = std::fs::read_to_string(&path)?;
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("add: ["))
-        .with_context(|| format!("no capabilities are added in {}", path.display()))?;
-    let caps: Vec<String> = line
-        .trim_end_matches(']')
-        .split(',')
-        .map(|c| c.trim().trim_matches('"').to_string())
-        .filter(|c| !c.is_empty())
-        .collect();
+/// How deploy/daemonset.yaml runs the agent: the capabilities it adds, and its host mounts as
+/// `podman run` arguments (the ones whose host path exists here; read-only, and following the
+/// host's new mounts where the manifest says so).
+fn daemonset_agent() -> Result<(Vec<String>, Vec<String>)> {
+    let docs = manifest::documents("daemonset.yaml")?;
+    let ds = manifest::one(&docs, "DaemonSet")?;
+    let agent = manifest::container(ds, "nettools")?;
+    let caps = manifest::capabilities(agent);
     assert!(caps.contains(&"BPF".to_string()), "{caps:?}");
-    Ok(caps)
+    let mut mounts = Vec::new();
+    for m in manifest::host_mounts(ds, agent)? {
+        if !std::path::Path::new(&m.host).exists() {
+            continue;
+        }
+        let mut options = vec![if m.read_only { "ro" } else { "rw" }];
+        if m.follows_host {
+            options.push("rslave");
+        }
+        mounts.push("-v".to_string());
+        mounts.push(format!("{}:{}:{}", m.host, m.container, options.join(",")));
+    }
+    Ok((caps, mounts))
 }
 
 #[test]
@@ -242,12 +247,13 @@ fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> 
     }
     assert!(out.contains("== ipvsadm: ok"), "ipvsadm: {out}");
 
-    // As the DaemonSet runs it: not privileged, only its capabilities, a read-only root, /run
-    // read-only and the host's tracefs; the agent inside counts the pod's drops exactly.
+    // As the DaemonSet runs it: not privileged, only its capabilities, a read-only root, only
+    // its host mounts, read-only (the runtime's socket is Podman's here); the agent inside
+    // counts the pod's drops exactly.
     let listen = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .to_string();
-    let caps = daemonset_capabilities()?;
+    let (caps, mounts) = daemonset_agent()?;
     let socket_mount = format!("{}:/podman.sock", podman.socket.display());
     let mut args = vec![
         "run",
@@ -268,10 +274,9 @@ fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> 
         "host",
         "--net",
         "host",
-        "-v",
-        "/run:/run:ro",
-        "-v",
-        "/sys/kernel/tracing:/sys/kernel/tracing",
+    ]);
+    args.extend(mounts.iter().map(String::as_str));
+    args.extend([
         "-v",
         &socket_mount,
         "-e",

@@ -1,0 +1,638 @@
+//! Who may read the agent: TLS with client certificates, bearer tokens, and what stays open.
+//! The client is a real TLS client (curl, on OpenSSL), the certificates are made by openssl in
+//! the test, the exposition is checked by `promtool` and against an iptables rule's counter.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nettools_tests::{
+    agent::{Agent, free_port},
+    manifest,
+    prom::*,
+    runtimes::missing,
+    *,
+};
+use serde_json::{Value, json};
+
+/// A scratch directory, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Result<Self> {
+        let d = std::env::temp_dir().join(format!("nettools-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d)?;
+        Ok(Self(d))
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A CA (`NAME-ca.pem`, `NAME-ca.key`).
+fn ca(dir: &Dir, name: &str) -> Result<()> {
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &dir.file(&format!("{name}-ca.key")),
+        "-out",
+        &dir.file(&format!("{name}-ca.pem")),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=nettools test {name} CA"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ])
+}
+
+/// A certificate `NAME.pem` with its key `NAME.key` (SEC1, not PKCS#8), signed by CA `by`,
+/// for a server (on 127.0.0.1) or a client.
+fn leaf(dir: &Dir, name: &str, by: &str, server: bool) -> Result<()> {
+    let key = dir.file(&format!("{name}.key"));
+    let csr = dir.file(&format!("{name}.csr"));
+    let ext = dir.file(&format!("{name}.ext"));
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &key,
+    ])?;
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN=nettools test {name}"),
+    ])?;
+    std::fs::write(
+        &ext,
+        if server {
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        } else {
+            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n"
+        },
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &dir.file(&format!("{by}-ca.pem")),
+        "-CAkey",
+        &dir.file(&format!("{by}-ca.key")),
+        "-set_serial",
+        "0x2a",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &dir.file(&format!("{name}.pem")),
+    ])
+}
+
+/// Two CAs; a server certificate and a client certificate from the first, a client
+/// certificate from the second.
+fn certificates(dir: &Dir) -> Result<()> {
+    ca(dir, "good")?;
+    ca(dir, "other")?;
+    leaf(dir, "server", "good", true)?;
+    leaf(dir, "client", "good", false)?;
+    leaf(dir, "stranger", "other", false)
+}
+
+/// What curl got: its exit code, the HTTP status (0 when none), the body and its stderr.
+struct Curl {
+    code: i32,
+    status: u16,
+    body: String,
+    stderr: String,
+}
+
+fn curl(url: &str, args: &[&str]) -> Result<Curl> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    Ok(Curl {
+        code: out.status.code().unwrap_or(-1),
+        status: status.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Refused during the TLS handshake: curl failed, no HTTP status, the server's alert named.
+fn refused_in_handshake(c: &Curl, who: &str) {
+    assert_ne!(c.code, 0, "{who} was let in: {}", c.body);
+    assert_eq!(c.status, 0, "{who} got an HTTP answer: {}", c.body);
+    assert!(
+        c.stderr.to_ascii_lowercase().contains("alert"),
+        "{who} was not refused by a TLS alert: {}",
+        c.stderr
+    );
+}
+
+#[test]
+fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["openssl", "curl", "iptables", "promtool"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let dir = Dir::new("tls")?;
+    certificates(&dir)?;
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.238.0.1/24", None)?;
+    let b = lab.node("b", "10.238.0.2/24", None)?;
+    b.drop_input("udp", 7792)?;
+    let (cert, key, client_ca) = (
+        dir.file("server.pem"),
+        dir.file("server.key"),
+        dir.file("good-ca.pem"),
+    );
+    let agent = Agent::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--client-ca",
+        &client_ca,
+        "--probes",
+        "drops",
+    ])?;
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", agent.addr.port());
+    let ca = dir.file("good-ca.pem");
+    let with_client = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        &dir.file("client.pem"),
+        "--key",
+        &dir.file("client.key"),
+    ];
+    let with_client: Vec<&str> = with_client.iter().map(|s| s.as_ref()).collect();
+
+    // The right certificate: a valid exposition, with the lab's drops as the kernel counted.
+    let netns = b.inode()?.to_string();
+    udp_burst(&a, SocketAddr::from((b.ipv4, 7792)), 40)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let counted = iptables_packets(&b, "INPUT", 1)?;
+    assert_eq!(counted, 40, "the lab itself misbehaved");
+    let mut scraped = None;
+    for _ in 0..75 {
+        let c = curl(&url("/metrics"), &with_client)?;
+        assert_eq!((c.code, c.status), (0, 200), "{}{}", c.stderr, c.body);
+        let drops = value(
+            &c.body,
+            "nettools_drops_total",
+            &[("netns", netns.as_str()), ("reason", "NETFILTER_DROP")],
+        )?;
+        if drops.is_some() {
+            scraped = Some((c.body, drops));
+            break;
+        }
+        // The lab's namespace is named at the agent's first refresh.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (text, drops) = scraped.context("the lab's namespace never appeared")?;
+    promtool_accepts(&text)?;
+    assert_eq!(drops, Some(counted as f64), "{text}");
+    let health = curl(&url("/healthz"), &with_client)?;
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    // No certificate, or one from another CA: refused during the handshake, /healthz too.
+    let no_cert = curl(&url("/metrics"), &["--cacert", &ca])?;
+    refused_in_handshake(&no_cert, "a client without a certificate");
+    let no_cert = curl(&url("/healthz"), &["--cacert", &ca])?;
+    refused_in_handshake(&no_cert, "a client without a certificate (/healthz)");
+    let stranger = curl(
+        &url("/metrics"),
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &dir.file("stranger.pem"),
+            "--key",
+            &dir.file("stranger.key"),
+        ],
+    )?;
+    refused_in_handshake(&stranger, "a client with another CA's certificate");
+    // The client checks the server too: the agent presents the chain it was given.
+    let wrong_ca = curl(&url("/healthz"), &["--cacert", &dir.file("other-ca.pem")])?;
+    assert_eq!(
+        wrong_ca.code, 60,
+        "curl trusted a server it should not: {}",
+        wrong_ca.stderr
+    );
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = get(agent.addr, "/metrics", &[], Duration::from_secs(10));
+    assert!(
+        plain.as_ref().map_or(true, |a| a.status != 200),
+        "plain HTTP was answered: {plain:?}"
+    );
+    eprintln!(
+        "TLS: the client certificate's scrape passed promtool with {drops:?} drops ({counted} \
+         counted by iptables); without a certificate: {}; another CA's: {}",
+        no_cert.stderr.trim(),
+        stranger.stderr.trim()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["openssl", "curl", "promtool"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let dir = Dir::new("token")?;
+    let token_file = dir.file("token");
+    std::fs::write(&token_file, "Zm9vYmFyLXNlY3JldC10b2tlbg\n")?;
+    let right = "Authorization: Bearer Zm9vYmFyLXNlY3JldC10b2tlbg";
+    let timeout = Duration::from_secs(20);
+
+    // Plain HTTP on loopback: /metrics and / need the token, /healthz does not.
+    let agent = Agent::start(&["--bearer-token-file", &token_file, "--probes", "drops"])?;
+    let missing_token = get(agent.addr, "/metrics", &[], timeout)?;
+    assert_eq!(missing_token.status, 401, "{}", missing_token.head);
+    assert_eq!(
+        missing_token.header("www-authenticate"),
+        Some("Bearer realm=\"nettools\"")
+    );
+    for wrong in [
+        "Authorization: Bearer Zm9vYmFyLXNlY3JldC10b2tlbh",
+        "Authorization: Bearer Zm9vYmFyLXNlY3JldC10b2tl",
+        "Authorization: Basic Zm9vYmFyLXNlY3JldC10b2tlbg",
+    ] {
+        let a = get(agent.addr, "/metrics", &[wrong], timeout)?;
+        assert_eq!(a.status, 401, "{wrong}: {}", a.head);
+    }
+    assert_eq!(get(agent.addr, "/", &[], timeout)?.status, 401);
+    let text = exposition(get(agent.addr, "/metrics", &[right], timeout)?)?;
+    promtool_accepts(&text)?;
+    assert_eq!(get(agent.addr, "/healthz", &[], timeout)?.status, 200);
+    drop(agent);
+
+    // TLS with the token: /healthz needs it too; --health-listen serves it alone, open.
+    certificates(&dir)?;
+    let health = free_port()?.to_string();
+    let agent = Agent::start(&[
+        "--tls-cert",
+        &dir.file("server.pem"),
+        "--tls-key",
+        &dir.file("server.key"),
+        "--bearer-token-file",
+        &token_file,
+        "--health-listen",
+        &health,
+        "--probes",
+        "drops",
+    ])?;
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", agent.addr.port());
+    let ca = dir.file("good-ca.pem");
+    let c = curl(&url("/metrics"), &["--cacert", &ca, "-H", right])?;
+    assert_eq!((c.code, c.status), (0, 200), "{}", c.stderr);
+    promtool_accepts(&c.body)?;
+    let c = curl(&url("/metrics"), &["--cacert", &ca])?;
+    assert_eq!(c.status, 401, "{}", c.body);
+    let c = curl(
+        &url("/metrics"),
+        &["--cacert", &ca, "-H", "Authorization: Bearer nope"],
+    )?;
+    assert_eq!(c.status, 401, "{}", c.body);
+    let c = curl(&url("/healthz"), &["--cacert", &ca])?;
+    assert_eq!(
+        c.status, 401,
+        "/healthz over TLS without the token: {}",
+        c.body
+    );
+    let health: SocketAddr = health.parse()?;
+    let h = get(health, "/healthz", &[], timeout)?;
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    assert_eq!(get(health, "/metrics", &[], timeout)?.status, 404);
+    Ok(())
+}
+
+/// One line on stderr, exit code 1, starting with `expected`.
+fn one_sentence(args: &[&str], expected: &str) -> Result<()> {
+    let out = nettools(args)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        stderr.starts_with(&format!("nettools: {expected}")),
+        "{args:?}: {stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["openssl"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let dir = Dir::new("tls-errors")?;
+    certificates(&dir)?;
+    let listen = free_port()?.to_string();
+    let serve = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["serve", "--listen", &listen]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |extra: &[&str], expected: &str| -> Result<()> {
+        let args = serve(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        one_sentence(&args, expected)
+    };
+    let (cert, key) = (dir.file("server.pem"), dir.file("server.key"));
+    let nowhere = dir.file("nowhere.pem");
+    let empty = dir.file("empty.pem");
+    std::fs::write(&empty, "")?;
+    let garbage = dir.file("garbage.pem");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )?;
+    check(
+        &["--tls-cert", &nowhere, "--tls-key", &key],
+        &format!("the TLS certificate {nowhere} does not exist"),
+    )?;
+    check(
+        &["--tls-cert", &empty, "--tls-key", &key],
+        &format!("the TLS certificate {empty} holds no PEM certificate"),
+    )?;
+    check(
+        &["--tls-cert", &garbage, "--tls-key", &key],
+        &format!("the TLS certificate {garbage} is not valid PEM"),
+    )?;
+    let not_x509 = dir.file("not-x509.pem");
+    std::fs::write(
+        &not_x509,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )?;
+    check(
+        &["--tls-cert", &not_x509, "--tls-key", &key],
+        &format!("the TLS certificate {not_x509} is not valid X.509"),
+    )?;
+    check(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &not_x509,
+        ],
+        &format!("the client CA file {not_x509} holds a certificate that is not valid X.509"),
+    )?;
+    check(
+        &["--tls-cert", &cert, "--tls-key", &nowhere],
+        &format!("the TLS key {nowhere} does not exist"),
+    )?;
+    // A certificate where the key should be.
+    check(
+        &["--tls-cert", &cert, "--tls-key", &cert],
+        &format!("the TLS key {cert} holds no PEM private key"),
+    )?;
+    check(
+        &["--tls-cert", &cert, "--tls-key", &dir.file("client.key")],
+        &format!(
+            "the TLS key {} does not belong to the certificate {cert}",
+            dir.file("client.key")
+        ),
+    )?;
+    check(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &nowhere,
+        ],
+        &format!("the client CA file {nowhere} does not exist"),
+    )?;
+    check(
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &key],
+        &format!("the client CA file {key} holds no PEM certificate"),
+    )?;
+    check(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &dir.0.display().to_string(),
+        ],
+        &format!("the client CA file {} is not a file", dir.0.display()),
+    )?;
+    check(
+        &["--bearer-token-file", &empty],
+        &format!("the bearer token file {empty} is empty"),
+    )?;
+    check(
+        &["--bearer-token-file", &nowhere],
+        &format!("the bearer token file {nowhere} does not exist"),
+    )?;
+    check(
+        &["--health-listen", "0.0.0.0:9978"],
+        "--health-listen 0.0.0.0:9978 is not a loopback address",
+    )?;
+    // A key without its certificate is refused by the command line itself.
+    let out = nettools(&["serve", "--tls-key", &key])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(Path::new(&cert).is_file());
+    Ok(())
+}
+
+/// Prometheus itself, on a loopback port, stopped (by PID) on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(config: &Value, dir: &Dir) -> Result<Self> {
+        let file = dir.file("prometheus.yml");
+        // JSON is YAML.
+        std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
+        let addr = free_port()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={file}"))
+            .arg(format!("--storage.tsdb.path={}", dir.file("tsdb")))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.file("prometheus.log"))?)
+            .spawn()
+            .context("cannot start prometheus")?;
+        Ok(Self { child, addr })
+    }
+
+    /// The active scrape targets of `job`: health and last error.
+    fn targets(&self, job: &str) -> Result<Vec<(String, String)>> {
+        let a = get(
+            self.addr,
+            "/api/v1/targets?state=active",
+            &[],
+            Duration::from_secs(5),
+        )?;
+        let v: Value = serde_json::from_str(&a.body)?;
+        Ok(v["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["labels"]["job"] == job)
+            .map(|t| {
+                (
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until `job`'s one target was scraped (health up or down).
+    fn scraped(&self, job: &str) -> Result<(String, String)> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(t) = self.targets(job)
+                && let [(health, error)] = t.as_slice()
+                && health != "unknown"
+            {
+                return Ok((health.clone(), error.clone()));
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("prometheus never scraped {job}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        // SAFETY: signalling the child this test started, by its PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// deploy/prometheus.yml's job, as a real Prometheus runs it against a real agent: up with
+/// the client certificate; down, refused in the handshake, without it.
+#[test]
+fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["openssl", "prometheus"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let dir = Dir::new("prometheus")?;
+    certificates(&dir)?;
+    let agent = Agent::start(&[
+        "--tls-cert",
+        &dir.file("server.pem"),
+        "--tls-key",
+        &dir.file("server.key"),
+        "--client-ca",
+        &dir.file("good-ca.pem"),
+        "--probes",
+        "drops",
+    ])?;
+    let docs = manifest::documents("prometheus.yml")?;
+    let [documented] = docs.as_slice() else {
+        bail!("deploy/prometheus.yml is not one document");
+    };
+    let mut config = documented.clone();
+    config["global"]["scrape_interval"] = json!("1s");
+    config["global"]["scrape_timeout"] = json!("1s");
+    let job = config["scrape_configs"][0].clone();
+    assert_eq!(job["scheme"], "https", "{job}");
+    let mut with_cert = job.clone();
+    with_cert["job_name"] = json!("with-cert");
+    with_cert["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
+    with_cert["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
+    with_cert["tls_config"]["key_file"] = json!(dir.file("client.key"));
+    with_cert["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
+    let mut without = with_cert.clone();
+    without["job_name"] = json!("without-cert");
+    if let Some(tls) = without["tls_config"].as_object_mut() {
+        tls.remove("cert_file");
+        tls.remove("key_file");
+    }
+    config["scrape_configs"] = json!([with_cert, without]);
+    let prometheus = Prometheus::start(&config, &dir)?;
+    let (health, error) = prometheus.scraped("with-cert")?;
+    assert_eq!(health, "up", "{error}");
+    // What it stored: the agent's own series, with the labels deploy/prometheus.yml adds.
+    let a = get(
+        prometheus.addr,
+        "/api/v1/query?query=nettools_build_info",
+        &[],
+        Duration::from_secs(5),
+    )?;
+    let v: Value = serde_json::from_str(&a.body)?;
+    let result = &v["data"]["result"];
+    assert!(
+        result.as_array().is_some_and(|r| r
+            .iter()
+            .any(|s| s["metric"]["job"] == "with-cert" && s["metric"]["node"] == "node1")),
+        "{}",
+        a.body
+    );
+    let (health, error) = prometheus.scraped("without-cert")?;
+    assert_eq!(health, "down");
+    assert!(error.contains("certificate"), "{error}");
+    eprintln!("prometheus: with the client certificate up; without it down ({error})");
+    Ok(())
+}
