@@ -16,14 +16,19 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::process::status;
 
-/// Packages the tests and the lab run (network tools).
+/// Packages the tests and the lab run (network tools), and the TLS client and certificate
+/// maker the agent's TLS tests use.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "iputils-ping",
     "procps",
     "util-linux",
+    "curl",
+    "openssl",
 ];
+/// From PyPI: the Kubernetes API's schemas, offline, for the manifests in deploy/.
+const PYPI_TOOLS: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes-validate")];
 /// What `cargo xtask vmtest` needs: QEMU (installed without its recommends: no GUI), a static
 /// busybox for the guest, kmod (modinfo) and xz for kernel modules, dpkg-deb for the kernel
 /// packages, binutils (strip) and the Debian archive keys for the private apt sources.
@@ -176,6 +181,25 @@ pub fn run() -> Result<()> {
         status(&mut cmd).context("installing bpf-linker failed")?;
         if bpf_linker_version().is_none() {
             bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+        }
+    }
+    for (command, package) in PYPI_TOOLS {
+        let present = Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !present {
+            eprintln!("xtask: installing {package} from PyPI");
+            status(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                package,
+            ]))
+            .with_context(|| format!("installing {package} with pip failed"))?;
         }
     }
     if !standard && !Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").exists() {
