@@ -205,3 +205,98 @@ fn iface_traces_an_interface_directly() -> Result<()> {
     );
     Ok(())
 }
+
+/// Two nettools on one veth with clsact filters (an agent and a `trace` started and stopped
+/// beside it): each removes only its own, the agent keeps counting, and the clsact qdisc goes
+/// with the one that added it.
+#[test]
+fn a_trace_leaves_the_agents_clsact_filters_alone() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.235.5.1/24", None)?;
+    let b = lab.node("b", "10.235.5.2/24", None)?;
+    let veth = b.host_veth.clone();
+    let had_clsact = sh(&["tc", "qdisc", "show", "dev", &veth])?.contains("clsact");
+    let agent = nettools_tests::agent::Agent::start(&[
+        "--tc-mode",
+        "clsact",
+        "--refresh",
+        "1s",
+        "--probes",
+        "traffic",
+    ])?;
+    let inode = b.inode()?.to_string();
+    let sent = |text: &str| -> f64 {
+        nettools_tests::prom::samples(text, "nettools_veth_packets_total")
+            .iter()
+            .filter(|(l, _)| {
+                l.get("netns") == Some(&inode) && l.get("direction").is_some_and(|d| d == "sent")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    agent.scrape_until(
+        Duration::from_secs(20),
+        "the agent attached to b's veth",
+        |t| Ok(tc_filters(&veth, true)?.contains("nettools_ingress") && t.contains(&inode)),
+    )?;
+
+    // A trace on the same veth comes and goes.
+    let trace = Trace::start(&[
+        "--netns",
+        &b.netns,
+        "--tc-mode",
+        "clsact",
+        "--probes",
+        "traffic",
+    ])?;
+    let during = tc_filters(&veth, true)?;
+    assert_eq!(
+        during.matches("nettools_ingress").count(),
+        2,
+        "the trace removed the agent's filter or did not attach:\n{during}"
+    );
+    let done = trace.stop()?;
+    assert!(done.success, "{}", done.stderr);
+    let after = tc_filters(&veth, true)?;
+    assert_eq!(
+        after.matches("nettools_ingress").count(),
+        1,
+        "the trace's exit took the agent's filter along, or left its own:\n{after}"
+    );
+    // One line per filter (its name and its program's both read nettools_egress).
+    let egress = tc_filters(&veth, false)?;
+    assert_eq!(
+        egress
+            .lines()
+            .filter(|l| l.contains("nettools_egress"))
+            .count(),
+        1,
+        "{egress}"
+    );
+
+    // The agent still counts what b sends: 60 datagrams more.
+    let before = sent(&agent.scrape()?);
+    udp_burst(&b, SocketAddr::from((a.ipv4, 9000)), 60)?;
+    let text = agent.scrape_until(
+        Duration::from_secs(10),
+        "the agent counting b's datagrams",
+        |t| Ok(sent(t) >= before + 60.0),
+    )?;
+    eprintln!("agent: {before} then {} packets sent by b", sent(&text));
+    drop(agent);
+    std::thread::sleep(Duration::from_millis(300));
+    let qdisc = sh(&["tc", "qdisc", "show", "dev", &veth])?;
+    assert!(
+        !tc_filters(&veth, true)?.contains("nettools"),
+        "{}",
+        tc_filters(&veth, true)?
+    );
+    if !had_clsact {
+        assert!(
+            !qdisc.contains("clsact"),
+            "the agent added the clsact qdisc and left it:\n{qdisc}"
+        );
+    }
+    Ok(())
+}

@@ -31,13 +31,22 @@ pub struct Link {
 
 /// Sends one dump request and collects the answers.
 fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+    exchange(request, NLM_F_DUMP | NLM_F_REQUEST)
+}
+
+/// Sends one request with `flags` and collects the answers until the end of a dump or the
+/// kernel's acknowledgement (with `NLM_F_ACK`).
+pub(crate) fn exchange(
+    request: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>> {
     let mut socket = Socket::new(NETLINK_ROUTE).context("cannot open a netlink socket")?;
     socket.bind_auto().context("cannot bind a netlink socket")?;
     socket
         .connect(&SocketAddr::new(0, 0))
         .context("cannot connect a netlink socket")?;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(request));
-    packet.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    packet.header.flags = flags;
     packet.header.sequence_number = 1;
     packet.finalize();
     let mut buf = vec![0; packet.buffer_len()];
@@ -61,8 +70,10 @@ fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
-                    bail!("the kernel refused a netlink dump: {e}")
+                    bail!("the kernel refused a netlink request: {e}")
                 }
+                // An acknowledgement: the request is done.
+                NetlinkPayload::Error(_) => return Ok(out),
                 NetlinkPayload::InnerMessage(m) => out.push(m),
                 _ => {}
             }

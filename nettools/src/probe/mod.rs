@@ -6,6 +6,7 @@
 //! [`retransmits`], [`neighbours`], [`tc`] (traffic and ARP/NDP on veths).
 
 pub mod btf;
+pub mod clsact;
 pub mod drops;
 pub mod latency;
 pub mod neighbours;
@@ -436,6 +437,7 @@ impl Loaded {
             }
         }
         self.tc.detached();
+        tc::remove_created_qdiscs(&mut self.tc);
     }
 
     /// Takes the event ring buffer for the collector.

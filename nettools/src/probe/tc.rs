@@ -73,6 +73,8 @@ pub struct Attachments {
     slots: std::collections::BTreeMap<u32, u32>,
     /// Slots `TRAFFIC` has (its size, set at load time).
     slot_count: u32,
+    /// Interfaces whose clsact qdisc this process added (removed on exit when unused).
+    created_clsact: std::collections::BTreeSet<u32>,
 }
 
 impl Attachments {
@@ -107,6 +109,8 @@ pub fn detach(ebpf: &mut Ebpf, atts: &mut Attachments, ifindex: u32) {
         }
     }
     atts.interfaces.retain(|a| a.ifindex != ifindex);
+    // A gone interface took its qdisc along.
+    atts.created_clsact.remove(&ifindex);
     if atts.slots.remove(&ifindex).is_some()
         && let Err(e) = set_if_slot(ebpf, ifindex, IfSlot::default())
     {
@@ -185,19 +189,53 @@ fn assign_slot(ebpf: &mut Ebpf, atts: &mut Attachments, target: &Target) -> Resu
     Ok(())
 }
 
-/// Removes clsact filters named like ours from an interface (left by a killed nettools; a
-/// clsact filter, unlike a tcx link, outlives its process). Returns how many were removed.
-pub fn remove_stale(ifname: &str) -> usize {
+/// Removes the clsact filters named like ours on an interface whose owner is gone (no process
+/// holds their program, see [`super::clsact`]): left by a killed nettools, since a clsact filter,
+/// unlike a tcx link, outlives its process. Filters of another running nettools stay. `held` is
+/// filled on first need. Returns how many were removed.
+pub fn remove_stale(ifindex: u32, held: &mut Option<std::collections::BTreeSet<u32>>) -> usize {
+    let Ok(filters) = super::clsact::filters(ifindex) else {
+        return 0;
+    };
+    let names = [INGRESS_PROGRAM, EGRESS_PROGRAM];
+    if !filters
+        .iter()
+        .any(|f| names.iter().any(|n| f.name.starts_with(n)))
+    {
+        return 0;
+    }
+    let held = held.get_or_insert_with(super::clsact::held_programs);
     let mut removed = 0;
-    for (ty, name) in [
-        (TcAttachType::Ingress, INGRESS_PROGRAM),
-        (TcAttachType::Egress, EGRESS_PROGRAM),
-    ] {
-        if aya_tc::qdisc_detach_program(ifname, ty, name).is_ok() {
-            removed += 1;
+    for f in filters
+        .iter()
+        .filter(|f| super::clsact::stale(f, &names, held))
+    {
+        match super::clsact::remove(ifindex, f) {
+            Ok(()) => removed += 1,
+            Err(e) => log::warn!("{e:#}"),
         }
     }
     removed
+}
+
+/// Removes the clsact qdiscs this process created, where no filter is left on them (another
+/// program's filters keep theirs).
+pub fn remove_created_qdiscs(atts: &mut Attachments) {
+    for ifindex in std::mem::take(&mut atts.created_clsact) {
+        match super::clsact::filters(ifindex) {
+            Ok(f) if f.is_empty() => {
+                if let Err(e) = super::clsact::remove_qdisc(ifindex) {
+                    log::debug!("{e:#}");
+                }
+            }
+            Ok(f) => log::debug!(
+                "the clsact qdisc nettools added to ifindex {ifindex} stays: {} filter(s) of others \
+                 use it",
+                f.len()
+            ),
+            Err(e) => log::debug!("{e:#}"),
+        }
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
@@ -231,11 +269,12 @@ pub fn attach(
         Mode::Tcx => true,
         Mode::Clsact => false,
     };
+    let mut held = None;
     for t in targets {
         if atts.interfaces.iter().any(|a| a.ifindex == t.ifindex) {
             continue;
         }
-        let stale = remove_stale(&t.ifname);
+        let stale = remove_stale(t.ifindex, &mut held);
         if stale > 0 {
             log::info!(
                 "removed {stale} stale nettools clsact filter(s) from {}",
@@ -243,9 +282,10 @@ pub fn attach(
             );
             atts.stale_removed += stale;
         }
-        if !use_tcx {
-            // Fails when the qdisc already exists, which is fine; a real problem shows below.
-            let _ = aya_tc::qdisc_add_clsact(&t.ifname);
+        if !use_tcx && aya_tc::qdisc_add_clsact(&t.ifname).is_ok() {
+            // Ours to remove on exit. It fails when the qdisc exists already, which is fine; a
+            // real problem shows below.
+            atts.created_clsact.insert(t.ifindex);
         }
         for (name, ty) in [
             (INGRESS_PROGRAM, TcAttachType::Ingress),
