@@ -18,7 +18,8 @@ pub const DROPS_FILTERED: u32 = 4;
 pub const RETRANSMIT_FLOW_MAP_FULL: u32 = 5;
 /// A map used by the tc programs (`TRAFFIC`, `NEIGH_PROBES`) was full.
 pub const TC_MAP_FULL: u32 = 6;
-/// A neighbour failure not counted because `NEIGH_FAILURES` was full.
+/// A neighbour failure not counted because `NEIGH_FAILURE_TOTALS` was full (failures in more
+/// namespaces than it has entries).
 pub const NEIGH_MAP_FULL: u32 = 7;
 /// Entries inserted into the handshake pairing map.
 pub const HANDSHAKE_INSERTED: u32 = 8;
@@ -46,5 +47,8 @@ pub const NEIGH_PROBES_INSERTED: u32 = 18;
 /// the segment still in the host's queue, no window, no memory, no route). TcpRetransSegs does
 /// not count them, so neither do the retransmit totals.
 pub const RETRANSMITS_NOT_SENT: u32 = 19;
+/// Addresses inserted into the `NEIGH_FAILURES` LRU map: with those present and those
+/// userspace removed, what the map pushed out to make room.
+pub const NEIGH_FAILURES_INSERTED: u32 = 20;
 /// Number of counters (size of the `COUNTERS` array).
 pub const COUNT: u32 = 24;

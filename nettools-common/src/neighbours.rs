@@ -1,12 +1,15 @@
 //! The neighbour probe: ARP/NDP entries that fail to resolve (`neigh_timer_handler`, raw
-//! tracepoint, INCOMPLETE/PROBE → FAILED), counted exactly per namespace, device and address.
+//! tracepoint, INCOMPLETE/PROBE → FAILED), counted exactly per namespace
+//! (`NEIGH_FAILURE_TOTALS`) and per device and address (`NEIGH_FAILURES`, an LRU map: one
+//! workload probing thousands of addresses pushes out its own oldest addresses, and everyone
+//! else's failures still get an entry).
 
 use crate::event::EventHeader;
 
 /// `nud_state` value of a failed entry (`NUD_FAILED`).
 pub const NUD_FAILED: u8 = 0x20;
 
-/// Key of the in-kernel `NEIGH_FAILURES` per-CPU hash (value: failures).
+/// Key of the in-kernel `NEIGH_FAILURES` LRU per-CPU hash (value: failures).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NeighbourKey {

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     macros::{map, raw_tracepoint},
-    maps::PerCpuHashMap,
+    maps::{LruPerCpuHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use nettools_common::{
@@ -22,9 +22,16 @@ use crate::{
     maps::{NETTOOLS_OFFSETS, add, bump, emit, header, is_traced},
 };
 
-/// Exact failures per (namespace, device, address).
+/// Failures per (namespace, device, address): an LRU map, so that no workload can fill it for
+/// all (one that probes thousands of addresses pushes out the oldest); exact per address while
+/// an address is in it.
 #[map]
-static NEIGH_FAILURES: PerCpuHashMap<NeighbourKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+static NEIGH_FAILURES: LruPerCpuHashMap<NeighbourKey, u64> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Exact failures per namespace (one entry per namespace, whatever it probes).
+#[map]
+static NEIGH_FAILURE_TOTALS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(4096, 0);
 
 /// `neigh_timer_handler`.
 #[raw_tracepoint(tracepoint = "neigh_timer_handler")]
@@ -63,8 +70,14 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         return None;
     }
-    if !add(&NEIGH_FAILURES, &key, 1) {
+    if !add(&NEIGH_FAILURE_TOTALS, &netns, 1) {
         bump(counters::NEIGH_MAP_FULL);
+    }
+    if let Some(v) = NEIGH_FAILURES.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe { *v += 1 };
+    } else if NEIGH_FAILURES.insert(&key, 1, 0).is_ok() {
+        bump(counters::NEIGH_FAILURES_INSERTED);
     }
     emit(NeighbourEvent {
         header: header(kind::NEIGHBOUR_FAILED),

@@ -7,7 +7,7 @@
 use aya_ebpf::{
     Global,
     macros::{map, tracepoint},
-    maps::PerCpuHashMap,
+    maps::{LruPerCpuHashMap, PerCpuHashMap},
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use nettools_common::{
@@ -27,10 +27,12 @@ use crate::{
 const TCP_SYN_RECV: u32 = 3;
 const IPPROTO_TCP: u8 = 6;
 
-/// Exact retransmitted segments per (namespace, state, flow).
+/// Retransmitted segments per (namespace, state, flow): an LRU map, so that one workload with
+/// thousands of lossy connections pushes out its own oldest flows instead of leaving no room
+/// for anyone else's (the namespace totals below stay exact).
 #[map]
-static RETRANSMIT_FLOWS: PerCpuHashMap<RetransmitKey, u64> =
-    PerCpuHashMap::with_max_entries(16384, 0);
+static RETRANSMIT_FLOWS: LruPerCpuHashMap<RetransmitKey, u64> =
+    LruPerCpuHashMap::with_max_entries(16384, 0);
 
 /// Exact retransmitted segments per namespace (complete even when the flow map is full).
 #[map]
@@ -146,7 +148,10 @@ fn handle(ctx: &TracePointContext, l: &RetransmitLayout, synack: bool) -> Option
             bump(counters::STACK_COUNT_MAP_FULL);
         }
     }
-    if !add(&RETRANSMIT_FLOWS, &key, segs as u64) {
+    if let Some(v) = RETRANSMIT_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe { *v += segs as u64 };
+    } else if RETRANSMIT_FLOWS.insert(&key, segs as u64, 0).is_err() {
         bump(counters::RETRANSMIT_FLOW_MAP_FULL);
     }
     emit(RetransmitEvent {

@@ -322,13 +322,18 @@ fn summarize<W: Write>(
     agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
     let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
     agg.set_retransmit_counts(&totals, &flows);
-    agg.set_neighbour_counts(&probe::neighbours::read_counts(&loaded.ebpf)?);
+    let (neighbours, neighbour_totals) = probe::neighbours::read_counts(&loaded.ebpf)?;
+    agg.set_neighbour_counts(&neighbours, &neighbour_totals);
     agg.set_interfaces(
         &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
         &probe::tc::read_neigh_probes(&loaded.ebpf)?,
     );
     let counters = loaded.counters()?;
-    let health = Health::from_counters(&counters, agg.undecodable, skipped);
+    let mut health = Health::from_counters(&counters, agg.undecodable, skipped);
+    // What the LRU map of failing addresses pushed out: inserted, less present, less removed.
+    health.neighbour_addresses_pushed_out = counters
+        [nettools_common::counters::NEIGH_FAILURES_INSERTED as usize]
+        .saturating_sub(neighbours.len() as u64 + loaded.neighbour_entries_forgotten);
     let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
     Ok(Summary::build(&report::Inputs {
         aggregate: agg,

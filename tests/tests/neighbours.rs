@@ -82,3 +82,141 @@ fn arp_failure_is_reported_where_it_happens() -> Result<()> {
 fn ndp_failure_is_reported_where_it_happens() -> Result<()> {
     unanswered_neighbour(true)
 }
+
+/// The host's neighbour-table limits (`net.ipv4.neigh.default.gc_thresh*`, shared by every
+/// namespace), raised for a test and put back when it ends, however it ends.
+struct NeighbourTableRoom {
+    saved: Vec<(String, String)>,
+}
+
+impl NeighbourTableRoom {
+    fn raise(to: &str) -> Result<Self> {
+        let mut saved = Vec::new();
+        for n in ["gc_thresh3", "gc_thresh2", "gc_thresh1"] {
+            let path = format!("/proc/sys/net/ipv4/neigh/default/{n}");
+            let old =
+                std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+            saved.push((path, old.trim().to_string()));
+        }
+        let room = Self { saved };
+        for (path, _) in &room.saved {
+            std::fs::write(path, to).with_context(|| format!("cannot write {path}"))?;
+        }
+        Ok(room)
+    }
+}
+
+impl Drop for NeighbourTableRoom {
+    fn drop(&mut self) {
+        // thresh1 <= thresh2 <= thresh3 holds at every step in this order.
+        for (path, old) in self.saved.iter().rev() {
+            let _ = std::fs::write(path, old);
+        }
+    }
+}
+
+/// No workload can fill the neighbour-failure map for all: one namespace makes 5000 failures
+/// (more addresses than the map holds), and another's single failure is still counted, by
+/// address; the first one's total stays exact.
+#[test]
+fn one_namespace_cannot_crowd_out_anothers_neighbour_failure() -> Result<()> {
+    require_root();
+    let _room = NeighbourTableRoom::raise("16384")?;
+    let mut lab = Lab::new()?;
+    let loud = lab.node("loud", "10.236.0.2/16", None)?;
+    let quiet = lab.node("quiet", "10.236.0.3/16", None)?;
+    for n in [&loud, &quiet] {
+        n.sysctl("net.ipv4.neigh.eth0.retrans_time_ms", "100")?;
+    }
+    let trace = Trace::start(&[
+        "--netns",
+        &loud.netns,
+        "--netns",
+        &quiet.netns,
+        "--probes",
+        "neighbours",
+        "-o",
+        "json",
+    ])?;
+    // 5000 addresses nobody owns, one datagram each.
+    let addresses: Vec<std::net::Ipv4Addr> = (0..5000u32)
+        .map(|i| std::net::Ipv4Addr::new(10, 236, 1 + (i / 250) as u8, 1 + (i % 250) as u8))
+        .collect();
+    loud.enter(|| -> Result<()> {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        for a in &addresses {
+            // EAGAIN-like refusals while the queue is full do not matter: one is enough.
+            let _ = s.send_to(b"anyone?", SocketAddr::from((*a, 9)));
+        }
+        Ok(())
+    })??;
+    let failed = |node: &Node| -> Result<usize> {
+        Ok(node
+            .run(&["ip", "-4", "neigh", "show", "nud", "failed"])?
+            .lines()
+            .count())
+    };
+    let mut loud_failed = 0;
+    for _ in 0..100 {
+        loud_failed = failed(&loud)?;
+        if loud_failed >= addresses.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        loud_failed,
+        addresses.len(),
+        "ip neigh: not every address failed"
+    );
+
+    // Now the map is full of the loud namespace's addresses; the quiet one asks for one.
+    let nobody = std::net::Ipv4Addr::new(10, 236, 250, 250);
+    udp_burst(&quiet, SocketAddr::from((nobody, 9)), 1)?;
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = neigh_state(&quiet, &nobody.to_string())?;
+        if state == "FAILED" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(state, "FAILED");
+    std::thread::sleep(Duration::from_millis(300));
+    let loud_failed_at_end = failed(&loud)?;
+    let done = trace.stop()?;
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+
+    let q = &workload(s, quiet.inode()?)?["neighbours"];
+    assert_eq!(q["total_failures"], 1, "{q}");
+    let listed = q["failures"].as_array().context("no failures")?;
+    assert_eq!(listed.len(), 1, "{q}");
+    assert_eq!(listed[0]["address"], nobody.to_string());
+    assert_eq!(listed[0]["failures"], 1);
+
+    let l = &workload(s, loud.inode()?)?["neighbours"];
+    let total = l["total_failures"].as_u64().unwrap_or(0);
+    assert_eq!(
+        total as usize, loud_failed_at_end,
+        "{}",
+        l["failures_elsewhere"]
+    );
+    let kept: u64 = l["failures"]
+        .as_array()
+        .context("no failures")?
+        .iter()
+        .filter_map(|f| f["failures"].as_u64())
+        .sum();
+    assert!(kept < total, "the map holds fewer addresses than 5000");
+    assert_eq!(l["failures_elsewhere"].as_u64(), Some(total - kept), "{l}");
+    let pushed_out = s["health"]["neighbour_addresses_pushed_out"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(pushed_out >= total + 1 - kept - 1, "{}", s["health"]);
+    eprintln!(
+        "loud: {total} failures ({kept} listed by address, {} elsewhere); quiet: 1; pushed out: {pushed_out}",
+        total - kept
+    );
+    Ok(())
+}

@@ -65,7 +65,10 @@ impl Ord for FlowOrd {
 /// Neighbour (ARP/NDP) failures in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NeighbourStats {
-    /// Exact failures per (ifindex, family, address).
+    /// Exact failures of the namespace, whatever the address.
+    pub total: u64,
+    /// Failures per (ifindex, family, address) still in the kernel's LRU address map (exact
+    /// while an address is in it).
     pub failures: BTreeMap<(u32, u8, [u8; 16]), u64>,
     /// Device names seen in events, by ifindex.
     pub devices: BTreeMap<u32, String>,
@@ -177,9 +180,15 @@ impl Aggregate {
     }
 
     /// Replaces neighbour failure counts with the kernel's exact figures.
-    pub fn set_neighbour_counts(&mut self, counts: &[(NeighbourKey, u64)]) {
+    pub fn set_neighbour_counts(&mut self, counts: &[(NeighbourKey, u64)], totals: &[(u32, u64)]) {
         for ns in self.namespaces.values_mut() {
             ns.neighbours.failures.clear();
+            ns.neighbours.total = 0;
+        }
+        for (netns, n) in totals {
+            if *n > 0 {
+                self.namespaces.entry(*netns).or_default().neighbours.total = *n;
+            }
         }
         for (key, n) in counts {
             if *n > 0 {

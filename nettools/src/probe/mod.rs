@@ -144,6 +144,9 @@ pub struct Loaded {
     pub tc: tc::Attachments,
     /// Program runs the kernel skipped, as last read (kept when the programs are unloaded).
     skipped_runs: u64,
+    /// Entries of the neighbour failure map userspace removed (forgotten namespaces), so that
+    /// what the map pushed out on its own can be told.
+    pub neighbour_entries_forgotten: u64,
 }
 
 /// Turns a program load failure into an error whose message stays short; the verifier's log is
@@ -300,6 +303,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         },
         tc: tc::Attachments::with_slots(slots),
         skipped_runs: 0,
+        neighbour_entries_forgotten: 0,
     })
 }
 

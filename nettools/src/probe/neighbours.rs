@@ -41,7 +41,14 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// Exact failures per (namespace, device, address).
-pub fn read_counts(ebpf: &Ebpf) -> Result<Vec<(NeighbourKey, u64)>> {
-    super::sum_per_cpu(ebpf, "NEIGH_FAILURES")
+/// What the kernel counted: failures per (namespace, device, address) still in the LRU address
+/// map, and the exact failures per namespace.
+pub type Counts = (Vec<(NeighbourKey, u64)>, Vec<(u32, u64)>);
+
+/// Reads [`Counts`].
+pub fn read_counts(ebpf: &Ebpf) -> Result<Counts> {
+    Ok((
+        super::sum_per_cpu(ebpf, "NEIGH_FAILURES")?,
+        super::sum_per_cpu(ebpf, "NEIGH_FAILURE_TOTALS")?,
+    ))
 }

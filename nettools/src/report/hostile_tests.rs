@@ -140,6 +140,7 @@ fn summary(names: &[String]) -> Summary {
         }),
         neighbours: Some(NeighbourSummary {
             total_failures: 1,
+            failures_elsewhere: 0,
             failures: vec![NeighbourFailure {
                 address: n(first + 9),
                 protocol: "arp",

@@ -71,6 +71,9 @@ pub struct Health {
     pub tc_map_full: u64,
     /// Neighbour failures not counted because their map was full.
     pub neighbour_map_full: u64,
+    /// Addresses the LRU map of neighbour failures pushed out to make room for others (their
+    /// failures stay in the namespace's exact total, listed as "at other addresses").
+    pub neighbour_addresses_pushed_out: u64,
     /// Records userspace could not decode.
     pub undecodable_events: u64,
     /// Runs of nettools' programs the kernel skipped because a BPF program was already running
@@ -94,6 +97,7 @@ impl Health {
             retransmits_not_sent: c[counters::RETRANSMITS_NOT_SENT as usize],
             tc_map_full: c[counters::TC_MAP_FULL as usize],
             neighbour_map_full: c[counters::NEIGH_MAP_FULL as usize],
+            neighbour_addresses_pushed_out: 0,
             undecodable_events: undecodable,
             probe_runs_skipped,
         }
@@ -235,7 +239,11 @@ pub struct NeighbourFailure {
 pub struct NeighbourSummary {
     /// Exact count of entries that went to FAILED.
     pub total_failures: u64,
+    /// Addresses with failures, as far as the kernel's address map kept them.
     pub failures: Vec<NeighbourFailure>,
+    /// Failures at addresses the map no longer holds (one workload probing more addresses than
+    /// it has room for pushes out the oldest): `total_failures` minus those listed.
+    pub failures_elsewhere: u64,
     /// Lookups seen on the workload's veth without an answer.
     pub unanswered: Vec<NeighbourLookup>,
 }
@@ -725,8 +733,12 @@ fn neighbour_summary(
             failures: count,
         })
         .collect();
+    let mut failures = failures;
+    failures.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.address.cmp(&b.address)));
+    let listed: u64 = failures.iter().map(|f| f.failures).sum();
     NeighbourSummary {
-        total_failures: failures.iter().map(|f| f.failures).sum(),
+        total_failures: n.total.max(listed),
+        failures_elsewhere: n.total.saturating_sub(listed),
         failures,
         unanswered: interfaces
             .iter()

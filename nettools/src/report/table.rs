@@ -7,6 +7,9 @@ use super::{
     text::{self, Safe},
 };
 
+/// Failing neighbour addresses a table lists per workload (the JSON has them all).
+const TOP_NEIGHBOURS: usize = 10;
+
 /// `1.2 MiB`, `340 B`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -100,7 +103,7 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                 n.total_failures,
                 n.unanswered.len()
             );
-            for f in &n.failures {
+            for f in n.failures.iter().take(TOP_NEIGHBOURS) {
                 let _ = writeln!(
                     out,
                     "    {} on {}: FAILED {} time{} ({})",
@@ -109,6 +112,35 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
                     f.failures,
                     if f.failures == 1 { "" } else { "s" },
                     f.protocol.to_uppercase()
+                );
+            }
+            let more = n.failures.len().saturating_sub(TOP_NEIGHBOURS);
+            if more > 0 || n.failures_elsewhere > 0 {
+                let rest: u64 = n
+                    .failures
+                    .iter()
+                    .skip(TOP_NEIGHBOURS)
+                    .map(|f| f.failures)
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "    … and {} more failure{} at {} other address{}",
+                    rest + n.failures_elsewhere,
+                    if rest + n.failures_elsewhere == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
+                    if n.failures_elsewhere > 0 {
+                        format!("{more}+")
+                    } else {
+                        more.to_string()
+                    },
+                    if more == 1 && n.failures_elsewhere == 0 {
+                        ""
+                    } else {
+                        "es"
+                    }
                 );
             }
             for u in &n.unanswered {
@@ -332,6 +364,10 @@ fn health_line(h: &Health) -> String {
             h.neighbour_map_full,
             "neighbour failures not counted (map full)",
         ),
+        (
+            h.neighbour_addresses_pushed_out,
+            "failing neighbour addresses pushed out of their map (totals exact)",
+        ),
         (h.undecodable_events, "undecodable events"),
         (
             h.probe_runs_skipped,
@@ -400,6 +436,7 @@ mod tests {
         });
         web.neighbours = Some(NeighbourSummary {
             total_failures: 1,
+            failures_elsewhere: 0,
             failures: vec![NeighbourFailure {
                 address: "10.0.0.99".into(),
                 protocol: "arp",

@@ -495,6 +495,14 @@ fn health(f: &mut Families, s: &Summary, ctx: &Context) {
         );
     }
     f.add(
+        "nettools_map_evicted_total",
+        MetricType::COUNTER,
+        "Entries an LRU map pushed out to make room, by map (the figures they held stay in \
+         exact totals).",
+        vec![("map".into(), "neighbour_addresses".into())],
+        h.neighbour_addresses_pushed_out as f64,
+    );
+    f.add(
         "nettools_drops_netns_unknown_total",
         MetricType::COUNTER,
         "Drops whose network namespace could not be read.",

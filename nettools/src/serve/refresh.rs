@@ -178,7 +178,11 @@ fn forget(core: &mut Core, netns: u32, ifindexes: &[u32]) {
     removed += remove_keys::<u32, u64>(ebpf, "RETRANSMIT_TOTALS", |k| *k == netns);
     removed +=
         remove_keys::<RetransmitStackKey, u64>(ebpf, "RETRANSMIT_STACKS", |k| k.netns == netns);
-    removed += remove_keys::<NeighbourKey, u64>(ebpf, "NEIGH_FAILURES", |k| k.netns == netns);
+    let neighbours = remove_keys::<NeighbourKey, u64>(ebpf, "NEIGH_FAILURES", |k| k.netns == netns);
+    probes.loaded.neighbour_entries_forgotten += neighbours as u64;
+    let ebpf = &mut probes.loaded.ebpf;
+    removed += neighbours;
+    removed += remove_keys::<u32, u64>(ebpf, "NEIGH_FAILURE_TOTALS", |k| *k == netns);
     removed += remove_keys::<TrafficKey, TrafficValue>(ebpf, "TRAFFIC_OVERFLOW", |k| {
         ifindexes.contains(&k.ifindex)
     });
