@@ -14,6 +14,8 @@ pub const WAKEUP_BYTES_GLOBAL: &str = "NETTOOLS_WAKEUP_BYTES";
 /// (0): only flame graphs and folded stacks need them, and the stack walk is most of a drop's
 /// cost.
 pub const STACKS_GLOBAL: &str = "NETTOOLS_STACKS";
+/// Name of the global holding the namespace the bench's synthetic drop events are attributed to.
+pub const SYNTHETIC_NETNS_GLOBAL: &str = "NETTOOLS_SYNTHETIC_NETNS";
 /// Entries of the kernel stack map when stacks are recorded (one when they are not).
 pub const STACK_MAP_ENTRIES: u32 = 16384;
 

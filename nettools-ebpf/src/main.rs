@@ -15,6 +15,7 @@ mod neighbours;
 mod packet;
 mod pairing;
 mod retransmits;
+mod synthetic;
 mod tc;
 mod transit;
 

@@ -27,7 +27,8 @@ use aya::{
 use nettools_common::{
     config::{
         FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
-        RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, WAKEUP_BYTES_GLOBAL,
+        RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, SYNTHETIC_NETNS_GLOBAL,
+        WAKEUP_BYTES_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -268,7 +269,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     // aya-log levels: 0 off … 4 debug.
     let log_level: u8 = if opts.kernel_debug { 4 } else { 0 };
     let slots = traffic_slots(opts.all_namespaces);
-    let ebpf = EbpfLoader::new()
+    let synthetic = synthetic_netns();
+    let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
@@ -286,6 +288,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             true,
         )
         .override_global(STACKS_GLOBAL, &u32::from(opts.stacks), true)
+        .override_global(SYNTHETIC_NETNS_GLOBAL, &synthetic.unwrap_or(0), true)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .map_max_entries("EVENTS", opts.ring_buffer_bytes)
         .map_max_entries("TRAFFIC", slots)
@@ -293,6 +296,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
         .load(OBJECT)
         .context("loading nettools' eBPF object into this kernel failed")?;
+    if synthetic.is_some() {
+        load_synthetic(&mut ebpf)?;
+    }
     let (release, _) = preflight::kernel_release();
     Ok(Loaded {
         ebpf,
@@ -317,6 +323,33 @@ pub fn traffic_slots(all_namespaces: bool) -> u32 {
     let fit =
         (16 << 20) / (cpus * std::mem::size_of::<nettools_common::traffic::SlotCounters>() as u32);
     wanted.min(fit.max(64))
+}
+
+/// The environment variable that makes nettools load the synthetic event source (for `cargo
+/// xtask bench` only): the inode of the namespace its drop-shaped events are attributed to.
+pub const SYNTHETIC_ENV: &str = "NETTOOLS_BENCH_SYNTHETIC_NETNS";
+
+fn synthetic_netns() -> Option<u32> {
+    std::env::var(SYNTHETIC_ENV).ok()?.parse().ok()
+}
+
+/// Loads (never attaches) `nettools_synthetic`, which the bench runs with `BPF_PROG_TEST_RUN` to
+/// push events through the ring buffer faster than real drops can, and says its program id.
+fn load_synthetic(ebpf: &mut Ebpf) -> Result<()> {
+    let p: &mut aya::programs::SchedClassifier = ebpf
+        .program_mut("nettools_synthetic")
+        .context("the eBPF object has no nettools_synthetic program")?
+        .try_into()
+        .context("nettools_synthetic is not a tc program")?;
+    p.load()
+        .map_err(load_error)
+        .context("the kernel refused the synthetic event source")?;
+    let id = p
+        .info()
+        .context("cannot read the synthetic event source's program id")?
+        .id();
+    eprintln!("nettools: synthetic event source loaded as BPF program id {id} (for the bench)");
+    Ok(())
 }
 
 /// How many bytes of events wait in the ring buffer before the collector is woken: a sixteenth

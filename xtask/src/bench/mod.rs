@@ -24,6 +24,7 @@ mod kernel;
 mod lab;
 mod load;
 mod memory;
+mod pipeline;
 mod proc;
 mod scale;
 mod stats;
@@ -81,6 +82,8 @@ struct Plan {
     /// Pods beside a and b in the scale section, and how long they churn.
     scale_pods: usize,
     churn: Duration,
+    /// Events per second the synthetic source is paced to (0: as fast as it runs).
+    pipeline_rates: Vec<u64>,
 }
 
 impl Plan {
@@ -98,6 +101,7 @@ impl Plan {
                 long: Duration::from_secs(6),
                 scale_pods: 40,
                 churn: Duration::from_secs(10),
+                pipeline_rates: vec![1_000_000, 0],
             }
         } else {
             Self {
@@ -112,13 +116,21 @@ impl Plan {
                 long: Duration::from_secs(60),
                 scale_pods: 248,
                 churn: Duration::from_secs(180),
+                pipeline_rates: vec![500_000, 1_000_000, 2_000_000, 4_000_000, 0],
             }
         }
     }
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 5] = ["throughput", "costs", "storm", "memory", "scale"];
+pub const SECTIONS: [&str; 6] = [
+    "throughput",
+    "costs",
+    "storm",
+    "memory",
+    "scale",
+    "pipeline",
+];
 
 pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
@@ -185,6 +197,11 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         progress("collector memory");
         let mem = memory::memory(nettools, &lab, &plan, &mut attach_all)?;
         memory::write_memory(&mut out, &mem, &plan);
+    }
+    if wanted("pipeline") {
+        progress("the event pipeline at the kernel's top speed");
+        let p = pipeline::pipeline(nettools, &lab, &plan)?;
+        pipeline::write_pipeline(&mut out, &p, &plan);
     }
     if wanted("scale") {
         progress("a node's worth of pods");

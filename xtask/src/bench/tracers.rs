@@ -95,13 +95,25 @@ pub fn start_nettools_on(
     extra: &[&str],
     tag: &str,
 ) -> Result<Running> {
+    start_nettools_env(bin, namespaces, extra, tag, &[])
+}
+
+/// The same, with these environment variables.
+pub fn start_nettools_env(
+    bin: &Path,
+    namespaces: &[&String],
+    extra: &[&str],
+    tag: &str,
+    env: &[(&str, &str)],
+) -> Result<Running> {
     let report = workdir().join(format!("nettools-{tag}.txt"));
     let mut cmd = Command::new(bin);
     cmd.arg("trace");
     for ns in namespaces {
         cmd.args(["--netns", ns.as_str()]);
     }
-    cmd.arg("--no-live")
+    cmd.envs(env.iter().copied())
+        .arg("--no-live")
         .args(extra)
         .arg("--out")
         .arg(&report)
