@@ -156,17 +156,28 @@ pub fn map_bytes(pid: i32) -> Result<Vec<(String, u64)>> {
     Ok(maps)
 }
 
-/// Entries in each map a process holds, by name: every hash map (plain, LRU, per-CPU) and
-/// the non-zero entries of the slot tables `IF_SLOTS` and `TRACED_NETNS_DIRECT` (other arrays
-/// are fixed-size and not counted).
-pub fn map_entries(pid: i32) -> Result<Vec<(String, u64)>> {
+/// Raw (key, value) entries by map name.
+pub type MapEntries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
+
+/// The entries of every hash map a process holds (and of its slot tables `IF_SLOTS` and
+/// `TRACED_NETNS_DIRECT`, whose used entries are those with a non-zero value), by map name: each
+/// entry's key and (first CPU's) value as raw bytes. Other arrays are fixed-size and left out.
+pub fn map_entries(pid: i32) -> Result<MapEntries> {
     let out = output(Command::new("bpftool").args(["--json", "map", "show"]))?;
     let all: Value = serde_json::from_str(&out).context("bpftool's JSON does not parse")?;
     let ours: std::collections::BTreeSet<u64> = bpf_fdinfo(pid, "map_id")?
         .iter()
         .filter_map(|f| f.get("map_id")?.parse().ok())
         .collect();
-    let mut counts = Vec::new();
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect()
+    };
+    let mut maps = Vec::new();
     for m in all.as_array().map(Vec::as_slice).unwrap_or_default() {
         let (Some(id), Some(name), Some(ty)) =
             (m["id"].as_u64(), m["name"].as_str(), m["type"].as_str())
@@ -184,31 +195,24 @@ pub fn map_entries(pid: i32) -> Result<Vec<(String, u64)>> {
         )?;
         let entries: Value = serde_json::from_str(&dump)
             .with_context(|| format!("bpftool's dump of map {name} does not parse"))?;
-        let entries = entries.as_array().map(Vec::as_slice).unwrap_or_default();
-        let n = if slot_table {
-            entries
-                .iter()
-                .filter(|e| !is_zero(&e["value"]) || !is_zero(&e["formatted"]["value"]))
-                .count()
-        } else {
-            entries.len()
-        };
-        counts.push((name.to_string(), n as u64));
+        let mut kept = Vec::new();
+        for e in entries.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let key = bytes(&e["key"]);
+            // Per-CPU maps: the first CPU's value.
+            let value = if e["values"].is_array() {
+                bytes(&e["values"][0]["value"])
+            } else {
+                bytes(&e["value"])
+            };
+            if slot_table && value.iter().all(|b| *b == 0) {
+                continue;
+            }
+            kept.push((key, value));
+        }
+        maps.push((name.to_string(), kept));
     }
-    counts.sort();
-    Ok(counts)
-}
-
-/// Whether a value bpftool printed (raw hex bytes or formatted by BTF) is all zeros.
-fn is_zero(v: &Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Number(n) => n.as_u64() == Some(0) || n.as_i64() == Some(0),
-        Value::String(s) => s.trim_start_matches("0x").chars().all(|c| c == '0'),
-        Value::Array(a) => a.iter().all(is_zero),
-        Value::Object(o) => o.values().all(is_zero),
-        Value::Bool(b) => !b,
-    }
+    maps.sort();
+    Ok(maps)
 }
 
 /// What this machine is, for the record.

@@ -40,6 +40,8 @@ pub struct Scale {
     churned: usize,
     entries_before: Vec<(String, u64)>,
     entries_after: Vec<(String, u64)>,
+    /// Entries, by map, that belong to a churned pod that no longer exists: leaks.
+    leaked: Vec<(String, u64)>,
     rss_before_churn_kib: u64,
     rss_after_churn_kib: u64,
     peak_kib: u64,
@@ -147,17 +149,19 @@ pub fn scale(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Scale> {
     };
 
     // Churn: pods created, busy for a moment, deleted, continuously.
-    let entries_before = kernel::map_entries(agent.pid)?;
+    let entries_before = counts(&kernel::map_entries(agent.pid)?);
     let rss_before_churn_kib = agent.status_kib("VmRSS").unwrap_or(0);
     progress(&format!(
         "  churn for {:.0} s (kernel map entries before: {})",
         plan.churn.as_secs_f64(),
         entries_before.iter().map(|(_, n)| n).sum::<u64>()
     ));
-    let churned = churn(lab, pods, plan.churn)?;
+    let (churned, gone) = churn(lab, pods, plan.churn)?;
     // Let the agent notice the last deletions and expire what they left waiting.
     std::thread::sleep(Duration::from_secs(6));
-    let entries_after = kernel::map_entries(agent.pid)?;
+    let after = kernel::map_entries(agent.pid)?;
+    let entries_after = counts(&after);
+    let leaked = leaks(&after, &gone);
     let rss_after_churn_kib = agent.status_kib("VmRSS").unwrap_or(0);
     let usage = agent.stop(libc::SIGTERM, Duration::from_secs(30))?;
     lab.remove_pods(0..pods);
@@ -171,6 +175,7 @@ pub fn scale(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Scale> {
         churned,
         entries_before,
         entries_after,
+        leaked,
         rss_before_churn_kib,
         rss_after_churn_kib,
         peak_kib: usage.max_rss_kib,
@@ -181,7 +186,8 @@ pub fn scale(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Scale> {
 /// sends a UDP datagram to a closed port (a drop), a datagram to an address nobody owns (ARP
 /// requests, then a neighbour failure), a SYN to the previous pod's closed port (a refused
 /// handshake) and a DNS query to it (never answered). Returns how many pods came and went.
-fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<usize> {
+fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<(usize, Gone)> {
+    let mut gone = Gone::default();
     let started = Instant::now();
     let mut alive: std::collections::VecDeque<(usize, Instant)> = Default::default();
     let mut next = first;
@@ -191,6 +197,8 @@ fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<usize> {
         if started.elapsed() < duration && alive.len() < 8 {
             lab.add_pods(next..next + 1)?;
             let node = lab.pod(next);
+            gone.inodes.insert(netns_inode(&node.netns)?);
+            gone.ifindexes.insert(ifindex(&node.host_veth)?);
             let peer = lab.pod(next.saturating_sub(1));
             let _ = node.enter(|| busy(peer.ipv4));
             alive.push_back((next, Instant::now()));
@@ -205,7 +213,111 @@ fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<usize> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(churned)
+    // The kernel gives a new namespace a freed inode at once: an inode that lives again is not
+    // a dead pod's.
+    gone.inodes.retain(|i| !live_inodes().contains(i));
+    Ok((churned, gone))
+}
+
+/// The churned pods that no longer exist: their namespaces' inodes and their host veths'
+/// ifindexes (never reused by the host).
+#[derive(Default)]
+struct Gone {
+    inodes: std::collections::BTreeSet<u32>,
+    ifindexes: std::collections::BTreeSet<u32>,
+}
+
+fn netns_inode(name: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = format!("/run/netns/{name}");
+    Ok(std::fs::metadata(&path)
+        .with_context(|| format!("cannot stat {path}"))?
+        .ino() as u32)
+}
+
+fn ifindex(ifname: &str) -> Result<u32> {
+    let path = format!("/sys/class/net/{ifname}/ifindex");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("no interface {ifname}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{path} is not a number"))
+}
+
+/// Inodes of every network namespace that exists now (named ones and processes').
+fn live_inodes() -> std::collections::BTreeSet<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut live = std::collections::BTreeSet::new();
+    for dir in ["/run/netns"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(m) = std::fs::metadata(e.path()) {
+                live.insert(m.ino() as u32);
+            }
+        }
+    }
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(m) = std::fs::metadata(e.path().join("ns/net")) {
+            live.insert(m.ino() as u32);
+        }
+    }
+    live
+}
+
+fn counts(maps: &kernel::MapEntries) -> Vec<(String, u64)> {
+    maps.iter()
+        .map(|(n, e)| (n.clone(), e.len() as u64))
+        .collect()
+}
+
+/// Entries that belong to a churned pod that is gone, by map: keyed by its namespace (the
+/// first four bytes of the key), by its veth's ifindex (likewise), or holding that ifindex in
+/// the value (the slot table, the transit map).
+fn leaks(maps: &kernel::MapEntries, gone: &Gone) -> Vec<(String, u64)> {
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    maps.iter()
+        .map(|(name, entries)| {
+            let owner_gone = |(k, v): &(Vec<u8>, Vec<u8>)| -> bool {
+                let netns_key = [
+                    "DROP_COUNTS",
+                    "DROP_STACKS",
+                    "RETRANSMIT_FLOW",
+                    "RETRANSMIT_TOTA",
+                    "RETRANSMIT_STAC",
+                    "NEIGH_FAILURES",
+                    "NEIGH_FAILURE_T",
+                    "TRACED_NETNS",
+                ];
+                let ifindex_key = [
+                    "TRAFFIC_OVERFLO",
+                    "NEIGH_PROBES",
+                    "HANDSHAKES",
+                    "ICMP_PENDING",
+                    "DNS_PENDING",
+                ];
+                let n = name.as_str();
+                if netns_key.contains(&n) {
+                    word(k, 0).is_some_and(|i| gone.inodes.contains(&i))
+                } else if n == "TRACED_NETNS_DI" {
+                    word(v, 0).is_some_and(|i| gone.inodes.contains(&i))
+                } else if ifindex_key.contains(&n) {
+                    word(k, 0).is_some_and(|i| gone.ifindexes.contains(&i))
+                } else if n == "IF_SLOTS" {
+                    word(v, 0).is_some_and(|i| gone.ifindexes.contains(&i))
+                } else if n == "TRANSIT" {
+                    word(v, 8).is_some_and(|i| gone.ifindexes.contains(&i))
+                } else {
+                    false
+                }
+            };
+            (
+                name.clone(),
+                entries.iter().filter(|e| owner_gone(e)).count() as u64,
+            )
+        })
+        .collect()
 }
 
 /// What a churned pod does while it lives (inside its namespace).
@@ -281,8 +393,11 @@ pub fn write_scale(out: &mut String, s: &Scale) {
     let _ = writeln!(
         out,
         "\nKernel map entries before and after the churn (every hash map of the agent, and the \
-         non-zero entries of its slot tables; the churned pods made drops, neighbour failures, \
-         ARP requests, handshakes and DNS queries):\n"
+         used entries of its slot tables; the churned pods made drops, neighbour failures, \
+         ARP requests, handshakes and DNS queries). The agent traces every namespace of the \
+         machine, so before and after also move with whatever else runs on it; **leaked** counts \
+         the entries that belong to a churned pod that is gone (keyed by its namespace's inode or \
+         its veth's ifindex): they must be none.\n"
     );
     let _ = writeln!(out, "| map | before | after | leaked |");
     let _ = writeln!(out, "|---|---|---|---|");
@@ -298,7 +413,7 @@ pub fn write_scale(out: &mut String, s: &Scale) {
         |v: &[(String, u64)], n: &str| v.iter().find(|(m, _)| m == n).map(|(_, c)| *c).unwrap_or(0);
     for n in names {
         let (b, a) = (find(&s.entries_before, n), find(&s.entries_after, n));
-        let _ = writeln!(out, "| `{n}` | {b} | {a} | {} |", a.saturating_sub(b));
+        let _ = writeln!(out, "| `{n}` | {b} | {a} | {} |", find(&s.leaked, n));
     }
     let _ = writeln!(out);
 }
