@@ -179,7 +179,11 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
         probes: probes.clone(),
         all: true,
         ring_buffer_bytes: args.ring_buffer,
-        tc_mode: args.tc_mode,
+        // See ServeArgs::tc_mode: many veths attach far faster as clsact filters.
+        tc_mode: match args.tc_mode {
+            crate::probe::tc::Mode::Auto => crate::probe::tc::Mode::Clsact,
+            mode => mode,
+        },
         timeout: args.timeout,
         transit_sample_shift: args.transit_sample.trailing_zeros(),
         stacks: false,
