@@ -22,7 +22,7 @@ mod vmtest;
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -45,7 +45,7 @@ commands:
                    and import it into Podman as localhost/nettools:latest
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
-  bench [--quick] [--only throughput|costs|storm|memory|scale|pipeline]
+  bench [--quick] [--only throughput|costs|storm|memory|scale|pipeline] [--nettools PATH]
                    root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
                    memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";
@@ -134,7 +134,17 @@ fn run(args: &[String]) -> Result<()> {
             setup::run()?;
             setup::install(bench::PACKAGES)?;
             bench::check_tools()?;
-            let bin = process::build_nettools(true)?;
+            // --nettools PATH measures another build (e.g. the last release, for before/after
+            // figures from one machine); by default this tree's release build.
+            let bin = match rest.iter().position(|a| a == "--nettools") {
+                Some(i) => {
+                    let path = rest
+                        .get(i + 1)
+                        .context("--nettools takes the path of a nettools binary")?;
+                    std::path::PathBuf::from(path)
+                }
+                None => process::build_nettools(true)?,
+            };
             let only = rest
                 .iter()
                 .position(|a| a == "--only")

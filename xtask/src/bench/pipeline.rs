@@ -97,14 +97,22 @@ pub fn pipeline(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Pipeline> {
                 "pipeline",
                 &[("NETTOOLS_BENCH_SYNTHETIC_NETNS", &inode)],
             )?;
-            let id: u32 = running
+            let id: Option<u32> = running
                 .proc
                 .stderr_text()
                 .lines()
                 .find_map(|l| l.split("BPF program id ").nth(1))
                 .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .context("nettools did not say which program is the synthetic source")?;
+                .and_then(|n| n.parse().ok());
+            let Some(id) = id else {
+                // A build from before the synthetic source (--nettools PATH).
+                running.stop()?;
+                progress("  this nettools has no synthetic event source: skipped");
+                return Ok(Pipeline {
+                    runs: Vec::new(),
+                    micro: Vec::new(),
+                });
+            };
             let fd = prog_fd(id)?;
             let cpu0 = running.proc.cpu_s()?;
             let started = Instant::now();
