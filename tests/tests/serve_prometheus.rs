@@ -371,7 +371,9 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         Duration::from_secs(10),
     )?;
     let answer = prometheus.query(drops_by_pod)?;
-    assert_eq!(one(&answer, &pod_drop, drops_by_pod)?.value, counted as f64);
+    let summed = one(&answer, &pod_drop, drops_by_pod)?.value;
+    assert_eq!(summed, counted as f64);
+    eprintln!("{drops_by_pod} -> {summed} after the stream (iptables counted {counted})");
 
     // 3. DNS: the median of the slow server's answer time, from the histogram, lands in the
     //    bucket of the time the server itself held its queries.
