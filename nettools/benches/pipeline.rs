@@ -1,6 +1,6 @@
 //! Decoding and aggregating ring-buffer events in userspace, on one core: what the collector
 //! does for every event the kernel sends. `cargo xtask bench` runs it and reports events per
-//! second next to the end-to-end pipeline figures (BENCHMARKS.md, section 7).
+//! second next to the end-to-end pipeline figures (BENCHMARKS.md, section 6).
 
 use std::hint::black_box;
 

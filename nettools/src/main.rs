@@ -22,8 +22,19 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
+    // Log lines may quote names from outside (an interface, a runtime's answer): escaped like
+    // every other text nettools prints (line breaks kept: the verifier's log has them).
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
+        .format(|buf, record| {
+            use std::io::Write as _;
+            writeln!(
+                buf,
+                "[{} {}] {}",
+                record.level(),
+                record.target(),
+                text::escape_lines(&record.args().to_string())
+            )
+        })
         .init();
     // The agent serves HTTP on every core while its own threads drain the kernel's events and
     // ask the runtimes; the other commands run on one thread.

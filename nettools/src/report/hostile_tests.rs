@@ -101,6 +101,7 @@ fn summary(names: &[String]) -> Summary {
         pod: None,
         containers: vec![],
         host_network: false,
+        stale: false,
         interfaces: vec![InterfaceSummary {
             name: n(first + 2),
             ifindex: 9,

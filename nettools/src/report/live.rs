@@ -305,6 +305,7 @@ mod tests {
             pod: None,
             containers: vec![],
             host_network: false,
+            stale: false,
         }
     }
 

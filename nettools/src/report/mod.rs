@@ -358,6 +358,9 @@ pub struct WorkloadSummary {
     pub containers: Vec<crate::discover::ContainerRef>,
     /// A host-network pod or container: its figures are the host's.
     pub host_network: bool,
+    /// Named from a runtime's last good answer while that runtime fails (its counts go on).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
     /// Traffic per interface (with the `traffic` probe).
     pub interfaces: Vec<InterfaceSummary>,
     pub drops: DropSummary,
@@ -464,6 +467,7 @@ impl Summary {
                     pod: w.pod.clone(),
                     containers: w.containers.clone(),
                     host_network: w.host_network,
+                    stale: w.stale,
                     drops: drop_summary(&stats.drops, i.kernel, i.kallsyms),
                     retransmits: i
                         .probes

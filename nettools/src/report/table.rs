@@ -400,6 +400,7 @@ mod tests {
             pod: None,
             containers: vec![],
             host_network: false,
+            stale: false,
             interfaces: vec![],
             drops: DropSummary::default(),
             retransmits: None,

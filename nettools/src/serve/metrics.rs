@@ -297,6 +297,14 @@ pub fn families(
         );
     }
     f.add(
+        "nettools_workloads_stale",
+        MetricType::GAUGE,
+        "Workloads named from a container runtime's last good answer while that runtime fails \
+         (their series go on).",
+        Vec::new(),
+        workloads.iter().filter(|w| w.stale).count() as f64,
+    );
+    f.add(
         "nettools_workloads_overflow",
         MetricType::GAUGE,
         "Workloads beyond --max-workloads, whose figures are summed into the kind=\"overflow\" series.",
@@ -616,6 +624,7 @@ mod tests {
                 ..Default::default()
             }],
             host_network: false,
+            stale: false,
             interfaces: Vec::new(),
             drops: DropSummary {
                 total: drops,

@@ -1,4 +1,4 @@
-//! Section 5: from start to probes attached.
+//! Section 7: from start to probes attached.
 
 use std::fmt::Write as _;
 
@@ -11,7 +11,7 @@ pub fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Trac
     let ms = |v: &[f64]| v.iter().map(|s| s * 1000.0).collect::<Vec<f64>>();
     let _ = writeln!(
         out,
-        "## 5. From start to probes attached\n\n\
+        "## 7. From start to probes attached\n\n\
          From spawning the process to the line it prints once its probes are attached: nettools' \
          \"nettools: tracing\", tcpdump's \"listening on\", the bpftrace script's first interval-probe output (it \
          is attached last); \
@@ -27,7 +27,7 @@ pub fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Trac
             .collect()
     };
     let rows = [
-        ("nettools, all probes (2 namespaces, 2 veths)", all.to_vec()),
+        ("nettools, default probes (2 namespaces, 2 veths)", all.to_vec()),
         ("nettools, drops only", drops.to_vec()),
         (Tracer::Tcpdump.label(), peer(Tracer::Tcpdump)),
         (Tracer::Bpftrace.label(), peer(Tracer::Bpftrace)),

@@ -134,7 +134,7 @@ pub fn write_memory(out: &mut String, m: &Memory, plan: &Plan) {
     let _ = writeln!(
         out,
         "## 4. Collector memory\n\n\
-         nettools tracing both pods with every probe (resident set of the nettools process; the \
+         nettools tracing both pods with the default probes (resident set of the nettools process; the \
          BPF maps are kernel memory, see section 2).\n"
     );
     let _ = writeln!(out, "| moment | RSS (MiB) |");

@@ -198,15 +198,15 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         let mem = memory::memory(nettools, &lab, &plan, &mut attach_all)?;
         memory::write_memory(&mut out, &mem, &plan);
     }
-    if wanted("pipeline") {
-        progress("the event pipeline at the kernel's top speed");
-        let p = pipeline::pipeline(nettools, &lab, &plan)?;
-        pipeline::write_pipeline(&mut out, &p, &plan);
-    }
     if wanted("scale") {
         progress("a node's worth of pods");
         let scale = scale::scale(nettools, &lab, &plan)?;
         scale::write_scale(&mut out, &scale);
+    }
+    if wanted("pipeline") {
+        progress("the event pipeline at the kernel's top speed");
+        let p = pipeline::pipeline(nettools, &lab, &plan)?;
+        pipeline::write_pipeline(&mut out, &p, &plan);
     }
     attach_all.extend(
         attach_peers

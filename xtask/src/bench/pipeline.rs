@@ -1,4 +1,4 @@
-//! Section 7: the event pipeline beyond what real drops can reach here. This machine makes at
+//! Section 6: the event pipeline beyond what real drops can reach here. This machine makes at
 //! most a few hundred thousand real drops a second; the synthetic source (a tc program in
 //! nettools' own object that `nettools trace` loads, never attaches, when
 //! `NETTOOLS_BENCH_SYNTHETIC_NETNS` names a namespace) sends drop-shaped events into the same
@@ -239,7 +239,7 @@ fn rate_label(rate: u64) -> String {
 pub fn write_pipeline(out: &mut String, p: &Pipeline, plan: &Plan) {
     let _ = writeln!(
         out,
-        "## 7. The event pipeline at the kernel's top speed\n\n\
+        "## 6. The event pipeline at the kernel's top speed\n\n\
          A synthetic source (`nettools_synthetic`, a tc program of nettools' own object that \
          `nettools trace --probes drops` loads without attaching when the bench asks) sends one \
          drop-shaped event per run into the same 4 MiB ring buffer through the same `emit` a \

@@ -1,4 +1,4 @@
-//! Section 6: a node's worth of pods. `nettools serve` over 250 pod-like namespaces on one
+//! Section 5: a node's worth of pods. `nettools serve` over 250 pod-like namespaces on one
 //! bridge: how long until every veth is attached, what the collector and the kernel maps weigh,
 //! what a packet between two pods costs while the other 248 are attached, and whether pods
 //! coming and going for minutes leave anything behind (kernel map entries counted before and
@@ -343,7 +343,7 @@ pub fn write_scale(out: &mut String, s: &Scale) {
     let mib = |k: u64| k as f64 / 1024.0;
     let _ = writeln!(
         out,
-        "## 6. A node's worth of pods\n\n\
+        "## 5. A node's worth of pods\n\n\
          {} pod-like namespaces on one bridge (each a network namespace with a veth, like a \
          pod's), and `nettools serve` (default probes, `--refresh 1s`, `--timeout 2s`) over the \
          whole node.\n",

@@ -16,7 +16,7 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tracer {
     Untraced,
-    /// `nettools trace` on both namespaces, every probe.
+    /// `nettools trace` on both namespaces, default probes.
     Nettools,
     /// `tcpdump -i <client's host veth> -w /dev/null`.
     Tcpdump,
@@ -35,7 +35,7 @@ impl Tracer {
     pub fn label(self) -> &'static str {
         match self {
             Self::Untraced => "untraced",
-            Self::Nettools => "nettools (all probes)",
+            Self::Nettools => "nettools (default probes)",
             Self::Tcpdump => "tcpdump -w /dev/null",
             Self::Bpftrace => "bpftrace (counting)",
         }
