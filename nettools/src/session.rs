@@ -52,16 +52,13 @@ pub enum Step {
 
 /// Loaded, attached probes and what they collected so far.
 pub struct Session {
-    pub options: Options,
-    pub loaded: probe::Loaded,
-    pub collector: Collector,
+    /// The probes, their collector and what waits to be paired.
+    pub probes: Probes<Box<dyn Write>>,
     events: AsyncFd<RingBuf<MapData>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     tick: tokio::time::Interval,
     /// Reads the ring buffer between wakeups (the kernel wakes the collector once per batch).
     drain: tokio::time::Interval,
-    /// Requests still waiting for an answer at the last expiry.
-    waiting: probe::latency::Waiting,
 }
 
 /// Loaded, attached probes whose events nobody reads yet. [`Session`] polls them on the async
@@ -167,13 +164,7 @@ impl Started {
     /// Polls the events on the async runtime, as [`Session::step`] does.
     pub fn into_session(self) -> Result<Session> {
         let Started {
-            probes:
-                Probes {
-                    options,
-                    loaded,
-                    collector,
-                    waiting,
-                },
+            probes,
             events,
             kernel_log,
         } = self;
@@ -183,9 +174,7 @@ impl Started {
         };
         let events = collect::pollable(events).context("cannot poll the ring buffer")?;
         Ok(Session {
-            options,
-            loaded,
-            collector,
+            probes,
             events,
             kernel_log,
             tick: tokio::time::interval(Duration::from_secs(1)),
@@ -194,7 +183,6 @@ impl Started {
                 drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 drain
             },
-            waiting,
         })
     }
 }
@@ -252,12 +240,12 @@ impl Session {
         tokio::select! {
             guard = self.events.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer failed")?;
-                self.collector.drain(guard.get_inner_mut())?;
+                self.probes.collector.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
                 Ok(Step::Events)
             }
             _ = self.drain.tick() => {
-                self.collector.drain(self.events.get_mut())?;
+                self.probes.collector.drain(self.events.get_mut())?;
                 Ok(Step::Events)
             }
             Some(guard) = async {
@@ -272,8 +260,8 @@ impl Session {
                 Ok(Step::Events)
             }
             _ = self.tick.tick() => {
-                self.waiting = self.collector.expire(&mut self.loaded, self.options.timeout)?;
-                self.collector.out.flush().context("cannot write the report")?;
+                self.probes.expire()?;
+                self.probes.collector.out.flush().context("cannot write the report")?;
                 Ok(Step::Tick)
             }
         }
@@ -281,30 +269,21 @@ impl Session {
 
     /// Reads what is waiting in the ring buffer now, without waiting for more.
     pub fn drain(&mut self) -> Result<()> {
-        self.collector.drain(self.events.get_mut())
+        self.probes.collector.drain(self.events.get_mut())
     }
 
     /// Stops the probes, then reads what they left, so the counts and the events describe the
     /// same packets.
     pub fn finish(&mut self) -> Result<()> {
-        self.loaded.detach_all();
+        self.probes.loaded.detach_all();
         self.drain()?;
-        self.waiting = self
-            .collector
-            .expire(&mut self.loaded, self.options.timeout)?;
-        Ok(())
+        self.probes.expire()
     }
 
     /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
     /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
-        summarize(
-            &self.options,
-            &mut self.loaded,
-            &mut self.collector,
-            self.waiting,
-            duration_s,
-        )
+        self.probes.summarize(duration_s)
     }
 }
 

@@ -157,7 +157,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         tokio::select! {
             step = session.step() => {
                 if step? == Step::Tick {
-                    let Session { loaded, collector, .. } = &mut session;
+                    let session::Probes { loaded, collector, .. } = &mut session.probes;
                     if !follow::tick(&mut runtime, &spec, loaded, &mut collector.traced, started).await? {
                         break;
                     }
@@ -184,9 +184,9 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     if let Some(live) = live.as_mut() {
         live.finish();
     }
-    let Session {
+    let session::Probes {
         loaded, collector, ..
-    } = session;
+    } = session.probes;
     let session::Collector {
         mut out,
         traced,

@@ -27,7 +27,10 @@ pub fn write_attach(out: &mut String, all: &[f64], drops: &[f64], peers: &[(Trac
             .collect()
     };
     let rows = [
-        ("nettools, default probes (2 namespaces, 2 veths)", all.to_vec()),
+        (
+            "nettools, default probes (2 namespaces, 2 veths)",
+            all.to_vec(),
+        ),
         ("nettools, drops only", drops.to_vec()),
         (Tracer::Tcpdump.label(), peer(Tracer::Tcpdump)),
         (Tracer::Bpftrace.label(), peer(Tracer::Bpftrace)),

@@ -49,9 +49,10 @@ fn return_imm(imm: i32) -> [u64; 2] {
     [mov, 0x95]
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
-    // SAFETY: attr is a zero-padded bpf_attr large enough for the commands used here.
-    let fd = unsafe {
+/// The bpf(2) system call with a zero-padded `union bpf_attr`: its return value.
+pub fn bpf_call(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr large enough for the commands the bench uses.
+    let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
@@ -59,9 +60,15 @@ fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
             attr.len() as libc::c_uint,
         )
     };
-    if fd < 0 {
+    if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(r)
+}
+
+/// bpf(2) for a command that returns a new file descriptor.
+pub fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
     // SAFETY: a new file descriptor the kernel just returned, owned from here on.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -198,7 +205,8 @@ impl Empty {
     }
 }
 
-fn ifindex(ifname: &str) -> Result<u32> {
+/// The index of an interface of this namespace.
+pub fn ifindex(ifname: &str) -> Result<u32> {
     let path = format!("/sys/class/net/{ifname}/ifindex");
     std::fs::read_to_string(&path)
         .with_context(|| format!("no interface {ifname}"))?

@@ -8,7 +8,7 @@
 
 use std::{
     fmt::Write as _,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -16,7 +16,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Plan, check_interrupted, lab::Lab, progress, stats::fmt_spread, tracers};
+use super::{
+    Plan, check_interrupted,
+    empty::{bpf, bpf_call},
+    lab::Lab,
+    progress,
+    stats::fmt_spread,
+    tracers,
+};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -38,30 +45,11 @@ pub struct Pipeline {
     micro: Vec<(String, f64)>,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr large enough for the commands used here.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
 /// A file descriptor for the program with this id.
 fn prog_fd(id: u32) -> Result<OwnedFd> {
     let mut attr = [0u8; 128];
     attr[..4].copy_from_slice(&id.to_ne_bytes());
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
-        .with_context(|| format!("cannot open BPF program {id}"))?;
-    // SAFETY: a new file descriptor the kernel just returned, owned from here on.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).with_context(|| format!("cannot open BPF program {id}"))
 }
 
 /// Runs the program `repeat` times on a dummy frame; returns the kernel's ns per run.
@@ -71,7 +59,7 @@ fn test_run(fd: &OwnedFd, frame: &[u8], repeat: u32) -> Result<u32> {
     attr[8..12].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
     attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
     attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
-    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN failed")?;
+    bpf_call(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN failed")?;
     Ok(u32::from_ne_bytes([attr[36], attr[37], attr[38], attr[39]]))
 }
 

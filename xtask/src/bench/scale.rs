@@ -198,7 +198,7 @@ fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<(usize, Gone)> {
             lab.add_pods(next..next + 1)?;
             let node = lab.pod(next);
             gone.inodes.insert(netns_inode(&node.netns)?);
-            gone.ifindexes.insert(ifindex(&node.host_veth)?);
+            gone.ifindexes.insert(empty::ifindex(&node.host_veth)?);
             let peer = lab.pod(next.saturating_sub(1));
             let _ = node.enter(|| busy(peer.ipv4));
             alive.push_back((next, Instant::now()));
@@ -233,15 +233,6 @@ fn netns_inode(name: &str) -> Result<u32> {
     Ok(std::fs::metadata(&path)
         .with_context(|| format!("cannot stat {path}"))?
         .ino() as u32)
-}
-
-fn ifindex(ifname: &str) -> Result<u32> {
-    let path = format!("/sys/class/net/{ifname}/ifindex");
-    std::fs::read_to_string(&path)
-        .with_context(|| format!("no interface {ifname}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{path} is not a number"))
 }
 
 /// Inodes of every network namespace that exists now (named ones and processes').
