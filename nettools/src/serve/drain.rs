@@ -30,6 +30,9 @@ use crate::{
 /// a lock holder takes seconds).
 pub const PENDING_MAX: usize = 65_536;
 
+/// Room for decoded events kept between bursts (a burst past it gives the rest back).
+const KEEP: usize = 4096;
+
 /// The kernel-side log of `--verbose`, forwarded as it comes.
 pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
@@ -119,6 +122,8 @@ impl Pending {
         for ev in self.events.drain(..) {
             collector.add(ev)?;
         }
+        // A burst that filled the buffer does not keep its memory for good.
+        self.events.shrink_to(KEEP);
         Ok(())
     }
 }
