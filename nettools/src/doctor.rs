@@ -115,17 +115,25 @@ fn checks(version: (u32, u32)) -> Vec<Check> {
         Err(e) => check(Status::Fail, "tracefs", e.to_string()),
         Ok(root) => check(Status::Ok, "tracefs", root.display().to_string()),
     });
-    out.push(match tracefs::format("skb", "kfree_skb") {
-        Err(e) => check(Status::Fail, "drop probe", e.to_string()),
-        Ok(f) if f.field("reason").is_some() => check(
+    // The drop probe's raw tracepoint: which arguments this kernel passes.
+    let format = tracefs::format("skb", "kfree_skb");
+    let layout = Btf::from_sys_fs().and_then(|btf| {
+        probe::drops::kfree_skb_layout(&btf, format.as_ref().ok(), &DropReasons::from_btf(&btf))
+    });
+    out.push(match (layout, format) {
+        (Err(e), _) | (_, Err(e)) => check(Status::Fail, "drop probe", format!("{e:#}")),
+        (Ok(l), Ok(_)) if l.has_reason != 0 => check(
             Status::Ok,
             "drop probe",
-            "tracepoint skb:kfree_skb with a reason field",
+            format!(
+                "raw tracepoint kfree_skb with a reason field (skb, location, reason{})",
+                if l.has_rx_sk != 0 { ", rx_sk" } else { "" }
+            ),
         ),
-        Ok(_) => check(
+        (Ok(_), Ok(_)) => check(
             Status::Info,
             "drop probe",
-            "skb:kfree_skb has no reason field on this kernel",
+            "kfree_skb has no reason field on this kernel (skb, location)",
         ),
     });
 
