@@ -8,9 +8,12 @@ use std::{
     ffi::OsStr,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -52,14 +55,19 @@ pub fn nettools(args: &[&str]) -> Result<Output> {
         .with_context(|| format!("cannot run {}", nettools_bin().display()))
 }
 
+/// A number unique to this process and call, for names, subnets, files and directories.
+pub(crate) fn unique() -> (u32, u32) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A unique temporary file path, removed on drop.
 pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     pub fn new(suffix: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("nettools-test-{}-{n}{suffix}", std::process::id())))
+        let (pid, n) = unique();
+        Self(std::env::temp_dir().join(format!("nettools-test-{pid}-{n}{suffix}")))
     }
 }
 
@@ -67,6 +75,46 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A scratch directory of this test's own, `nettools-KIND-PID-N` in the temporary directory,
+/// removed on drop (with whatever is mounted below it), also when the test fails.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(kind: &str) -> Result<Self> {
+        let (pid, n) = unique();
+        let dir = std::env::temp_dir().join(format!("nettools-{kind}-{pid}-{n}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    /// The path of `name` in the directory, as a command-line argument.
+    pub fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        remove_dir_with_mounts(&self.0);
+    }
+}
+
+/// Unmounts everything mounted below `dir` (deepest first), then removes it.
+pub(crate) fn remove_dir_with_mounts(dir: &Path) {
+    let mut mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in mounts {
+        let _ = sh(&["umount", "-l", &m.display().to_string()]);
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A nettools process running in the background: stdout discarded, stderr collected line by

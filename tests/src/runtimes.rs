@@ -22,7 +22,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -32,12 +32,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_cri::v1 as cri;
 use nettools::lab::sh;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique to this process and call, for names, subnets and directories.
-fn unique() -> (u32, u32) {
-    (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
+use crate::{Scratch, unique};
 
 /// Why a runtime cannot be tested here (a missing program), or `None` when all are present.
 pub fn missing(programs: &[&str]) -> Option<String> {
@@ -88,35 +83,6 @@ fn run_env(args: &[&str], env: &[(&str, &Path)]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Unmounts everything mounted below `dir` (deepest first), then removes it.
-fn remove_dir_with_mounts(dir: &Path) {
-    let prefix = dir.display().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        let _ = sh(&["umount", "-l", &m]);
-    }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A directory of this test's own, removed (with whatever is mounted below it) on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(kind: &str) -> Result<Self> {
-        let (pid, n) = unique();
-        let dir = std::env::temp_dir().join(format!("nettools-{kind}-{pid}-{n}"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
 /// Directories of earlier test runs of `kind` whose process is gone (killed before its
 /// clean-up ran: SIGKILL, a CI timeout).
 fn stale_dirs(kind: &str) -> Vec<PathBuf> {
@@ -154,12 +120,6 @@ fn stop_stale_daemon(pid_file: &Path, dir: &Path) {
     while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        remove_dir_with_mounts(&self.0);
     }
 }
 

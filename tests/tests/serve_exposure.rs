@@ -2,12 +2,7 @@
 //! The client is a real TLS client (curl, on OpenSSL), the certificates are made by openssl in
 //! the test, the exposition is checked by `promtool` and against an iptables rule's counter.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use nettools_tests::{
@@ -18,28 +13,6 @@ use nettools_tests::{
     *,
 };
 use serde_json::{Value, json};
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("nettools-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Self(d))
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn openssl(args: &[&str]) -> Result<()> {
     let out = Command::new("openssl").args(args).output()?;
@@ -54,7 +27,7 @@ fn openssl(args: &[&str]) -> Result<()> {
 }
 
 /// A CA (`NAME-ca.pem`, `NAME-ca.key`).
-fn ca(dir: &Dir, name: &str) -> Result<()> {
+fn ca(dir: &Scratch, name: &str) -> Result<()> {
     openssl(&[
         "req",
         "-x509",
@@ -80,7 +53,7 @@ fn ca(dir: &Dir, name: &str) -> Result<()> {
 
 /// A certificate `NAME.pem` with its key `NAME.key` (SEC1, not PKCS#8), signed by CA `by`,
 /// for a server (on 127.0.0.1) or a client.
-fn leaf(dir: &Dir, name: &str, by: &str, server: bool) -> Result<()> {
+fn leaf(dir: &Scratch, name: &str, by: &str, server: bool) -> Result<()> {
     let key = dir.file(&format!("{name}.key"));
     let csr = dir.file(&format!("{name}.csr"));
     let ext = dir.file(&format!("{name}.ext"));
@@ -133,7 +106,7 @@ fn leaf(dir: &Dir, name: &str, by: &str, server: bool) -> Result<()> {
 
 /// Two CAs; a server certificate and a client certificate from the first, a client
 /// certificate from the second.
-fn certificates(dir: &Dir) -> Result<()> {
+fn certificates(dir: &Scratch) -> Result<()> {
     ca(dir, "good")?;
     ca(dir, "other")?;
     leaf(dir, "server", "good", true)?;
@@ -183,7 +156,7 @@ fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
         skip(&reason);
         return Ok(());
     }
-    let dir = Dir::new("tls")?;
+    let dir = Scratch::new("tls")?;
     certificates(&dir)?;
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.238.0.1/24", None)?;
@@ -290,7 +263,7 @@ fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Resu
         skip(&reason);
         return Ok(());
     }
-    let dir = Dir::new("token")?;
+    let dir = Scratch::new("token")?;
     let token_file = dir.file("token");
     std::fs::write(&token_file, "Zm9vYmFyLXNlY3JldC10b2tlbg\n")?;
     let right = "Authorization: Bearer Zm9vYmFyLXNlY3JldC10b2tlbg";
@@ -378,7 +351,7 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
         skip(&reason);
         return Ok(());
     }
-    let dir = Dir::new("tls-errors")?;
+    let dir = Scratch::new("tls-errors")?;
     certificates(&dir)?;
     let listen = free_port()?.to_string();
     let serve = |extra: &[&str]| -> Vec<String> {
@@ -506,7 +479,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(config: &Value, dir: &Dir) -> Result<Self> {
+    fn start(config: &Value, dir: &Scratch) -> Result<Self> {
         let file = dir.file("prometheus.yml");
         // JSON is YAML.
         std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
@@ -580,7 +553,7 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
         skip(&reason);
         return Ok(());
     }
-    let dir = Dir::new("prometheus")?;
+    let dir = Scratch::new("prometheus")?;
     certificates(&dir)?;
     let agent = Agent::start(&[
         "--tls-cert",

@@ -19,7 +19,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -39,28 +38,6 @@ use nettools_tests::{
     *,
 };
 use serde_json::{Value, json};
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("nettools-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Self(d))
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The lab's traffic threads, stopped and joined when dropped (also when the test fails).
 struct Traffic {
@@ -151,7 +128,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         return Ok(());
     }
     let began = Instant::now();
-    let dir = Dir::new("prometheus-lab")?;
+    let dir = Scratch::new("prometheus-lab")?;
     prom::certificates(&dir.0)?;
 
     // A Podman pod (a real pod label) whose firewall drops UDP port 7790, and a client.
