@@ -32,15 +32,30 @@ impl Answer {
 /// `GET path` on `addr` in plain HTTP/1.1, with extra header lines, on a connection of its own
 /// (waits at most `timeout` for the whole answer).
 pub fn get(addr: SocketAddr, path: &str, headers: &[&str], timeout: Duration) -> Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for h in headers {
         request.push_str(h);
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
+    exchange(addr, &request, timeout)
+}
+
+/// `GET path` in HTTP/1.0 (so the answer is never chunked), as Prometheus' HTTP API is read.
+fn get_plain(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Answer> {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+        timeout,
+    )
+}
+
+/// Sends `request` on a connection of its own and reads the answer until the server closes
+/// it (at most `timeout` for each step).
+fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -164,30 +179,6 @@ pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64
         [one] => Ok(Some(*one)),
         many => bail!("{} samples of {name} match {want:?}: {many:?}", many.len()),
     }
-}
-
-/// `GET path` in HTTP/1.0 (so the answer is never chunked), as Prometheus' HTTP API is read.
-fn get_plain(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8(response).context("the answer is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP response: {response}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head}"))?;
-    Ok(Answer {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    })
 }
 
 /// A query string's value, percent-encoded (RFC 3986: only unreserved characters kept).
