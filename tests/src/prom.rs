@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -537,89 +538,137 @@ pub fn promtool(args: &[&str]) -> Result<(bool, String)> {
     ))
 }
 
-/// Test certificates made by `openssl`: a CA, a server certificate for 127.0.0.1 and a client
-/// certificate, all signed by it (`ca.pem`, `server.pem`/`server.key`, `client.pem`/
-/// `client.key` in `dir`).
-pub fn certificates(dir: &std::path::Path) -> Result<()> {
-    let f = |name: &str| dir.join(name).display().to_string();
-    let openssl = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl").args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
-    };
-    let ec = [
+/// How the keys of [`certificates`] are written; `--tls-key` reads both, and each TLS test
+/// uses one so that both are loaded by a real agent.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyFormat {
+    /// PKCS#8 (`PRIVATE KEY`), what `openssl genpkey` and `req -newkey` write.
+    Pkcs8,
+    /// SEC1 (`EC PRIVATE KEY`), what `openssl ecparam -genkey` writes.
+    Sec1,
+}
+
+/// Test certificates made by `openssl` in `dir` (P-256 keys in `keys`' format, valid 2 days):
+/// - two CAs, `good-ca.pem`/`good-ca.key` and `other-ca.pem`/`other-ca.key`;
+/// - signed by the good CA, a server certificate for 127.0.0.1 (`server.pem`/`server.key`)
+///   and a client certificate (`client.pem`/`client.key`);
+/// - signed by the other CA, a client certificate (`stranger.pem`/`stranger.key`).
+pub fn certificates(dir: &Path, keys: KeyFormat) -> Result<()> {
+    ca(dir, "good")?;
+    ca(dir, "other")?;
+    leaf(dir, "server", "good", true, keys)?;
+    leaf(dir, "client", "good", false, keys)?;
+    leaf(dir, "stranger", "other", false, keys)
+}
+
+/// `openssl ARGS`, failing with what it said.
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("cannot run openssl")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The path of `name` in `dir`, as an argument.
+fn file(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// A CA, `NAME-ca.pem` with its key `NAME-ca.key`.
+fn ca(dir: &Path, name: &str) -> Result<()> {
+    openssl(&[
+        "req",
+        "-x509",
         "-newkey",
         "ec",
         "-pkeyopt",
         "ec_paramgen_curve:prime256v1",
         "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    let (ca_key, ca_pem) = (f("ca.key"), f("ca.pem"));
-    ca.extend([
         "-keyout",
-        &ca_key,
+        &file(dir, &format!("{name}-ca.key")),
         "-out",
-        &ca_pem,
+        &file(dir, &format!("{name}-ca.pem")),
         "-days",
         "2",
         "-subj",
-        "/CN=nettools test CA",
+        &format!("/CN=nettools test {name} CA"),
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&ca)?;
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "client",
-            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let subject = format!("/CN=nettools test {name}");
-        let (key, csr, extfile, pem) = (
-            f(&format!("{name}.key")),
-            f(&format!("{name}.csr")),
-            f(&format!("{name}.ext")),
-            f(&format!("{name}.pem")),
-        );
-        let mut req = vec!["req", "-new"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
-        openssl(&req)?;
-        std::fs::write(&extfile, ext)?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-set_serial",
-            "0x2a",
-            "-days",
-            "2",
-            "-extfile",
-            &extfile,
+    ])
+}
+
+/// A certificate `NAME.pem` with its key `NAME.key`, signed by CA `by`, for a server (on
+/// 127.0.0.1) or a client.
+fn leaf(dir: &Path, name: &str, by: &str, server: bool, keys: KeyFormat) -> Result<()> {
+    let key = file(dir, &format!("{name}.key"));
+    let csr = file(dir, &format!("{name}.csr"));
+    let ext = file(dir, &format!("{name}.ext"));
+    match keys {
+        KeyFormat::Pkcs8 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
             "-out",
-            &pem,
-        ])?;
+            &key,
+        ])?,
+        KeyFormat::Sec1 => openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ])?,
     }
-    Ok(())
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN=nettools test {name}"),
+    ])?;
+    std::fs::write(
+        &ext,
+        if server {
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        } else {
+            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n"
+        },
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &file(dir, &format!("{by}-ca.pem")),
+        "-CAkey",
+        &file(dir, &format!("{by}-ca.key")),
+        "-set_serial",
+        "0x2a",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &file(dir, &format!("{name}.pem")),
+    ])
 }
 
 /// Every PromQL expression of a Grafana dashboard, with where it comes from: its panels'

@@ -14,106 +14,6 @@ use nettools_tests::{
 };
 use serde_json::{Value, json};
 
-fn openssl(args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A CA (`NAME-ca.pem`, `NAME-ca.key`).
-fn ca(dir: &Scratch, name: &str) -> Result<()> {
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &dir.file(&format!("{name}-ca.key")),
-        "-out",
-        &dir.file(&format!("{name}-ca.pem")),
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN=nettools test {name} CA"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])
-}
-
-/// A certificate `NAME.pem` with its key `NAME.key` (SEC1, not PKCS#8), signed by CA `by`,
-/// for a server (on 127.0.0.1) or a client.
-fn leaf(dir: &Scratch, name: &str, by: &str, server: bool) -> Result<()> {
-    let key = dir.file(&format!("{name}.key"));
-    let csr = dir.file(&format!("{name}.csr"));
-    let ext = dir.file(&format!("{name}.ext"));
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &key,
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &format!("/CN=nettools test {name}"),
-    ])?;
-    std::fs::write(
-        &ext,
-        if server {
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        } else {
-            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n"
-        },
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &dir.file(&format!("{by}-ca.pem")),
-        "-CAkey",
-        &dir.file(&format!("{by}-ca.key")),
-        "-set_serial",
-        "0x2a",
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-        "-out",
-        &dir.file(&format!("{name}.pem")),
-    ])
-}
-
-/// Two CAs; a server certificate and a client certificate from the first, a client
-/// certificate from the second.
-fn certificates(dir: &Scratch) -> Result<()> {
-    ca(dir, "good")?;
-    ca(dir, "other")?;
-    leaf(dir, "server", "good", true)?;
-    leaf(dir, "client", "good", false)?;
-    leaf(dir, "stranger", "other", false)
-}
-
 /// What curl got: its exit code, the HTTP status (0 when none), the body and its stderr.
 struct Curl {
     code: i32,
@@ -157,7 +57,7 @@ fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
         return Ok(());
     }
     let dir = Scratch::new("tls")?;
-    certificates(&dir)?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.238.0.1/24", None)?;
     let b = lab.node("b", "10.238.0.2/24", None)?;
@@ -292,7 +192,7 @@ fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Resu
     drop(agent);
 
     // TLS with the token: /healthz needs it too; --health-listen serves it alone, open.
-    certificates(&dir)?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let health = free_port()?.to_string();
     let agent = Agent::start(&[
         "--tls-cert",
@@ -352,7 +252,7 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
         return Ok(());
     }
     let dir = Scratch::new("tls-errors")?;
-    certificates(&dir)?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let listen = free_port()?.to_string();
     let serve = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["serve", "--listen", &listen]
@@ -554,7 +454,7 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
         return Ok(());
     }
     let dir = Scratch::new("prometheus")?;
-    certificates(&dir)?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let agent = Agent::start(&[
         "--tls-cert",
         &dir.file("server.pem"),

@@ -129,7 +129,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     }
     let began = Instant::now();
     let dir = Scratch::new("prometheus-lab")?;
-    prom::certificates(&dir.0)?;
+    prom::certificates(&dir.0, prom::KeyFormat::Pkcs8)?;
 
     // A Podman pod (a real pod label) whose firewall drops UDP port 7790, and a client.
     let podman = Podman::start()?;
@@ -168,7 +168,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         "--tls-key",
         &dir.file("server.key"),
         "--client-ca",
-        &dir.file("ca.pem"),
+        &dir.file("good-ca.pem"),
         "--docker-socket",
         &podman.socket.display().to_string(),
         "--refresh",
@@ -210,7 +210,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         .context("no node label")?
         .to_string();
     let job = &mut config["scrape_configs"][0];
-    job["tls_config"]["ca_file"] = json!(dir.file("ca.pem"));
+    job["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
     job["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
     job["tls_config"]["key_file"] = json!(dir.file("client.key"));
     job["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
