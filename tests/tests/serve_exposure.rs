@@ -12,7 +12,7 @@ use nettools_tests::{
     runtimes::missing,
     *,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// What curl got: its exit code, the HTTP status (0 when none), the body and its stderr.
 struct Curl {
@@ -372,77 +372,8 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
     Ok(())
 }
 
-/// Prometheus itself, on a loopback port, stopped (by PID) on drop.
-struct Prometheus {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(config: &Value, dir: &Scratch) -> Result<Self> {
-        let file = dir.file("prometheus.yml");
-        // JSON is YAML.
-        std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
-        let addr = free_port()?;
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={file}"))
-            .arg(format!("--storage.tsdb.path={}", dir.file("tsdb")))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.file("prometheus.log"))?)
-            .spawn()
-            .context("cannot start prometheus")?;
-        Ok(Self { child, addr })
-    }
-
-    /// The active scrape targets of `job`: health and last error.
-    fn targets(&self, job: &str) -> Result<Vec<(String, String)>> {
-        let a = get(
-            self.addr,
-            "/api/v1/targets?state=active",
-            &[],
-            Duration::from_secs(5),
-        )?;
-        let v: Value = serde_json::from_str(&a.body)?;
-        Ok(v["data"]["activeTargets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| t["labels"]["job"] == job)
-            .map(|t| {
-                (
-                    t["health"].as_str().unwrap_or_default().to_string(),
-                    t["lastError"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect())
-    }
-
-    /// Waits until `job`'s one target was scraped (health up or down).
-    fn scraped(&self, job: &str) -> Result<(String, String)> {
-        let started = std::time::Instant::now();
-        loop {
-            if let Ok(t) = self.targets(job)
-                && let [(health, error)] = t.as_slice()
-                && health != "unknown"
-            {
-                return Ok((health.clone(), error.clone()));
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("prometheus never scraped {job}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: signalling the child this test started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+/// How long Prometheus may take to scrape a target for the first time.
+const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
 
 /// deploy/prometheus.yml's job, as a real Prometheus runs it against a real agent: up with
 /// the client certificate; down, refused in the handshake, without it.
@@ -487,26 +418,18 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
         tls.remove("key_file");
     }
     config["scrape_configs"] = json!([with_cert, without]);
-    let prometheus = Prometheus::start(&config, &dir)?;
-    let (health, error) = prometheus.scraped("with-cert")?;
+    let prometheus = Prometheus::start(&config, &dir.0)?;
+    let (health, error) = prometheus.scraped("with-cert", SCRAPED_WITHIN)?;
     assert_eq!(health, "up", "{error}");
     // What it stored: the agent's own series, with the labels deploy/prometheus.yml adds.
-    let a = get(
-        prometheus.addr,
-        "/api/v1/query?query=nettools_build_info",
-        &[],
-        Duration::from_secs(5),
-    )?;
-    let v: Value = serde_json::from_str(&a.body)?;
-    let result = &v["data"]["result"];
+    let result = prometheus.query("nettools_build_info")?;
     assert!(
-        result.as_array().is_some_and(|r| r
+        result
             .iter()
-            .any(|s| s["metric"]["job"] == "with-cert" && s["metric"]["node"] == "node1")),
-        "{}",
-        a.body
+            .any(|s| s.label("job") == "with-cert" && s.label("node") == "node1"),
+        "{result:?}"
     );
-    let (health, error) = prometheus.scraped("without-cert")?;
+    let (health, error) = prometheus.scraped("without-cert", SCRAPED_WITHIN)?;
     assert_eq!(health, "down");
     assert!(error.contains("certificate"), "{error}");
     eprintln!("prometheus: with the client certificate up; without it down ({error})");
