@@ -254,17 +254,9 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
     let dir = Scratch::new("tls-errors")?;
     certificates(&dir.0, KeyFormat::Sec1)?;
     let listen = free_port()?.to_string();
-    let serve = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["serve", "--listen", &listen]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
     let check = |extra: &[&str], expected: &str| -> Result<()> {
-        let args = serve(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args = vec!["serve", "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
         one_sentence(&args, expected)
     };
     let (cert, key) = (dir.file("server.pem"), dir.file("server.key"));
@@ -276,88 +268,53 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
         &garbage,
         "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
     )?;
-    check(
-        &["--tls-cert", &nowhere, "--tls-key", &key],
-        &format!("the TLS certificate {nowhere} does not exist"),
-    )?;
-    check(
-        &["--tls-cert", &empty, "--tls-key", &key],
-        &format!("the TLS certificate {empty} holds no PEM certificate"),
-    )?;
-    check(
-        &["--tls-cert", &garbage, "--tls-key", &key],
-        &format!("the TLS certificate {garbage} is not valid PEM"),
-    )?;
+    // One file wrong at a time, the others right: the sentence names the file and its problem.
+    let bad_cert = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", file, "--tls-key", &key],
+            &format!("the TLS certificate {file} {problem}"),
+        )
+    };
+    let bad_key = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", &cert, "--tls-key", file],
+            &format!("the TLS key {file} {problem}"),
+        )
+    };
+    let bad_client_ca = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", file],
+            &format!("the client CA file {file} {problem}"),
+        )
+    };
+    let bad_token = |file: &str, problem: &str| {
+        check(
+            &["--bearer-token-file", file],
+            &format!("the bearer token file {file} {problem}"),
+        )
+    };
+    bad_cert(&nowhere, "does not exist")?;
+    bad_cert(&empty, "holds no PEM certificate")?;
+    bad_cert(&garbage, "is not valid PEM")?;
     let not_x509 = dir.file("not-x509.pem");
     std::fs::write(
         &not_x509,
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )?;
-    check(
-        &["--tls-cert", &not_x509, "--tls-key", &key],
-        &format!("the TLS certificate {not_x509} is not valid X.509"),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &not_x509,
-        ],
-        &format!("the client CA file {not_x509} holds a certificate that is not valid X.509"),
-    )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &nowhere],
-        &format!("the TLS key {nowhere} does not exist"),
-    )?;
+    bad_cert(&not_x509, "is not valid X.509")?;
+    bad_client_ca(&not_x509, "holds a certificate that is not valid X.509")?;
+    bad_key(&nowhere, "does not exist")?;
     // A certificate where the key should be.
-    check(
-        &["--tls-cert", &cert, "--tls-key", &cert],
-        &format!("the TLS key {cert} holds no PEM private key"),
+    bad_key(&cert, "holds no PEM private key")?;
+    bad_key(
+        &dir.file("client.key"),
+        &format!("does not belong to the certificate {cert}"),
     )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &dir.file("client.key")],
-        &format!(
-            "the TLS key {} does not belong to the certificate {cert}",
-            dir.file("client.key")
-        ),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &nowhere,
-        ],
-        &format!("the client CA file {nowhere} does not exist"),
-    )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &key],
-        &format!("the client CA file {key} holds no PEM certificate"),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &dir.0.display().to_string(),
-        ],
-        &format!("the client CA file {} is not a file", dir.0.display()),
-    )?;
-    check(
-        &["--bearer-token-file", &empty],
-        &format!("the bearer token file {empty} is empty"),
-    )?;
-    check(
-        &["--bearer-token-file", &nowhere],
-        &format!("the bearer token file {nowhere} does not exist"),
-    )?;
+    bad_client_ca(&nowhere, "does not exist")?;
+    bad_client_ca(&key, "holds no PEM certificate")?;
+    bad_client_ca(&dir.0.display().to_string(), "is not a file")?;
+    bad_token(&empty, "is empty")?;
+    bad_token(&nowhere, "does not exist")?;
     check(
         &["--health-listen", "0.0.0.0:9978"],
         "--health-listen 0.0.0.0:9978 is not a loopback address",
