@@ -87,6 +87,17 @@ fn steady_udp(from: &str, dst: SocketAddr, rate: u32, duration: Duration) -> Res
     })?
 }
 
+/// Waits (at most `within`) until Prometheus holds a scrape of the agent (`job`) that began
+/// after `after` (seconds since the epoch): what it answers then counts all the kernel
+/// counted before `after`.
+fn scraped_after(prometheus: &Prometheus, job: &str, after: f64, within: Duration) -> Result<()> {
+    prometheus.sample_after(
+        &format!("nettools_build_info{{job=\"{job}\"}}"),
+        after,
+        within,
+    )
+}
+
 /// The one series of `result` whose labels include `want`.
 fn one<'a>(result: &'a [Series], want: &[(&str, &str)], what: &str) -> Result<&'a Series> {
     let matching: Vec<&Series> = result
@@ -250,11 +261,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         (290..=300).contains(&counted),
         "the set-up itself misbehaved: {counted} of 300 counted"
     );
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let answer = prometheus.query(drops_by_pod)?;
     let summed = one(&answer, &pod_drop, drops_by_pod)?.value;
     assert_eq!(summed, counted as f64, "{answer:?}");
@@ -276,11 +283,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     // before t2, evaluated at that last sample: the window's ends are samples, so rate()'s
     // extrapolation towards the window's edges (which depends on where scrapes fall in a
     // short window, and on scrapes a loaded machine let time out) plays no part.
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        t2,
-        Duration::from_secs(5),
-    )?;
+    scraped_after(&prometheus, &job_name, t2, Duration::from_secs(5))?;
     let series = prometheus.samples_at(
         "nettools_drops_total{pod=\"ntalertpod\", reason=\"NETFILTER_DROP\"}[20s]",
         t2,
@@ -342,11 +345,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         "the set-up itself misbehaved: {counted} of {} counted",
         300 + sent
     );
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let answer = prometheus.query(drops_by_pod)?;
     let summed = one(&answer, &pod_drop, drops_by_pod)?.value;
     assert_eq!(summed, counted as f64);
@@ -574,11 +573,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     traffic.stop();
     std::thread::sleep(Duration::from_millis(300));
     let counted = iptables_packets(&staged.firewall, "INPUT", 1)?;
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let by_netns = "sum by (netns, reason) (nettools_drops_total)";
     let answer = prometheus.query(by_netns)?;
     let got = one(
