@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::json;
 
 /// An HTTP answer: status code, head (status line and headers) and body.
 #[derive(Debug)]
@@ -536,6 +537,26 @@ pub fn promtool(args: &[&str]) -> Result<(bool, String)> {
             String::from_utf8_lossy(&out.stderr)
         ),
     ))
+}
+
+/// deploy/prometheus.yml as the tests run it: scraping and evaluating every second, its one
+/// job pointed at the agent at `agent` with the client certificate [`certificates`] made in
+/// `dir` (`good-ca.pem`, `client.pem`, `client.key`).
+pub fn documented_config(agent: SocketAddr, dir: &Path) -> Result<serde_json::Value> {
+    let docs = crate::manifest::documents("prometheus.yml")?;
+    let [documented] = docs.as_slice() else {
+        bail!("deploy/prometheus.yml is not one document");
+    };
+    let mut config = documented.clone();
+    for interval in ["scrape_interval", "scrape_timeout", "evaluation_interval"] {
+        config["global"][interval] = json!("1s");
+    }
+    let job = &mut config["scrape_configs"][0];
+    job["tls_config"]["ca_file"] = json!(file(dir, "good-ca.pem"));
+    job["tls_config"]["cert_file"] = json!(file(dir, "client.pem"));
+    job["tls_config"]["key_file"] = json!(file(dir, "client.key"));
+    job["static_configs"][0]["targets"] = json!([agent.to_string()]);
+    Ok(config)
 }
 
 /// How the keys of [`certificates`] are written; `--tls-key` reads both, and each TLS test

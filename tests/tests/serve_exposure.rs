@@ -4,10 +4,9 @@
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use nettools_tests::{
     agent::{Agent, free_port},
-    manifest,
     prom::*,
     runtimes::missing,
     *,
@@ -353,21 +352,11 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
         "--probes",
         "drops",
     ])?;
-    let docs = manifest::documents("prometheus.yml")?;
-    let [documented] = docs.as_slice() else {
-        bail!("deploy/prometheus.yml is not one document");
-    };
-    let mut config = documented.clone();
-    config["global"]["scrape_interval"] = json!("1s");
-    config["global"]["scrape_timeout"] = json!("1s");
+    let mut config = documented_config(agent.addr, &dir.0)?;
     let job = config["scrape_configs"][0].clone();
     assert_eq!(job["scheme"], "https", "{job}");
     let mut with_cert = job.clone();
     with_cert["job_name"] = json!("with-cert");
-    with_cert["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
-    with_cert["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
-    with_cert["tls_config"]["key_file"] = json!(dir.file("client.key"));
-    with_cert["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
     let mut without = with_cert.clone();
     without["job_name"] = json!("without-cert");
     if let Some(tls) = without["tls_config"].as_object_mut() {

@@ -200,14 +200,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     };
 
     // deploy/prometheus.yml's job, scraping every second, with deploy/alerts.yml loaded.
-    let docs = manifest::documents("prometheus.yml")?;
-    let [documented] = docs.as_slice() else {
-        bail!("deploy/prometheus.yml is not one document");
-    };
-    let mut config = documented.clone();
-    config["global"]["scrape_interval"] = json!("1s");
-    config["global"]["scrape_timeout"] = json!("1s");
-    config["global"]["evaluation_interval"] = json!("1s");
+    let mut config = prom::documented_config(agent.addr, &dir.0)?;
     config["rule_files"] = json!([manifest::path("alerts.yml")
         .canonicalize()?
         .display()
@@ -220,11 +213,6 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         .as_str()
         .context("no node label")?
         .to_string();
-    let job = &mut config["scrape_configs"][0];
-    job["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
-    job["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
-    job["tls_config"]["key_file"] = json!(dir.file("client.key"));
-    job["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
     let prometheus = Prometheus::start(&config, &dir.0)?;
     prometheus.up(&job_name, Duration::from_secs(30))?;
 
