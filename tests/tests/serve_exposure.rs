@@ -61,21 +61,7 @@ fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
     let a = lab.node("a", "10.238.0.1/24", None)?;
     let b = lab.node("b", "10.238.0.2/24", None)?;
     b.drop_input("udp", 7792)?;
-    let (cert, key, client_ca) = (
-        dir.file("server.pem"),
-        dir.file("server.key"),
-        dir.file("good-ca.pem"),
-    );
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--client-ca",
-        &client_ca,
-        "--probes",
-        "drops",
-    ])?;
+    let agent = Agent::start_mutual_tls(&dir.0, &["--probes", "drops"])?;
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", agent.addr.port());
     let ca = dir.file("good-ca.pem");
     let with_client = [
@@ -342,16 +328,7 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
     }
     let dir = Scratch::new("prometheus")?;
     certificates(&dir.0, KeyFormat::Sec1)?;
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &dir.file("server.pem"),
-        "--tls-key",
-        &dir.file("server.key"),
-        "--client-ca",
-        &dir.file("good-ca.pem"),
-        "--probes",
-        "drops",
-    ])?;
+    let agent = Agent::start_mutual_tls(&dir.0, &["--probes", "drops"])?;
     let mut config = documented_config(agent.addr, &dir.0)?;
     let job = config["scrape_configs"][0].clone();
     assert_eq!(job["scheme"], "https", "{job}");

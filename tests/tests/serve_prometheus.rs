@@ -173,24 +173,21 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     );
 
     // The agent with its built-in TLS, every probe, Podman's API for names.
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &dir.file("server.pem"),
-        "--tls-key",
-        &dir.file("server.key"),
-        "--client-ca",
-        &dir.file("good-ca.pem"),
-        "--docker-socket",
-        &podman.socket.display().to_string(),
-        "--refresh",
-        "1s",
-        "--timeout",
-        "1s",
-        "--probes",
-        "drops,retransmits,neighbours,traffic,handshake,dns,icmp,transit",
-        "--transit-sample",
-        "1",
-    ])?;
+    let agent = Agent::start_mutual_tls(
+        &dir.0,
+        &[
+            "--docker-socket",
+            &podman.socket.display().to_string(),
+            "--refresh",
+            "1s",
+            "--timeout",
+            "1s",
+            "--probes",
+            "drops,retransmits,neighbours,traffic,handshake,dns,icmp,transit",
+            "--transit-sample",
+            "1",
+        ],
+    )?;
 
     // The lab's traffic from now on, so the agent sees all of it (the oracles count from 0).
     let stop = Arc::new(AtomicBool::new(false));
