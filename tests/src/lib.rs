@@ -47,6 +47,20 @@ pub fn require_root() {
     );
 }
 
+/// The first lines of a test that needs root and `programs` (a `&[&str]`): fails the test
+/// when not run as root; when a program is missing, says so (see [`skip`]) and returns
+/// `Ok(())` from the test.
+#[macro_export]
+macro_rules! need {
+    ($programs:expr) => {
+        $crate::require_root();
+        if let Some(reason) = $crate::runtimes::missing($programs) {
+            $crate::skip(&reason);
+            return Ok(());
+        }
+    };
+}
+
 /// Runs nettools to completion.
 pub fn nettools(args: &[&str]) -> Result<Output> {
     Command::new(nettools_bin())

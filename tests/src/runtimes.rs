@@ -34,6 +34,18 @@ use nettools::lab::sh;
 
 use crate::{Scratch, unique};
 
+/// The programs a containerd test needs: containerd, its shim, runc and ctr to run it, gcc
+/// for the pause image, nsenter and iptables to stage a drop inside a pod.
+pub const CONTAINERD_PROGRAMS: &[&str] = &[
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+    "ctr",
+    "gcc",
+    "nsenter",
+    "iptables",
+];
+
 /// Why a runtime cannot be tested here (a missing program), or `None` when all are present.
 pub fn missing(programs: &[&str]) -> Option<String> {
     if crate::in_vmtest_guest() {

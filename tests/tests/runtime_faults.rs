@@ -28,17 +28,6 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// CPU): generous, the point is "the deadline, not forever".
 const SLACK: Duration = Duration::from_secs(4);
 
-/// Skips (with the reason printed) when a runtime's programs are missing.
-macro_rules! need {
-    ($($p:expr),*) => {
-        require_root();
-        if let Some(reason) = missing(&[$($p),*]) {
-            eprintln!("SKIPPED: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// A pod of containerd's with a UDP drop staged inside: its namespace path and address.
 struct DroppingPod {
     path: String,
@@ -88,15 +77,7 @@ fn asked_line(stdout: &str) -> String {
 #[test]
 fn a_hung_dribbling_or_flooding_docker_socket_costs_its_deadline_and_the_others_answer()
 -> Result<()> {
-    need!(
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "gcc",
-        "nsenter",
-        "iptables"
-    );
+    need!(CONTAINERD_PROGRAMS);
     let mut ctd = Containerd::start()?;
     let cri = ctd.socket.display().to_string();
     let pod = dropping_pod(
@@ -365,16 +346,7 @@ impl Scrapes<'_> {
 
 #[test]
 fn containerd_stopped_for_15_s_keeps_the_pods_series_and_its_counters_never_reset() -> Result<()> {
-    need!(
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "gcc",
-        "nsenter",
-        "iptables",
-        "promtool"
-    );
+    need!(&[CONTAINERD_PROGRAMS, &["promtool"]].concat());
     let mut ctd = Containerd::start()?;
     let cri = ctd.socket.display().to_string();
     let pod = dropping_pod(

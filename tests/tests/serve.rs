@@ -17,13 +17,9 @@ use nettools_tests::{agent::Agent, nsexec::*, prom::*, runtimes::*, *};
 #[test]
 fn a_pods_firewall_drops_are_scraped_as_the_kernel_counts_them_and_pods_are_followed() -> Result<()>
 {
-    require_root();
-    if let Some(reason) = missing(&[
+    need!(&[
         "podman", "runc", "conmon", "nsenter", "iptables", "promtool",
-    ]) {
-        eprintln!("SKIPPED: {reason}");
-        return Ok(());
-    }
+    ]);
     let podman = Podman::start()?;
     let net = format!("--network={}", podman.network);
     podman.pod("ntsrvpod")?;

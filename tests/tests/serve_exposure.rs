@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result};
 use nettools_tests::{
     agent::{Agent, free_port},
     prom::*,
-    runtimes::missing,
     *,
 };
 use serde_json::json;
@@ -50,11 +49,7 @@ fn refused_in_handshake(c: &Curl, who: &str) {
 
 #[test]
 fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "curl", "iptables", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["openssl", "curl", "iptables", "promtool"]);
     let dir = Scratch::new("tls")?;
     certificates(&dir.0, KeyFormat::Sec1)?;
     let mut lab = Lab::new()?;
@@ -143,11 +138,7 @@ fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
 
 #[test]
 fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "curl", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["openssl", "curl", "promtool"]);
     let dir = Scratch::new("token")?;
     let token_file = dir.file("token");
     std::fs::write(&token_file, "Zm9vYmFyLXNlY3JldC10b2tlbg\n")?;
@@ -231,11 +222,7 @@ fn one_sentence(args: &[&str], expected: &str) -> Result<()> {
 
 #[test]
 fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["openssl"]);
     let dir = Scratch::new("tls-errors")?;
     certificates(&dir.0, KeyFormat::Sec1)?;
     let listen = free_port()?.to_string();
@@ -321,11 +308,7 @@ const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
 /// the client certificate; down, refused in the handshake, without it.
 #[test]
 fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "prometheus"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["openssl", "prometheus"]);
     let dir = Scratch::new("prometheus")?;
     certificates(&dir.0, KeyFormat::Sec1)?;
     let agent = Agent::start_mutual_tls(&dir.0, &["--probes", "drops"])?;

@@ -234,11 +234,7 @@ fn three_hundred_scrapes_during_a_drop_storm_lose_no_event_nor_the_liveness_prob
 /// real scrape waits for them to be cut off (the head timeout, 5 s) and is then served.
 #[test]
 fn idle_and_dribbling_clients_are_cut_off_and_cannot_hold_the_agent() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["promtool"]);
     let agent = Agent::start(&["--probes", "drops"])?;
     let addr = agent.addr;
     // 63 silent connections and one that sends a byte of its request head every 200 ms:
@@ -322,11 +318,7 @@ fn idle_and_dribbling_clients_are_cut_off_and_cannot_hold_the_agent() -> Result<
 /// namespace's drops are counted as the kernel counts them).
 #[test]
 fn the_agent_answers_and_traces_while_a_runtime_hangs() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["iptables", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["iptables", "promtool"]);
     let dir = std::env::temp_dir().join(format!("nettools-hung-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("docker.sock");

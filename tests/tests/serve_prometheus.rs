@@ -34,7 +34,7 @@ use nettools_tests::{
     manifest,
     nsexec::{drop_udp, inode, input_rule_packets},
     prom::{self, Prometheus, Series},
-    runtimes::{Podman, missing},
+    runtimes::Podman,
     *,
 };
 use serde_json::{Value, json};
@@ -124,8 +124,7 @@ fn bucket(seconds: f64) -> usize {
 
 #[test]
 fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&[
+    need!(&[
         "prometheus",
         "promtool",
         "openssl",
@@ -134,10 +133,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         "conmon",
         "nsenter",
         "iptables",
-    ]) {
-        skip(&reason);
-        return Ok(());
-    }
+    ]);
     let began = Instant::now();
     let dir = Scratch::new("prometheus-lab")?;
     prom::certificates(&dir.0, prom::KeyFormat::Pkcs8)?;
