@@ -35,12 +35,11 @@ struct DroppingPod {
     ip: Ipv4Addr,
 }
 
-fn dropping_pod(
-    ctd: &mut Containerd,
-    name: &str,
-    namespace: &str,
-    uid: &str,
-) -> Result<DroppingPod> {
+/// containerd running one pod, `web` in `namespace` (with a container `app`), whose firewall
+/// drops UDP port 7777.
+fn containerd_with_a_dropping_pod(namespace: &str, uid: &str) -> Result<(Containerd, DroppingPod)> {
+    let mut ctd = Containerd::start()?;
+    let name = "web";
     let sandbox = ctd.run_pod(name, namespace, uid, 0)?;
     ctd.run_container(&sandbox, (name, namespace, uid, 0), "app")?;
     let path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &sandbox)?);
@@ -51,11 +50,12 @@ fn dropping_pod(
         .as_str()
         .and_then(|a| a.parse().ok())
         .context("the pod has no address")?;
-    Ok(DroppingPod {
+    let pod = DroppingPod {
         netns: inode(&path)?,
         path,
         ip,
-    })
+    };
+    Ok((ctd, pod))
 }
 
 /// `nettools ARGS`, timed.
@@ -78,14 +78,9 @@ fn asked_line(stdout: &str) -> String {
 fn a_hung_dribbling_or_flooding_docker_socket_costs_its_deadline_and_the_others_answer()
 -> Result<()> {
     need!(CONTAINERD_PROGRAMS);
-    let mut ctd = Containerd::start()?;
+    let (ctd, pod) =
+        containerd_with_a_dropping_pod("nettools-faults", "3d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6")?;
     let cri = ctd.socket.display().to_string();
-    let pod = dropping_pod(
-        &mut ctd,
-        "web",
-        "nettools-faults",
-        "3d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
-    )?;
     let silent = FaultSocket::start(Fault::Silent)?;
     let dribbling = FaultSocket::start(Fault::Dribble(Duration::from_secs(2)))?;
     let flooding = FaultSocket::start(Fault::Flood(17 << 20))?;
@@ -347,14 +342,9 @@ impl Scrapes<'_> {
 #[test]
 fn containerd_stopped_for_15_s_keeps_the_pods_series_and_its_counters_never_reset() -> Result<()> {
     need!(&[CONTAINERD_PROGRAMS, &["promtool"]].concat());
-    let mut ctd = Containerd::start()?;
+    let (mut ctd, pod) =
+        containerd_with_a_dropping_pod("nettools-stop", "4d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6")?;
     let cri = ctd.socket.display().to_string();
-    let pod = dropping_pod(
-        &mut ctd,
-        "web",
-        "nettools-stop",
-        "4d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
-    )?;
     let netns = pod.netns.to_string();
     let agent = Agent::start(&["--cri-socket", &cri, "--refresh", "1s"])?;
     // A trace of the pod by name, without --follow: a runtime's hiccup must not end it.
