@@ -9,7 +9,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsStr,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     sync::{
         Arc,
@@ -19,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{nsexec::*, prom::*, runtimes::*, *};
+use nettools_tests::{agent::Agent, nsexec::*, prom::*, runtimes::*, *};
 use serde_json::Value;
 
 /// nettools' deadline for one runtime request (`discover::LIMITS.request`).
@@ -196,43 +195,6 @@ fn a_hung_dribbling_or_flooding_docker_socket_costs_its_deadline_and_the_others_
         counted_by_kernel
     );
     Ok(())
-}
-
-/// `nettools serve` on a free loopback port, stopped (SIGTERM, by PID) on drop.
-struct Agent {
-    nettools: Background,
-    addr: SocketAddr,
-}
-
-impl Agent {
-    fn start(args: &[&str]) -> Result<Self> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let listen = addr.to_string();
-        let mut full: Vec<&OsStr> = ["serve", "--listen", &listen]
-            .into_iter()
-            .map(OsStr::new)
-            .collect();
-        full.extend(args.iter().map(OsStr::new));
-        let nettools = Background::start(&full, "nettools: serving")?;
-        Ok(Self { nettools, addr })
-    }
-
-    fn scrape(&self) -> Result<String> {
-        prom::scrape(self.addr).with_context(|| self.nettools.stderr_text())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.nettools.signal(libc::SIGTERM);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.nettools.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// UDP datagrams to `dst` every `gap` until stopped (on drop too).
