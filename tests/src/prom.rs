@@ -166,14 +166,25 @@ pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     out
 }
 
-/// The one sample of `name` whose labels include `want` (`None` when there is none).
-pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64>> {
-    let matching: Vec<f64> = samples(text, name)
+/// The samples of metric `name` whose labels include `want`.
+pub fn samples_with(
+    text: &str,
+    name: &str,
+    want: &[(&str, &str)],
+) -> Vec<(BTreeMap<String, String>, f64)> {
+    samples(text, name)
         .into_iter()
         .filter(|(labels, _)| {
             want.iter()
                 .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
         })
+        .collect()
+}
+
+/// The one sample of `name` whose labels include `want` (`None` when there is none).
+pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64>> {
+    let matching: Vec<f64> = samples_with(text, name, want)
+        .into_iter()
         .map(|(_, v)| v)
         .collect();
     match matching.as_slice() {

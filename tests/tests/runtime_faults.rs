@@ -241,16 +241,8 @@ impl Drop for Sender {
 
 /// The labels of the one sample of `name` that has `want`.
 fn labels_of(text: &str, name: &str, want: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
-    let matching: Vec<BTreeMap<String, String>> = samples(text, name)
-        .into_iter()
-        .filter(|(labels, _)| {
-            want.iter()
-                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(l, _)| l)
-        .collect();
-    match matching.as_slice() {
-        [one] => Some(one.clone()),
+    match samples_with(text, name, want).as_slice() {
+        [(labels, _)] => Some(labels.clone()),
         _ => None,
     }
 }
