@@ -32,7 +32,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_cri::v1 as cri;
 use nettools::lab::sh;
 
-use crate::{Scratch, unique};
+use crate::{Scratch, nsexec::DroppingPod, unique};
 
 /// The programs a containerd test needs: containerd, its shim, runc and ctr to run it, gcc
 /// for the pause image, nsenter and iptables to stage a drop inside a pod.
@@ -593,6 +593,27 @@ network_config_dir = "{d}/networks"
         let pid = self.inspect(name, "{{.State.Pid}}")?;
         pid.parse()
             .with_context(|| format!("podman gave no pid for {name}: {pid:?}"))
+    }
+
+    /// A pod `PREFIXpod` with a container `PREFIX-web` whose firewall drops UDP to `port`,
+    /// and a container `PREFIX-client` on this instance's network: the pod, and the client's
+    /// namespace path.
+    pub fn dropping_pod_and_client(
+        &self,
+        prefix: &str,
+        port: u16,
+    ) -> Result<(DroppingPod, String)> {
+        let (pod, web, client) = (
+            format!("{prefix}pod"),
+            format!("{prefix}-web"),
+            format!("{prefix}-client"),
+        );
+        self.pod(&pod)?;
+        self.run(&["--name", &web, "--pod", &pod])?;
+        self.run(&["--name", &client, &format!("--network={}", self.network)])?;
+        let client_ns = format!("/proc/{}/ns/net", self.pid(&client)?);
+        let pod = DroppingPod::stage(format!("/proc/{}/ns/net", self.pid(&web)?), port)?;
+        Ok((pod, client_ns))
     }
 
     /// The container's address on this instance's network.

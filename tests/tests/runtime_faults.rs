@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,20 +19,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use nettools_tests::{agent::Agent, nsexec::*, prom::*, runtimes::*, *};
-use serde_json::Value;
 
 /// nettools' deadline for one runtime request (`discover::LIMITS.request`).
 const DEADLINE: Duration = Duration::from_secs(5);
 /// What this noisy 2-core machine may add to it (process start, the other sources, a busy
 /// CPU): generous, the point is "the deadline, not forever".
 const SLACK: Duration = Duration::from_secs(4);
-
-/// A pod of containerd's with a UDP drop staged inside: its namespace path and address.
-struct DroppingPod {
-    path: String,
-    netns: u32,
-    ip: Ipv4Addr,
-}
 
 /// containerd running one pod, `web` in `namespace` (with a container `app`), whose firewall
 /// drops UDP port 7777.
@@ -42,18 +34,7 @@ fn containerd_with_a_dropping_pod(namespace: &str, uid: &str) -> Result<(Contain
     let sandbox = ctd.run_pod(name, namespace, uid, 0)?;
     ctd.run_container(&sandbox, (name, namespace, uid, 0), "app")?;
     let path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &sandbox)?);
-    drop_udp(&path, 7777)?;
-    let addr: Value =
-        serde_json::from_str(&in_ns(&path, &["ip", "-j", "-4", "addr", "show", "eth0"])?)?;
-    let ip = addr[0]["addr_info"][0]["local"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .context("the pod has no address")?;
-    let pod = DroppingPod {
-        netns: inode(&path)?,
-        path,
-        ip,
-    };
+    let pod = DroppingPod::stage(path, 7777)?;
     Ok((ctd, pod))
 }
 

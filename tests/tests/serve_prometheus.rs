@@ -32,7 +32,7 @@ use nettools::lab::demo;
 use nettools_tests::{
     agent::Agent,
     manifest,
-    nsexec::{drop_udp, inode, input_rule_packets},
+    nsexec::input_rule_packets,
     prom::{self, Prometheus, Series},
     runtimes::Podman,
     *,
@@ -140,15 +140,10 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
 
     // A Podman pod (a real pod label) whose firewall drops UDP port 7790, and a client.
     let podman = Podman::start()?;
-    let net = format!("--network={}", podman.network);
-    podman.pod("ntalertpod")?;
-    podman.run(&["--name", "ntalert-web", "--pod", "ntalertpod"])?;
-    podman.run(&["--name", "ntalert-client", &net])?;
-    let pod_ns = format!("/proc/{}/ns/net", podman.pid("ntalert-web")?);
-    let client_ns = format!("/proc/{}/ns/net", podman.pid("ntalert-client")?);
-    drop_udp(&pod_ns, 7790)?;
-    let dst = SocketAddr::from((podman.ip("ntalert-web")?, 7790));
-    let pod_netns = inode(&pod_ns)?.to_string();
+    let (pod, client_ns) = podman.dropping_pod_and_client("ntalert", 7790)?;
+    let pod_ns = pod.path.as_str();
+    let dst = SocketAddr::from((pod.ip, 7790));
+    let pod_netns = pod.netns.to_string();
 
     // The lab: a firewall, a lossy link, an address nobody owns, DNS servers slow and failing,
     // a namespace that answers late, a missing route.
