@@ -61,6 +61,20 @@ macro_rules! need {
     };
 }
 
+/// A command for `program` whose process is sent SIGTERM when the test process dies first, so
+/// a killed test takes it along (and nettools still removes what it attached).
+pub fn dies_with_test(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: prctl is async-signal-safe, and the only call made between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Runs nettools to completion.
 pub fn nettools(args: &[&str]) -> Result<Output> {
     Command::new(nettools_bin())
@@ -142,17 +156,10 @@ impl Background {
     /// Spawns `nettools ARGS` and waits until its stderr says `ready` (fails if it exits
     /// first or takes over 60 s).
     pub fn start(args: &[&OsStr], ready: &str) -> Result<Self> {
-        let mut cmd = Command::new(nettools_bin());
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; it makes a killed test take nettools along
-        // (SIGTERM: nettools still removes what it attached).
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        let mut child = dies_with_test(nettools_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", nettools_bin().display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));

@@ -242,15 +242,7 @@ impl Prometheus {
         std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
         let addr = crate::agent::free_port()?;
         let log = dir.join("prometheus.log");
-        let mut cmd = Command::new("prometheus");
-        // SAFETY: prctl is async-signal-safe; it makes a killed test take Prometheus along.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
+        let child = crate::dies_with_test("prometheus")
             .arg(format!("--config.file={}", file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
