@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    os::unix::net::UnixListener,
     sync::{
         Arc, Barrier,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{agent::Agent, prom::*, runtimes::missing, *};
+use nettools_tests::{
+    agent::Agent,
+    prom::*,
+    runtimes::{Fault, FaultSocket, missing},
+    *,
+};
 
 /// Sends UDP datagrams from `node` to `dst` at `rate` per second for `duration` (paced in
 /// 1 ms steps, as the bench's storm). Returns how many were sent (a firewall's EPERM counts:
@@ -319,48 +323,13 @@ fn idle_and_dribbling_clients_are_cut_off_and_cannot_hold_the_agent() -> Result<
 #[test]
 fn the_agent_answers_and_traces_while_a_runtime_hangs() -> Result<()> {
     need!(&["iptables", "promtool"]);
-    let dir = std::env::temp_dir().join(format!("nettools-hung-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("docker.sock");
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let dribbler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut clients = Vec::new();
-            let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[]";
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((c, _)) = listener.accept() {
-                    clients.push(c);
-                }
-                // One byte every 2 s, to everyone, read or not.
-                if sent < reply.len() {
-                    for c in &mut clients {
-                        let _ = c.write_all(&reply[sent..=sent]);
-                    }
-                    sent += 1;
-                }
-                for _ in 0..40 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok((c, _)) = listener.accept() {
-                        clients.push(c);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        })
-    };
+    let hung = FaultSocket::start(Fault::Dribble(Duration::from_secs(2)))?;
 
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.237.0.1/24", None)?;
     let b = lab.node("b", "10.237.0.2/24", None)?;
     b.drop_input("udp", 7791)?;
-    let socket_arg = socket.display().to_string();
+    let socket_arg = hung.display();
     let started = Instant::now();
     let agent = Agent::start_until(
         &["--docker-socket", &socket_arg, "--refresh", "1s"],
@@ -418,9 +387,5 @@ fn the_agent_answers_and_traces_while_a_runtime_hangs() -> Result<()> {
         listening.as_secs_f64(),
         if runtime_answered { "" } else { "not" }
     );
-    stop.store(true, Ordering::Relaxed);
-    drop(agent);
-    let _ = dribbler.join();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
