@@ -8,6 +8,7 @@ use std::{
     ffi::OsStr,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -118,9 +119,26 @@ impl Scratch {
         Ok(Self(dir))
     }
 
+    /// The same with permissions `mode` (e.g. `0o1777`, sticky and writable by all).
+    pub fn with_mode(kind: &str, mode: u32) -> Result<Self> {
+        let dir = Self::new(kind)?;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot chmod {}", dir.0.display()))?;
+        Ok(dir)
+    }
+
     /// The path of `name` in the directory, as a command-line argument.
     pub fn file(&self, name: &str) -> String {
         self.0.join(name).display().to_string()
+    }
+
+    /// The names of the entries in the directory, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }
 
