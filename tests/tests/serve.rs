@@ -22,7 +22,7 @@ fn a_pods_firewall_drops_are_scraped_as_the_kernel_counts_them_and_pods_are_foll
     ]);
     let podman = Podman::start()?;
     let (dropping, client_ns) = podman.dropping_pod_and_client("ntsrv", 7777)?;
-    let pod_ns = dropping.path.as_str();
+    let pod_ns = dropping.path.clone();
     let pod_netns = dropping.netns.to_string();
     let dst = SocketAddr::from((dropping.ip, 7777));
     let socket = podman.socket.display().to_string();

@@ -141,7 +141,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     // A Podman pod (a real pod label) whose firewall drops UDP port 7790, and a client.
     let podman = Podman::start()?;
     let (pod, client_ns) = podman.dropping_pod_and_client("ntalert", 7790)?;
-    let pod_ns = pod.path.as_str();
+    let pod_ns = pod.path.clone();
     let dst = SocketAddr::from((pod.ip, 7790));
     let pod_netns = pod.netns.to_string();
 
