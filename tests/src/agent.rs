@@ -4,6 +4,7 @@
 use std::{
     ffi::OsStr,
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -29,7 +30,17 @@ impl Agent {
         Self::start_until(args, "nettools: serving")
     }
 
-    /// The same, once its stderr says `ready`.
+    /// The same with TLS and client certificates, from the files [`prom::certificates`] made
+    /// in `dir`: the server's certificate and key, and the good CA as the client CA.
+    pub fn start_mutual_tls(dir: &Path, args: &[&str]) -> Result<Self> {
+        let file = |name: &str| dir.join(name).display().to_string();
+        let (cert, key, ca) = (file("server.pem"), file("server.key"), file("good-ca.pem"));
+        let mut full = vec!["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca];
+        full.extend_from_slice(args);
+        Self::start(&full)
+    }
+
+    /// The same as [`Agent::start`], once its stderr says `ready`.
     pub fn start_until(args: &[&str], ready: &str) -> Result<Self> {
         let addr = free_port()?;
         let listen = addr.to_string();

@@ -8,9 +8,13 @@ use std::{
     ffi::OsStr,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -44,6 +48,34 @@ pub fn require_root() {
     );
 }
 
+/// The first lines of a test that needs root and `programs` (a `&[&str]`): fails the test
+/// when not run as root; when a program is missing, says so (see [`skip`]) and returns
+/// `Ok(())` from the test.
+#[macro_export]
+macro_rules! need {
+    ($programs:expr) => {
+        $crate::require_root();
+        if let Some(reason) = $crate::runtimes::missing($programs) {
+            $crate::skip(&reason);
+            return Ok(());
+        }
+    };
+}
+
+/// A command for `program` whose process is sent SIGTERM when the test process dies first, so
+/// a killed test takes it along (and nettools still removes what it attached).
+pub fn dies_with_test(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: prctl is async-signal-safe, and the only call made between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Runs nettools to completion.
 pub fn nettools(args: &[&str]) -> Result<Output> {
     Command::new(nettools_bin())
@@ -52,14 +84,19 @@ pub fn nettools(args: &[&str]) -> Result<Output> {
         .with_context(|| format!("cannot run {}", nettools_bin().display()))
 }
 
+/// A number unique to this process and call, for names, subnets, files and directories.
+pub(crate) fn unique() -> (u32, u32) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A unique temporary file path, removed on drop.
 pub struct TempFile(pub PathBuf);
 
 impl TempFile {
     pub fn new(suffix: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("nettools-test-{}-{n}{suffix}", std::process::id())))
+        let (pid, n) = unique();
+        Self(std::env::temp_dir().join(format!("nettools-test-{pid}-{n}{suffix}")))
     }
 }
 
@@ -67,6 +104,63 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A scratch directory of this test's own, `nettools-KIND-PID-N` in the temporary directory,
+/// removed on drop (with whatever is mounted below it), also when the test fails.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(kind: &str) -> Result<Self> {
+        let (pid, n) = unique();
+        let dir = std::env::temp_dir().join(format!("nettools-{kind}-{pid}-{n}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    /// The same with permissions `mode` (e.g. `0o1777`, sticky and writable by all).
+    pub fn with_mode(kind: &str, mode: u32) -> Result<Self> {
+        let dir = Self::new(kind)?;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot chmod {}", dir.0.display()))?;
+        Ok(dir)
+    }
+
+    /// The path of `name` in the directory, as a command-line argument.
+    pub fn file(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+
+    /// The names of the entries in the directory, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        remove_dir_with_mounts(&self.0);
+    }
+}
+
+/// Unmounts everything mounted below `dir` (deepest first), then removes it.
+pub(crate) fn remove_dir_with_mounts(dir: &Path) {
+    let mut mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for m in mounts {
+        let _ = sh(&["umount", "-l", &m.display().to_string()]);
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A nettools process running in the background: stdout discarded, stderr collected line by
@@ -80,17 +174,10 @@ impl Background {
     /// Spawns `nettools ARGS` and waits until its stderr says `ready` (fails if it exits
     /// first or takes over 60 s).
     pub fn start(args: &[&OsStr], ready: &str) -> Result<Self> {
-        let mut cmd = Command::new(nettools_bin());
-        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; it makes a killed test take nettools along
-        // (SIGTERM: nettools still removes what it attached).
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let mut child = cmd
+        let mut child = dies_with_test(nettools_bin())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", nettools_bin().display()))?;
         let stderr = Arc::new(Mutex::new(Vec::new()));

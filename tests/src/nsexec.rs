@@ -2,7 +2,11 @@
 //! the host: commands with `nsenter`, a UDP firewall drop and its iptables rule counter (the
 //! kernel's own count, the oracle), UDP senders, and the host-side peer of `eth0` with its name.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use nettools::lab::sh;
@@ -60,6 +64,38 @@ pub fn drop_udp(path: &str, port: u16) -> Result<()> {
         ],
     )
     .map(|_| ())
+}
+
+/// The IPv4 address of `eth0` in a namespace.
+pub fn eth0_ipv4(path: &str) -> Result<Ipv4Addr> {
+    let out = in_ns(path, &["ip", "-j", "-4", "addr", "show", "eth0"])?;
+    let addr: Value = serde_json::from_str(&out)?;
+    addr[0]["addr_info"][0]["local"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("eth0 has no IPv4 address in {path}: {out}"))
+}
+
+/// A pod whose firewall drops UDP to one port (rule 1 of INPUT in its namespace, whose counter
+/// is the kernel's count of the drops).
+pub struct DroppingPod {
+    /// The namespace's path (`/proc/PID/ns/net`) and inode.
+    pub path: String,
+    pub netns: u32,
+    /// The address of its `eth0`.
+    pub ip: Ipv4Addr,
+}
+
+impl DroppingPod {
+    /// Stages the drop of UDP to `port` in the namespace at `path`.
+    pub fn stage(path: String, port: u16) -> Result<Self> {
+        drop_udp(&path, port)?;
+        Ok(Self {
+            netns: inode(&path)?,
+            ip: eth0_ipv4(&path)?,
+            path,
+        })
+    }
 }
 
 /// The packet counter of rule `n` (1-based) of INPUT inside a namespace.

@@ -5,11 +5,13 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use serde_json::json;
 
 /// An HTTP answer: status code, head (status line and headers) and body.
 #[derive(Debug)]
@@ -32,15 +34,30 @@ impl Answer {
 /// `GET path` on `addr` in plain HTTP/1.1, with extra header lines, on a connection of its own
 /// (waits at most `timeout` for the whole answer).
 pub fn get(addr: SocketAddr, path: &str, headers: &[&str], timeout: Duration) -> Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
     let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for h in headers {
         request.push_str(h);
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
+    exchange(addr, &request, timeout)
+}
+
+/// `GET path` in HTTP/1.0 (so the answer is never chunked), as Prometheus' HTTP API is read.
+fn get_plain(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Answer> {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"),
+        timeout,
+    )
+}
+
+/// Sends `request` on a connection of its own and reads the answer until the server closes
+/// it (at most `timeout` for each step).
+fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Result<Answer> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
@@ -149,14 +166,25 @@ pub fn samples(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     out
 }
 
-/// The one sample of `name` whose labels include `want` (`None` when there is none).
-pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64>> {
-    let matching: Vec<f64> = samples(text, name)
+/// The samples of metric `name` whose labels include `want`.
+pub fn samples_with(
+    text: &str,
+    name: &str,
+    want: &[(&str, &str)],
+) -> Vec<(BTreeMap<String, String>, f64)> {
+    samples(text, name)
         .into_iter()
         .filter(|(labels, _)| {
             want.iter()
                 .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
         })
+        .collect()
+}
+
+/// The one sample of `name` whose labels include `want` (`None` when there is none).
+pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64>> {
+    let matching: Vec<f64> = samples_with(text, name, want)
+        .into_iter()
         .map(|(_, v)| v)
         .collect();
     match matching.as_slice() {
@@ -164,30 +192,6 @@ pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> Result<Option<f64
         [one] => Ok(Some(*one)),
         many => bail!("{} samples of {name} match {want:?}: {many:?}", many.len()),
     }
-}
-
-/// `GET path` in HTTP/1.0 (so the answer is never chunked), as Prometheus' HTTP API is read.
-fn get_plain(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Answer> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let response = String::from_utf8(response).context("the answer is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP response: {response}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status in {head}"))?;
-    Ok(Answer {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    })
 }
 
 /// A query string's value, percent-encoded (RFC 3986: only unreserved characters kept).
@@ -238,15 +242,7 @@ impl Prometheus {
         std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
         let addr = crate::agent::free_port()?;
         let log = dir.join("prometheus.log");
-        let mut cmd = Command::new("prometheus");
-        // SAFETY: prctl is async-signal-safe; it makes a killed test take Prometheus along.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let child = cmd
+        let child = crate::dies_with_test("prometheus")
             .arg(format!("--config.file={}", file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -546,89 +542,157 @@ pub fn promtool(args: &[&str]) -> Result<(bool, String)> {
     ))
 }
 
-/// Test certificates made by `openssl`: a CA, a server certificate for 127.0.0.1 and a client
-/// certificate, all signed by it (`ca.pem`, `server.pem`/`server.key`, `client.pem`/
-/// `client.key` in `dir`).
-pub fn certificates(dir: &std::path::Path) -> Result<()> {
-    let f = |name: &str| dir.join(name).display().to_string();
-    let openssl = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl").args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+/// deploy/prometheus.yml as the tests run it: scraping and evaluating every second, its one
+/// job pointed at the agent at `agent` with the client certificate [`certificates`] made in
+/// `dir` (`good-ca.pem`, `client.pem`, `client.key`).
+pub fn documented_config(agent: SocketAddr, dir: &Path) -> Result<serde_json::Value> {
+    let docs = crate::manifest::documents("prometheus.yml")?;
+    let [documented] = docs.as_slice() else {
+        bail!("deploy/prometheus.yml is not one document");
     };
-    let ec = [
+    let mut config = documented.clone();
+    for interval in ["scrape_interval", "scrape_timeout", "evaluation_interval"] {
+        config["global"][interval] = json!("1s");
+    }
+    let job = &mut config["scrape_configs"][0];
+    job["tls_config"]["ca_file"] = json!(file(dir, "good-ca.pem"));
+    job["tls_config"]["cert_file"] = json!(file(dir, "client.pem"));
+    job["tls_config"]["key_file"] = json!(file(dir, "client.key"));
+    job["static_configs"][0]["targets"] = json!([agent.to_string()]);
+    Ok(config)
+}
+
+/// How the keys of [`certificates`] are written; `--tls-key` reads both, and each TLS test
+/// uses one so that both are loaded by a real agent.
+#[derive(Clone, Copy, Debug)]
+pub enum KeyFormat {
+    /// PKCS#8 (`PRIVATE KEY`), what `openssl genpkey` and `req -newkey` write.
+    Pkcs8,
+    /// SEC1 (`EC PRIVATE KEY`), what `openssl ecparam -genkey` writes.
+    Sec1,
+}
+
+/// Test certificates made by `openssl` in `dir` (P-256 keys in `keys`' format, valid 2 days):
+/// - two CAs, `good-ca.pem`/`good-ca.key` and `other-ca.pem`/`other-ca.key`;
+/// - signed by the good CA, a server certificate for 127.0.0.1 (`server.pem`/`server.key`)
+///   and a client certificate (`client.pem`/`client.key`);
+/// - signed by the other CA, a client certificate (`stranger.pem`/`stranger.key`).
+pub fn certificates(dir: &Path, keys: KeyFormat) -> Result<()> {
+    ca(dir, "good")?;
+    ca(dir, "other")?;
+    leaf(dir, "server", "good", true, keys)?;
+    leaf(dir, "client", "good", false, keys)?;
+    leaf(dir, "stranger", "other", false, keys)
+}
+
+/// `openssl ARGS`, failing with what it said.
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .context("cannot run openssl")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The path of `name` in `dir`, as an argument.
+fn file(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// A CA, `NAME-ca.pem` with its key `NAME-ca.key`.
+fn ca(dir: &Path, name: &str) -> Result<()> {
+    openssl(&[
+        "req",
+        "-x509",
         "-newkey",
         "ec",
         "-pkeyopt",
         "ec_paramgen_curve:prime256v1",
         "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    let (ca_key, ca_pem) = (f("ca.key"), f("ca.pem"));
-    ca.extend([
         "-keyout",
-        &ca_key,
+        &file(dir, &format!("{name}-ca.key")),
         "-out",
-        &ca_pem,
+        &file(dir, &format!("{name}-ca.pem")),
         "-days",
         "2",
         "-subj",
-        "/CN=nettools test CA",
+        &format!("/CN=nettools test {name} CA"),
         "-addext",
         "basicConstraints=critical,CA:TRUE",
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(&ca)?;
-    for (name, ext) in [
-        (
-            "server",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-        ),
-        (
-            "client",
-            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n",
-        ),
-    ] {
-        let subject = format!("/CN=nettools test {name}");
-        let (key, csr, extfile, pem) = (
-            f(&format!("{name}.key")),
-            f(&format!("{name}.csr")),
-            f(&format!("{name}.ext")),
-            f(&format!("{name}.pem")),
-        );
-        let mut req = vec!["req", "-new"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
-        openssl(&req)?;
-        std::fs::write(&extfile, ext)?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-set_serial",
-            "0x2a",
-            "-days",
-            "2",
-            "-extfile",
-            &extfile,
+    ])
+}
+
+/// A certificate `NAME.pem` with its key `NAME.key`, signed by CA `by`, for a server (on
+/// 127.0.0.1) or a client.
+fn leaf(dir: &Path, name: &str, by: &str, server: bool, keys: KeyFormat) -> Result<()> {
+    let key = file(dir, &format!("{name}.key"));
+    let csr = file(dir, &format!("{name}.csr"));
+    let ext = file(dir, &format!("{name}.ext"));
+    match keys {
+        KeyFormat::Pkcs8 => openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
             "-out",
-            &pem,
-        ])?;
+            &key,
+        ])?,
+        KeyFormat::Sec1 => openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ])?,
     }
-    Ok(())
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN=nettools test {name}"),
+    ])?;
+    std::fs::write(
+        &ext,
+        if server {
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+        } else {
+            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n"
+        },
+    )?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &file(dir, &format!("{by}-ca.pem")),
+        "-CAkey",
+        &file(dir, &format!("{by}-ca.key")),
+        "-set_serial",
+        "0x2a",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &file(dir, &format!("{name}.pem")),
+    ])
 }
 
 /// Every PromQL expression of a Grafana dashboard, with where it comes from: its panels'

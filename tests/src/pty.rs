@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     os::fd::{FromRawFd as _, OwnedFd},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::nettools_bin;
+use crate::{dies_with_test, nettools_bin};
 
 /// Which of nettools' outputs is the terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,19 +82,12 @@ impl Terminal {
         let Some((master, slave)) = open_pty(cols) else {
             return Ok(None);
         };
-        let mut cmd = Command::new(nettools_bin());
+        let mut cmd = dies_with_test(nettools_bin());
         cmd.args(args).stdin(Stdio::null());
         match side {
             Side::Stdout => cmd.stdout(Stdio::from(slave)).stderr(Stdio::piped()),
             Side::Stderr => cmd.stderr(Stdio::from(slave)).stdout(Stdio::piped()),
         };
-        // SAFETY: prctl is async-signal-safe; a killed test takes nettools along.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", nettools_bin().display()))?;

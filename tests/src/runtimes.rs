@@ -22,7 +22,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -32,12 +32,19 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_cri::v1 as cri;
 use nettools::lab::sh;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+use crate::{Scratch, nsexec::DroppingPod, unique};
 
-/// A number unique to this process and call, for names, subnets and directories.
-fn unique() -> (u32, u32) {
-    (std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
+/// The programs a containerd test needs: containerd, its shim, runc and ctr to run it, gcc
+/// for the pause image, nsenter and iptables to stage a drop inside a pod.
+pub const CONTAINERD_PROGRAMS: &[&str] = &[
+    "containerd",
+    "containerd-shim-runc-v2",
+    "runc",
+    "ctr",
+    "gcc",
+    "nsenter",
+    "iptables",
+];
 
 /// Why a runtime cannot be tested here (a missing program), or `None` when all are present.
 pub fn missing(programs: &[&str]) -> Option<String> {
@@ -88,35 +95,6 @@ fn run_env(args: &[&str], env: &[(&str, &Path)]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Unmounts everything mounted below `dir` (deepest first), then removes it.
-fn remove_dir_with_mounts(dir: &Path) {
-    let prefix = dir.display().to_string();
-    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(String::from))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for m in mounts {
-        let _ = sh(&["umount", "-l", &m]);
-    }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A directory of this test's own, removed (with whatever is mounted below it) on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(kind: &str) -> Result<Self> {
-        let (pid, n) = unique();
-        let dir = std::env::temp_dir().join(format!("nettools-{kind}-{pid}-{n}"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
 /// Directories of earlier test runs of `kind` whose process is gone (killed before its
 /// clean-up ran: SIGKILL, a CI timeout).
 fn stale_dirs(kind: &str) -> Vec<PathBuf> {
@@ -154,12 +132,6 @@ fn stop_stale_daemon(pid_file: &Path, dir: &Path) {
     while Path::new(&format!("/proc/{pid}")).exists() && started.elapsed() < Duration::from_secs(10)
     {
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        remove_dir_with_mounts(&self.0);
     }
 }
 
@@ -621,6 +593,27 @@ network_config_dir = "{d}/networks"
         let pid = self.inspect(name, "{{.State.Pid}}")?;
         pid.parse()
             .with_context(|| format!("podman gave no pid for {name}: {pid:?}"))
+    }
+
+    /// A pod `PREFIXpod` with a container `PREFIX-web` whose firewall drops UDP to `port`,
+    /// and a container `PREFIX-client` on this instance's network: the pod, and the client's
+    /// namespace path.
+    pub fn dropping_pod_and_client(
+        &self,
+        prefix: &str,
+        port: u16,
+    ) -> Result<(DroppingPod, String)> {
+        let (pod, web, client) = (
+            format!("{prefix}pod"),
+            format!("{prefix}-web"),
+            format!("{prefix}-client"),
+        );
+        self.pod(&pod)?;
+        self.run(&["--name", &web, "--pod", &pod])?;
+        self.run(&["--name", &client, &format!("--network={}", self.network)])?;
+        let client_ns = format!("/proc/{}/ns/net", self.pid(&client)?);
+        let pod = DroppingPod::stage(format!("/proc/{}/ns/net", self.pid(&web)?), port)?;
+        Ok((pod, client_ns))
     }
 
     /// The container's address on this instance's network.

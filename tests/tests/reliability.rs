@@ -8,7 +8,7 @@ use std::{
     fs::File,
     net::SocketAddr,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -169,33 +169,6 @@ fn names_a_workload_chooses_reach_every_report_escaped() -> Result<()> {
     Ok(())
 }
 
-/// A directory for a test's files, removed afterwards.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str, mode: u32) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("nettools-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
-        Ok(Self(dir))
-    }
-
-    fn names(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `lchown`: what another user's planted link looks like.
 fn chown_link(path: &Path, uid: u32) -> Result<()> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())?;
@@ -243,7 +216,7 @@ fn a_planted_link_is_never_followed() -> Result<()> {
     let mut lab = Lab::new()?;
     let a = lab.node("web", "10.239.8.1/24", None)?;
     let b = lab.node("peer", "10.239.8.2/24", None)?;
-    let dir = Scratch::new("hgrm", 0o1777)?;
+    let dir = Scratch::with_mode("hgrm", 0o1777)?;
     let victim = dir.0.join("victim");
     std::fs::write(&victim, "precious\n")?;
     let link = dir.0.join(format!("{}-icmp_echo.hgrm", a.netns));
@@ -293,7 +266,7 @@ fn a_planted_link_is_never_followed() -> Result<()> {
     );
 
     // A directory anyone can write to (not sticky): refused before anything is attached.
-    let open = Scratch::new("open", 0o777)?;
+    let open = Scratch::with_mode("open", 0o777)?;
     let out = nettools(&[
         "trace",
         "--netns",
@@ -324,7 +297,7 @@ fn a_failed_or_killed_trace_leaves_the_old_report() -> Result<()> {
     let a = lab.node("a", "10.239.9.1/24", None)?;
     let b = lab.node("b", "10.239.9.2/24", None)?;
     a.drop_input("udp", 7011)?;
-    let dir = Scratch::new("out", 0o755)?;
+    let dir = Scratch::with_mode("out", 0o755)?;
     let out = dir.0.join("report.txt");
     let out_arg = out.to_string_lossy().into_owned();
     std::fs::write(&out, "old report\n")?;

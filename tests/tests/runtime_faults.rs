@@ -9,8 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsStr,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,8 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{nsexec::*, prom::*, runtimes::*, *};
-use serde_json::Value;
+use nettools_tests::{agent::Agent, nsexec::*, prom::*, runtimes::*, *};
 
 /// nettools' deadline for one runtime request (`discover::LIMITS.request`).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -28,45 +26,16 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// CPU): generous, the point is "the deadline, not forever".
 const SLACK: Duration = Duration::from_secs(4);
 
-/// Skips (with the reason printed) when a runtime's programs are missing.
-macro_rules! need {
-    ($($p:expr),*) => {
-        require_root();
-        if let Some(reason) = missing(&[$($p),*]) {
-            eprintln!("SKIPPED: {reason}");
-            return Ok(());
-        }
-    };
-}
-
-/// A pod of containerd's with a UDP drop staged inside: its namespace path and address.
-struct DroppingPod {
-    path: String,
-    netns: u32,
-    ip: Ipv4Addr,
-}
-
-fn dropping_pod(
-    ctd: &mut Containerd,
-    name: &str,
-    namespace: &str,
-    uid: &str,
-) -> Result<DroppingPod> {
+/// containerd running one pod, `web` in `namespace` (with a container `app`), whose firewall
+/// drops UDP port 7777.
+fn containerd_with_a_dropping_pod(namespace: &str, uid: &str) -> Result<(Containerd, DroppingPod)> {
+    let mut ctd = Containerd::start()?;
+    let name = "web";
     let sandbox = ctd.run_pod(name, namespace, uid, 0)?;
     ctd.run_container(&sandbox, (name, namespace, uid, 0), "app")?;
     let path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &sandbox)?);
-    drop_udp(&path, 7777)?;
-    let addr: Value =
-        serde_json::from_str(&in_ns(&path, &["ip", "-j", "-4", "addr", "show", "eth0"])?)?;
-    let ip = addr[0]["addr_info"][0]["local"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .context("the pod has no address")?;
-    Ok(DroppingPod {
-        netns: inode(&path)?,
-        path,
-        ip,
-    })
+    let pod = DroppingPod::stage(path, 7777)?;
+    Ok((ctd, pod))
 }
 
 /// `nettools ARGS`, timed.
@@ -88,23 +57,10 @@ fn asked_line(stdout: &str) -> String {
 #[test]
 fn a_hung_dribbling_or_flooding_docker_socket_costs_its_deadline_and_the_others_answer()
 -> Result<()> {
-    need!(
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "gcc",
-        "nsenter",
-        "iptables"
-    );
-    let mut ctd = Containerd::start()?;
+    need!(CONTAINERD_PROGRAMS);
+    let (ctd, pod) =
+        containerd_with_a_dropping_pod("nettools-faults", "3d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6")?;
     let cri = ctd.socket.display().to_string();
-    let pod = dropping_pod(
-        &mut ctd,
-        "web",
-        "nettools-faults",
-        "3d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
-    )?;
     let silent = FaultSocket::start(Fault::Silent)?;
     let dribbling = FaultSocket::start(Fault::Dribble(Duration::from_secs(2)))?;
     let flooding = FaultSocket::start(Fault::Flood(17 << 20))?;
@@ -222,43 +178,6 @@ fn a_hung_dribbling_or_flooding_docker_socket_costs_its_deadline_and_the_others_
     Ok(())
 }
 
-/// `nettools serve` on a free loopback port, stopped (SIGTERM, by PID) on drop.
-struct Agent {
-    nettools: Background,
-    addr: SocketAddr,
-}
-
-impl Agent {
-    fn start(args: &[&str]) -> Result<Self> {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let listen = addr.to_string();
-        let mut full: Vec<&OsStr> = ["serve", "--listen", &listen]
-            .into_iter()
-            .map(OsStr::new)
-            .collect();
-        full.extend(args.iter().map(OsStr::new));
-        let nettools = Background::start(&full, "nettools: serving")?;
-        Ok(Self { nettools, addr })
-    }
-
-    fn scrape(&self) -> Result<String> {
-        prom::scrape(self.addr).with_context(|| self.nettools.stderr_text())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.nettools.signal(libc::SIGTERM);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.nettools.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// UDP datagrams to `dst` every `gap` until stopped (on drop too).
 struct Sender {
     stop: Arc<AtomicBool>,
@@ -303,16 +222,8 @@ impl Drop for Sender {
 
 /// The labels of the one sample of `name` that has `want`.
 fn labels_of(text: &str, name: &str, want: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
-    let matching: Vec<BTreeMap<String, String>> = samples(text, name)
-        .into_iter()
-        .filter(|(labels, _)| {
-            want.iter()
-                .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(l, _)| l)
-        .collect();
-    match matching.as_slice() {
-        [one] => Some(one.clone()),
+    match samples_with(text, name, want).as_slice() {
+        [(labels, _)] => Some(labels.clone()),
         _ => None,
     }
 }
@@ -365,24 +276,10 @@ impl Scrapes<'_> {
 
 #[test]
 fn containerd_stopped_for_15_s_keeps_the_pods_series_and_its_counters_never_reset() -> Result<()> {
-    need!(
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "gcc",
-        "nsenter",
-        "iptables",
-        "promtool"
-    );
-    let mut ctd = Containerd::start()?;
+    need!(&[CONTAINERD_PROGRAMS, &["promtool"]].concat());
+    let (mut ctd, pod) =
+        containerd_with_a_dropping_pod("nettools-stop", "4d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6")?;
     let cri = ctd.socket.display().to_string();
-    let pod = dropping_pod(
-        &mut ctd,
-        "web",
-        "nettools-stop",
-        "4d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
-    )?;
     let netns = pod.netns.to_string();
     let agent = Agent::start(&["--cri-socket", &cri, "--refresh", "1s"])?;
     // A trace of the pod by name, without --follow: a runtime's hiccup must not end it.

@@ -9,17 +9,6 @@ use anyhow::{Context as _, Result};
 use nettools_tests::{nsexec::*, runtimes::*, *};
 use serde_json::Value;
 
-/// Skips (with the reason printed) when a runtime's programs are missing.
-macro_rules! need {
-    ($($p:expr),*) => {
-        require_root();
-        if let Some(reason) = missing(&[$($p),*]) {
-            eprintln!("SKIPPED: {reason}");
-            return Ok(());
-        }
-    };
-}
-
 /// The gap between the datagrams these tests send.
 const RUNTIME_GAP: Duration = Duration::from_micros(300);
 
@@ -58,7 +47,7 @@ fn listed(list: &Value, netns: u32) -> Result<&Value> {
 
 #[test]
 fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> Result<()> {
-    need!("podman", "runc", "conmon", "nsenter");
+    need!(&["podman", "runc", "conmon", "nsenter"]);
     let podman = Podman::start()?;
     let net = format!("--network={}", podman.network);
     podman.run(&["--name", "ntc-solo", &net])?;
@@ -196,7 +185,7 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
 
 #[test]
 fn podman_pod_firewall_drops_are_the_pods_not_its_neighbours() -> Result<()> {
-    need!("podman", "runc", "conmon", "nsenter", "iptables");
+    need!(&["podman", "runc", "conmon", "nsenter", "iptables"]);
     let podman = Podman::start()?;
     let net = format!("--network={}", podman.network);
     podman.pod("ntdrop")?;
@@ -294,7 +283,7 @@ fn podman_pod_firewall_drops_are_the_pods_not_its_neighbours() -> Result<()> {
 
 #[test]
 fn podman_container_deleted_mid_trace_ends_it_and_a_restart_is_followed() -> Result<()> {
-    need!("podman", "runc", "conmon", "nsenter", "iptables");
+    need!(&["podman", "runc", "conmon", "nsenter", "iptables"]);
     let podman = Podman::start()?;
     let net = format!("--network={}", podman.network);
     let socket = podman.socket.display().to_string();
@@ -386,15 +375,7 @@ fn podman_container_deleted_mid_trace_ends_it_and_a_restart_is_followed() -> Res
 
 #[test]
 fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> Result<()> {
-    need!(
-        "containerd",
-        "containerd-shim-runc-v2",
-        "runc",
-        "ctr",
-        "gcc",
-        "nsenter",
-        "iptables"
-    );
+    need!(CONTAINERD_PROGRAMS);
     let mut ctd = Containerd::start()?;
     let socket = ctd.socket.display().to_string();
     let uid = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";

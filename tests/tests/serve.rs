@@ -17,24 +17,14 @@ use nettools_tests::{agent::Agent, nsexec::*, prom::*, runtimes::*, *};
 #[test]
 fn a_pods_firewall_drops_are_scraped_as_the_kernel_counts_them_and_pods_are_followed() -> Result<()>
 {
-    require_root();
-    if let Some(reason) = missing(&[
+    need!(&[
         "podman", "runc", "conmon", "nsenter", "iptables", "promtool",
-    ]) {
-        eprintln!("SKIPPED: {reason}");
-        return Ok(());
-    }
+    ]);
     let podman = Podman::start()?;
-    let net = format!("--network={}", podman.network);
-    podman.pod("ntsrvpod")?;
-    podman.run(&["--name", "ntsrv-web", "--pod", "ntsrvpod"])?;
-    podman.run(&["--name", "ntsrv-client", &net])?;
-    let pod_ns = format!("/proc/{}/ns/net", podman.pid("ntsrv-web")?);
-    let client_ns = format!("/proc/{}/ns/net", podman.pid("ntsrv-client")?);
-    let pod_netns = inode(&pod_ns)?.to_string();
-    drop_udp(&pod_ns, 7777)?;
-    let pod_ip = podman.ip("ntsrv-web")?;
-    let dst = SocketAddr::from((pod_ip, 7777));
+    let (dropping, client_ns) = podman.dropping_pod_and_client("ntsrv", 7777)?;
+    let pod_ns = dropping.path.clone();
+    let pod_netns = dropping.netns.to_string();
+    let dst = SocketAddr::from((dropping.ip, 7777));
     let socket = podman.socket.display().to_string();
     let agent = Agent::start(&["--docker-socket", &socket, "--refresh", "1s"])?;
     let pod = [

@@ -2,144 +2,15 @@
 //! The client is a real TLS client (curl, on OpenSSL), the certificates are made by openssl in
 //! the test, the exposition is checked by `promtool` and against an iptables rule's counter.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use nettools_tests::{
     agent::{Agent, free_port},
-    manifest,
     prom::*,
-    runtimes::missing,
     *,
 };
-use serde_json::{Value, json};
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("nettools-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Self(d))
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn openssl(args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A CA (`NAME-ca.pem`, `NAME-ca.key`).
-fn ca(dir: &Dir, name: &str) -> Result<()> {
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &dir.file(&format!("{name}-ca.key")),
-        "-out",
-        &dir.file(&format!("{name}-ca.pem")),
-        "-days",
-        "2",
-        "-subj",
-        &format!("/CN=nettools test {name} CA"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ])
-}
-
-/// A certificate `NAME.pem` with its key `NAME.key` (SEC1, not PKCS#8), signed by CA `by`,
-/// for a server (on 127.0.0.1) or a client.
-fn leaf(dir: &Dir, name: &str, by: &str, server: bool) -> Result<()> {
-    let key = dir.file(&format!("{name}.key"));
-    let csr = dir.file(&format!("{name}.csr"));
-    let ext = dir.file(&format!("{name}.ext"));
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &key,
-    ])?;
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        &format!("/CN=nettools test {name}"),
-    ])?;
-    std::fs::write(
-        &ext,
-        if server {
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
-        } else {
-            "subjectAltName=DNS:prometheus\nextendedKeyUsage=clientAuth\n"
-        },
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &dir.file(&format!("{by}-ca.pem")),
-        "-CAkey",
-        &dir.file(&format!("{by}-ca.key")),
-        "-set_serial",
-        "0x2a",
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-        "-out",
-        &dir.file(&format!("{name}.pem")),
-    ])
-}
-
-/// Two CAs; a server certificate and a client certificate from the first, a client
-/// certificate from the second.
-fn certificates(dir: &Dir) -> Result<()> {
-    ca(dir, "good")?;
-    ca(dir, "other")?;
-    leaf(dir, "server", "good", true)?;
-    leaf(dir, "client", "good", false)?;
-    leaf(dir, "stranger", "other", false)
-}
+use serde_json::json;
 
 /// What curl got: its exit code, the HTTP status (0 when none), the body and its stderr.
 struct Curl {
@@ -178,32 +49,14 @@ fn refused_in_handshake(c: &Curl, who: &str) {
 
 #[test]
 fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "curl", "iptables", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
-    let dir = Dir::new("tls")?;
-    certificates(&dir)?;
+    need!(&["openssl", "curl", "iptables", "promtool"]);
+    let dir = Scratch::new("tls")?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.238.0.1/24", None)?;
     let b = lab.node("b", "10.238.0.2/24", None)?;
     b.drop_input("udp", 7792)?;
-    let (cert, key, client_ca) = (
-        dir.file("server.pem"),
-        dir.file("server.key"),
-        dir.file("good-ca.pem"),
-    );
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--client-ca",
-        &client_ca,
-        "--probes",
-        "drops",
-    ])?;
+    let agent = Agent::start_mutual_tls(&dir.0, &["--probes", "drops"])?;
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", agent.addr.port());
     let ca = dir.file("good-ca.pem");
     let with_client = [
@@ -285,12 +138,8 @@ fn only_clients_with_a_certificate_from_the_client_ca_get_in() -> Result<()> {
 
 #[test]
 fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "curl", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
-    let dir = Dir::new("token")?;
+    need!(&["openssl", "curl", "promtool"]);
+    let dir = Scratch::new("token")?;
     let token_file = dir.file("token");
     std::fs::write(&token_file, "Zm9vYmFyLXNlY3JldC10b2tlbg\n")?;
     let right = "Authorization: Bearer Zm9vYmFyLXNlY3JldC10b2tlbg";
@@ -319,7 +168,7 @@ fn a_bearer_token_is_required_where_the_listener_is_not_plain_loopback() -> Resu
     drop(agent);
 
     // TLS with the token: /healthz needs it too; --health-listen serves it alone, open.
-    certificates(&dir)?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let health = free_port()?.to_string();
     let agent = Agent::start(&[
         "--tls-cert",
@@ -373,25 +222,13 @@ fn one_sentence(args: &[&str], expected: &str) -> Result<()> {
 
 #[test]
 fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl"]) {
-        skip(&reason);
-        return Ok(());
-    }
-    let dir = Dir::new("tls-errors")?;
-    certificates(&dir)?;
+    need!(&["openssl"]);
+    let dir = Scratch::new("tls-errors")?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
     let listen = free_port()?.to_string();
-    let serve = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["serve", "--listen", &listen]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
-    };
     let check = |extra: &[&str], expected: &str| -> Result<()> {
-        let args = serve(extra);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args = vec!["serve", "--listen", listen.as_str()];
+        args.extend_from_slice(extra);
         one_sentence(&args, expected)
     };
     let (cert, key) = (dir.file("server.pem"), dir.file("server.key"));
@@ -403,88 +240,53 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
         &garbage,
         "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
     )?;
-    check(
-        &["--tls-cert", &nowhere, "--tls-key", &key],
-        &format!("the TLS certificate {nowhere} does not exist"),
-    )?;
-    check(
-        &["--tls-cert", &empty, "--tls-key", &key],
-        &format!("the TLS certificate {empty} holds no PEM certificate"),
-    )?;
-    check(
-        &["--tls-cert", &garbage, "--tls-key", &key],
-        &format!("the TLS certificate {garbage} is not valid PEM"),
-    )?;
+    // One file wrong at a time, the others right: the sentence names the file and its problem.
+    let bad_cert = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", file, "--tls-key", &key],
+            &format!("the TLS certificate {file} {problem}"),
+        )
+    };
+    let bad_key = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", &cert, "--tls-key", file],
+            &format!("the TLS key {file} {problem}"),
+        )
+    };
+    let bad_client_ca = |file: &str, problem: &str| {
+        check(
+            &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", file],
+            &format!("the client CA file {file} {problem}"),
+        )
+    };
+    let bad_token = |file: &str, problem: &str| {
+        check(
+            &["--bearer-token-file", file],
+            &format!("the bearer token file {file} {problem}"),
+        )
+    };
+    bad_cert(&nowhere, "does not exist")?;
+    bad_cert(&empty, "holds no PEM certificate")?;
+    bad_cert(&garbage, "is not valid PEM")?;
     let not_x509 = dir.file("not-x509.pem");
     std::fs::write(
         &not_x509,
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )?;
-    check(
-        &["--tls-cert", &not_x509, "--tls-key", &key],
-        &format!("the TLS certificate {not_x509} is not valid X.509"),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &not_x509,
-        ],
-        &format!("the client CA file {not_x509} holds a certificate that is not valid X.509"),
-    )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &nowhere],
-        &format!("the TLS key {nowhere} does not exist"),
-    )?;
+    bad_cert(&not_x509, "is not valid X.509")?;
+    bad_client_ca(&not_x509, "holds a certificate that is not valid X.509")?;
+    bad_key(&nowhere, "does not exist")?;
     // A certificate where the key should be.
-    check(
-        &["--tls-cert", &cert, "--tls-key", &cert],
-        &format!("the TLS key {cert} holds no PEM private key"),
+    bad_key(&cert, "holds no PEM private key")?;
+    bad_key(
+        &dir.file("client.key"),
+        &format!("does not belong to the certificate {cert}"),
     )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &dir.file("client.key")],
-        &format!(
-            "the TLS key {} does not belong to the certificate {cert}",
-            dir.file("client.key")
-        ),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &nowhere,
-        ],
-        &format!("the client CA file {nowhere} does not exist"),
-    )?;
-    check(
-        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &key],
-        &format!("the client CA file {key} holds no PEM certificate"),
-    )?;
-    check(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--client-ca",
-            &dir.0.display().to_string(),
-        ],
-        &format!("the client CA file {} is not a file", dir.0.display()),
-    )?;
-    check(
-        &["--bearer-token-file", &empty],
-        &format!("the bearer token file {empty} is empty"),
-    )?;
-    check(
-        &["--bearer-token-file", &nowhere],
-        &format!("the bearer token file {nowhere} does not exist"),
-    )?;
+    bad_client_ca(&nowhere, "does not exist")?;
+    bad_client_ca(&key, "holds no PEM certificate")?;
+    bad_client_ca(&dir.0.display().to_string(), "is not a file")?;
+    bad_token(&empty, "is empty")?;
+    bad_token(&nowhere, "does not exist")?;
     check(
         &["--health-listen", "0.0.0.0:9978"],
         "--health-listen 0.0.0.0:9978 is not a loopback address",
@@ -499,114 +301,22 @@ fn certificate_key_ca_and_token_problems_are_one_sentence() -> Result<()> {
     Ok(())
 }
 
-/// Prometheus itself, on a loopback port, stopped (by PID) on drop.
-struct Prometheus {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(config: &Value, dir: &Dir) -> Result<Self> {
-        let file = dir.file("prometheus.yml");
-        // JSON is YAML.
-        std::fs::write(&file, serde_json::to_string_pretty(config)?)?;
-        let addr = free_port()?;
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={file}"))
-            .arg(format!("--storage.tsdb.path={}", dir.file("tsdb")))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.file("prometheus.log"))?)
-            .spawn()
-            .context("cannot start prometheus")?;
-        Ok(Self { child, addr })
-    }
-
-    /// The active scrape targets of `job`: health and last error.
-    fn targets(&self, job: &str) -> Result<Vec<(String, String)>> {
-        let a = get(
-            self.addr,
-            "/api/v1/targets?state=active",
-            &[],
-            Duration::from_secs(5),
-        )?;
-        let v: Value = serde_json::from_str(&a.body)?;
-        Ok(v["data"]["activeTargets"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| t["labels"]["job"] == job)
-            .map(|t| {
-                (
-                    t["health"].as_str().unwrap_or_default().to_string(),
-                    t["lastError"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect())
-    }
-
-    /// Waits until `job`'s one target was scraped (health up or down).
-    fn scraped(&self, job: &str) -> Result<(String, String)> {
-        let started = std::time::Instant::now();
-        loop {
-            if let Ok(t) = self.targets(job)
-                && let [(health, error)] = t.as_slice()
-                && health != "unknown"
-            {
-                return Ok((health.clone(), error.clone()));
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                bail!("prometheus never scraped {job}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        // SAFETY: signalling the child this test started, by its PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
+/// How long Prometheus may take to scrape a target for the first time.
+const SCRAPED_WITHIN: Duration = Duration::from_secs(60);
 
 /// deploy/prometheus.yml's job, as a real Prometheus runs it against a real agent: up with
 /// the client certificate; down, refused in the handshake, without it.
 #[test]
 fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["openssl", "prometheus"]) {
-        skip(&reason);
-        return Ok(());
-    }
-    let dir = Dir::new("prometheus")?;
-    certificates(&dir)?;
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &dir.file("server.pem"),
-        "--tls-key",
-        &dir.file("server.key"),
-        "--client-ca",
-        &dir.file("good-ca.pem"),
-        "--probes",
-        "drops",
-    ])?;
-    let docs = manifest::documents("prometheus.yml")?;
-    let [documented] = docs.as_slice() else {
-        bail!("deploy/prometheus.yml is not one document");
-    };
-    let mut config = documented.clone();
-    config["global"]["scrape_interval"] = json!("1s");
-    config["global"]["scrape_timeout"] = json!("1s");
+    need!(&["openssl", "prometheus"]);
+    let dir = Scratch::new("prometheus")?;
+    certificates(&dir.0, KeyFormat::Sec1)?;
+    let agent = Agent::start_mutual_tls(&dir.0, &["--probes", "drops"])?;
+    let mut config = documented_config(agent.addr, &dir.0)?;
     let job = config["scrape_configs"][0].clone();
     assert_eq!(job["scheme"], "https", "{job}");
     let mut with_cert = job.clone();
     with_cert["job_name"] = json!("with-cert");
-    with_cert["tls_config"]["ca_file"] = json!(dir.file("good-ca.pem"));
-    with_cert["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
-    with_cert["tls_config"]["key_file"] = json!(dir.file("client.key"));
-    with_cert["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
     let mut without = with_cert.clone();
     without["job_name"] = json!("without-cert");
     if let Some(tls) = without["tls_config"].as_object_mut() {
@@ -614,26 +324,18 @@ fn prometheus_scrapes_the_agent_with_the_documented_tls_settings() -> Result<()>
         tls.remove("key_file");
     }
     config["scrape_configs"] = json!([with_cert, without]);
-    let prometheus = Prometheus::start(&config, &dir)?;
-    let (health, error) = prometheus.scraped("with-cert")?;
+    let prometheus = Prometheus::start(&config, &dir.0)?;
+    let (health, error) = prometheus.scraped("with-cert", SCRAPED_WITHIN)?;
     assert_eq!(health, "up", "{error}");
     // What it stored: the agent's own series, with the labels deploy/prometheus.yml adds.
-    let a = get(
-        prometheus.addr,
-        "/api/v1/query?query=nettools_build_info",
-        &[],
-        Duration::from_secs(5),
-    )?;
-    let v: Value = serde_json::from_str(&a.body)?;
-    let result = &v["data"]["result"];
+    let result = prometheus.query("nettools_build_info")?;
     assert!(
-        result.as_array().is_some_and(|r| r
+        result
             .iter()
-            .any(|s| s["metric"]["job"] == "with-cert" && s["metric"]["node"] == "node1")),
-        "{}",
-        a.body
+            .any(|s| s.label("job") == "with-cert" && s.label("node") == "node1"),
+        "{result:?}"
     );
-    let (health, error) = prometheus.scraped("without-cert")?;
+    let (health, error) = prometheus.scraped("without-cert", SCRAPED_WITHIN)?;
     assert_eq!(health, "down");
     assert!(error.contains("certificate"), "{error}");
     eprintln!("prometheus: with the client certificate up; without it down ({error})");

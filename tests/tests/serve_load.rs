@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    os::unix::net::UnixListener,
     sync::{
         Arc, Barrier,
         atomic::{AtomicBool, Ordering},
@@ -16,7 +15,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::{agent::Agent, prom::*, runtimes::missing, *};
+use nettools_tests::{
+    agent::Agent,
+    prom::*,
+    runtimes::{Fault, FaultSocket, missing},
+    *,
+};
 
 /// Sends UDP datagrams from `node` to `dst` at `rate` per second for `duration` (paced in
 /// 1 ms steps, as the bench's storm). Returns how many were sent (a firewall's EPERM counts:
@@ -234,11 +238,7 @@ fn three_hundred_scrapes_during_a_drop_storm_lose_no_event_nor_the_liveness_prob
 /// real scrape waits for them to be cut off (the head timeout, 5 s) and is then served.
 #[test]
 fn idle_and_dribbling_clients_are_cut_off_and_cannot_hold_the_agent() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
+    need!(&["promtool"]);
     let agent = Agent::start(&["--probes", "drops"])?;
     let addr = agent.addr;
     // 63 silent connections and one that sends a byte of its request head every 200 ms:
@@ -322,53 +322,14 @@ fn idle_and_dribbling_clients_are_cut_off_and_cannot_hold_the_agent() -> Result<
 /// namespace's drops are counted as the kernel counts them).
 #[test]
 fn the_agent_answers_and_traces_while_a_runtime_hangs() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&["iptables", "promtool"]) {
-        skip(&reason);
-        return Ok(());
-    }
-    let dir = std::env::temp_dir().join(format!("nettools-hung-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("docker.sock");
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    listener.set_nonblocking(true)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let dribbler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut clients = Vec::new();
-            let reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[]";
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok((c, _)) = listener.accept() {
-                    clients.push(c);
-                }
-                // One byte every 2 s, to everyone, read or not.
-                if sent < reply.len() {
-                    for c in &mut clients {
-                        let _ = c.write_all(&reply[sent..=sent]);
-                    }
-                    sent += 1;
-                }
-                for _ in 0..40 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    if let Ok((c, _)) = listener.accept() {
-                        clients.push(c);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        })
-    };
+    need!(&["iptables", "promtool"]);
+    let hung = FaultSocket::start(Fault::Dribble(Duration::from_secs(2)))?;
 
     let mut lab = Lab::new()?;
     let a = lab.node("a", "10.237.0.1/24", None)?;
     let b = lab.node("b", "10.237.0.2/24", None)?;
     b.drop_input("udp", 7791)?;
-    let socket_arg = socket.display().to_string();
+    let socket_arg = hung.display();
     let started = Instant::now();
     let agent = Agent::start_until(
         &["--docker-socket", &socket_arg, "--refresh", "1s"],
@@ -426,9 +387,5 @@ fn the_agent_answers_and_traces_while_a_runtime_hangs() -> Result<()> {
         listening.as_secs_f64(),
         if runtime_answered { "" } else { "not" }
     );
-    stop.store(true, Ordering::Relaxed);
-    drop(agent);
-    let _ = dribbler.join();
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -19,7 +19,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -33,34 +32,12 @@ use nettools::lab::demo;
 use nettools_tests::{
     agent::Agent,
     manifest,
-    nsexec::{drop_udp, inode, input_rule_packets},
+    nsexec::input_rule_packets,
     prom::{self, Prometheus, Series},
-    runtimes::{Podman, missing},
+    runtimes::Podman,
     *,
 };
 use serde_json::{Value, json};
-
-/// A scratch directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Result<Self> {
-        let d = std::env::temp_dir().join(format!("nettools-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d)?;
-        Ok(Self(d))
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The lab's traffic threads, stopped and joined when dropped (also when the test fails).
 struct Traffic {
@@ -110,6 +87,17 @@ fn steady_udp(from: &str, dst: SocketAddr, rate: u32, duration: Duration) -> Res
     })?
 }
 
+/// Waits (at most `within`) until Prometheus holds a scrape of the agent (`job`) that began
+/// after `after` (seconds since the epoch): what it answers then counts all the kernel
+/// counted before `after`.
+fn scraped_after(prometheus: &Prometheus, job: &str, after: f64, within: Duration) -> Result<()> {
+    prometheus.sample_after(
+        &format!("nettools_build_info{{job=\"{job}\"}}"),
+        after,
+        within,
+    )
+}
+
 /// The one series of `result` whose labels include `want`.
 fn one<'a>(result: &'a [Series], want: &[(&str, &str)], what: &str) -> Result<&'a Series> {
     let matching: Vec<&Series> = result
@@ -136,8 +124,7 @@ fn bucket(seconds: f64) -> usize {
 
 #[test]
 fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold() -> Result<()> {
-    require_root();
-    if let Some(reason) = missing(&[
+    need!(&[
         "prometheus",
         "promtool",
         "openssl",
@@ -146,25 +133,17 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         "conmon",
         "nsenter",
         "iptables",
-    ]) {
-        skip(&reason);
-        return Ok(());
-    }
+    ]);
     let began = Instant::now();
-    let dir = Dir::new("prometheus-lab")?;
-    prom::certificates(&dir.0)?;
+    let dir = Scratch::new("prometheus-lab")?;
+    prom::certificates(&dir.0, prom::KeyFormat::Pkcs8)?;
 
     // A Podman pod (a real pod label) whose firewall drops UDP port 7790, and a client.
     let podman = Podman::start()?;
-    let net = format!("--network={}", podman.network);
-    podman.pod("ntalertpod")?;
-    podman.run(&["--name", "ntalert-web", "--pod", "ntalertpod"])?;
-    podman.run(&["--name", "ntalert-client", &net])?;
-    let pod_ns = format!("/proc/{}/ns/net", podman.pid("ntalert-web")?);
-    let client_ns = format!("/proc/{}/ns/net", podman.pid("ntalert-client")?);
-    drop_udp(&pod_ns, 7790)?;
-    let dst = SocketAddr::from((podman.ip("ntalert-web")?, 7790));
-    let pod_netns = inode(&pod_ns)?.to_string();
+    let (pod, client_ns) = podman.dropping_pod_and_client("ntalert", 7790)?;
+    let pod_ns = pod.path.clone();
+    let dst = SocketAddr::from((pod.ip, 7790));
+    let pod_netns = pod.netns.to_string();
 
     // The lab: a firewall, a lossy link, an address nobody owns, DNS servers slow and failing,
     // a namespace that answers late, a missing route.
@@ -185,24 +164,21 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     );
 
     // The agent with its built-in TLS, every probe, Podman's API for names.
-    let agent = Agent::start(&[
-        "--tls-cert",
-        &dir.file("server.pem"),
-        "--tls-key",
-        &dir.file("server.key"),
-        "--client-ca",
-        &dir.file("ca.pem"),
-        "--docker-socket",
-        &podman.socket.display().to_string(),
-        "--refresh",
-        "1s",
-        "--timeout",
-        "1s",
-        "--probes",
-        "drops,retransmits,neighbours,traffic,handshake,dns,icmp,transit",
-        "--transit-sample",
-        "1",
-    ])?;
+    let agent = Agent::start_mutual_tls(
+        &dir.0,
+        &[
+            "--docker-socket",
+            &podman.socket.display().to_string(),
+            "--refresh",
+            "1s",
+            "--timeout",
+            "1s",
+            "--probes",
+            "drops,retransmits,neighbours,traffic,handshake,dns,icmp,transit",
+            "--transit-sample",
+            "1",
+        ],
+    )?;
 
     // The lab's traffic from now on, so the agent sees all of it (the oracles count from 0).
     let stop = Arc::new(AtomicBool::new(false));
@@ -212,14 +188,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     };
 
     // deploy/prometheus.yml's job, scraping every second, with deploy/alerts.yml loaded.
-    let docs = manifest::documents("prometheus.yml")?;
-    let [documented] = docs.as_slice() else {
-        bail!("deploy/prometheus.yml is not one document");
-    };
-    let mut config = documented.clone();
-    config["global"]["scrape_interval"] = json!("1s");
-    config["global"]["scrape_timeout"] = json!("1s");
-    config["global"]["evaluation_interval"] = json!("1s");
+    let mut config = prom::documented_config(agent.addr, &dir.0)?;
     config["rule_files"] = json!([manifest::path("alerts.yml")
         .canonicalize()?
         .display()
@@ -232,11 +201,6 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         .as_str()
         .context("no node label")?
         .to_string();
-    let job = &mut config["scrape_configs"][0];
-    job["tls_config"]["ca_file"] = json!(dir.file("ca.pem"));
-    job["tls_config"]["cert_file"] = json!(dir.file("client.pem"));
-    job["tls_config"]["key_file"] = json!(dir.file("client.key"));
-    job["static_configs"][0]["targets"] = json!([agent.addr.to_string()]);
     let prometheus = Prometheus::start(&config, &dir.0)?;
     prometheus.up(&job_name, Duration::from_secs(30))?;
 
@@ -273,11 +237,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         (290..=300).contains(&counted),
         "the set-up itself misbehaved: {counted} of 300 counted"
     );
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let answer = prometheus.query(drops_by_pod)?;
     let summed = one(&answer, &pod_drop, drops_by_pod)?.value;
     assert_eq!(summed, counted as f64, "{answer:?}");
@@ -299,11 +259,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     // before t2, evaluated at that last sample: the window's ends are samples, so rate()'s
     // extrapolation towards the window's edges (which depends on where scrapes fall in a
     // short window, and on scrapes a loaded machine let time out) plays no part.
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        t2,
-        Duration::from_secs(5),
-    )?;
+    scraped_after(&prometheus, &job_name, t2, Duration::from_secs(5))?;
     let series = prometheus.samples_at(
         "nettools_drops_total{pod=\"ntalertpod\", reason=\"NETFILTER_DROP\"}[20s]",
         t2,
@@ -365,11 +321,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
         "the set-up itself misbehaved: {counted} of {} counted",
         300 + sent
     );
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let answer = prometheus.query(drops_by_pod)?;
     let summed = one(&answer, &pod_drop, drops_by_pod)?.value;
     assert_eq!(summed, counted as f64);
@@ -597,11 +549,7 @@ fn prometheus_answers_what_the_kernel_counted_and_the_rules_and_dashboard_hold()
     traffic.stop();
     std::thread::sleep(Duration::from_millis(300));
     let counted = iptables_packets(&staged.firewall, "INPUT", 1)?;
-    prometheus.sample_after(
-        &format!("nettools_build_info{{job=\"{job_name}\"}}"),
-        now(),
-        Duration::from_secs(10),
-    )?;
+    scraped_after(&prometheus, &job_name, now(), Duration::from_secs(10))?;
     let by_netns = "sum by (netns, reason) (nettools_drops_total)";
     let answer = prometheus.query(by_netns)?;
     let got = one(
