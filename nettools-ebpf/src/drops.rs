@@ -87,7 +87,8 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     } else {
         core::ptr::null()
     };
-    let netns = kernel::skb_netns(skb, rx_sk);
+    let o = NETTOOLS_OFFSETS.load();
+    let netns = kernel::skb_netns(&o, skb, rx_sk);
     if netns == 0 {
         bump(counters::DROP_NETNS_UNKNOWN);
     }
@@ -99,7 +100,6 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
     if netns == 0 {
         aya_log_ebpf::debug!(ctx, "drop at {:x}: network namespace unreadable", location);
     }
-    let o = NETTOOLS_OFFSETS.load();
     let ifindex = kernel::skb_ifindex(&o, skb, netns);
     let protocol = u16::from_be(read::<u16>(skb, o.skb_protocol).unwrap_or(0));
     let key = DropKey {

@@ -69,23 +69,22 @@ pub fn sk_netns(o: &KernelOffsets, sk: *const u8) -> u32 {
 /// for packets queued on a UDP socket `skb->dev` is reused as scratch space and is not a device.
 /// Otherwise the device's namespace is the packet's.
 #[inline(always)]
-pub fn skb_netns(skb: *const u8, rx_sk: *const u8) -> u32 {
-    let o = NETTOOLS_OFFSETS.load();
+pub fn skb_netns(o: &KernelOffsets, skb: *const u8, rx_sk: *const u8) -> u32 {
     if !rx_sk.is_null() {
-        let ns = sk_netns(&o, rx_sk);
+        let ns = sk_netns(o, rx_sk);
         if ns != 0 {
             return ns;
         }
     }
     let sk = read::<*const u8>(skb, o.skb_sk).unwrap_or(core::ptr::null());
     if !sk.is_null() {
-        let ns = sk_netns(&o, sk);
+        let ns = sk_netns(o, sk);
         if ns != 0 {
             return ns;
         }
     }
     let dev = read::<*const u8>(skb, o.skb_dev).unwrap_or(core::ptr::null());
-    dev_netns(&o, dev).0
+    dev_netns(o, dev).0
 }
 
 /// The ifindex of the packet's device when the device is in the packet's namespace `netns`

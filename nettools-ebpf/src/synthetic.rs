@@ -1,8 +1,8 @@
 //! A synthetic source of drop-shaped events, for `cargo xtask bench` only: it measures the event
 //! pipeline (ring buffer, decoding, aggregation) beyond the rate this machine can make real drops.
 //!
-//! A tc program that is never attached: `nettools trace --synthetic-events` (hidden) loads it
-//! next to the real probes, sharing their ring buffer, and the bench runs it with
+//! A tc program that is never attached: nettools loads it next to the real probes, sharing their
+//! ring buffer, when the bench sets `NETTOOLS_BENCH_SYNTHETIC_NETNS`, and the bench runs it with
 //! `BPF_PROG_TEST_RUN` and `repeat`, each run sending one `DropEvent` through the same `emit` a
 //! real drop uses. The flows cycle through 60 000 source ports and the locations through 16, so
 //! the collector's tables fill as they would under a storm of many flows.
@@ -21,7 +21,7 @@ use nettools_common::{
 
 use crate::maps::{emit, header};
 
-/// The namespace the synthetic drops are attributed to (the first traced one), written by
+/// The namespace the synthetic drops are attributed to (the one the bench names), written by
 /// userspace before load.
 #[unsafe(no_mangle)]
 static NETTOOLS_SYNTHETIC_NETNS: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
