@@ -161,10 +161,8 @@ pub fn held_programs() -> BTreeSet<u32> {
             let Ok(text) = std::fs::read_to_string(fd.path()) else {
                 continue;
             };
-            if let Some(id) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|v| v.trim().parse().ok())
+            if let Some(id) =
+                super::fdinfo_field(&text, "prog_id").and_then(|id| id.try_into().ok())
             {
                 held.insert(id);
             }

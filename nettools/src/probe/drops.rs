@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use aya::Ebpf;
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
@@ -140,17 +140,7 @@ pub fn kfree_skb_layout(
 /// Loads and attaches the `kfree_skb` program (a raw tracepoint: the kernel hands it the
 /// arguments directly instead of filling a trace record first).
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut("kfree_skb")
-        .context("the eBPF object has no kfree_skb program")?
-        .try_into()
-        .context("kfree_skb is not a raw tracepoint program")?;
-    p.load()
-        .map_err(super::load_error)
-        .context("the kernel refused the probe on the kfree_skb tracepoint")?;
-    p.attach("kfree_skb")
-        .context("cannot attach a probe to the kfree_skb tracepoint")?;
-    Ok(())
+    super::attach_raw_tracepoint(ebpf, "kfree_skb", "kfree_skb")
 }
 
 /// Exact drop counts per (namespace, reason, location), summed over CPUs.
@@ -160,6 +150,8 @@ pub fn read_counts(ebpf: &Ebpf) -> Result<Vec<(DropKey, u64)>> {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context as _;
+
     use super::*;
 
     #[test]

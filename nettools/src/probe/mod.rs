@@ -182,6 +182,22 @@ pub(crate) fn attach_tracepoint(
     Ok(())
 }
 
+/// Loads a raw tracepoint program by name and attaches it to the tracepoint `name` (the kernel
+/// hands such a program the tracepoint's arguments as they are).
+pub(crate) fn attach_raw_tracepoint(ebpf: &mut Ebpf, program: &str, name: &str) -> Result<()> {
+    let p: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("the eBPF object has no {program} program"))?
+        .try_into()
+        .with_context(|| format!("{program} is not a raw tracepoint program"))?;
+    p.load()
+        .map_err(load_error)
+        .with_context(|| format!("the kernel refused the probe on the {name} tracepoint"))?;
+    p.attach(name)
+        .with_context(|| format!("cannot attach a probe to the {name} tracepoint"))?;
+    Ok(())
+}
+
 /// Reads a per-CPU hash (plain or LRU), merging each key's per-CPU values into one.
 pub(crate) fn merge_per_cpu<K: Pod, V: Pod>(
     ebpf: &Ebpf,
@@ -336,15 +352,7 @@ fn synthetic_netns() -> Option<u32> {
 /// Loads (never attaches) `nettools_synthetic`, which the bench runs with `BPF_PROG_TEST_RUN` to
 /// push events through the ring buffer faster than real drops can, and says its program id.
 fn load_synthetic(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut aya::programs::SchedClassifier = ebpf
-        .program_mut("nettools_synthetic")
-        .context("the eBPF object has no nettools_synthetic program")?
-        .try_into()
-        .context("nettools_synthetic is not a tc program")?;
-    p.load()
-        .map_err(load_error)
-        .context("the kernel refused the synthetic event source")?;
-    let id = p
+    let id = tc::program(ebpf, "nettools_synthetic")?
         .info()
         .context("cannot read the synthetic event source's program id")?
         .id();
@@ -360,7 +368,7 @@ pub fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
 }
 
 /// A numeric field of a `/proc/PID/fdinfo/FD` text (`name:\tvalue` lines).
-fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
+pub(crate) fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         (key.trim() == name).then(|| value.trim().parse().ok())?

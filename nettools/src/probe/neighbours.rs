@@ -1,8 +1,8 @@
 //! The neighbour probe's userspace side: attaching the raw tracepoint and reading the exact
 //! failure counts.
 
-use anyhow::{Context as _, Result};
-use aya::{Ebpf, programs::RawTracePoint};
+use anyhow::Result;
+use aya::Ebpf;
 use nettools_common::{
     config::{ABSENT, KernelOffsets},
     neighbours::NeighbourKey,
@@ -28,17 +28,7 @@ pub fn missing(o: &KernelOffsets) -> Vec<String> {
 
 /// Loads and attaches the `neigh_timer_handler` raw tracepoint.
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut("neigh_timer_handler")
-        .context("the eBPF object has no neigh_timer_handler program")?
-        .try_into()
-        .context("neigh_timer_handler is not a raw tracepoint program")?;
-    p.load()
-        .map_err(super::load_error)
-        .context("the kernel refused the neighbour probe (neigh_timer_handler)")?;
-    p.attach("neigh_timer_handler")
-        .context("cannot attach the neighbour probe to neigh_timer_handler")?;
-    Ok(())
+    super::attach_raw_tracepoint(ebpf, "neigh_timer_handler", "neigh_timer_handler")
 }
 
 /// What the kernel counted: failures per (namespace, device, address) still in the LRU address

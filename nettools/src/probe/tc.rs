@@ -238,7 +238,8 @@ pub fn remove_created_qdiscs(atts: &mut Attachments) {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+/// The tc program `name`, loaded into the kernel if it is not yet.
+pub(crate) fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     let p: &mut SchedClassifier = ebpf
         .program_mut(name)
         .with_context(|| format!("the eBPF object has no {name} program"))?
