@@ -206,15 +206,44 @@ impl<W: Write> Probes<W> {
         Ok(())
     }
 
-    /// The summary at this moment (see [`Session::summarize`]).
+    /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
+    /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
-        summarize(
-            &self.options,
-            &mut self.loaded,
-            &mut self.collector,
-            self.waiting,
+        let skipped = self.loaded.skipped_runs();
+        let loaded = &self.loaded;
+        let agg = &mut self.collector.agg;
+        let end_ktime_ns = Clock::monotonic_ns();
+        agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
+        let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
+        agg.set_retransmit_counts(&totals, &flows);
+        let (neighbours, neighbour_totals) = probe::neighbours::read_counts(&loaded.ebpf)?;
+        agg.set_neighbour_counts(&neighbours, &neighbour_totals);
+        agg.set_interfaces(
+            &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
+            &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+        );
+        let counters = loaded.counters()?;
+        let mut health = Health::from_counters(&counters, agg.undecodable, skipped);
+        // What the LRU map of failing addresses pushed out: inserted, less present, less removed.
+        health.neighbour_addresses_pushed_out = counters
+            [nettools_common::counters::NEIGH_FAILURES_INSERTED as usize]
+            .saturating_sub(neighbours.len() as u64 + loaded.neighbour_entries_forgotten);
+        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
+        Ok(Summary::build(&report::Inputs {
+            aggregate: agg,
+            traced: &self.collector.traced,
+            labels: &self.collector.labels,
+            kernel: &loaded.kernel,
+            kallsyms: &self.collector.kallsyms,
+            health,
             duration_s,
-        )
+            probes: self.options.probes.clone(),
+            all_namespaces: self.options.all,
+            attached: &loaded.tc.interfaces,
+            end_ktime_ns,
+            pairing,
+            waiting: self.waiting,
+        }))
     }
 }
 
@@ -280,55 +309,10 @@ impl Session {
         self.probes.expire()
     }
 
-    /// Reads the kernel's exact counts into the aggregate and builds the summary (every second
-    /// for the live view, at each scrape for `serve`, once at the end of a trace).
+    /// The summary at this moment (see [`Probes::summarize`]).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
         self.probes.summarize(duration_s)
     }
-}
-
-/// Reads the kernel's exact counts into the aggregate and builds the summary.
-fn summarize<W: Write>(
-    options: &Options,
-    loaded: &mut probe::Loaded,
-    collector: &mut Collector<W>,
-    waiting: probe::latency::Waiting,
-    duration_s: f64,
-) -> Result<Summary> {
-    let skipped = loaded.skipped_runs();
-    let agg = &mut collector.agg;
-    let end_ktime_ns = Clock::monotonic_ns();
-    agg.set_drop_counts(&probe::drops::read_counts(&loaded.ebpf)?);
-    let (totals, flows) = probe::retransmits::read_counts(&loaded.ebpf)?;
-    agg.set_retransmit_counts(&totals, &flows);
-    let (neighbours, neighbour_totals) = probe::neighbours::read_counts(&loaded.ebpf)?;
-    agg.set_neighbour_counts(&neighbours, &neighbour_totals);
-    agg.set_interfaces(
-        &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
-        &probe::tc::read_neigh_probes(&loaded.ebpf)?,
-    );
-    let counters = loaded.counters()?;
-    let mut health = Health::from_counters(&counters, agg.undecodable, skipped);
-    // What the LRU map of failing addresses pushed out: inserted, less present, less removed.
-    health.neighbour_addresses_pushed_out = counters
-        [nettools_common::counters::NEIGH_FAILURES_INSERTED as usize]
-        .saturating_sub(neighbours.len() as u64 + loaded.neighbour_entries_forgotten);
-    let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
-    Ok(Summary::build(&report::Inputs {
-        aggregate: agg,
-        traced: &collector.traced,
-        labels: &collector.labels,
-        kernel: &loaded.kernel,
-        kallsyms: &collector.kallsyms,
-        health,
-        duration_s,
-        probes: options.probes.clone(),
-        all_namespaces: options.all,
-        attached: &loaded.tc.interfaces,
-        end_ktime_ns,
-        pairing,
-        waiting,
-    }))
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, caught from before the first probe is attached: a signal that

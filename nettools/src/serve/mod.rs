@@ -32,10 +32,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use tokio::{
-    net::{TcpListener, TcpSocket},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
     cli::ServeArgs,
@@ -117,8 +114,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
         );
     }
     // From here on SIGINT and SIGTERM wait for the loop below, which detaches the probes.
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut stop_requested = session::Stop::install()?;
     let tcp = bind(args.listen)?;
     let local = tcp.local_addr().unwrap_or(args.listen);
     let health = args.health_listen.map(bind).transpose()?;
@@ -258,8 +254,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
                 }
             }
             r = &mut drained => break r.unwrap_or_else(|_| Err(anyhow!("the thread that reads the kernel's events ended"))),
-            _ = sigint.recv() => break Ok(()),
-            _ = sigterm.recv() => break Ok(()),
+            _ = stop_requested.requested() => break Ok(()),
         }
     };
     stop.store(true, Ordering::Relaxed);
