@@ -18,6 +18,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::kernel::bpf;
+
 // uapi constants (include/uapi/linux/bpf.h, perf_event.h): stable ABI, not kernel layouts.
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -47,30 +49,6 @@ fn return_imm(imm: i32) -> [u64; 2] {
     let mov = 0xb7u64 | (u64::from(imm as u32) << 32);
     // exit: opcode 0x95.
     [mov, 0x95]
-}
-
-/// The bpf(2) system call with a zero-padded `union bpf_attr`: its return value.
-pub fn bpf_call(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr large enough for the commands the bench uses.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
-/// bpf(2) for a command that returns a new file descriptor.
-pub fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
-    let fd = bpf_call(cmd, attr)?;
-    // SAFETY: a new file descriptor the kernel just returned, owned from here on.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn put(attr: &mut [u8; 128], offset: usize, bytes: &[u8]) {

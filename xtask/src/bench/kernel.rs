@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, os::fd::FromRawFd as _, os::fd::OwnedFd, process::Command};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::Value;
 
 use crate::process::output;
@@ -27,27 +27,34 @@ impl RunTimeStats {
         // union bpf_attr for BPF_ENABLE_STATS is one u32 (`type`); pass the usual padded size.
         let mut attr = [0u8; 128];
         attr[..4].copy_from_slice(&BPF_STATS_RUN_TIME.to_ne_bytes());
-        // SAFETY: attr is a valid, large enough bpf_attr for this command.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                attr.as_mut_ptr(),
-                attr.len() as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "BPF_ENABLE_STATS failed: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let fd = i32::try_from(fd)?;
-        // SAFETY: a new file descriptor the kernel just gave us, owned from here on.
         Ok(Self {
-            _fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            _fd: bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS failed")?,
         })
     }
+}
+
+/// The bpf(2) system call with a zero-padded `union bpf_attr`: its return value.
+pub fn bpf_call(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a zero-padded bpf_attr large enough for the commands the bench uses.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// bpf(2) for a command that returns a new file descriptor.
+pub fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<OwnedFd> {
+    let fd = bpf_call(cmd, attr)?;
+    // SAFETY: a new file descriptor the kernel just returned, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// `kernel.bpf_stats_enabled` as it reads now.

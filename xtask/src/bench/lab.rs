@@ -98,6 +98,15 @@ impl Lab {
 
 const PREFIX: &str = "ntlab-";
 
+/// The inode of the named network namespace (`/run/netns/NAME`): its id in nettools' reports.
+pub fn netns_inode(name: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = format!("/run/netns/{name}");
+    Ok(std::fs::metadata(&path)
+        .with_context(|| format!("cannot stat {path}"))?
+        .ino() as u32)
+}
+
 impl Lab {
     pub fn new() -> Result<Self> {
         remove_stale();

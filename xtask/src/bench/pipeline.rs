@@ -18,8 +18,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Plan, check_interrupted,
-    empty::{bpf, bpf_call},
-    lab::Lab,
+    kernel::{bpf, bpf_call},
+    lab::{Lab, netns_inode},
     progress,
     stats::fmt_spread,
     tracers,
@@ -61,14 +61,6 @@ fn test_run(fd: &OwnedFd, frame: &[u8], repeat: u32) -> Result<u32> {
     attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
     bpf_call(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN failed")?;
     Ok(u32::from_ne_bytes([attr[36], attr[37], attr[38], attr[39]]))
-}
-
-fn netns_inode(name: &str) -> Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    let path = format!("/run/netns/{name}");
-    Ok(std::fs::metadata(&path)
-        .with_context(|| format!("cannot stat {path}"))?
-        .ino())
 }
 
 pub fn pipeline(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Pipeline> {

@@ -19,7 +19,7 @@ use super::{
     Plan, check_interrupted,
     empty::{self, Empty},
     kernel::{self, RunTimeStats},
-    lab::{Lab, Node},
+    lab::{Lab, Node, netns_inode},
     load,
     proc::Proc,
     progress,
@@ -225,14 +225,6 @@ fn churn(lab: &Lab, first: usize, duration: Duration) -> Result<(usize, Gone)> {
 struct Gone {
     inodes: std::collections::BTreeSet<u32>,
     ifindexes: std::collections::BTreeSet<u32>,
-}
-
-fn netns_inode(name: &str) -> Result<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    let path = format!("/run/netns/{name}");
-    Ok(std::fs::metadata(&path)
-        .with_context(|| format!("cannot stat {path}"))?
-        .ino() as u32)
 }
 
 /// Inodes of every network namespace that exists now (named ones and processes').
