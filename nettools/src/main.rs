@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut runtime = trace::follow::RuntimeTrace::default();
             if !args.targets.pod.is_empty() || !args.targets.container.is_empty() {
-                let (found, watches) = discover::inventory::lookup(
+                let (found, watches) = discover::watch::lookup(
                     &args.targets.pod,
                     args.namespace.as_deref(),
                     &args.targets.container,

@@ -13,7 +13,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use tokio::task::JoinHandle;
 
-use super::inventory::{self, Answer, Inventory, SourceReport, Sources};
+use super::{
+    found,
+    inventory::{self, Answer, Inventory, SourceReport, Sources},
+};
 
 /// What identifies a source from one question to the next: its kind and socket.
 type SourceKey = (&'static str, Option<String>);
@@ -23,7 +26,7 @@ type SourceKey = (&'static str, Option<String>);
 struct Remembered {
     /// The runtime that gave it, e.g. `containerd 1.6.20~ds1`.
     runtime: Option<String>,
-    found: Vec<inventory::Found>,
+    found: Vec<found::Found>,
 }
 
 /// The runtimes' inventory, with the last good answer of each source that fails now.
@@ -180,7 +183,7 @@ impl RuntimeCache {
     /// and marked stale; forgotten once nothing of it is left.
     fn keep(&mut self, key: &SourceKey) -> Option<Remembered> {
         let remembered = self.last.get_mut(key)?;
-        remembered.found.retain(inventory::Found::still_there);
+        remembered.found.retain(found::Found::still_there);
         if remembered.found.is_empty() {
             self.last.remove(key);
             return None;
@@ -202,7 +205,7 @@ mod tests {
 
     /// A pod in this process's own namespace (a namespace that exists), or in one that does
     /// not (`alive` false).
-    fn pod(id: &str, alive: bool) -> Vec<inventory::Found> {
+    fn pod(id: &str, alive: bool) -> Vec<found::Found> {
         let me = netns::inode_of(std::path::Path::new("/proc/self/ns/net")).unwrap_or(1);
         let (netns, path) = if alive {
             (me, PathBuf::from("/proc/self/ns/net"))
@@ -216,7 +219,7 @@ mod tests {
             sandbox_id: Some(format!("sb-{id}")),
         });
         vec![
-            inventory::Found {
+            found::Found {
                 netns,
                 netns_path: Some(path.clone()),
                 pid: Some(std::process::id()),
@@ -229,7 +232,7 @@ mod tests {
                 sandbox: true,
                 ..Default::default()
             },
-            inventory::Found {
+            found::Found {
                 netns,
                 netns_path: Some(path),
                 pod,
@@ -243,7 +246,7 @@ mod tests {
         ]
     }
 
-    fn cri(found: Vec<inventory::Found>, error: Option<&str>) -> Answer {
+    fn cri(found: Vec<found::Found>, error: Option<&str>) -> Answer {
         Answer {
             report: SourceReport {
                 source: "cri",

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use super::{ContainerRef, PodRef, inventory::Found, netns};
+use super::{ContainerRef, PodRef, found::Found, netns};
 
 /// What a cgroup path says about the container a process runs in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

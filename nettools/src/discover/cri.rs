@@ -24,7 +24,7 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::{ContainerRef, LIMITS, Limits, PodRef, inventory::Found, netns, quoted_text, span};
+use super::{ContainerRef, LIMITS, Limits, PodRef, found::Found, netns, quoted_text, span};
 
 /// Where CRI runtimes listen (`$CONTAINER_RUNTIME_ENDPOINT` comes first, as for crictl).
 pub const DEFAULT_SOCKETS: [&str; 4] = [

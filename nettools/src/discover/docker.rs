@@ -33,9 +33,7 @@ use tokio::{
     time::Instant,
 };
 
-use super::{
-    ContainerRef, LIMITS, Limits, PodRef, inventory::Found, netns, quoted_text, size, span,
-};
+use super::{ContainerRef, LIMITS, Limits, PodRef, found::Found, netns, quoted_text, size, span};
 
 /// Where Docker and Podman listen by default (`$DOCKER_HOST` comes first when it is a socket).
 pub const DEFAULT_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/podman/podman.sock"];

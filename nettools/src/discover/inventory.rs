@@ -1,15 +1,15 @@
 //! Every pod and container on this node, from every source that answers (CRI, the Docker
 //! API, the cgroup scan), merged into one [`Workload`] per network namespace: a pod's
 //! containers, or containers joined with `--net container:X`, are one workload. Also where
-//! `--pod NAME [-n NS]` and `--container ID|NAME` are looked up, with one clear sentence when
-//! they are unknown or ambiguous.
+//! `--pod NAME [-n NS]` and `--container ID|NAME` are matched (the lookup itself, which also
+//! follows them, is [`watch::lookup`](super::watch::lookup)).
 //!
 //! The runtimes are asked all at once ([`ask`]), each within [`LIMITS`](super::LIMITS): a
 //! hung runtime costs its deadline, not the sum of everyone's.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use anyhow::{Result, bail};
@@ -17,36 +17,9 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::{
-    ContainerRef, LIMITS, Limits, PodRef, Workload, WorkloadKind, cgroup, cri, docker, netns, span,
+    LIMITS, Limits, PodRef, Workload, WorkloadKind, cgroup, cri, docker, found::Found, netns, span,
     veth,
 };
-
-/// One container or pod sandbox as a source reports it, before grouping by namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Found {
-    /// Inode of its network namespace.
-    pub netns: u32,
-    pub netns_path: Option<PathBuf>,
-    pub pid: Option<u32>,
-    pub pod: Option<PodRef>,
-    pub container: Option<ContainerRef>,
-    pub host_network: bool,
-    /// A pod's sandbox (pause or infra container): holds the namespace, not named as a
-    /// container of the pod.
-    pub sandbox: bool,
-    /// From its source's last good answer: that source fails now (see
-    /// [`RuntimeCache`](super::cache::RuntimeCache)).
-    pub stale: bool,
-}
-
-impl Found {
-    /// Whether its network namespace still exists (its path still holds that inode).
-    pub fn still_there(&self) -> bool {
-        self.netns_path
-            .as_deref()
-            .is_some_and(|p| still_there(p, self.netns))
-    }
-}
 
 /// Which runtime sockets to ask (`None`: the standard paths that exist).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -394,36 +367,6 @@ impl Inventory {
     }
 }
 
-/// `--pod` and `--container`: the workloads to trace (veths and addresses filled in), each with
-/// a [`Watch`](super::watch::Watch) that follows it during the trace.
-pub async fn lookup(
-    pods: &[String],
-    namespace: Option<&str>,
-    containers: &[String],
-    sources: &Sources,
-    follow: bool,
-) -> Result<(Vec<Workload>, Vec<super::watch::Watch>)> {
-    use super::watch::{Target, Watch};
-    let mut cache = super::cache::RuntimeCache::new(sources.clone());
-    let inv = cache.gather().await.clone();
-    let targets = pods
-        .iter()
-        .map(|p| Target::Pod {
-            name: p.clone(),
-            namespace: namespace.map(String::from),
-        })
-        .chain(containers.iter().map(|c| Target::Container(c.clone())));
-    let mut workloads = Vec::new();
-    let mut watches = Vec::new();
-    for t in targets {
-        let mut w = t.find(&inv)?;
-        describe(&mut w);
-        watches.push(Watch::new(t, cache.clone(), follow, w.clone()));
-        workloads.push(w);
-    }
-    Ok((workloads, watches))
-}
-
 /// Whether a pod matches `--pod NAME [-n NS]` (name, UID or sandbox id prefix).
 pub fn pod_matches(p: &PodRef, name: &str, namespace: Option<&str>) -> bool {
     let ns_ok = match namespace {
@@ -554,14 +497,11 @@ pub fn describe(w: &mut Workload) {
     }
 }
 
-/// Whether a path still holds the namespace `inode`.
-pub fn still_there(path: &Path, inode: u32) -> bool {
-    netns::inode_of(path) == Some(inode)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::ContainerRef;
+    use std::path::Path;
 
     fn c(id: &str, name: &str, rt: &str) -> Option<ContainerRef> {
         Some(ContainerRef {

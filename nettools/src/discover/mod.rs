@@ -15,6 +15,8 @@ pub mod cache;
 pub mod cgroup;
 pub mod cri;
 pub mod docker;
+pub mod enter;
+pub mod found;
 pub mod inventory;
 pub mod netlink;
 pub mod netns;

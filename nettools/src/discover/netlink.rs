@@ -1,5 +1,5 @@
 //! A small synchronous rtnetlink client: link and address dumps of the network namespace the
-//! calling thread is in (enter another one with `lab::in_netns`).
+//! calling thread is in (enter another one with `enter::in_netns`).
 
 use std::net::IpAddr;
 

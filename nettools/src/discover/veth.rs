@@ -30,7 +30,7 @@ pub struct Inside {
 
 /// Dumps links and addresses inside the namespace at `netns_path`.
 pub fn inside(netns_path: &Path) -> Result<Inside> {
-    crate::lab::in_netns(netns_path, || -> Result<Inside> {
+    super::enter::in_netns(netns_path, || -> Result<Inside> {
         Ok(Inside {
             links: netlink::links()?,
             addresses: netlink::addresses()?,

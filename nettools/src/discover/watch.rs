@@ -14,7 +14,8 @@ use anyhow::Result;
 use super::{
     Workload,
     cache::RuntimeCache,
-    inventory::{self, Inventory},
+    found,
+    inventory::{self, Inventory, Sources},
 };
 
 /// How often the runtimes are asked.
@@ -116,7 +117,7 @@ impl Watch {
             .current
             .netns_path
             .as_deref()
-            .is_some_and(|p| inventory::still_there(p, self.current.netns));
+            .is_some_and(|p| found::still_there(p, self.current.netns));
         let change = decide(
             &self.target,
             &self.current,
@@ -175,6 +176,35 @@ pub fn decide(
             }
         )),
     }
+}
+
+/// `--pod` and `--container`: the workloads to trace (veths and addresses filled in), each with
+/// a [`Watch`] that follows it during the trace.
+pub async fn lookup(
+    pods: &[String],
+    namespace: Option<&str>,
+    containers: &[String],
+    sources: &Sources,
+    follow: bool,
+) -> Result<(Vec<Workload>, Vec<Watch>)> {
+    let mut cache = RuntimeCache::new(sources.clone());
+    let inv = cache.gather().await.clone();
+    let targets = pods
+        .iter()
+        .map(|p| Target::Pod {
+            name: p.clone(),
+            namespace: namespace.map(String::from),
+        })
+        .chain(containers.iter().map(|c| Target::Container(c.clone())));
+    let mut workloads = Vec::new();
+    let mut watches = Vec::new();
+    for t in targets {
+        let mut w = t.find(&inv)?;
+        inventory::describe(&mut w);
+        watches.push(Watch::new(t, cache.clone(), follow, w.clone()));
+        workloads.push(w);
+    }
+    Ok((workloads, watches))
 }
 
 #[cfg(test)]

@@ -11,9 +11,7 @@ pub mod demo;
 pub mod dns;
 
 use std::{
-    fs::File,
-    os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -44,27 +42,7 @@ pub fn sh(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `f` on a thread that has entered the network namespace at `path`. Sockets created in `f`
-/// belong to that namespace.
-pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let ns = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: a valid namespace fd; setns only changes this thread's namespace.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow!(
-                        "cannot enter {}: {}",
-                        path.display(),
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                Ok(f())
-            })
-            .join()
-            .map_err(|_| anyhow!("a lab thread panicked"))?
-    })
-}
+pub use crate::discover::enter::in_netns;
 
 /// A namespace in the lab, wired to the bridge.
 #[derive(Clone, Debug)]
