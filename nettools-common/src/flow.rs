@@ -28,6 +28,15 @@ pub struct Flow {
 
 crate::user_pod!(Flow);
 
+/// The address of a flow endpoint (`raw` as in [`Flow::saddr`]); `None` for an unknown family.
+pub fn ip(family: u8, raw: &[u8; 16]) -> Option<core::net::IpAddr> {
+    match family {
+        AF_INET => Some(core::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
+        AF_INET6 => Some(core::net::Ipv6Addr::from(*raw).into()),
+        _ => None,
+    }
+}
+
 /// The address family of a TCP tracepoint record without a `family` field (5.10's
 /// `tcp:tcp_retransmit_skb` and `tcp_retransmit_synack`), from its `saddr_v6` field: such
 /// kernels store an IPv4 socket's addresses there IPv4-mapped (`::ffff:a.b.c.d`) as well as in

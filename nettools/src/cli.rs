@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{probe::ProbeKind, report::Output, trace};
+use crate::{probe::ProbeKind, report::Output, units};
 
 /// Per-container network tracing with eBPF: which packets die, where in the kernel and why.
 ///
@@ -194,7 +194,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// How long to trace, e.g. 30s, 500ms, 2m [default: until Ctrl-C].
-    #[arg(short, long, value_parser = trace::parse_duration)]
+    #[arg(short, long, value_parser = units::parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// Which probes to run, comma-separated [default: all but transit, which costs the most per
     /// packet].
@@ -207,11 +207,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = units::parse_size)]
     pub ring_buffer: u32,
     /// How long a SYN, DNS query or echo request may wait for its answer before it counts as
     /// unanswered.
-    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
     pub timeout: std::time::Duration,
     /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_power_of_two)]
@@ -264,7 +264,7 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',')]
     pub probes: Vec<ProbeKind>,
     /// How often to ask the container runtimes (and the namespaces) what runs on the node.
-    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
     pub refresh: std::time::Duration,
     /// At most this many workloads get series of their own; the rest are summed into one
     /// series with kind="overflow".
@@ -273,11 +273,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = trace::parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = units::parse_size)]
     pub ring_buffer: u32,
     /// How long a SYN, DNS query or echo request may wait for its answer before it counts as
     /// unanswered.
-    #[arg(long, value_parser = trace::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
     pub timeout: std::time::Duration,
     /// The transit probe follows one packet in N through the host (a power of two; 1 = all).
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = parse_power_of_two)]
@@ -294,7 +294,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct LabArgs {
     /// How long to trace the lab.
-    #[arg(short, long, value_parser = trace::parse_duration, default_value = "8s")]
+    #[arg(short, long, value_parser = units::parse_duration, default_value = "8s")]
     pub duration: std::time::Duration,
     /// Report format.
     #[arg(short, long, value_enum, default_value = "table")]

@@ -103,7 +103,7 @@ impl<W: Write> Started<W> {
         for w in &workloads {
             loaded.trace_netns(w.netns)?;
         }
-        let mut notes = crate::trace::follow::host_network_notes(&workloads);
+        let mut notes = host_network_notes(&workloads);
         if options.probes.iter().any(|p| p.on_veth()) {
             status.say("finding the workloads' veths");
             let targets = tc_targets(&mut workloads, &mut labels, &mut notes);
@@ -228,7 +228,7 @@ impl<W: Write> Probes<W> {
         health.neighbour_addresses_pushed_out = counters
             [nettools_common::counters::NEIGH_FAILURES_INSERTED as usize]
             .saturating_sub(neighbours.len() as u64 + loaded.neighbour_entries_forgotten);
-        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired);
+        let pairing = probe::latency::accounts(&loaded.ebpf, &counters, &agg.latency.expired)?;
         Ok(Summary::build(&report::Inputs {
             aggregate: agg,
             traced: &self.collector.traced,
@@ -315,6 +315,21 @@ impl Session {
     }
 }
 
+/// What the report says about host-network pods and containers: their figures are the host's.
+pub fn host_network_notes(workloads: &[Workload]) -> Vec<String> {
+    workloads
+        .iter()
+        .filter(|w| w.host_network)
+        .map(|w| {
+            format!(
+                "{} uses the host's network namespace: what is reported for it is the host's \
+                 traffic, drops and retransmits, not this workload's alone",
+                w.name
+            )
+        })
+        .collect()
+}
+
 /// Ctrl-C (SIGINT) and SIGTERM, caught from before the first probe is attached: a signal that
 /// arrives while the probes load or attach no longer kills the process half-attached (leaving
 /// clsact filters behind); it ends the run once attaching is over, and everything is detached
@@ -394,7 +409,7 @@ pub fn tc_targets(
         workloads.iter_mut().collect()
     };
     for w in list {
-        // Its interfaces are the host's (see follow::host_network_notes).
+        // Its interfaces are the host's (see host_network_notes).
         if w.host_network && !all_mode {
             continue;
         }

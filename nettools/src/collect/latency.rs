@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use nettools_common::{
     flow::Flow,
+    flow::ip as addr,
     latency::{
         DnsEvent, DnsKey, DnsPending, HandshakeEvent, IcmpEvent, Pending, PendingKey, TransitEvent,
         outcome, role,
@@ -15,7 +16,7 @@ use nettools_common::{
 use serde::Serialize;
 
 use super::dns;
-use crate::report::addr;
+use crate::probe::latency::Expired;
 
 /// What a latency sample measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -147,14 +148,6 @@ pub struct LatencyStats {
     pub transit_pairs: BTreeMap<(u32, u32), u64>,
     /// Entries userspace removed from the pairing maps after the timeout.
     pub expired: Expired,
-}
-
-/// Counts of entries userspace expired, per pairing map.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Expired {
-    pub handshakes: u64,
-    pub dns: u64,
-    pub icmp: u64,
 }
 
 fn flow_endpoint_addr(f: &Flow, src: bool) -> String {

@@ -111,56 +111,73 @@ impl MapAccount {
     }
 }
 
-/// Counts the entries left in a pairing map.
-fn count<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> u64 {
-    let Some(map) = ebpf.map(name) else {
-        return 0;
-    };
-    match BpfHashMap::<&MapData, K, V>::try_from(map) {
-        Ok(m) => m.keys().filter(Result::is_ok).count() as u64,
-        Err(_) => 0,
-    }
+/// Counts the entries left in a pairing map (an error names the map the object lacks).
+fn count<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> Result<u64> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the eBPF object has no {name} map"))?;
+    let m = BpfHashMap::<&MapData, K, V>::try_from(map)
+        .with_context(|| format!("the {name} map is not the hash map nettools expects"))?;
+    Ok(m.keys().filter(Result::is_ok).count() as u64)
+}
+
+/// [`count`] for a per-CPU map (`NEIGH_PROBES`).
+fn count_per_cpu<K: Pod, V: Pod>(ebpf: &Ebpf, name: &str) -> Result<u64> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the eBPF object has no {name} map"))?;
+    let m = aya::maps::PerCpuHashMap::<&MapData, K, V>::try_from(map)
+        .with_context(|| format!("the {name} map is not the per-CPU hash map nettools expects"))?;
+    Ok(m.keys().filter(Result::is_ok).count() as u64)
+}
+
+/// Counts of pairing-map entries userspace expired after the timeout, per map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Expired {
+    pub handshakes: u64,
+    pub dns: u64,
+    pub icmp: u64,
 }
 
 /// How each pairing map's entries ended, from the kernel's counters and what userspace expired.
 pub fn accounts(
     ebpf: &Ebpf,
     c: &[u64; counters::COUNT as usize],
-    expired: &crate::collect::latency::Expired,
-) -> Accounts {
+    expired: &Expired,
+) -> Result<Accounts> {
     let at = |i: u32| c[i as usize];
-    Accounts {
+    Ok(Accounts {
         handshakes: MapAccount::new(
             at(counters::HANDSHAKE_INSERTED),
             at(counters::HANDSHAKE_REMOVED),
             expired.handshakes,
-            count::<PendingKey, Pending>(ebpf, "HANDSHAKES"),
+            count::<PendingKey, Pending>(ebpf, "HANDSHAKES")?,
         ),
         dns: MapAccount::new(
             at(counters::DNS_INSERTED),
             at(counters::DNS_REMOVED),
             expired.dns,
-            count::<DnsKey, DnsPending>(ebpf, "DNS_PENDING"),
+            count::<DnsKey, DnsPending>(ebpf, "DNS_PENDING")?,
         ),
         icmp: MapAccount::new(
             at(counters::ICMP_INSERTED),
             at(counters::ICMP_REMOVED),
             expired.icmp,
-            count::<PendingKey, Pending>(ebpf, "ICMP_PENDING"),
+            count::<PendingKey, Pending>(ebpf, "ICMP_PENDING")?,
         ),
         transit: MapAccount::new(
             at(counters::TRANSIT_INSERTED),
             at(counters::TRANSIT_REMOVED),
             0,
-            count::<TransitKey, TransitValue>(ebpf, "TRANSIT"),
+            count::<TransitKey, TransitValue>(ebpf, "TRANSIT")?,
         ),
         neighbour_lookups: MapAccount::new(
             at(counters::NEIGH_PROBES_INSERTED),
             0,
             0,
-            count::<NeighProbeKey, NeighProbeValue>(ebpf, "NEIGH_PROBES"),
+            count_per_cpu::<NeighProbeKey, NeighProbeValue>(ebpf, "NEIGH_PROBES")?,
         ),
-    }
+    })
 }
 
 /// Every pairing map's account.

@@ -12,15 +12,11 @@ pub mod text;
 #[cfg(test)]
 pub(crate) mod hostile_tests;
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::{Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use nettools_common::{
     counters,
-    flow::{AF_INET, AF_INET6, Flow},
+    flow::{AF_INET6, Flow},
 };
 use serde::Serialize;
 
@@ -844,13 +840,7 @@ pub fn l4_name(proto: u8) -> String {
 }
 
 /// The address of a flow endpoint.
-pub fn addr(family: u8, raw: &[u8; 16]) -> Option<std::net::IpAddr> {
-    match family {
-        AF_INET => Some(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()),
-        AF_INET6 => Some(Ipv6Addr::from(*raw).into()),
-        _ => None,
-    }
-}
+pub use nettools_common::flow::ip as addr;
 
 /// `udp 10.0.0.2:40000 -> 10.0.0.1:7777`, `icmp 10.0.0.2 -> 10.0.0.1 type 8 code 0`,
 /// `tcp [fd00::2]:1 -> [fd00::1]:80`; `non-IP packet` when the flow is unknown.
@@ -885,6 +875,8 @@ pub fn format_flow(f: &Flow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nettools_common::flow::AF_INET;
+    use std::net::Ipv6Addr;
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
         let mut out = [0; 16];

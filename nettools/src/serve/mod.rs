@@ -237,7 +237,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
         "nettools: serving Prometheus metrics on {scheme}://{local}/metrics: {} in every \
          namespace of the node, asking the runtimes every {}; Ctrl-C stops",
         names.join(", "),
-        crate::trace::humantime(args.refresh)
+        crate::units::humantime(args.refresh)
     );
 
     let mut expiry = tokio::time::interval(Duration::from_secs(1));

@@ -27,21 +27,6 @@ pub struct RuntimeTrace {
     pub watches: Vec<Watch>,
 }
 
-/// What the report says about host-network pods and containers: their figures are the host's.
-pub fn host_network_notes(workloads: &[Workload]) -> Vec<String> {
-    workloads
-        .iter()
-        .filter(|w| w.host_network)
-        .map(|w| {
-            format!(
-                "{} uses the host's network namespace: what is reported for it is the host's \
-                 traffic, drops and retransmits, not this workload's alone",
-                w.name
-            )
-        })
-        .collect()
-}
-
 /// Runs on every tick of the trace. Returns `false` when the trace should end.
 pub async fn tick(
     runtime: &mut RuntimeTrace,
