@@ -70,6 +70,11 @@ fn unanswered_neighbour(ipv6: bool) -> Result<()> {
             .any(|l| l["type"] == "neighbour_failure" && l["address"] == nobody.to_string())
     );
     assert_eq!(n["failures"].as_array().map(Vec::len), Some(1));
+    // The lookups seen on the veth are kept for the whole trace: none pushed out of the map.
+    let lookups = &s["pairing"]["neighbour_lookups"];
+    assert!(lookups["inserted"].as_u64().unwrap_or(0) >= 1, "{lookups}");
+    assert_eq!(lookups["remaining"], lookups["inserted"], "{lookups}");
+    assert_eq!(lookups["evicted"], 0, "{lookups}");
     Ok(())
 }
 
@@ -215,8 +220,7 @@ fn one_namespace_cannot_crowd_out_anothers_neighbour_failure() -> Result<()> {
     let l = &workload(s, loud.inode()?)?["neighbours"];
     let total = l["total_failures"].as_u64().unwrap_or(0);
     assert_eq!(
-        total as usize,
-        loud_failed_at_end,
+        total as usize, loud_failed_at_end,
         "the kernel's res_failed grew by {res_failed} (the quiet one's included); health: {}",
         s["health"]
     );
