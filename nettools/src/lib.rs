@@ -12,6 +12,8 @@ pub mod collect;
 pub mod discover;
 pub mod doctor;
 pub mod lab;
+#[cfg(test)]
+mod layers;
 pub mod list;
 pub mod preflight;
 pub mod probe;
@@ -19,3 +21,4 @@ pub mod report;
 pub mod serve;
 pub mod session;
 pub mod trace;
+pub mod units;
