@@ -75,12 +75,19 @@ impl LatencyKind {
     }
 }
 
-/// A histogram for nanosecond latencies: 100 ns to 10 minutes (longer samples count as 10
-/// minutes), 2 significant digits (every value within 1 %). There is one per interface and
-/// latency kind, which adds up in the node agent: these bounds keep one under 30 KiB, where
-/// 1 ns to 1 h at 3 digits took 270 KiB.
+/// The smallest latency a histogram tells apart: 100 ns (shorter samples count as 100 ns).
+pub const HISTOGRAM_LOWEST_NS: u64 = 100;
+/// The largest: 10 minutes (longer samples count as 10 minutes).
+pub const HISTOGRAM_HIGHEST_NS: u64 = 600_000_000_000;
+/// Significant decimal digits: 2, so every recorded value is within 1 % of the true one.
+pub const HISTOGRAM_DIGITS: u8 = 2;
+
+/// A histogram for nanosecond latencies, [`HISTOGRAM_LOWEST_NS`] to [`HISTOGRAM_HIGHEST_NS`]
+/// at [`HISTOGRAM_DIGITS`] significant digits. There is one per interface and latency kind,
+/// which adds up in the node agent: these bounds keep one under 30 KiB, where 1 ns to 1 h at 3
+/// digits took 270 KiB.
 pub fn new_histogram() -> Histogram<u64> {
-    match Histogram::new_with_bounds(100, 600_000_000_000, 2) {
+    match Histogram::new_with_bounds(HISTOGRAM_LOWEST_NS, HISTOGRAM_HIGHEST_NS, HISTOGRAM_DIGITS) {
         Ok(h) => h,
         // Constant, valid bounds: only a broken hdrhistogram gets here.
         Err(e) => panic!("hdrhistogram refused bounds 100 ns..10 min at 2 digits: {e:?}"),

@@ -13,8 +13,10 @@
 //! - the other labels take values from closed sets: drop reasons from this kernel's
 //!   `enum skb_drop_reason`, DNS rcodes (4 bits), `direction`, `role`, `outcome`, `protocol`.
 //!
-//! Latency histograms come from the HdrHistograms (1 ns to 1 h, 3 significant digits): bucket
-//! counts and sums are exact to 0.1 %, and only grow, as Prometheus counters must.
+//! Latency histograms come from the HdrHistograms ([`new_histogram`](crate::collect::latency::new_histogram):
+//! 100 ns to 10 min, 2 significant digits): the sample count is exact, each sample is placed
+//! within 1 % (so one that close to a bucket bound may land in its neighbour), sums are within
+//! 1 %, and all only grow, as Prometheus counters must.
 
 use std::collections::BTreeMap;
 
