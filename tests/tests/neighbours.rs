@@ -215,8 +215,7 @@ fn one_namespace_cannot_crowd_out_anothers_neighbour_failure() -> Result<()> {
     let l = &workload(s, loud.inode()?)?["neighbours"];
     let total = l["total_failures"].as_u64().unwrap_or(0);
     assert_eq!(
-        total as usize,
-        loud_failed_at_end,
+        total as usize, loud_failed_at_end,
         "the kernel's res_failed grew by {res_failed} (the quiet one's included); health: {}",
         s["health"]
     );
