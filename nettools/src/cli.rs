@@ -52,7 +52,11 @@ Examples:
   nettools trace --pod web -n shop           a Kubernetes pod, found through the node's CRI runtime
   nettools trace --container db --follow     a Docker/Podman container, followed across restarts
 
-The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
+The report starts with what is wrong, worst first, one line each (\"problems (N):\" or \"no
+problems found\"): firewall and routing drops, neighbours that never answer, failing or slow
+DNS, other drops, lossy TCP, slow answers, each naming the workload and its evidence; the
+options under \"What counts as a problem\" set the thresholds. Then, per namespace (a healthy
+one in one line unless --verbose): traffic on its veth; packets dropped by reason (from this
 kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
 segments retransmitted, per flow; and neighbours (ARP/NDP) that never answered (\"incomplete
 ARP\").
@@ -107,7 +111,8 @@ The lab is eleven namespaces on a bridge, like pods on a node, each classic prob
 its own: a firewall drop (firewall), a lossy link (lossy: retransmits), an address nobody
 answers (arp: incomplete ARP), a slow and a failing DNS server (dns), added latency (slow), and
 a missing route (router); the rest are healthy peers. nettools traces them all with every probe
-and shows each problem attributed to the namespace that has it. Everything is removed
+and its report starts with the problems, each at the namespace that has it (the thresholds
+under \"What counts as a problem\" are trace's). Everything is removed
 afterwards (--keep leaves the namespaces up and prints how to trace them by hand).
 
 Examples:
@@ -361,11 +366,11 @@ pub struct LabArgs {
     /// Which stacks the flame graph and --folded show.
     #[arg(long, value_enum, default_value = "drops")]
     pub stacks: crate::report::flamegraph::Stacks,
-    #[command(flatten)]
-    pub thresholds: ThresholdArgs,
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
 }
 
 /// A usage error as the one sentence every nettools error is: clap's message, its tip, and

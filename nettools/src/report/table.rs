@@ -85,11 +85,18 @@ pub fn render(s: &Summary, verbose: bool) -> String {
     if s.workloads.is_empty() {
         let _ = writeln!(out, "\nnothing to report in any network namespace");
     }
+    let mut collapsed = false;
     for w in &s.workloads {
         if verbose || super::problems::names(&s.problems, w) {
             workload(&mut out, w);
+            collapsed = false;
         } else {
+            // Healthy workloads one after the other are one block.
+            if !collapsed {
+                let _ = writeln!(out);
+            }
             healthy(&mut out, w);
+            collapsed = true;
         }
     }
     out
@@ -97,7 +104,6 @@ pub fn render(s: &Summary, verbose: bool) -> String {
 
 /// A workload no problem names, in one line: its title and its traffic.
 fn healthy(out: &mut String, w: &WorkloadSummary) {
-    let _ = writeln!(out);
     let mut line = title(w);
     line.push_str("  no problems");
     let attached: Vec<&InterfaceSummary> = w
