@@ -51,6 +51,21 @@ impl Drop for KeptLab {
     }
 }
 
+/// The ARP table's `res_failed` (resolutions that ran out of probes), summed over CPUs: one
+/// table for every namespace.
+fn arp_res_failed() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
+    let mut lines = text.lines();
+    let column = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "res_failed"))
+        .context("/proc/net/stat/arp_cache has no res_failed column")?;
+    Ok(lines
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum())
+}
+
 /// A namespace of the kept lab, by the workload that names it.
 fn node_of(w: &Value) -> Result<Node> {
     let name = w["name"].as_str().context("a workload without name")?;
@@ -88,6 +103,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
     let out = TempFile::new(".json");
     let table = TempFile::new(".txt");
     let folded = TempFile::new(".folded");
+    let res_failed_before = arp_res_failed()?;
     let started = std::time::Instant::now();
     let kept = KeptLab;
     let run = nettools(&[
@@ -105,6 +121,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
         "--keep",
     ])?;
     let lab_seconds = started.elapsed().as_secs_f64();
+    let res_failed = arp_res_failed()?.saturating_sub(res_failed_before);
     assert!(
         run.status.success(),
         "{}",
@@ -115,7 +132,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
     let s = summary(&lines)?;
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(12));
     let table = std::fs::read_to_string(&table.0)?;
-    problems_first(s, &table, lab_seconds)?;
+    problems_first(s, &table, lab_seconds, res_failed)?;
     drop(kept);
 
     // Firewall: drops of UDP port 7777 in firewall only.
@@ -242,7 +259,7 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
 /// the routing one, each at the workload that has it, with figures the kernel's own counters
 /// (read in the lab `--keep` left up) bound; no healthy peer is named; JSON's problems[] are
 /// the same lines.
-fn problems_first(s: &Value, table: &str, lab_seconds: f64) -> Result<()> {
+fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> Result<()> {
     let problems = s["problems"].as_array().context("no problems[]")?;
     let mut lines = table.lines();
     assert_eq!(
@@ -310,16 +327,22 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64) -> Result<()> {
         by_suffix(s, "lossy")?["retransmits"]["total"].as_u64()
     );
 
-    // ARP: the address nobody owns, FAILED in the kernel's own table too.
+    // ARP: the address nobody owns; its FAILED count no more than the kernel's own
+    // res_failed counted while the lab ran (one table for every namespace).
     let arp = problem(s, "arp", "arp")?;
+    let failed = by_suffix(s, "arp")?["neighbours"]["total_failures"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        failed > 0 && failed <= res_failed,
+        "arp: {failed} FAILED, res_failed {res_failed}"
+    );
+    let start = format!("10.231.0.99 never answered ARP ({failed} FAILED, ");
     assert!(
         arp["sentence"]
             .as_str()
-            .is_some_and(|t| t.starts_with("10.231.0.99 never answered ARP ("))
-    );
-    assert_eq!(
-        neigh_state(&node_of(by_suffix(s, "arp")?)?, "10.231.0.99")?,
-        "FAILED"
+            .is_some_and(|t| t.starts_with(&start)),
+        "{arp}"
     );
 
     // DNS: the failing server's SERVFAILs and the lost name, as many as the section counts.
@@ -329,19 +352,26 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64) -> Result<()> {
         d["rcodes"]["SERVFAIL"].as_u64().unwrap_or(0) + d["unanswered"].as_u64().unwrap_or(0);
     assert_eq!(count(dns), failed, "{dns}");
     let sentence = dns["sentence"].as_str().unwrap_or("");
+    // dns-slow sleeps 200 ms before each answer: none comes sooner.
+    let p90 = dns["evidence"]["p90_ms"].as_f64().unwrap_or(0.0);
+    assert!(p90 >= 199.0, "{dns}");
     assert!(
         sentence.contains(&format!(
             "SERVFAIL for db.lab ({})",
             d["rcodes"]["SERVFAIL"]
         )) && sentence.contains("no answer for lost.lab (")
-            && sentence.contains("answers take 20"),
+            && sentence.contains(&format!("answers take {p90:.0} ms (p90)")),
         "{sentence}"
     );
 
     // Latency: slow answers SYNs and pings 50 ms late (NFQUEUE), and is named once.
     let slow = problem(s, "latency", "slow")?;
     let p90 = slow["evidence"]["p90_ms"].as_f64().unwrap_or(0.0);
-    assert!((p90 - 50.0).abs() < latency_tolerance_ms(5.0), "{slow}");
+    // (A p90: the tail above the p50 that the check further up bounds.)
+    assert!(
+        (p90 - 50.0).abs() < 2.0 * latency_tolerance_ms(5.0),
+        "{slow}"
+    );
     assert!(
         slow["sentence"]
             .as_str()
@@ -349,7 +379,7 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64) -> Result<()> {
         "{slow}"
     );
 
-    // Nobody healthy is named; lossy-rx only for the loss staged in it (its iptables drops).
+    // Nobody healthy is named.
     for p in problems {
         let name = p["workload"].as_str().unwrap_or("");
         for healthy in ["sink", "client", "noroute", "dns-slow", "dns-fail"] {
@@ -358,10 +388,9 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64) -> Result<()> {
                 "{healthy} named: {p}"
             );
         }
-        if name.ends_with("-lossy-rx") {
-            assert_eq!(p["kind"], "firewall", "{p}");
-        }
     }
+    // lossy-rx is, for the loss staged in it: its iptables drops what lossy retransmits.
+    problem(s, "firewall", "lossy-rx")?;
     // The healthy ones are one line each.
     for healthy in ["sink", "client", "noroute", "dns-slow", "dns-fail"] {
         let name = by_suffix(s, healthy)?["name"].as_str().unwrap_or("");

@@ -177,7 +177,7 @@ fn problem_lines(lines: &mut Vec<String>, s: &Summary) {
         lines.push(format!(
             "  {:<8}  {}  {}",
             p.kind.name(),
-            text::fit_tail(&p.workload, NAME),
+            text::pad(&text::fit_tail(&p.workload, NAME), NAME),
             Safe(&p.sentence)
         ));
     }
@@ -372,7 +372,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "problems (1):", "{text}");
         assert_eq!(
-            lines[2], "  firewall  bad  40 packets dropped by netfilter (NETFILTER_DROP)",
+            lines[2],
+            format!(
+                "  firewall  {:<NAME$}  40 packets dropped by netfilter (NETFILTER_DROP)",
+                "bad"
+            ),
             "{text}"
         );
         let rows: Vec<&str> = text.lines().skip(4).collect();
