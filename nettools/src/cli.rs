@@ -52,7 +52,11 @@ Examples:
   nettools trace --pod web -n shop           a Kubernetes pod, found through the node's CRI runtime
   nettools trace --container db --follow     a Docker/Podman container, followed across restarts
 
-The report lists, per namespace: traffic on its veth; packets dropped by reason (from this
+The report starts with what is wrong, worst first, one line each (\"problems (N):\" or \"no
+problems found\"): firewall and routing drops, neighbours that never answer, failing or slow
+DNS, other drops, lossy TCP, slow answers, each naming the workload and its evidence; the
+options under \"What counts as a problem\" set the thresholds. Then, per namespace (a healthy
+one in one line unless --verbose): traffic on its veth; packets dropped by reason (from this
 kernel's own list of drop reasons) and kernel location, with the flows dropped most; TCP
 segments retransmitted, per flow; and neighbours (ARP/NDP) that never answered (\"incomplete
 ARP\").
@@ -107,7 +111,8 @@ The lab is eleven namespaces on a bridge, like pods on a node, each classic prob
 its own: a firewall drop (firewall), a lossy link (lossy: retransmits), an address nobody
 answers (arp: incomplete ARP), a slow and a failing DNS server (dns), added latency (slow), and
 a missing route (router); the rest are healthy peers. nettools traces them all with every probe
-and shows each problem attributed to the namespace that has it. Everything is removed
+and its report starts with the problems, each at the namespace that has it (the thresholds
+under \"What counts as a problem\" are trace's). Everything is removed
 afterwards (--keep leaves the namespaces up and prints how to trace them by hand).
 
 Examples:
@@ -138,6 +143,51 @@ pub struct Targets {
     /// Every network namespace on this node, each labelled by pod, container, name or process.
     #[arg(long, conflicts_with_all = ["netns", "pid", "iface", "pod", "container"])]
     pub all: bool,
+}
+
+/// What counts as a problem in the report's `problems` section (README: "Problems first").
+#[derive(Debug, Args, Clone, Copy)]
+#[command(next_help_heading = "What counts as a problem")]
+pub struct ThresholdArgs {
+    /// A workload whose SYN-ACKs or ping replies take longer than this (p90) is slow (on one
+    /// node a healthy answer takes well under a millisecond).
+    #[arg(long, value_name = "DURATION", value_parser = trace::parse_duration, default_value = "20ms")]
+    pub slow_answer: std::time::Duration,
+    /// DNS answers slower than this (p90) are a DNS problem (a cluster's DNS cache answers in
+    /// about a millisecond, a recursive lookup in tens).
+    #[arg(long, value_name = "DURATION", value_parser = trace::parse_duration, default_value = "100ms")]
+    pub slow_dns: std::time::Duration,
+    /// A workload whose retransmitted TCP segments are at least this share of the TCP
+    /// segments it sent (in percent)…
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = parse_percent)]
+    pub lossy: f64,
+    /// …and at least this many segments, is lossy (a few retransmits are ordinary TCP).
+    #[arg(long, value_name = "SEGMENTS", default_value_t = 10)]
+    pub lossy_min: u64,
+}
+
+impl ThresholdArgs {
+    pub fn thresholds(&self) -> crate::report::problems::Thresholds {
+        crate::report::problems::Thresholds {
+            slow_answer_ms: self.slow_answer.as_secs_f64() * 1e3,
+            slow_dns_ms: self.slow_dns.as_secs_f64() * 1e3,
+            lossy_percent: self.lossy,
+            lossy_min_segments: self.lossy_min,
+        }
+    }
+}
+
+/// A percentage from 0 to 100.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage such as 1 or 0.5"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{text:?} is not a percentage from 0 to 100"));
+    }
+    Ok(v)
 }
 
 /// Where the container runtimes listen.
@@ -206,6 +256,9 @@ pub struct TraceArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Also write the table report to FILE (with -o json: both from one trace).
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
     /// Size of the kernel-to-userspace event ring buffer (power of two: 256K, 4M, …).
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = units::parse_size)]
     pub ring_buffer: u32,
@@ -234,6 +287,8 @@ pub struct TraceArgs {
     /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_mode: crate::probe::tc::Mode,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +357,9 @@ pub struct LabArgs {
     /// Write the report to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Also write the table report to FILE (with -o json: both from one run).
+    #[arg(long, value_name = "FILE")]
+    pub table: Option<PathBuf>,
     /// Also write the folded kernel stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
@@ -311,6 +369,8 @@ pub struct LabArgs {
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
 }
 
 /// A usage error as the one sentence every nettools error is: clap's message, its tip, and

@@ -137,6 +137,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 probes,
                 output: args.output,
                 out: args.out,
+                table: args.table.clone(),
+                thresholds: args.thresholds.thresholds(),
                 ring_buffer_bytes: args.ring_buffer,
                 tc_mode: args.tc_mode,
                 timeout: args.timeout,

@@ -39,6 +39,10 @@ pub struct TraceSpec {
     pub output: Output,
     /// Write the report here instead of stdout.
     pub out: Option<PathBuf>,
+    /// Also write the table report here.
+    pub table: Option<PathBuf>,
+    /// What counts as a problem.
+    pub thresholds: report::problems::Thresholds,
     pub ring_buffer_bytes: u32,
     /// How tc programs attach (tcx, clsact or whichever the kernel has).
     pub tc_mode: probe::tc::Mode,
@@ -100,6 +104,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     // Every file is checked before anything is attached; none is replaced before the report
     // is complete.
     let (output, commit) = open_output(&spec.out)?;
+    let table_file = spec.table.as_deref().map(Destination::new).transpose()?;
     let folded_file = spec.folded.as_deref().map(Destination::new).transpose()?;
     let hgrm_dir = spec
         .hgrm_dir
@@ -164,7 +169,8 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
                     }
                     if let Some(live) = live.as_mut() {
                         let elapsed = started.elapsed().as_secs_f64();
-                        let summary = session.summarize(elapsed)?;
+                        let mut summary = session.summarize(elapsed)?;
+                        summary.find_problems(spec.thresholds);
                         live.show(&summary, elapsed);
                     }
                 }
@@ -181,7 +187,8 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
 
     session.finish()?;
     let duration_s = started.elapsed().as_secs_f64();
-    let summary = session.summarize(duration_s)?;
+    let mut summary = session.summarize(duration_s)?;
+    summary.find_problems(spec.thresholds);
     if let Some(live) = live.as_mut() {
         live.finish();
     }
@@ -219,7 +226,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         Vec::new()
     };
     match spec.output {
-        Output::Table => write!(out, "{}", report::table::render(&summary)),
+        Output::Table => write!(out, "{}", report::table::render(&summary, spec.verbose)),
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
         Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
         Output::Flamegraph => {
@@ -231,6 +238,9 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     .context("cannot write the report")?;
     drop(out);
     commit.commit()?;
+    if let Some(file) = &table_file {
+        file.write(report::table::render(&summary, spec.verbose).as_bytes())?;
+    }
     if let Some(file) = &folded_file {
         let mut text = folded.join("\n");
         text.push('\n');

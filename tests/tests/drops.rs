@@ -157,12 +157,34 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
         let done = trace.stop()?;
         assert!(done.success, "{}", done.stderr);
         let expected = iptables_packets(&a, "INPUT", 1)? - before;
+        // The problems section names the one problem with the rule's count, first.
+        let named = format!(
+            "{expected} UDP packets to {}:7005 dropped by netfilter ({reason}",
+            a.ipv4
+        );
         let figure = if format == "json" {
             let lines = json_lines(&done.report)?;
-            let w = workload(summary(&lines)?, a.inode()?)?;
+            let s = summary(&lines)?;
+            let w = workload(s, a.inode()?)?;
             assert_eq!(w["drops"]["total"].as_u64(), Some(firewall_drops(w)?));
+            let problems = s["problems"].as_array().context("no problems[]")?;
+            assert_eq!(problems.len(), 1, "{s}");
+            assert_eq!(problems[0]["kind"], "firewall");
+            assert_eq!(problems[0]["workload"], a.netns.as_str());
+            assert_eq!(problems[0]["evidence"]["section"], "drops");
+            assert_eq!(problems[0]["evidence"]["count"].as_u64(), Some(expected));
+            let sentence = problems[0]["sentence"].as_str().unwrap_or("");
+            assert!(sentence.starts_with(&named), "{sentence}");
             firewall_drops(w)?
         } else {
+            let mut lines = done.report.lines();
+            assert_eq!(lines.next(), Some("problems (1):"), "{}", done.report);
+            let first = lines.next().unwrap_or("");
+            assert!(
+                first.starts_with(&format!("  firewall  {}  {named}", a.netns)),
+                "{}",
+                done.report
+            );
             // "    NETFILTER_DROP        90  nft_do_chain+0x… (90)"
             done.report
                 .lines()
@@ -176,6 +198,53 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
         figures.push(figure);
     }
     assert_eq!(figures[0], figures[1]);
+    Ok(())
+}
+
+/// Namespaces with nothing wrong: the report says so first, JSON's problems[] is empty, and
+/// each healthy namespace is one line (its traffic) unless --verbose.
+#[test]
+fn a_healthy_trace_finds_no_problems() -> Result<()> {
+    let (_lab, _a, b, c) = three_pods()?;
+    let table = TempFile::new(".txt");
+    let sink = c.enter(|| std::net::UdpSocket::bind(("0.0.0.0", 7007)))??;
+    let trace = Trace::start(&[
+        "--netns",
+        &b.netns,
+        "--netns",
+        &c.netns,
+        "-o",
+        "json",
+        "--table",
+        &table.0.to_string_lossy(),
+    ])?;
+    udp_burst(&b, SocketAddr::from((c.ipv4, 7007)), 50)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "{}", done.stderr);
+    drop(sink);
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+    assert_eq!(s["problems"], serde_json::json!([]), "{s}");
+    // The datagrams arrived: the trace saw traffic, and called it healthy.
+    let received = workload(s, c.inode()?)?["interfaces"][0]["received"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(received >= 50, "{s}");
+    let text = std::fs::read_to_string(&table.0)?;
+    assert_eq!(text.lines().next(), Some("no problems found"), "{text}");
+    for node in [&b, &c] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("== {}  (netns", node.netns))
+                    && l.contains("  no problems; received ")),
+            "{text}"
+        );
+    }
+    assert!(
+        !text.contains("drops: none"),
+        "healthy sections collapse: {text}"
+    );
     Ok(())
 }
 

@@ -41,11 +41,71 @@ fn latency_p50(w: &Value, kind: &str) -> Option<f64> {
         .as_f64()
 }
 
+/// A lab `nettools lab --keep` left up (so its kernel counters can be read), removed when the
+/// test ends, also when it fails: its process is gone, so the lab is stale.
+struct KeptLab;
+
+impl Drop for KeptLab {
+    fn drop(&mut self) {
+        nettools::lab::remove_stale();
+    }
+}
+
+/// The ARP table's `res_failed` (resolutions that ran out of probes), summed over CPUs: one
+/// table for every namespace.
+fn arp_res_failed() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
+    let mut lines = text.lines();
+    let column = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "res_failed"))
+        .context("/proc/net/stat/arp_cache has no res_failed column")?;
+    Ok(lines
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum())
+}
+
+/// A namespace of the kept lab, by the workload that names it.
+fn node_of(w: &Value) -> Result<Node> {
+    let name = w["name"].as_str().context("a workload without name")?;
+    Ok(Node {
+        netns: name.to_string(),
+        path: format!("/run/netns/{name}").into(),
+        host_veth: String::new(),
+        ipv4: std::net::Ipv4Addr::UNSPECIFIED,
+        ipv6: None,
+    })
+}
+
+/// The problem of `kind` the report names for the workload ending in `-suffix`.
+fn problem<'a>(s: &'a Value, kind: &str, suffix: &str) -> Result<&'a Value> {
+    s["problems"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["kind"] == kind
+                    && p["workload"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with(&format!("-{suffix}")))
+            })
+        })
+        .with_context(|| format!("no {kind} problem for {suffix}: {}", s["problems"]))
+}
+
+fn count(p: &Value) -> u64 {
+    p["evidence"]["count"].as_u64().unwrap_or(0)
+}
+
 #[test]
 fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
     require_root();
     let out = TempFile::new(".json");
+    let table = TempFile::new(".txt");
     let folded = TempFile::new(".folded");
+    let res_failed_before = arp_res_failed()?;
+    let started = std::time::Instant::now();
+    let kept = KeptLab;
     let run = nettools(&[
         "lab",
         "-d",
@@ -54,9 +114,14 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
         "json",
         "--out",
         &out.0.to_string_lossy(),
+        "--table",
+        &table.0.to_string_lossy(),
         "--folded",
         &folded.0.to_string_lossy(),
+        "--keep",
     ])?;
+    let lab_seconds = started.elapsed().as_secs_f64();
+    let res_failed = arp_res_failed()?.saturating_sub(res_failed_before);
     assert!(
         run.status.success(),
         "{}",
@@ -66,6 +131,9 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
     let lines = json_lines(&text)?;
     let s = summary(&lines)?;
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(12));
+    let table = std::fs::read_to_string(&table.0)?;
+    problems_first(s, &table, lab_seconds, res_failed)?;
+    drop(kept);
 
     // Firewall: drops of UDP port 7777 in firewall only.
     let fw = by_suffix(s, "firewall")?;
@@ -184,5 +252,154 @@ fn every_staged_problem_shows_where_it_is_and_nowhere_else() -> Result<()> {
         })
         .unwrap_or(0);
     assert_eq!(total, counted, "folded stacks add up to what was counted");
+    Ok(())
+}
+
+/// The table starts with the problems, worst first, one line each: the five staged ones and
+/// the routing one, each at the workload that has it, with figures the kernel's own counters
+/// (read in the lab `--keep` left up) bound; no healthy peer is named; JSON's problems[] are
+/// the same lines.
+fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> Result<()> {
+    let problems = s["problems"].as_array().context("no problems[]")?;
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("problems ({}):", problems.len()).as_str()),
+        "{table}"
+    );
+    for p in problems {
+        let line = lines.next().unwrap_or("");
+        let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+        let json = format!(
+            "{} {} {}",
+            p["kind"].as_str().unwrap_or(""),
+            p["workload"].as_str().unwrap_or(""),
+            p["sentence"].as_str().unwrap_or("")
+        );
+        assert_eq!(words(line), words(&json), "table and JSON differ:\n{table}");
+    }
+    assert_eq!(lines.next(), Some(""), "{table}");
+
+    // Traffic outside the trace (before the probes attach, after they detach) is counted by
+    // the kernel, not by the trace: at most this long.
+    let untraced_s = lab_seconds - s["duration_s"].as_f64().unwrap_or(0.0);
+    assert!(untraced_s > 0.0, "the lab took {lab_seconds} s");
+
+    // Firewall: the client sends to the blocked port every 100 ms.
+    let fw = problem(s, "firewall", "firewall")?;
+    let rule = iptables_packets(&node_of(by_suffix(s, "firewall")?)?, "INPUT", 1)?;
+    assert!(
+        count(fw) <= rule && rule - count(fw) <= (untraced_s * 10.0).ceil() as u64 + 1,
+        "firewall: {} dropped, the rule counted {rule} in {lab_seconds:.1} s: {fw}",
+        count(fw)
+    );
+    assert!(
+        fw["sentence"]
+            .as_str()
+            .is_some_and(|t| t.contains(":7777 dropped by netfilter"))
+    );
+
+    // Routing: noroute sends to 10.99.0.1 every 300 ms.
+    let route = problem(s, "routing", "router")?;
+    let no_routes = nstat(&node_of(by_suffix(s, "router")?)?, "IpExtInNoRoutes")?;
+    assert!(
+        count(route) <= no_routes
+            && no_routes - count(route) <= (untraced_s / 0.3).ceil() as u64 + 1,
+        "routing: {} dropped, IpExtInNoRoutes {no_routes}: {route}",
+        count(route)
+    );
+    assert!(
+        route["sentence"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("no route to 10.99.0.1 "))
+    );
+
+    // Lossy: segments retransmitted, at most what the kernel counted, most of it.
+    let lossy = problem(s, "lossy", "lossy")?;
+    let retrans = nstat(&node_of(by_suffix(s, "lossy")?)?, "TcpRetransSegs")?;
+    assert!(
+        count(lossy) <= retrans && count(lossy) as f64 >= retrans as f64 / 2.0,
+        "lossy: {} segments, TcpRetransSegs {retrans}: {lossy}",
+        count(lossy)
+    );
+    assert_eq!(
+        Some(count(lossy)),
+        by_suffix(s, "lossy")?["retransmits"]["total"].as_u64()
+    );
+
+    // ARP: the address nobody owns; its FAILED count no more than the kernel's own
+    // res_failed counted while the lab ran (one table for every namespace).
+    let arp = problem(s, "arp", "arp")?;
+    let failed = by_suffix(s, "arp")?["neighbours"]["total_failures"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        failed > 0 && failed <= res_failed,
+        "arp: {failed} FAILED, res_failed {res_failed}"
+    );
+    let start = format!("10.231.0.99 never answered ARP ({failed} FAILED, ");
+    assert!(
+        arp["sentence"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&start)),
+        "{arp}"
+    );
+
+    // DNS: the failing server's SERVFAILs and the lost name, as many as the section counts.
+    let dns = problem(s, "dns", "dns")?;
+    let d = &by_suffix(s, "dns")?["latency"]["dns"];
+    let failed =
+        d["rcodes"]["SERVFAIL"].as_u64().unwrap_or(0) + d["unanswered"].as_u64().unwrap_or(0);
+    assert_eq!(count(dns), failed, "{dns}");
+    let sentence = dns["sentence"].as_str().unwrap_or("");
+    // dns-slow sleeps 200 ms before each answer: none comes sooner.
+    let p90 = dns["evidence"]["p90_ms"].as_f64().unwrap_or(0.0);
+    assert!(p90 >= 199.0, "{dns}");
+    assert!(
+        sentence.contains(&format!(
+            "SERVFAIL for db.lab ({})",
+            d["rcodes"]["SERVFAIL"]
+        )) && sentence.contains("no answer for lost.lab (")
+            && sentence.contains(&format!("answers take {p90:.0} ms (p90)")),
+        "{sentence}"
+    );
+
+    // Latency: slow answers SYNs and pings 50 ms late (NFQUEUE), and is named once.
+    let slow = problem(s, "latency", "slow")?;
+    let p90 = slow["evidence"]["p90_ms"].as_f64().unwrap_or(0.0);
+    // (A p90: the tail above the p50 that the check further up bounds.)
+    assert!(
+        (p90 - 50.0).abs() < 2.0 * latency_tolerance_ms(5.0),
+        "{slow}"
+    );
+    assert!(
+        slow["sentence"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("answers SYNs in ") && t.contains(" and pings in ")),
+        "{slow}"
+    );
+
+    // Nobody healthy is named.
+    for p in problems {
+        let name = p["workload"].as_str().unwrap_or("");
+        for healthy in ["sink", "client", "noroute", "dns-slow", "dns-fail"] {
+            assert!(
+                !name.ends_with(&format!("-{healthy}")),
+                "{healthy} named: {p}"
+            );
+        }
+    }
+    // lossy-rx is, for the loss staged in it: its iptables drops what lossy retransmits.
+    problem(s, "firewall", "lossy-rx")?;
+    // The healthy ones are one line each.
+    for healthy in ["sink", "client", "noroute", "dns-slow", "dns-fail"] {
+        let name = by_suffix(s, healthy)?["name"].as_str().unwrap_or("");
+        assert!(
+            table.lines().any(
+                |l| l.starts_with(&format!("== {name}  (netns")) && l.contains("  no problems")
+            ),
+            "{healthy}: {table}"
+        );
+    }
     Ok(())
 }

@@ -458,6 +458,8 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         probes: ProbeKind::ALL.to_vec(),
         output: args.output,
         out: args.out.clone(),
+        table: args.table.clone(),
+        thresholds: args.thresholds.thresholds(),
         ring_buffer_bytes: 1 << 22,
         tc_mode: crate::probe::tc::Mode::Auto,
         // Short, so unanswered DNS queries show within the lab's few seconds.

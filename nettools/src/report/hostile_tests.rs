@@ -191,25 +191,29 @@ fn summary(names: &[String]) -> Summary {
             }],
         }),
     };
-    Summary {
+    let mut s = Summary {
         kind: "summary",
         duration_s: 2.0,
         kernel: n(17),
         probes: vec![crate::probe::ProbeKind::Drops],
         all_namespaces: false,
         health: Default::default(),
+        problems: vec![],
+        thresholds: Default::default(),
         notes: vec![n(18), n(19)],
         pairing: Default::default(),
         waiting: Default::default(),
         workloads: vec![workload(0, 1), workload(20, 2)],
-    }
+    };
+    s.find_problems(Default::default());
+    s
 }
 
 /// The table and the histogram text with every name `x`: the lines a report has.
 static PLAIN: std::sync::LazyLock<(String, String)> = std::sync::LazyLock::new(|| {
     let plain = summary(&vec!["x".to_string(); NAMES]);
     (
-        super::table::render(&plain),
+        super::table::render(&plain, true),
         super::histogram::render(&plain),
     )
 });
@@ -222,7 +226,7 @@ proptest! {
     fn table_and_histograms(names in prop::collection::vec(hostile(), NAMES)) {
         let s = summary(&names);
         for (what, out, expected) in [
-            ("table", super::table::render(&s), &PLAIN.0),
+            ("table", super::table::render(&s, true), &PLAIN.0),
             ("histogram", super::histogram::render(&s), &PLAIN.1),
         ] {
             assert_terminal_safe(what, &out);
@@ -230,7 +234,7 @@ proptest! {
         }
         // The drop table's columns: PACKETS ends in the same column on its row as in its
         // header, whatever the width of the reason before it.
-        let table = super::table::render(&s);
+        let table = super::table::render(&s, true);
         let lines: Vec<&str> = table.lines().collect();
         let headers = lines.iter().enumerate().filter(|(_, l)| l.contains("  PACKETS  "));
         // The two workloads' reasons: names[5] and names[25 % NAMES].
@@ -266,13 +270,16 @@ proptest! {
         let s = summary(&names);
         let out = super::live::frame(&s, 3.0, width);
         assert_terminal_safe("live frame", &out);
-        prop_assert_eq!(out.lines().count(), 2 + s.workloads.len());
+        // The title, the problems (at most three, under their own line), the column headers,
+        // a row per workload.
+        let problems = 1 + s.problems.len().min(3);
+        prop_assert_eq!(out.lines().count(), 2 + problems + s.workloads.len());
         for line in out.lines() {
             prop_assert!(text::width(line) <= width.max(40), "{} > {}: {}", text::width(line), width, line);
         }
         // The names' column is 28 wide whatever the name (when the terminal shows it all).
         if width >= 160 {
-            for line in out.lines().skip(2) {
+            for line in out.lines().skip(2 + problems) {
                 let drops = line.char_indices().map(|(i, _)| i).find(|&i| text::width(&line[..i]) == 29);
                 prop_assert!(drops.is_some_and(|i| line[i..].trim_start().starts_with("12")), "{}", line);
             }

@@ -98,6 +98,7 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
         if s.workloads.len() == 1 { "" } else { "s" },
         s.health.events_lost
     ));
+    problem_lines(&mut lines, s);
     lines.push(format!(
         "{:<NAME$} {:>7} {:<REASON$} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
         "WORKLOAD",
@@ -150,6 +151,36 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
         let _ = writeln!(out, "{}", text::truncate(&line, width));
     }
     out
+}
+
+/// Problems the live view's header shows: the worst few, the rest counted.
+const TOP_PROBLEMS: usize = 3;
+
+/// The header's problems: `problems (5):` and the worst [`TOP_PROBLEMS`], or `no problems
+/// found` (escaped; the caller cuts lines to the terminal's width).
+fn problem_lines(lines: &mut Vec<String>, s: &Summary) {
+    if s.problems.is_empty() {
+        lines.push("no problems found".to_string());
+        return;
+    }
+    let more = s.problems.len().saturating_sub(TOP_PROBLEMS);
+    lines.push(format!(
+        "problems ({}){}",
+        s.problems.len(),
+        if more > 0 {
+            format!(", the worst {TOP_PROBLEMS}:")
+        } else {
+            ":".to_string()
+        }
+    ));
+    for p in s.problems.iter().take(TOP_PROBLEMS) {
+        lines.push(format!(
+            "  {:<8}  {}  {}",
+            p.kind.name(),
+            text::pad(&text::fit_tail(&p.workload, NAME), NAME),
+            Safe(&p.sentence)
+        ));
+    }
 }
 
 /// The live view's state.
@@ -321,20 +352,34 @@ mod tests {
 
     #[test]
     fn worst_first_and_growth_lines() {
-        let s = Summary {
+        let mut s = Summary {
             kind: "summary",
             duration_s: 1.0,
             kernel: "x".into(),
             probes: vec![],
             all_namespaces: false,
             health: Default::default(),
+            problems: vec![],
+            thresholds: Default::default(),
             notes: vec![],
             pairing: Default::default(),
             waiting: Default::default(),
             workloads: vec![w("quiet", 1, 0, 0), w("bad", 2, 40, 7)],
         };
+        s.find_problems(Default::default());
         let text = frame(&s, 3.0, 200);
-        let rows: Vec<&str> = text.lines().skip(2).collect();
+        // The header names the problem first, then the table, worst first.
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "problems (1):", "{text}");
+        assert_eq!(
+            lines[2],
+            format!(
+                "  firewall  {:<NAME$}  40 packets dropped by netfilter (NETFILTER_DROP)",
+                "bad"
+            ),
+            "{text}"
+        );
+        let rows: Vec<&str> = text.lines().skip(4).collect();
         assert!(
             rows[0].starts_with("bad") && rows[0].contains("NETFILTER_DROP"),
             "{text}"

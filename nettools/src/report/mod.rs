@@ -6,6 +6,7 @@ pub mod flamegraph;
 pub mod histogram;
 pub mod json;
 pub mod live;
+pub mod problems;
 pub mod table;
 pub mod text;
 
@@ -379,6 +380,10 @@ pub struct Summary {
     /// Whether every namespace was traced (`--all`).
     pub all_namespaces: bool,
     pub health: Health,
+    /// What is wrong, worst first ([`problems`]): one entry per problem and workload.
+    pub problems: Vec<problems::Problem>,
+    /// What counted as a problem.
+    pub thresholds: problems::Thresholds,
     /// Sentences about what this kernel cannot do (missing fields, no reason names).
     pub notes: Vec<String>,
     /// How every pairing map's entries ended (evictions counted, not guessed).
@@ -487,18 +492,28 @@ impl Summary {
                 }
             })
             .collect();
-        Self {
+        let mut s = Self {
             kind: "summary",
             duration_s: i.duration_s,
             kernel: i.kernel.release.clone(),
             probes: i.probes.clone(),
             all_namespaces: i.all_namespaces,
             health: i.health.clone(),
+            problems: Vec::new(),
+            thresholds: problems::Thresholds::default(),
             notes: i.kernel.notes.clone(),
             pairing: i.pairing,
             waiting: i.waiting,
             workloads,
-        }
+        };
+        s.find_problems(problems::Thresholds::default());
+        s
+    }
+
+    /// Finds the problems again with these thresholds.
+    pub fn find_problems(&mut self, thresholds: problems::Thresholds) {
+        self.thresholds = thresholds;
+        self.problems = problems::find(self, &thresholds);
     }
 }
 

@@ -30,9 +30,41 @@ fn counts(c: &Counts) -> String {
     format!("{} pkts, {}", c.packets, bytes(c.bytes))
 }
 
-/// Renders the summary as text.
-pub fn render(s: &Summary) -> String {
+/// The widest a workload's name is in the problems section (cut keeping its end, where names
+/// differ: `ntlab-…-firewall`).
+const PROBLEM_NAME: usize = 40;
+
+/// The problems section: `problems (N):` and one line each, worst first, or `no problems
+/// found`. Names and sentences are escaped.
+pub fn problems(out: &mut String, s: &Summary) {
+    if s.problems.is_empty() {
+        let _ = writeln!(out, "no problems found");
+        return;
+    }
+    let _ = writeln!(out, "problems ({}):", s.problems.len());
+    let names: Vec<String> = s
+        .problems
+        .iter()
+        .map(|p| text::fit_tail(&p.workload, PROBLEM_NAME))
+        .collect();
+    let width = names.iter().map(|n| text::width(n)).max().unwrap_or(0);
+    for (p, name) in s.problems.iter().zip(&names) {
+        let _ = writeln!(
+            out,
+            "  {:<8}  {}  {}",
+            p.kind.name(),
+            text::pad(name, width),
+            Safe(&p.sentence)
+        );
+    }
+}
+
+/// Renders the summary as text: the problems first, then a section per workload (a healthy
+/// one in one line unless `verbose`).
+pub fn render(s: &Summary, verbose: bool) -> String {
     let mut out = String::new();
+    problems(&mut out, s);
+    let _ = writeln!(out);
     let probes: Vec<&str> = s.probes.iter().map(|p| p.name()).collect();
     let _ = writeln!(
         out,
@@ -53,14 +85,53 @@ pub fn render(s: &Summary) -> String {
     if s.workloads.is_empty() {
         let _ = writeln!(out, "\nnothing to report in any network namespace");
     }
+    let mut collapsed = false;
     for w in &s.workloads {
-        workload(&mut out, w);
+        if verbose || super::problems::names(&s.problems, w) {
+            workload(&mut out, w);
+            collapsed = false;
+        } else {
+            // Healthy workloads one after the other are one block.
+            if !collapsed {
+                let _ = writeln!(out);
+            }
+            healthy(&mut out, w);
+            collapsed = true;
+        }
     }
     out
 }
 
-fn workload(out: &mut String, w: &WorkloadSummary) {
-    let _ = writeln!(out);
+/// A workload no problem names, in one line: its title and its traffic.
+fn healthy(out: &mut String, w: &WorkloadSummary) {
+    let mut line = title(w);
+    line.push_str("  no problems");
+    let attached: Vec<&InterfaceSummary> = w
+        .interfaces
+        .iter()
+        .filter(|i| i.attached.is_some())
+        .collect();
+    if !attached.is_empty() {
+        let mut received = Counts::default();
+        let mut sent = Counts::default();
+        for i in attached {
+            received.packets += i.received.packets;
+            received.bytes += i.received.bytes;
+            sent.packets += i.sent.packets;
+            sent.bytes += i.sent.bytes;
+        }
+        let _ = write!(
+            line,
+            "; received {}; sent {}",
+            counts(&received),
+            counts(&sent)
+        );
+    }
+    let _ = writeln!(out, "{line}");
+}
+
+/// `== web  (netns 4026532000, /run/netns/web)`.
+fn title(w: &WorkloadSummary) -> String {
     let mut title = format!("== {}  (netns {}", Safe(&w.name), w.netns);
     if let Some(p) = &w.netns_path
         && !w.name.contains(p.as_str())
@@ -68,7 +139,12 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
         let _ = write!(title, ", {}", Safe(p));
     }
     title.push(')');
-    let _ = writeln!(out, "{title}");
+    title
+}
+
+fn workload(out: &mut String, w: &WorkloadSummary) {
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", title(w));
     for i in &w.interfaces {
         interface(out, i);
     }
@@ -459,12 +535,14 @@ mod tests {
                 events_lost: 3,
                 ..Default::default()
             },
+            problems: vec![],
+            thresholds: Default::default(),
             notes: vec![],
             pairing: Default::default(),
             waiting: Default::default(),
             workloads: vec![web, db],
         };
-        let text = render(&s);
+        let text = render(&s, true);
         assert!(text.contains("events lost: 3"), "{text}");
         assert!(
             text.contains("== web  (netns 4026532000, /run/netns/web)"),

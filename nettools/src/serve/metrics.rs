@@ -602,6 +602,8 @@ mod tests {
             probes: ProbeKind::ALL.to_vec(),
             all_namespaces: true,
             health: Default::default(),
+            problems: vec![],
+            thresholds: Default::default(),
             notes: Vec::new(),
             pairing: Default::default(),
             waiting: Default::default(),
