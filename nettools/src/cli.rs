@@ -151,11 +151,11 @@ pub struct Targets {
 pub struct ThresholdArgs {
     /// A workload whose SYN-ACKs or ping replies take longer than this (p90) is slow (on one
     /// node a healthy answer takes well under a millisecond).
-    #[arg(long, value_name = "DURATION", value_parser = trace::parse_duration, default_value = "20ms")]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "20ms")]
     pub slow_answer: std::time::Duration,
     /// DNS answers slower than this (p90) are a DNS problem (a cluster's DNS cache answers in
     /// about a millisecond, a recursive lookup in tens).
-    #[arg(long, value_name = "DURATION", value_parser = trace::parse_duration, default_value = "100ms")]
+    #[arg(long, value_name = "DURATION", value_parser = units::parse_duration, default_value = "100ms")]
     pub slow_dns: std::time::Duration,
     /// A workload whose retransmitted TCP segments are at least this share of the TCP
     /// segments it sent (in percent)…
