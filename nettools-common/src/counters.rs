@@ -50,5 +50,10 @@ pub const RETRANSMITS_NOT_SENT: u32 = 19;
 /// Addresses inserted into the `NEIGH_FAILURES` LRU map: with those present and those
 /// userspace removed, what the map pushed out to make room.
 pub const NEIGH_FAILURES_INSERTED: u32 = 20;
+/// IPv4 neighbours (ARP) the neighbour probe saw go to FAILED, in every namespace, traced or
+/// not: set against the kernel's own `res_failed` of the ARP table, what it never saw.
+pub const NEIGH_FAILED_SEEN_ARP: u32 = 21;
+/// The same for IPv6 neighbours (NDP) and the NDP table.
+pub const NEIGH_FAILED_SEEN_NDP: u32 = 22;
 /// Number of counters (size of the `COUNTERS` array).
 pub const COUNT: u32 = 24;

@@ -48,13 +48,20 @@ fn handle(ctx: &RawTracePointContext) -> Option<()> {
     if state != NUD_FAILED {
         return None;
     }
+    let tbl = read::<*const u8>(n, o.neigh_tbl).unwrap_or(core::ptr::null());
+    let family = read::<i32>(tbl, o.neigh_table_family).unwrap_or(0) as u8;
+    // Every failure seen, in any namespace: userspace sets these against the tables' own
+    // res_failed, so failures the kernel never ran this program for are counted, not lost.
+    if family == AF_INET {
+        bump(counters::NEIGH_FAILED_SEEN_ARP);
+    } else if family == AF_INET6 {
+        bump(counters::NEIGH_FAILED_SEEN_NDP);
+    }
     let dev = read::<*const u8>(n, o.neigh_dev)?;
     let (netns, ifindex) = kernel::dev_netns(&o, dev);
     if !is_traced(netns) {
         return None;
     }
-    let tbl = read::<*const u8>(n, o.neigh_tbl).unwrap_or(core::ptr::null());
-    let family = read::<i32>(tbl, o.neigh_table_family).unwrap_or(0) as u8;
     let mut key = NeighbourKey {
         netns,
         ifindex,

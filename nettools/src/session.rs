@@ -210,6 +210,8 @@ impl<W: Write> Probes<W> {
     /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
         let skipped = self.loaded.skipped_runs();
+        let not_seen = self.loaded.neighbour_failures_not_seen()?;
+        let counters = self.loaded.counters()?;
         let loaded = &self.loaded;
         let agg = &mut self.collector.agg;
         let end_ktime_ns = Clock::monotonic_ns();
@@ -222,8 +224,8 @@ impl<W: Write> Probes<W> {
             &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
             &probe::tc::read_neigh_probes(&loaded.ebpf)?,
         );
-        let counters = loaded.counters()?;
         let mut health = Health::from_counters(&counters, agg.undecodable, skipped);
+        health.neighbour_failures_not_seen = not_seen;
         // What the LRU map of failing addresses pushed out: inserted, less present, less removed.
         health.neighbour_addresses_pushed_out = counters
             [nettools_common::counters::NEIGH_FAILURES_INSERTED as usize]

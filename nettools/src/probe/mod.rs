@@ -148,6 +148,11 @@ pub struct Loaded {
     /// Entries of the neighbour failure map userspace removed (forgotten namespaces), so that
     /// what the map pushed out on its own can be told.
     pub neighbour_entries_forgotten: u64,
+    /// The neighbour tables' failure counts when the neighbour probe was attached, for
+    /// [`neighbours::not_seen`].
+    pub neighbour_baseline: Option<neighbours::Baseline>,
+    /// The largest [`neighbours::not_seen`] read so far (it only grows).
+    neighbour_failures_not_seen: u64,
 }
 
 /// Turns a program load failure into an error whose message stays short; the verifier's log is
@@ -326,6 +331,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         tc: tc::Attachments::with_slots(slots),
         skipped_runs: 0,
         neighbour_entries_forgotten: 0,
+        neighbour_baseline: None,
+        neighbour_failures_not_seen: 0,
     })
 }
 
@@ -413,7 +420,11 @@ impl Loaded {
         match probe {
             ProbeKind::Drops => drops::attach(&mut self.ebpf),
             ProbeKind::Retransmits => retransmits::attach(&mut self.ebpf),
-            ProbeKind::Neighbours => neighbours::attach(&mut self.ebpf),
+            ProbeKind::Neighbours => {
+                neighbours::attach(&mut self.ebpf)?;
+                self.neighbour_baseline = neighbours::baseline(&self.counters()?);
+                Ok(())
+            }
             ProbeKind::Traffic
             | ProbeKind::Handshake
             | ProbeKind::Dns
@@ -464,6 +475,20 @@ impl Loaded {
         // The kernel's counts only grow while a program is loaded; unloaded ones read as 0.
         self.skipped_runs = self.skipped_runs.max(sum);
         self.skipped_runs
+    }
+
+    /// Neighbour failures the kernel's tables counted that the probe never saw (0 without the
+    /// neighbour probe or where the tables cannot be read); never less than a previous read.
+    pub fn neighbour_failures_not_seen(&mut self) -> Result<u64> {
+        if let Some(base) = self.neighbour_baseline
+            && let Some(tables) = neighbours::tables_now()
+        {
+            let c = self.counters()?;
+            self.neighbour_failures_not_seen = self
+                .neighbour_failures_not_seen
+                .max(neighbours::not_seen(&base, tables, &c));
+        }
+        Ok(self.neighbour_failures_not_seen)
     }
 
     /// Detaches and unloads every program, so nothing more is counted; the maps stay readable.

@@ -76,6 +76,10 @@ pub struct Health {
     /// Runs of nettools' programs the kernel skipped because a BPF program was already running
     /// on that CPU (fdinfo `recursion_misses`): what they would have counted is missing.
     pub probe_runs_skipped: u64,
+    /// Neighbour failures the kernel's ARP/NDP tables counted (`res_failed`, every namespace)
+    /// that the neighbour probe never saw: the kernel did not run it for them, so neighbour
+    /// totals may be short by up to this many.
+    pub neighbour_failures_not_seen: u64,
 }
 
 impl Health {
@@ -97,6 +101,7 @@ impl Health {
             neighbour_addresses_pushed_out: 0,
             undecodable_events: undecodable,
             probe_runs_skipped,
+            neighbour_failures_not_seen: 0,
         }
     }
 }

@@ -444,6 +444,10 @@ fn health_line(h: &Health) -> String {
             h.neighbour_addresses_pushed_out,
             "failing neighbour addresses pushed out of their map (totals exact)",
         ),
+        (
+            h.neighbour_failures_not_seen,
+            "neighbour failures the kernel's tables counted that the probe never saw (neighbour totals may be short)",
+        ),
         (h.undecodable_events, "undecodable events"),
         (
             h.probe_runs_skipped,

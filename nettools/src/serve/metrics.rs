@@ -540,6 +540,13 @@ fn health(f: &mut Families, s: &Summary, ctx: &Context) {
         Vec::new(),
         h.probe_runs_skipped as f64,
     );
+    f.add(
+        "nettools_neighbour_failures_not_seen_total",
+        MetricType::COUNTER,
+        "Neighbour failures the kernel's ARP/NDP tables counted (res_failed, every namespace) that the neighbour probe never saw: neighbour totals may be short by up to this many.",
+        Vec::new(),
+        h.neighbour_failures_not_seen as f64,
+    );
     for p in ProbeKind::ALL {
         f.add(
             "nettools_probe_attached",
