@@ -82,6 +82,8 @@ pub struct NamespaceStats {
     pub drops: DropStats,
     pub retransmits: RetransmitStats,
     pub neighbours: NeighbourStats,
+    /// TCP resets and socket errors (the `connections` probe).
+    pub connections: super::connections::ConnectionStats,
 }
 
 impl NamespaceStats {
@@ -90,6 +92,7 @@ impl NamespaceStats {
         self.drops.total() + self.drops.events == 0
             && self.retransmits.total + self.retransmits.events == 0
             && self.neighbours.failures.is_empty()
+            && self.connections.is_empty()
     }
 }
 

@@ -190,6 +190,7 @@ fn summary(names: &[String]) -> Summary {
                 packets: 4,
             }],
         }),
+        connections: None,
     };
     Summary {
         kind: "summary",

@@ -325,3 +325,84 @@ pub fn line<T: Serialize>(value: &T) -> String {
 pub fn summary(s: &Summary) -> String {
     line(s)
 }
+
+/// A TCP reset sent or received (`"type": "tcp_reset"`).
+#[derive(Serialize)]
+pub struct ResetJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    /// `sent` or `received`.
+    pub direction: &'static str,
+    pub flow: String,
+    /// TCP state of the socket (`NONE`: sent without a socket, e.g. to a closed port).
+    pub state: &'static str,
+    /// The kernel's reason for a sent reset (Linux 6.10+).
+    pub reason: Option<String>,
+}
+
+pub fn reset_event(
+    ev: &nettools_common::connections::ResetEvent,
+    workload: &Workload,
+    reasons: &[(u32, String)],
+    clock: &Clock,
+) -> ResetJson {
+    use super::connections::{reason_text, state_text};
+    ResetJson {
+        kind: "tcp_reset",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        direction: if ev.key.direction == nettools_common::connections::SENT {
+            "sent"
+        } else {
+            "received"
+        },
+        flow: format_flow(&ev.key.flow),
+        state: state_text(ev.key.state),
+        reason: reason_text(ev.key.reason, reasons),
+    }
+}
+
+/// An error reported on a socket (`"type": "socket_error"`): what the application's next call
+/// on it returned.
+#[derive(Serialize)]
+pub struct SocketErrorJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    /// `ECONNREFUSED`, `ECONNRESET`, `ETIMEDOUT`, …
+    pub error: String,
+    pub errno: u32,
+    pub flow: String,
+    /// TCP state when the error was reported.
+    pub state: &'static str,
+    /// The process that connected the socket, where known.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+pub fn socket_error_event(
+    ev: &nettools_common::connections::SocketErrorEvent,
+    workload: &Workload,
+    clock: &Clock,
+) -> SocketErrorJson {
+    use super::connections::{errno_text, state_text};
+    let known = ev.owner.pid != 0;
+    SocketErrorJson {
+        kind: "socket_error",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        error: errno_text(ev.key.errno),
+        errno: ev.key.errno,
+        flow: format_flow(&ev.key.flow),
+        state: state_text(ev.state),
+        pid: known.then_some(ev.owner.pid),
+        comm: known.then(|| crate::collect::connections::comm_text(&ev.owner.comm)),
+    }
+}

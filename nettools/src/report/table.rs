@@ -90,6 +90,9 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
             }
         }
     }
+    if let Some(c) = &w.connections {
+        super::connections::table(out, c);
+    }
     if let Some(l) = &w.latency {
         latency(out, l);
     }
@@ -406,6 +409,7 @@ mod tests {
             retransmits: None,
             neighbours: None,
             latency: None,
+            connections: None,
         }
     }
 

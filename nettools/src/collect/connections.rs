@@ -1,0 +1,206 @@
+//! Resets and socket errors per namespace: exact counts from the kernel's maps, and from events
+//! the process that owned a failing socket.
+
+use std::collections::BTreeMap;
+
+use nettools_common::connections::{RECEIVED, ResetEvent, SENT, SocketErrorEvent};
+
+use super::aggregate::{Aggregate, FlowOrd, MAX_FLOWS_PER_NAMESPACE};
+use crate::probe::connections::Counts;
+
+/// The process that owned a socket (`pid` 0 when unknown).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Resets and socket errors in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Exact resets this namespace's stack sent.
+    pub resets_sent: u64,
+    /// Exact resets this namespace's sockets received.
+    pub resets_received: u64,
+    /// Resets per (direction, TCP state, reason, flow), from the kernel's LRU flow map.
+    pub reset_flows: BTreeMap<(u32, u32, u32, FlowOrd), u64>,
+    /// Exact socket errors per errno.
+    pub errors: BTreeMap<u32, u64>,
+    /// Socket errors per (errno, flow), from the kernel's LRU flow map.
+    pub error_flows: BTreeMap<(u32, FlowOrd), u64>,
+    /// Who owned the socket of an error, from events (bounded).
+    pub owners: BTreeMap<(u32, FlowOrd), Owner>,
+    /// Reset and socket-error events received.
+    pub events: u64,
+}
+
+impl ConnectionStats {
+    pub fn is_empty(&self) -> bool {
+        self.resets_sent + self.resets_received + self.events == 0 && self.errors.is_empty()
+    }
+}
+
+/// A NUL-terminated kernel comm as text.
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+impl Aggregate {
+    /// Adds one reset event.
+    pub fn add_reset(&mut self, ev: &ResetEvent) {
+        self.namespaces
+            .entry(ev.key.netns)
+            .or_default()
+            .connections
+            .events += 1;
+    }
+
+    /// Adds one socket-error event (remembers the socket's owner when known).
+    pub fn add_socket_error(&mut self, ev: &SocketErrorEvent) {
+        let c = &mut self.namespaces.entry(ev.key.netns).or_default().connections;
+        c.events += 1;
+        if ev.owner.pid != 0 && c.owners.len() < MAX_FLOWS_PER_NAMESPACE {
+            c.owners.insert(
+                (ev.key.errno, FlowOrd(ev.key.flow)),
+                Owner {
+                    pid: ev.owner.pid,
+                    comm: comm_text(&ev.owner.comm),
+                },
+            );
+        }
+    }
+
+    /// Replaces reset and socket-error counts with the kernel's exact figures.
+    pub fn set_connection_counts(&mut self, counts: &Counts) {
+        for ns in self.namespaces.values_mut() {
+            let c = &mut ns.connections;
+            c.resets_sent = 0;
+            c.resets_received = 0;
+            c.reset_flows.clear();
+            c.errors.clear();
+            c.error_flows.clear();
+        }
+        for (k, n) in counts.reset_totals.iter().filter(|(_, n)| *n > 0) {
+            let c = &mut self.namespaces.entry(k.netns).or_default().connections;
+            match k.direction {
+                SENT => c.resets_sent += n,
+                RECEIVED => c.resets_received += n,
+                _ => {}
+            }
+        }
+        for (k, n) in counts.reset_flows.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .reset_flows
+                .entry((k.direction, k.state, k.reason, FlowOrd(k.flow)))
+                .or_default() += n;
+        }
+        for (k, n) in counts.error_totals.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .errors
+                .entry(k.errno)
+                .or_default() += n;
+        }
+        for (k, n) in counts.error_flows.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .error_flows
+                .entry((k.errno, FlowOrd(k.flow)))
+                .or_default() += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nettools_common::{
+        connections::{ErrorTotalKey, ResetKey, ResetTotalKey, SockOwner, SocketErrorKey},
+        flow::Flow,
+    };
+
+    #[test]
+    fn counts_replace_and_owners_come_from_events() {
+        let mut a = Aggregate::default();
+        let flow = Flow {
+            family: 2,
+            l4_proto: 6,
+            sport: 40000,
+            dport: 80,
+            ..Flow::default()
+        };
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        a.add_socket_error(&SocketErrorEvent {
+            key: SocketErrorKey {
+                netns: 7,
+                errno: 111,
+                flow,
+            },
+            owner: SockOwner {
+                pid: 42,
+                _pad: 0,
+                comm,
+            },
+            ..Default::default()
+        });
+        let counts = Counts {
+            reset_totals: vec![
+                (
+                    ResetTotalKey {
+                        netns: 7,
+                        direction: RECEIVED,
+                    },
+                    3,
+                ),
+                (
+                    ResetTotalKey {
+                        netns: 8,
+                        direction: SENT,
+                    },
+                    0,
+                ),
+            ],
+            reset_flows: vec![(
+                ResetKey {
+                    netns: 7,
+                    direction: RECEIVED,
+                    state: 2,
+                    reason: u32::MAX,
+                    flow,
+                },
+                3,
+            )],
+            error_totals: vec![(
+                ErrorTotalKey {
+                    netns: 7,
+                    errno: 111,
+                },
+                2,
+            )],
+            error_flows: vec![],
+        };
+        a.set_connection_counts(&counts);
+        a.set_connection_counts(&counts);
+        let c = &a.namespaces[&7].connections;
+        assert_eq!((c.resets_received, c.resets_sent), (3, 0));
+        assert_eq!(c.errors[&111], 2);
+        assert_eq!(c.reset_flows.values().sum::<u64>(), 3);
+        assert_eq!(c.owners[&(111, FlowOrd(flow))].comm, "curl");
+        assert!(
+            !a.namespaces.contains_key(&8),
+            "zero counts are no namespace"
+        );
+    }
+}
