@@ -134,6 +134,7 @@ pub struct ConnectionsConfig {
     pub receive_reset: ResetLayout,
     pub set_state: SetStateLayout,
     pub sock: SockOffsets,
+    pub tcp: TcpSockOffsets,
 }
 
 impl ConnectionsConfig {
@@ -142,6 +143,7 @@ impl ConnectionsConfig {
         receive_reset: ResetLayout::UNSET,
         set_state: SetStateLayout::UNSET,
         sock: SockOffsets::UNSET,
+        tcp: TcpSockOffsets::UNSET,
     };
 }
 
@@ -232,6 +234,106 @@ pub struct SocketErrorEvent {
     pub owner: SockOwner,
 }
 
+/// Name of the global holding [`TcpSockOffsets`].
+pub const TCP_SOCK_GLOBAL: &str = "NETTOOLS_TCP_SOCK";
+
+/// Offsets in `struct tcp_sock` read when a connection closes, resolved from BTF ([`ABSENT`]
+/// where missing: the figure is then reported as 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSockOffsets {
+    /// `bytes_sent` (u64): data bytes sent, retransmissions included (4.19+).
+    pub bytes_sent: u32,
+    /// `bytes_retrans` (u64): data bytes retransmitted.
+    pub bytes_retrans: u32,
+    /// `bytes_received` (u64): sequence space received in order (data, and one for a FIN).
+    pub bytes_received: u32,
+    /// `total_retrans` (u32): segments retransmitted over the connection's life.
+    pub total_retrans: u32,
+    /// `srtt_us` (u32): smoothed RTT in µs, times 8.
+    pub srtt_us: u32,
+    /// `rtt_min.s[0].v` (u32): the windowed minimum RTT in µs.
+    pub rtt_min: u32,
+    /// `sock.sk_shutdown` (u8): `RCV_SHUTDOWN` (1) once the peer's FIN arrived.
+    pub sk_shutdown: u32,
+}
+
+impl TcpSockOffsets {
+    pub const UNSET: Self = Self {
+        bytes_sent: ABSENT,
+        bytes_retrans: ABSENT,
+        bytes_received: ABSENT,
+        total_retrans: ABSENT,
+        srtt_us: ABSENT,
+        rtt_min: ABSENT,
+        sk_shutdown: ABSENT,
+    };
+}
+
+/// [`ConnStart::role`] of a socket that connected.
+pub const ROLE_CLIENT: u32 = 1;
+/// [`ConnStart::role`] of a socket a listener created.
+pub const ROLE_SERVER: u32 = 2;
+
+/// When and by whom a connection was opened (`CONN_STARTS`, by `struct sock` address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStart {
+    pub start_ns: u64,
+    /// [`ROLE_CLIENT`] or [`ROLE_SERVER`]; 0 unknown.
+    pub role: u32,
+    /// The connecting process (clients), 0 otherwise.
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+/// How a connection ended ([`ConnectionEvent::how`]).
+pub mod how {
+    /// Closed by FIN (both ways), no error.
+    pub const FIN: u32 = 1;
+    /// The peer reset it (ECONNRESET, EPIPE).
+    pub const RST_RECEIVED: u32 = 2;
+    /// This side reset it (abort, close with unread data, SO_LINGER 0).
+    pub const RST_SENT: u32 = 3;
+    /// Retransmissions or keepalives ran out (ETIMEDOUT).
+    pub const TIMEOUT: u32 = 4;
+    /// Another error ended it (an ICMP error, …).
+    pub const ERROR: u32 = 5;
+}
+
+/// Exact closed connections per (namespace, how) (`CONN_CLOSED_TOTALS`, value: connections).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClosedKey {
+    pub netns: u32,
+    pub how: u32,
+}
+
+/// One finished connection (an established one that reached TCP_CLOSE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionEvent {
+    pub header: EventHeader,
+    pub netns: u32,
+    /// One of [`how`].
+    pub how: u32,
+    pub flow: Flow,
+    /// The state the socket left for TCP_CLOSE.
+    pub oldstate: u32,
+    /// The error set on the socket (0: none).
+    pub errno: u32,
+    pub start: ConnStart,
+    /// Data bytes sent (not counting retransmissions).
+    pub bytes_sent: u64,
+    /// Data bytes received in order (without the peer's FIN).
+    pub bytes_received: u64,
+    pub total_retrans: u32,
+    /// Smoothed RTT in µs (the kernel keeps it times 8; this is divided).
+    pub srtt_us: u32,
+    pub min_rtt_us: u32,
+    pub _pad: u32,
+}
+
 crate::user_pod!(
     ResetLayout,
     SockOffsets,
@@ -245,4 +347,8 @@ crate::user_pod!(
     SockOwner,
     ClosedWithError,
     SocketErrorEvent,
+    TcpSockOffsets,
+    ConnStart,
+    ClosedKey,
+    ConnectionEvent,
 );

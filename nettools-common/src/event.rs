@@ -20,6 +20,8 @@ pub mod kind {
     pub const RESET: u32 = 20;
     /// An error reported on a socket ([`crate::connections::SocketErrorEvent`]).
     pub const SOCKET_ERROR: u32 = 21;
+    /// A finished TCP connection ([`crate::connections::ConnectionEvent`]).
+    pub const CONNECTION: u32 = 22;
 }
 
 /// First field of every event sent through the ring buffer.

@@ -17,8 +17,10 @@ use aya_ebpf::{
 use nettools_common::{
     config::ABSENT,
     connections::{
-        ClosedWithError, ErrorTotalKey, RECEIVED, ResetEvent, ResetKey, ResetLayout, ResetTotalKey,
-        SENT, SetStateLayout, SockOffsets, SockOwner, SocketErrorEvent, SocketErrorKey,
+        ClosedKey, ClosedWithError, ConnStart, ConnectionEvent, ErrorTotalKey, RECEIVED,
+        ROLE_CLIENT, ROLE_SERVER, ResetEvent, ResetKey, ResetLayout, ResetTotalKey, SENT,
+        SetStateLayout, SockOffsets, SockOwner, SocketErrorEvent, SocketErrorKey, TcpSockOffsets,
+        how,
     },
     event::kind,
     flow::{AF_INET, AF_INET6, Flow, family_from_v6_field},
@@ -26,12 +28,22 @@ use nettools_common::{
 
 use crate::{
     kernel::{self, field, read},
-    maps::{NETTOOLS_OFFSETS, add, emit, emit_ref, header, is_traced},
+    maps::{NETTOOLS_OFFSETS, add, emit, emit_ref, header, is_traced, now},
 };
 
 const IPPROTO_TCP: u8 = 6;
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LISTEN: i32 = 10;
+const ECONNRESET: i32 = 104;
+const EPIPE: i32 = 32;
+const ETIMEDOUT: i32 = 110;
+/// `RCV_SHUTDOWN` in `sk_shutdown`.
+const RCV_SHUTDOWN: u8 = 1;
 
 /// Exact resets per (namespace, direction).
 #[map]
@@ -52,10 +64,22 @@ static SOCKET_ERROR_TOTALS: PerCpuHashMap<ErrorTotalKey, u64> =
 static SOCKET_ERROR_FLOWS: LruPerCpuHashMap<SocketErrorKey, u64> =
     LruPerCpuHashMap::with_max_entries(8192, 0);
 
-/// The process that connected each socket (by `struct sock` address), forgotten when the socket
-/// closes; LRU, so sockets that never close properly cannot fill it.
+/// Which connections ended how, exactly, per namespace.
 #[map]
-static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(16384, 0);
+static CONN_CLOSED_TOTALS: PerCpuHashMap<ClosedKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// When and by whom each socket was opened (state change to SYN_SENT or SYN_RECV), until it
+/// closes; LRU so sockets that never close cannot fill it.
+#[map]
+static CONN_STARTS: LruHashMap<u64, ConnStart> = LruHashMap::with_max_entries(65536, 0);
+
+/// One connection event per CPU, built in place (see [`SOCKET_ERROR_SCRATCH`]).
+#[map]
+static CONNECTION_SCRATCH: PerCpuArray<ConnectionEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// `tcp_sock` offsets, written by userspace before load.
+#[unsafe(no_mangle)]
+static NETTOOLS_TCP_SOCK: Global<TcpSockOffsets> = Global::new(TcpSockOffsets::UNSET);
 
 /// Sockets that went to TCP_CLOSE with an error set, until the error report that follows (LRU:
 /// a report that never comes cannot fill it).
@@ -280,9 +304,12 @@ fn socket_error(ctx: &RawTracePointContext) -> Option<()> {
                 return None;
             }
             ev.state = state as u32;
-            match SOCK_OWNERS.get_ptr(&(sk as u64)) {
-                // SAFETY: a value of the owner map, copied at once.
-                Some(p) => ev.owner = unsafe { *p },
+            match CONN_STARTS.get_ptr(&(sk as u64)) {
+                // SAFETY: a value of the map, copied at once.
+                Some(p) => unsafe {
+                    ev.owner.pid = (*p).pid;
+                    ev.owner.comm = (*p).comm;
+                },
                 None => {
                     ev.owner.pid = 0;
                     ev.owner.comm = [0; 16];
@@ -314,42 +341,123 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     let sk = field::<*const u8>(ctx, l.record.skaddr).unwrap_or(core::ptr::null());
     let newstate = field::<i32>(ctx, l.newstate).unwrap_or(0);
     if newstate == TCP_CLOSE {
-        let owner = match SOCK_OWNERS.get_ptr(&(sk as u64)) {
-            // SAFETY: a value of the owner map, copied out at once.
-            Some(p) => unsafe { *p },
-            None => SockOwner::default(),
-        };
-        let _ = SOCK_OWNERS.remove(&(sk as u64));
-        // Closing because of an error (`tcp_done_with_error` sets it first): keep what the
-        // report that follows needs. The record still has the ports; the socket will not.
-        if read::<i32>(sk, NETTOOLS_SOCK.load().err).unwrap_or(0) > 0 {
-            let o = NETTOOLS_OFFSETS.load();
-            if !is_traced(kernel::sk_netns(&o, sk)) {
-                return None;
-            }
-            let closed = ClosedWithError {
-                flow: record_flow(ctx, &l.record),
-                state: field::<i32>(ctx, l.oldstate).unwrap_or(0) as u32,
-                _pad: 0,
-                owner,
-            };
-            let _ = CLOSED_WITH_ERROR.insert(&(sk as u64), &closed, 0);
-        }
+        let _ = closed(ctx, &l, sk);
+        let _ = CONN_STARTS.remove(&(sk as u64));
         return None;
     }
-    if newstate != TCP_SYN_SENT {
+    if newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV {
         return None;
     }
     let o = NETTOOLS_OFFSETS.load();
     if !is_traced(kernel::sk_netns(&o, sk)) {
         return None;
     }
-    // connect() moves the socket to SYN_SENT in the calling process.
-    let owner = SockOwner {
-        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    // connect() moves the socket to SYN_SENT in the calling process; a listener's new socket
+    // starts in SYN_RECV, in softirq (no process).
+    let client = newstate == TCP_SYN_SENT;
+    let start = ConnStart {
+        start_ns: now(),
+        role: if client { ROLE_CLIENT } else { ROLE_SERVER },
+        pid: if client {
+            (bpf_get_current_pid_tgid() >> 32) as u32
+        } else {
+            0
+        },
+        comm: if client {
+            bpf_get_current_comm().unwrap_or([0; 16])
+        } else {
+            [0; 16]
+        },
     };
-    let _ = SOCK_OWNERS.insert(&(sk as u64), &owner, 0);
+    let _ = CONN_STARTS.insert(&(sk as u64), &start, 0);
+    Some(())
+}
+
+/// How a connection that left `oldstate` for TCP_CLOSE with `errno` set ended.
+#[inline(always)]
+fn how_it_ended(oldstate: i32, errno: i32) -> u32 {
+    match errno {
+        0 if oldstate == TCP_ESTABLISHED
+            || oldstate == TCP_CLOSE_WAIT
+            || oldstate == TCP_FIN_WAIT1 =>
+        {
+            // Closing from these states without an error is an abort by this side (close with
+            // unread data or SO_LINGER 0, shutdown by sock_destroy): its reset follows.
+            how::RST_SENT
+        }
+        0 => how::FIN,
+        ECONNRESET | EPIPE => how::RST_RECEIVED,
+        ETIMEDOUT => how::TIMEOUT,
+        _ => how::ERROR,
+    }
+}
+
+/// A TCP socket's state change to TCP_CLOSE: keeps what its error report will need, and sends
+/// the line of a connection that was established.
+fn closed(ctx: &TracePointContext, l: &SetStateLayout, sk: *const u8) -> Option<()> {
+    let o = NETTOOLS_OFFSETS.load();
+    let netns = kernel::sk_netns(&o, sk);
+    if !is_traced(netns) {
+        return None;
+    }
+    let slot = CONNECTION_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's only slot; no other program uses this map.
+    let ev = unsafe { &mut *slot };
+    ev.netns = netns;
+    ev.flow = record_flow(ctx, &l.record);
+    let oldstate = field::<i32>(ctx, l.oldstate).unwrap_or(0);
+    ev.oldstate = oldstate as u32;
+    let errno = read::<i32>(sk, NETTOOLS_SOCK.load().err)
+        .unwrap_or(0)
+        .max(0);
+    ev.errno = errno as u32;
+    match CONN_STARTS.get_ptr(&(sk as u64)) {
+        // SAFETY: a value of the map, copied into the scratch slot at once.
+        Some(p) => ev.start = unsafe { *p },
+        None => {
+            ev.start.start_ns = 0;
+            ev.start.role = 0;
+            ev.start.pid = 0;
+            ev.start.comm = [0; 16];
+        }
+    }
+    // Closing because of an error (`tcp_done_with_error` sets it first): keep what the report
+    // that follows needs. The record still has the ports; the socket will not.
+    if errno > 0 {
+        let keep = ClosedWithError {
+            flow: ev.flow,
+            state: ev.oldstate,
+            _pad: 0,
+            owner: SockOwner {
+                pid: ev.start.pid,
+                _pad: 0,
+                comm: ev.start.comm,
+            },
+        };
+        let _ = CLOSED_WITH_ERROR.insert(&(sk as u64), &keep, 0);
+    }
+    // Only connections that were established get a line (failed connects are socket errors).
+    if oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || oldstate == TCP_LISTEN {
+        return None;
+    }
+    ev.how = how_it_ended(oldstate, errno);
+    add(&CONN_CLOSED_TOTALS, &ClosedKey { netns, how: ev.how }, 1);
+    let t = NETTOOLS_TCP_SOCK.load();
+    let sent = read::<u64>(sk, t.bytes_sent).unwrap_or(0);
+    ev.bytes_sent = sent.saturating_sub(read::<u64>(sk, t.bytes_retrans).unwrap_or(0));
+    let received = read::<u64>(sk, t.bytes_received).unwrap_or(0);
+    // The peer's FIN takes one byte of sequence space, which bytes_received counts.
+    let fin = read::<u8>(sk, t.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0;
+    ev.bytes_received = if fin {
+        received.saturating_sub(1)
+    } else {
+        received
+    };
+    ev.total_retrans = read::<u32>(sk, t.total_retrans).unwrap_or(0);
+    ev.srtt_us = read::<u32>(sk, t.srtt_us).unwrap_or(0) >> 3;
+    ev.min_rtt_us = read::<u32>(sk, t.rtt_min).unwrap_or(0);
+    ev._pad = 0;
+    ev.header = header(kind::CONNECTION);
+    emit_ref(ev);
     Some(())
 }

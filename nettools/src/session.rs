@@ -507,6 +507,13 @@ impl<W: Write> Collector<W> {
                     self.line(&json::reset_event(&r, &w, reasons, &self.clock))?;
                 }
             }
+            Event::Connection(c) => {
+                self.agg.add_connection(&c);
+                if self.json {
+                    let w = self.workload(c.netns);
+                    self.line(&json::connection_event(&c, &w, &self.clock))?;
+                }
+            }
             Event::SocketError(e) => {
                 self.agg.add_socket_error(&e);
                 if self.json {

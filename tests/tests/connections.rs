@@ -438,6 +438,32 @@ fn failures(ipv6: bool) -> Result<()> {
         assert_eq!(e["pid"], std::process::id(), "{e}");
     }
     assert_eq!(errors, expected, "one socket_error event per error");
+
+    // The connections that were established have a line each, ended as they were: the client
+    // received the resets, the server sent those of its aborts in ESTABLISHED.
+    let hows = |netns: u32, port: u16| -> Vec<String> {
+        events("tcp_connection", netns)
+            .into_iter()
+            .filter(|e| {
+                e["flow"].as_str().is_some_and(|f| {
+                    f.contains(&format!(":{port} ")) || f.ends_with(&format!(":{port}"))
+                })
+            })
+            .map(|e| e["how"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(hows(cli_ns, ABORTS), vec!["rst_received"; RESET]);
+    assert_eq!(hows(cli_ns, ABORTS_AFTER_FIN), vec!["rst_received"; PIPE]);
+    assert_eq!(hows(srv_ns, ABORTS), vec!["rst_sent"; RESET]);
+    assert_eq!(
+        n(&cli["closed"]["rst_received"]),
+        (RESET + PIPE) as u64,
+        "{cli}"
+    );
+    assert!(
+        hows(cli_ns, CLOSED).is_empty() && hows(cli_ns, SILENT).is_empty(),
+        "failed connects are socket errors, not finished connections"
+    );
     Ok(())
 }
 
@@ -479,4 +505,287 @@ fn resets_and_socket_errors_ipv4() -> Result<()> {
 #[test]
 fn resets_and_socket_errors_ipv6() -> Result<()> {
     failures(true)
+}
+
+/// `nettools serve --probes connections` on a lab: the reset and socket-error counters of each
+/// namespace equal nstat's and the errnos the client got, every label of the closed sets is
+/// exposed (zeros included), and `promtool check metrics` accepts the exposition.
+#[test]
+fn resets_and_socket_errors_are_scraped_as_counted() -> Result<()> {
+    need!(&["promtool"]);
+    if let Some(reason) = kernel_lacks() {
+        skip(&reason);
+        return Ok(());
+    }
+    let mut lab = Lab::new()?;
+    let server = lab.node("srv", "10.235.0.1/24", None)?;
+    let client = lab.node("cli", "10.235.0.2/24", None)?;
+    let any: IpAddr = std::net::Ipv4Addr::UNSPECIFIED.into();
+    let aborts = server.enter(|| TcpListener::bind(SocketAddr::new(any, ABORTS)))??;
+    let (server_before, client_before) = (counters(&server)?, counters(&client)?);
+    let agent =
+        nettools_tests::agent::Agent::start(&["--probes", "connections", "--refresh", "1s"])?;
+    let abort_thread = aborting_server(aborts, RESET, false);
+    let ip: IpAddr = server.ipv4.into();
+    let errnos = client.enter(|| -> Result<Vec<i32>> {
+        let mut errnos = Vec::new();
+        for _ in 0..REFUSED {
+            errnos.push(match TcpStream::connect(SocketAddr::new(ip, CLOSED)) {
+                Ok(_) => bail!("a connection to a closed port succeeded"),
+                Err(e) => e
+                    .raw_os_error()
+                    .context("connect failed without an errno")?,
+            });
+        }
+        for _ in 0..RESET {
+            let mut s = TcpStream::connect(SocketAddr::new(ip, ABORTS))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            errnos.push(errno_of(
+                s.read(&mut [0u8; 64]),
+                "recv from an aborting peer",
+            )?);
+        }
+        Ok(errnos)
+    })??;
+    abort_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    let refused = errnos.iter().filter(|e| **e == libc::ECONNREFUSED).count();
+    let reset = errnos.iter().filter(|e| **e == libc::ECONNRESET).count();
+    assert_eq!((refused, reset), (REFUSED, RESET), "errnos: {errnos:?}");
+    let server_d = delta(counters(&server)?, server_before);
+    let client_d = delta(counters(&client)?, client_before);
+    let (srv_ns, cli_ns) = (server.inode()?.to_string(), client.inode()?.to_string());
+    let resets = |text: &str, netns: &str, direction: &str| {
+        nettools_tests::prom::value(
+            text,
+            "nettools_tcp_resets_total",
+            &[("netns", netns), ("direction", direction)],
+        )
+    };
+    let want_received = (client_d[1] + client_d[2]) as f64;
+    // Counts are read from the kernel at the scrape; RTT samples come with events, which the
+    // agent drains on a short timer.
+    let rtt_count = |text: &str, netns: &str| {
+        nettools_tests::prom::value(text, "nettools_tcp_rtt_seconds_count", &[("netns", netns)])
+    };
+    let text = agent.scrape_until(Duration::from_secs(15), "the client's resets", |text| {
+        Ok(resets(text, &cli_ns, "received")? == Some(want_received)
+            && rtt_count(text, &cli_ns)? == Some(RESET as f64)
+            && rtt_count(text, &srv_ns)? == Some(RESET as f64))
+    })?;
+    nettools_tests::prom::promtool_accepts(&text)?;
+    eprintln!(
+        "nstat Δ[OutRsts, EstabResets, AttemptFails]: server {server_d:?}, client {client_d:?}"
+    );
+    if send_reset_covers_closed_ports()? {
+        assert_eq!(
+            resets(&text, &srv_ns, "sent")?,
+            Some(server_d[0] as f64),
+            "{text}"
+        );
+    }
+    assert_eq!(resets(&text, &cli_ns, "sent")?, Some(client_d[0] as f64));
+    assert_eq!(resets(&text, &srv_ns, "received")?, Some(0.0));
+    let errors = |errno: &str| {
+        nettools_tests::prom::value(
+            &text,
+            "nettools_socket_errors_total",
+            &[("netns", &cli_ns), ("errno", errno)],
+        )
+    };
+    for (errno, want) in [
+        ("ECONNREFUSED", REFUSED),
+        ("ECONNRESET", RESET),
+        ("EPIPE", 0),
+        ("ETIMEDOUT", 0),
+        ("EHOSTUNREACH", 0),
+        ("ENETUNREACH", 0),
+        ("other", 0),
+    ] {
+        assert_eq!(errors(errno)?, Some(want as f64), "{errno}: {text}");
+    }
+    // The aborted connections, closed on both sides: reset received by the client, sent by
+    // the server; one RTT sample each.
+    let closed = |netns: &str, how: &str| {
+        nettools_tests::prom::value(
+            &text,
+            "nettools_tcp_connections_closed_total",
+            &[("netns", netns), ("how", how)],
+        )
+    };
+    for how in ["fin", "rst_received", "rst_sent", "timeout", "error"] {
+        let (cli_want, srv_want) = match how {
+            "rst_received" => (RESET, 0),
+            "rst_sent" => (0, RESET),
+            _ => (0, 0),
+        };
+        assert_eq!(
+            closed(&cli_ns, how)?,
+            Some(cli_want as f64),
+            "{how}: {text}"
+        );
+        assert_eq!(
+            closed(&srv_ns, how)?,
+            Some(srv_want as f64),
+            "{how}: {text}"
+        );
+    }
+    Ok(())
+}
+
+/// The port of the delayed request/response connection.
+const DELAYED: u16 = 7010;
+/// Bytes each side sends besides the ping-pong bytes.
+const REQUEST_BYTES: usize = 3_000;
+const RESPONSE_BYTES: usize = 123_457;
+/// One-byte round trips the client times itself.
+const PINGS: usize = 20;
+
+/// One connection over a link whose client-to-server packets are held 20 ms (NFQUEUE): its
+/// `tcp_connection` line on each side has the bytes each end counted, ended by FIN, the role,
+/// and on the client a smoothed and a minimum RTT within 1 ms of the round trip the client
+/// timed itself.
+fn finished_connection(ipv6: bool) -> Result<()> {
+    require_root();
+    if let Some(reason) = kernel_lacks() {
+        skip(&reason);
+        return Ok(());
+    }
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:236::1/64"), Some("fd00:236::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.236.0.1/24", s6)?;
+    let client = lab.node("cli", "10.236.0.2/24", c6)?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, DELAYED)))??;
+    let delay = Duration::from_millis(20);
+    let port = DELAYED.to_string();
+    let held = nettools::lab::delay::Delay::start(
+        &client,
+        ipv6,
+        "OUTPUT",
+        &["-p", "tcp", "--dport", &port],
+        0,
+        delay,
+    )?;
+    let trace = Trace::start(&[
+        "--netns",
+        &server.netns,
+        "--netns",
+        &client.netns,
+        "--probes",
+        "connections",
+        "-o",
+        "json",
+    ])?;
+    let server_thread = std::thread::spawn(move || -> Result<(usize, u16)> {
+        let (mut s, peer) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut b = [0u8; 1];
+        for _ in 0..PINGS {
+            s.read_exact(&mut b)?;
+            s.write_all(&b)?;
+        }
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        s.write_all(&pattern(RESPONSE_BYTES, 3))?;
+        Ok((PINGS + rest.len(), peer.port()))
+    });
+    let (rtts, client_received, client_port) =
+        client.enter(|| -> Result<(Vec<Duration>, usize, u16)> {
+            let mut s = TcpStream::connect(SocketAddr::new(ip, DELAYED))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let port = s.local_addr()?.port();
+            let mut rtts = Vec::new();
+            let mut b = [7u8; 1];
+            for _ in 0..PINGS {
+                let t = std::time::Instant::now();
+                s.write_all(&b)?;
+                s.read_exact(&mut b)?;
+                rtts.push(t.elapsed());
+            }
+            s.write_all(&pattern(REQUEST_BYTES, 5))?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest)?;
+            Ok((rtts, PINGS + rest.len(), port))
+        })??;
+    let (server_received, _) = server_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    // Both ends closed (the client's last ACK may still be held): wait out the hold.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert_eq!(server_received, PINGS + REQUEST_BYTES);
+    assert_eq!(client_received, PINGS + RESPONSE_BYTES);
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let measured_ms = sorted[sorted.len() / 2].as_secs_f64() * 1e3;
+    let lines = done.json()?;
+    let line = |netns: u32| -> Result<&Value> {
+        lines
+            .iter()
+            .find(|l| {
+                l["type"] == "tcp_connection"
+                    && l["netns"] == netns
+                    && l["flow"]
+                        .as_str()
+                        .is_some_and(|f| f.contains(&client_port.to_string()))
+            })
+            .with_context(|| format!("no tcp_connection line in netns {netns}"))
+    };
+    let cli = line(client.inode()?)?;
+    let srv = line(server.inode()?)?;
+    eprintln!(
+        "the client timed a round trip of {measured_ms:.3} ms (median of {PINGS})\nclient {cli}\nserver {srv}"
+    );
+    assert_eq!(cli["role"], "client", "{cli}");
+    assert_eq!(srv["role"], "server", "{srv}");
+    assert_eq!(cli["bytes_sent"], (PINGS + REQUEST_BYTES) as u64, "{cli}");
+    assert_eq!(
+        cli["bytes_received"],
+        (PINGS + RESPONSE_BYTES) as u64,
+        "{cli}"
+    );
+    assert_eq!(srv["bytes_sent"], (PINGS + RESPONSE_BYTES) as u64, "{srv}");
+    assert_eq!(
+        srv["bytes_received"],
+        (PINGS + REQUEST_BYTES) as u64,
+        "{srv}"
+    );
+    assert_eq!(cli["how"], "fin", "{cli}");
+    assert_eq!(srv["how"], "fin", "{srv}");
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let (srtt, min_rtt) = (ms(&cli["srtt_ms"]), ms(&cli["min_rtt_ms"]));
+    assert!(
+        (srtt - measured_ms).abs() <= latency_tolerance_ms(1.0),
+        "srtt {srtt} ms, the client measured {measured_ms} ms"
+    );
+    let fastest = sorted[0].as_secs_f64() * 1e3;
+    assert!(
+        (min_rtt - fastest).abs() <= latency_tolerance_ms(1.0),
+        "min RTT {min_rtt} ms, the client's fastest round trip {fastest} ms"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_finished_connection_has_its_bytes_and_rtt_ipv4() -> Result<()> {
+    finished_connection(false)
+}
+
+#[test]
+fn a_finished_connection_has_its_bytes_and_rtt_ipv6() -> Result<()> {
+    finished_connection(true)
 }

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use nettools_common::connections::{RECEIVED, ResetEvent, SENT, SocketErrorEvent};
+use hdrhistogram::Histogram;
+use nettools_common::connections::{ConnectionEvent, RECEIVED, ResetEvent, SENT, SocketErrorEvent};
 
 use super::aggregate::{Aggregate, FlowOrd, MAX_FLOWS_PER_NAMESPACE};
 use crate::probe::connections::Counts;
@@ -15,8 +16,11 @@ pub struct Owner {
     pub comm: String,
 }
 
-/// Resets and socket errors in one namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How many finished connections each top list keeps.
+pub const TOP_CONNECTIONS: usize = 5;
+
+/// Resets, socket errors and finished connections in one namespace.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ConnectionStats {
     /// Exact resets this namespace's stack sent.
     pub resets_sent: u64,
@@ -32,11 +36,38 @@ pub struct ConnectionStats {
     pub owners: BTreeMap<(u32, FlowOrd), Owner>,
     /// Reset and socket-error events received.
     pub events: u64,
+    /// Exact finished connections per way they ended (`how`).
+    pub closed: BTreeMap<u32, u64>,
+    /// Smoothed RTT of each finished connection (nanoseconds), from events.
+    pub rtt: Option<Histogram<u64>>,
+    /// The finished connections with the most retransmitted segments, and with the highest
+    /// smoothed RTT.
+    pub top_by_retransmits: Vec<ConnectionEvent>,
+    pub top_by_rtt: Vec<ConnectionEvent>,
+}
+
+// Histograms compare by their counts: equality is total here.
+impl Eq for ConnectionStats {}
+
+/// Keeps `ev` in `top` when it is among the `TOP_CONNECTIONS` largest by `key`.
+fn keep_top(
+    top: &mut Vec<ConnectionEvent>,
+    ev: &ConnectionEvent,
+    key: fn(&ConnectionEvent) -> u32,
+) {
+    if key(ev) == 0 {
+        return;
+    }
+    top.push(*ev);
+    top.sort_by_key(|e| std::cmp::Reverse(key(e)));
+    top.truncate(TOP_CONNECTIONS);
 }
 
 impl ConnectionStats {
     pub fn is_empty(&self) -> bool {
-        self.resets_sent + self.resets_received + self.events == 0 && self.errors.is_empty()
+        self.resets_sent + self.resets_received + self.events == 0
+            && self.errors.is_empty()
+            && self.closed.is_empty()
     }
 }
 
@@ -71,6 +102,18 @@ impl Aggregate {
         }
     }
 
+    /// Adds one finished connection: its RTT sample and the top lists.
+    pub fn add_connection(&mut self, ev: &ConnectionEvent) {
+        let c = &mut self.namespaces.entry(ev.netns).or_default().connections;
+        c.events += 1;
+        if ev.srtt_us > 0 {
+            let h = c.rtt.get_or_insert_with(super::latency::new_histogram);
+            h.saturating_record(u64::from(ev.srtt_us) * 1000);
+        }
+        keep_top(&mut c.top_by_retransmits, ev, |e| e.total_retrans);
+        keep_top(&mut c.top_by_rtt, ev, |e| e.srtt_us);
+    }
+
     /// Replaces reset and socket-error counts with the kernel's exact figures.
     pub fn set_connection_counts(&mut self, counts: &Counts) {
         for ns in self.namespaces.values_mut() {
@@ -80,6 +123,17 @@ impl Aggregate {
             c.reset_flows.clear();
             c.errors.clear();
             c.error_flows.clear();
+            c.closed.clear();
+        }
+        for (k, n) in counts.closed_totals.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .closed
+                .entry(k.how)
+                .or_default() += n;
         }
         for (k, n) in counts.reset_totals.iter().filter(|(_, n)| *n > 0) {
             let c = &mut self.namespaces.entry(k.netns).or_default().connections;
@@ -190,6 +244,7 @@ mod tests {
                 2,
             )],
             error_flows: vec![],
+            closed_totals: vec![],
         };
         a.set_connection_counts(&counts);
         a.set_connection_counts(&counts);

@@ -9,7 +9,7 @@ pub mod latency;
 
 use bytes::Buf as _;
 use nettools_common::{
-    connections::{ResetEvent, SocketErrorEvent},
+    connections::{ConnectionEvent, ResetEvent, SocketErrorEvent},
     drops::DropEvent,
     event::kind,
     latency::{DnsEvent, HandshakeEvent, IcmpEvent, TransitEvent},
@@ -29,6 +29,7 @@ pub enum Event {
     Transit(TransitEvent),
     Reset(ResetEvent),
     SocketError(SocketErrorEvent),
+    Connection(Box<ConnectionEvent>),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -84,6 +85,9 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         kind::RESET => pod::<ResetEvent>(data).map(Event::Reset).ok_or(truncated),
         kind::SOCKET_ERROR => pod::<SocketErrorEvent>(data)
             .map(Event::SocketError)
+            .ok_or(truncated),
+        kind::CONNECTION => pod::<ConnectionEvent>(data)
+            .map(|c| Event::Connection(Box::new(c)))
             .ok_or(truncated),
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -7,8 +7,8 @@ use aya::Ebpf;
 use nettools_common::{
     config::ABSENT,
     connections::{
-        ConnectionsConfig, ErrorTotalKey, ResetKey, ResetLayout, ResetTotalKey, SetStateLayout,
-        SockOffsets, SocketErrorKey,
+        ClosedKey, ConnectionsConfig, ErrorTotalKey, ResetKey, ResetLayout, ResetTotalKey,
+        SetStateLayout, SockOffsets, SocketErrorKey, TcpSockOffsets, how,
     },
 };
 
@@ -99,6 +99,36 @@ pub fn sock_offsets(btf: &mut Btf) -> Result<SockOffsets> {
     })
 }
 
+/// The `struct tcp_sock` offsets read when a connection closes, and the names of those this
+/// kernel lacks (their figures are then 0).
+pub fn tcp_sock_offsets(btf: &mut Btf) -> (TcpSockOffsets, Vec<&'static str>) {
+    let mut missing = Vec::new();
+    let mut get = |strukt: &str, path: &'static str, size: u32| match btf.field(strukt, path) {
+        Ok(loc) if loc.size == size => loc.offset,
+        _ => {
+            missing.push(path);
+            ABSENT
+        }
+    };
+    let rtt_min = get("tcp_sock", "rtt_min", 24);
+    let offsets = TcpSockOffsets {
+        bytes_sent: get("tcp_sock", "bytes_sent", 8),
+        bytes_retrans: get("tcp_sock", "bytes_retrans", 8),
+        bytes_received: get("tcp_sock", "bytes_received", 8),
+        total_retrans: get("tcp_sock", "total_retrans", 4),
+        srtt_us: get("tcp_sock", "srtt_us", 4),
+        // struct minmax { struct minmax_sample { u32 t; u32 v; } s[3]; }: the current minimum
+        // is s[0].v.
+        rtt_min: if rtt_min == ABSENT {
+            ABSENT
+        } else {
+            rtt_min + 4
+        },
+        sk_shutdown: get("sock", "sk_shutdown", 1),
+    };
+    (offsets, missing)
+}
+
 /// What this kernel offers the connections probe: the configuration for the programs, and a
 /// sentence for each part that cannot run (those parts are not attached).
 pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
@@ -136,14 +166,23 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
         ));
         c.sock.err = ABSENT;
     }
-    if c.sock.err != ABSENT {
+    let (tcp, missing) = tcp_sock_offsets(btf);
+    if !missing.is_empty() {
+        notes.push(format!(
+            "this kernel's BTF lacks {} of struct tcp_sock/sock: finished connections report 0 \
+             for them",
+            missing.join(", ")
+        ));
+    }
+    c.tcp = tcp;
+    {
         match super::tracefs::format("sock", "inet_sock_set_state")
             .and_then(|f| set_state_layout(&f))
         {
             Ok(l) => c.set_state = l,
             Err(e) => notes.push(format!(
-                "{e:#}: the process behind a socket error is not known, and the local port of \
-                 a socket closed by its error is not either"
+                "{e:#}: finished connections are not reported, the process behind a socket \
+                 error is not known, and neither is the local port of a socket its error closed"
             )),
         }
     }
@@ -175,6 +214,7 @@ pub struct Counts {
     pub reset_flows: Vec<(ResetKey, u64)>,
     pub error_totals: Vec<(ErrorTotalKey, u64)>,
     pub error_flows: Vec<(SocketErrorKey, u64)>,
+    pub closed_totals: Vec<(ClosedKey, u64)>,
 }
 
 /// Reads [`Counts`].
@@ -184,8 +224,23 @@ pub fn read_counts(ebpf: &Ebpf) -> Result<Counts> {
         reset_flows: super::sum_per_cpu(ebpf, "RESET_FLOWS")?,
         error_totals: super::sum_per_cpu(ebpf, "SOCKET_ERROR_TOTALS")?,
         error_flows: super::sum_per_cpu(ebpf, "SOCKET_ERROR_FLOWS")?,
+        closed_totals: super::sum_per_cpu(ebpf, "CONN_CLOSED_TOTALS")?,
     })
 }
+
+/// How a connection ended, as reports and metrics name it.
+pub fn how_name(h: u32) -> &'static str {
+    match h {
+        how::FIN => "fin",
+        how::RST_RECEIVED => "rst_received",
+        how::RST_SENT => "rst_sent",
+        how::TIMEOUT => "timeout",
+        _ => "error",
+    }
+}
+
+/// The closed set of [`how_name`] values.
+pub const HOW_NAMES: [&str; 5] = ["fin", "rst_received", "rst_sent", "timeout", "error"];
 
 /// The names of `enum sk_rst_reason` on this kernel (6.10+), without their `SK_RST_REASON_`
 /// prefix; empty where the kernel gives no reasons.
@@ -294,6 +349,8 @@ mod tests {
         assert_eq!(errno_name(5), "other");
         for e in 0..200 {
             assert!(ERRNO_NAMES.contains(&errno_name(e)));
+            assert!(HOW_NAMES.contains(&how_name(e)));
         }
+        assert_eq!(how_name(how::RST_SENT), "rst_sent");
     }
 }

@@ -31,7 +31,9 @@ use nettools_common::{
         RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, SYNTHETIC_NETNS_GLOBAL,
         WAKEUP_BYTES_GLOBAL,
     },
-    connections::{RECEIVE_RESET_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL},
+    connections::{
+        RECEIVE_RESET_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL, TCP_SOCK_GLOBAL,
+    },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
 };
@@ -63,8 +65,9 @@ pub enum ProbeKind {
     Icmp,
     /// Time through the host from one traced veth to another (bridge forwarding).
     Transit,
-    /// TCP resets sent and received, and the errors applications saw on their sockets
-    /// (tcp:tcp_send_reset, tcp:tcp_receive_reset, inet_sk_error_report).
+    /// TCP resets sent and received, the errors applications saw on their sockets, and a line
+    /// per finished connection with its bytes and RTT (tcp:tcp_send_reset, tcp_receive_reset,
+    /// inet_sk_error_report, sock:inet_sock_set_state).
     Connections,
 }
 
@@ -311,6 +314,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(RECEIVE_RESET_GLOBAL, &conns.receive_reset, true)
         .override_global(SET_STATE_GLOBAL, &conns.set_state, true)
         .override_global(SOCK_GLOBAL, &conns.sock, true)
+        .override_global(TCP_SOCK_GLOBAL, &conns.tcp, true)
         .override_global(FILTER_GLOBAL, &filter, true)
         .override_global(
             WAKEUP_BYTES_GLOBAL,

@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use nettools_common::config::ABSENT;
+use hdrhistogram::Histogram;
+use nettools_common::{
+    config::ABSENT,
+    connections::{ConnectionEvent, ROLE_CLIENT, ROLE_SERVER},
+};
 use serde::Serialize;
 
 use std::fmt::Write as _;
@@ -11,7 +15,10 @@ use std::fmt::Write as _;
 use super::{TOP_FLOWS, format_flow, text::Safe};
 use crate::{
     collect::connections::ConnectionStats,
-    probe::{connections::errno_name, retransmits::state_name},
+    probe::{
+        connections::{errno_name, how_name},
+        retransmits::state_name,
+    },
 };
 
 /// Resets of one flow in one direction, state and reason.
@@ -39,8 +46,38 @@ pub struct SocketErrorFlow {
     pub comm: Option<String>,
 }
 
-/// TCP resets and socket errors in one namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+/// A finished connection.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConnectionLine {
+    pub flow: String,
+    /// `client` (it connected), `server` (a listener accepted it), `null` when it was opened
+    /// before the trace.
+    pub role: Option<&'static str>,
+    /// `fin`, `rst_received`, `rst_sent`, `timeout`, `error`.
+    pub how: &'static str,
+    pub retransmits: u32,
+    pub srtt_ms: f64,
+    pub min_rtt_ms: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+/// Smoothed RTTs of the finished connections.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RttSummary {
+    pub count: u64,
+    pub min_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The samples (nanoseconds), for Prometheus.
+    #[serde(skip)]
+    pub histogram: Histogram<u64>,
+}
+
+/// TCP resets, socket errors and finished connections in one namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ConnectionSummary {
     /// Exact resets sent by this namespace's stack (like nstat TcpOutRsts).
     pub resets_sent: u64,
@@ -52,6 +89,48 @@ pub struct ConnectionSummary {
     pub socket_errors: BTreeMap<String, u64>,
     /// Flows with the most socket errors.
     pub error_flows: Vec<SocketErrorFlow>,
+    /// Exact finished connections by how they ended (established ones only).
+    pub closed: BTreeMap<&'static str, u64>,
+    /// Smoothed RTT of the finished connections.
+    pub rtt: Option<RttSummary>,
+    /// Finished connections with the most retransmitted segments, and the slowest.
+    pub top_by_retransmits: Vec<ConnectionLine>,
+    pub top_by_rtt: Vec<ConnectionLine>,
+}
+
+/// Who opened a connection.
+pub fn role_text(role: u32) -> Option<&'static str> {
+    match role {
+        ROLE_CLIENT => Some("client"),
+        ROLE_SERVER => Some("server"),
+        _ => None,
+    }
+}
+
+fn line(e: &ConnectionEvent) -> ConnectionLine {
+    ConnectionLine {
+        flow: format_flow(&e.flow),
+        role: role_text(e.start.role),
+        how: how_name(e.how),
+        retransmits: e.total_retrans,
+        srtt_ms: f64::from(e.srtt_us) / 1e3,
+        min_rtt_ms: f64::from(e.min_rtt_us) / 1e3,
+        bytes_sent: e.bytes_sent,
+        bytes_received: e.bytes_received,
+    }
+}
+
+fn rtt_summary(h: &Histogram<u64>) -> RttSummary {
+    let ms = |ns: u64| ns as f64 / 1e6;
+    RttSummary {
+        count: h.len(),
+        min_ms: ms(h.min()),
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        max_ms: ms(h.max()),
+        histogram: h.clone(),
+    }
 }
 
 /// The name of an errno as a C programmer spells it (`ECONNREFUSED`), `errno N` otherwise.
@@ -138,11 +217,62 @@ pub fn summary(c: &ConnectionStats, reset_reasons: &[(u32, String)]) -> Connecti
             .map(|(&errno, &n)| (errno_text(errno), n))
             .collect(),
         error_flows,
+        closed: c.closed.iter().map(|(&h, &n)| (how_name(h), n)).collect(),
+        rtt: c.rtt.as_ref().map(rtt_summary),
+        top_by_retransmits: c.top_by_retransmits.iter().map(line).collect(),
+        top_by_rtt: c.top_by_rtt.iter().map(line).collect(),
     }
 }
 
-/// The table's lines for a workload's resets and socket errors.
+/// The table's lines for a workload's finished connections (totals, RTT, the top ones).
+fn finished(out: &mut String, c: &ConnectionSummary) {
+    if c.closed.is_empty() {
+        return;
+    }
+    let closed: Vec<String> = c.closed.iter().map(|(h, n)| format!("{h} {n}")).collect();
+    let _ = write!(out, "  connections closed: {}", closed.join(", "));
+    if let Some(r) = &c.rtt {
+        let _ = write!(
+            out,
+            "; srtt p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            r.p50_ms, r.p99_ms, r.max_ms
+        );
+    }
+    let _ = writeln!(out);
+    for (title, top) in [
+        ("most retransmits", &c.top_by_retransmits),
+        ("highest srtt", &c.top_by_rtt),
+    ] {
+        if top.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "    {title}: {:>7} {:>10} {:>10} {:>12} {:>12}  FLOW (role, end)",
+            "RETRANS", "SRTT ms", "MIN ms", "SENT", "RECEIVED"
+        );
+        for l in top {
+            let _ = writeln!(
+                out,
+                "    {:>width$} {:>7} {:>10.3} {:>10.3} {:>12} {:>12}  {}  ({}, {})",
+                "",
+                l.retransmits,
+                l.srtt_ms,
+                l.min_rtt_ms,
+                l.bytes_sent,
+                l.bytes_received,
+                Safe(&l.flow),
+                l.role.unwrap_or("?"),
+                l.how,
+                width = title.len() + 1
+            );
+        }
+    }
+}
+
+/// The table's lines for a workload's resets, socket errors and finished connections.
 pub fn table(out: &mut String, c: &ConnectionSummary) {
+    finished(out, c);
     if c.resets_sent + c.resets_received == 0 && c.socket_errors.is_empty() {
         let _ = writeln!(out, "  connections: no resets, no socket errors");
         return;

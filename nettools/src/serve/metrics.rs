@@ -621,6 +621,22 @@ fn connection_series(
             n as f64,
         );
     }
+    for how in crate::probe::connections::HOW_NAMES {
+        f.add(
+            "nettools_tcp_connections_closed_total",
+            MetricType::COUNTER,
+            "Established TCP connections of this network namespace that closed, by how they ended (sock:inet_sock_set_state).",
+            with(labels, &[("how", how)]),
+            c.closed.get(how).copied().unwrap_or(0) as f64,
+        );
+    }
+    let empty = crate::collect::latency::new_histogram();
+    f.histogram(
+        "nettools_tcp_rtt_seconds",
+        "Smoothed RTT (the kernel's srtt) of this network namespace's TCP connections when they closed.",
+        with(labels, &[]),
+        c.rtt.as_ref().map_or(&empty, |r| &r.histogram),
+    );
 }
 
 #[cfg(test)]

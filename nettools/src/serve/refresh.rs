@@ -161,11 +161,14 @@ fn remove_keys<K: Pod, V: Pod>(ebpf: &mut Ebpf, map: &str, gone: impl Fn(&K) -> 
 
 /// Removes a namespace's resets and socket errors from the connections probe's maps.
 fn forget_connections(ebpf: &mut Ebpf, netns: u32) -> usize {
-    use nettools_common::connections::{ErrorTotalKey, ResetKey, ResetTotalKey, SocketErrorKey};
+    use nettools_common::connections::{
+        ClosedKey, ErrorTotalKey, ResetKey, ResetTotalKey, SocketErrorKey,
+    };
     remove_keys::<ResetTotalKey, u64>(ebpf, "RESET_TOTALS", |k| k.netns == netns)
         + remove_keys::<ResetKey, u64>(ebpf, "RESET_FLOWS", |k| k.netns == netns)
         + remove_keys::<ErrorTotalKey, u64>(ebpf, "SOCKET_ERROR_TOTALS", |k| k.netns == netns)
         + remove_keys::<SocketErrorKey, u64>(ebpf, "SOCKET_ERROR_FLOWS", |k| k.netns == netns)
+        + remove_keys::<ClosedKey, u64>(ebpf, "CONN_CLOSED_TOTALS", |k| k.netns == netns)
 }
 
 /// Forgets a namespace that is gone (or now belongs to another workload) and its veths: its
