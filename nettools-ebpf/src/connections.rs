@@ -1,11 +1,12 @@
 //! The connections probe: TCP resets sent (`tcp:tcp_send_reset`) and received
-//! (`tcp:tcp_receive_reset`), and the errors reported on sockets (the `inet_sk_error_report`
-//! raw tracepoint: ECONNREFUSED, ECONNRESET, ETIMEDOUT, …, exactly what the application's next
-//! call on the socket returns).
+//! (`tcp:tcp_receive_reset`), the errors reported on sockets (the `inet_sk_error_report` raw
+//! tracepoint: ECONNREFUSED, ECONNRESET, ETIMEDOUT, …, exactly what the application's next call
+//! on the socket returns), and a line per finished connection (`sock:inet_sock_set_state` to
+//! TCP_CLOSE, with the kernel's own byte counts and RTT from `struct tcp_sock`).
 //!
-//! Counted exactly per namespace (`RESET_TOTALS`, `SOCKET_ERROR_TOTALS`) and per flow (LRU
-//! maps), with one event each. Nothing runs per packet: these fire once per reset, per error
-//! and per TCP state change (the last only to remember which process connected a socket).
+//! Counted exactly per namespace (`RESET_TOTALS`, `SOCKET_ERROR_TOTALS`, `CONN_CLOSED_TOTALS`)
+//! and per flow (LRU maps), with one event each. Nothing runs per packet: these fire once per
+//! reset, per error and per TCP state change.
 
 use aya_ebpf::{
     Global,

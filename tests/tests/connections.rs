@@ -690,6 +690,9 @@ fn finished_connection(ipv6: bool) -> Result<()> {
     let server_thread = std::thread::spawn(move || -> Result<(usize, u16)> {
         let (mut s, peer) = listener.accept()?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_nodelay(true)?;
+        let mut request = vec![0u8; REQUEST_BYTES];
+        s.read_exact(&mut request)?;
         let mut b = [0u8; 1];
         for _ in 0..PINGS {
             s.read_exact(&mut b)?;
@@ -698,13 +701,18 @@ fn finished_connection(ipv6: bool) -> Result<()> {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest)?;
         s.write_all(&pattern(RESPONSE_BYTES, 3))?;
-        Ok((PINGS + rest.len(), peer.port()))
+        Ok((REQUEST_BYTES + PINGS + rest.len(), peer.port()))
     });
     let (rtts, client_received, client_port) =
         client.enter(|| -> Result<(Vec<Duration>, usize, u16)> {
             let mut s = TcpStream::connect(SocketAddr::new(ip, DELAYED))?;
             s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.set_nodelay(true)?;
             let port = s.local_addr()?.port();
+            // The request first, then the round trips: the kernel's smoothed RTT at the close
+            // is then mostly made of round trips like those the client times (the request's
+            // last segment may have waited for a delayed ACK).
+            s.write_all(&pattern(REQUEST_BYTES, 5))?;
             let mut rtts = Vec::new();
             let mut b = [7u8; 1];
             for _ in 0..PINGS {
@@ -713,7 +721,6 @@ fn finished_connection(ipv6: bool) -> Result<()> {
                 s.read_exact(&mut b)?;
                 rtts.push(t.elapsed());
             }
-            s.write_all(&pattern(REQUEST_BYTES, 5))?;
             s.shutdown(std::net::Shutdown::Write)?;
             let mut rest = Vec::new();
             s.read_to_end(&mut rest)?;

@@ -166,7 +166,15 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
         ));
         c.sock.err = ABSENT;
     }
-    let (tcp, missing) = tcp_sock_offsets(btf);
+    let (tcp, mut missing) = tcp_sock_offsets(btf);
+    if let Some(i) = missing.iter().position(|m| *m == "sk_shutdown") {
+        missing.remove(i);
+        notes.push(
+            "this kernel's struct sock.sk_shutdown is not a byte: a finished connection's \
+             bytes_received counts the peer's FIN as one byte"
+                .into(),
+        );
+    }
     if !missing.is_empty() {
         notes.push(format!(
             "this kernel's BTF lacks {} of struct tcp_sock/sock: finished connections report 0 \
