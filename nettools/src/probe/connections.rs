@@ -151,8 +151,8 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
         Ok(l) => c.receive_reset = l,
         Err(e) => notes.push(format!("{e:#}: received TCP resets are not counted")),
     }
-    // Received resets read the socket's state through these offsets too; without the
-    // tracepoint only the socket-error program stays off (`err` ABSENT).
+    // Received resets read the socket's state through these offsets too, and finished
+    // connections its error: without the tracepoint only the socket-error program stays off.
     match sock_offsets(btf) {
         Ok(s) => c.sock = s,
         Err(e) => notes.push(format!(
@@ -164,7 +164,6 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
             "{e:#}: errors reported on sockets (connection refused, reset, timed out, …) are \
              not counted"
         ));
-        c.sock.err = ABSENT;
     }
     let (tcp, mut missing) = tcp_sock_offsets(btf);
     if let Some(i) = missing.iter().position(|m| *m == "sk_shutdown") {
@@ -205,7 +204,7 @@ pub fn attach(ebpf: &mut Ebpf, c: &ConnectionsConfig) -> Result<()> {
     if c.receive_reset.skaddr != ABSENT {
         super::attach_tracepoint(ebpf, "tcp_receive_reset", "tcp", "tcp_receive_reset")?;
     }
-    if c.sock.err != ABSENT {
+    if c.sock.err != ABSENT && super::tracefs::format("sock", "inet_sk_error_report").is_ok() {
         super::attach_raw_tracepoint(ebpf, "inet_sk_error_report", "inet_sk_error_report")?;
     }
     if c.set_state.record.skaddr != ABSENT {
