@@ -16,6 +16,12 @@ pub mod kind {
     pub const ICMP: u32 = 6;
     /// A packet's transit through the host ([`crate::latency::TransitEvent`]).
     pub const TRANSIT: u32 = 7;
+    /// A TCP reset sent or received ([`crate::connections::ResetEvent`]).
+    pub const RESET: u32 = 20;
+    /// An error reported on a socket ([`crate::connections::SocketErrorEvent`]).
+    pub const SOCKET_ERROR: u32 = 21;
+    /// A finished TCP connection ([`crate::connections::ConnectionEvent`]).
+    pub const CONNECTION: u32 = 22;
 }
 
 /// First field of every event sent through the ring buffer.

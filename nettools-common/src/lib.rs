@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod config;
+pub mod connections;
 pub mod counters;
 pub mod drops;
 pub mod event;

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod connections;
 mod dns;
 mod drops;
 mod handshake;

@@ -94,6 +94,27 @@ pub fn emit<T: 'static>(event: T) {
     submit(entry);
 }
 
+/// Sends an event that lives in map memory (a per-CPU scratch slot) without copying it onto
+/// the stack, with the same wakeup rule as [`submit`].
+#[inline(always)]
+pub fn emit_ref<T: 'static>(event: &T) {
+    let threshold = NETTOOLS_WAKEUP_BYTES.load();
+    let flags = if threshold == 0 {
+        0
+    } else {
+        let record = ((core::mem::size_of::<T>() as u64) + 8 + 7) & !7;
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64) + record;
+        if waiting / threshold != waiting.saturating_sub(record) / threshold {
+            BPF_RB_FORCE_WAKEUP as u64
+        } else {
+            BPF_RB_NO_WAKEUP as u64
+        }
+    };
+    if EVENTS.output::<T>(event, flags).is_err() {
+        bump(counters::EVENTS_LOST);
+    }
+}
+
 /// Submits an event, waking the collector once per batch instead of once per event.
 ///
 /// A wakeup is an irq_work (a self-IPI) and a wake-up of the collector's thread; `cargo xtask

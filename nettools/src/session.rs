@@ -220,6 +220,7 @@ impl<W: Write> Probes<W> {
         agg.set_retransmit_counts(&totals, &flows);
         let (neighbours, neighbour_totals) = probe::neighbours::read_counts(&loaded.ebpf)?;
         agg.set_neighbour_counts(&neighbours, &neighbour_totals);
+        agg.set_connection_counts(&probe::connections::read_counts(&loaded.ebpf)?);
         agg.set_interfaces(
             &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
             &probe::tc::read_neigh_probes(&loaded.ebpf)?,
@@ -515,6 +516,28 @@ impl<W: Write> Collector<W> {
             }
             // Transit samples can be one per packet: they go into histograms, not JSON lines.
             Event::Transit(t) => self.agg.latency.add_transit(&t),
+            Event::Reset(r) => {
+                self.agg.add_reset(&r);
+                if self.json {
+                    let w = self.workload(r.key.netns);
+                    let reasons = &self.kernel.reset_reasons;
+                    self.line(&json::reset_event(&r, &w, reasons, &self.clock))?;
+                }
+            }
+            Event::Connection(c) => {
+                self.agg.add_connection(&c);
+                if self.json {
+                    let w = self.workload(c.netns);
+                    self.line(&json::connection_event(&c, &w, &self.clock))?;
+                }
+            }
+            Event::SocketError(e) => {
+                self.agg.add_socket_error(&e);
+                if self.json {
+                    let w = self.workload(e.key.netns);
+                    self.line(&json::socket_error_event(&e, &w, &self.clock))?;
+                }
+            }
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nettools_common::{
+    connections::{ConnectionEvent, RECEIVED, ResetEvent, SENT, SocketErrorEvent},
     drops::{DropEvent, DropKey},
     flow::Flow,
     neighbours::{NeighbourEvent, NeighbourKey},
@@ -10,9 +11,8 @@ use nettools_common::{
     traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue},
 };
 
-/// At most this many distinct dropped flows are kept per namespace; more are counted as
-/// `flows_untracked` so memory stays bounded under a flood of distinct flows.
-pub const MAX_FLOWS_PER_NAMESPACE: usize = 4096;
+pub use super::flow::{FlowOrd, MAX_FLOWS_PER_NAMESPACE};
+use crate::probe::connections::Counts;
 
 /// Drops in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -45,23 +45,6 @@ pub struct RetransmitStats {
     pub events: u64,
 }
 
-/// A [`Flow`] with an order, for sorted maps.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FlowOrd(pub Flow);
-
-impl PartialOrd for FlowOrd {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for FlowOrd {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let key = |f: &Flow| (f.family, f.l4_proto, f.saddr, f.sport, f.daddr, f.dport);
-        key(&self.0).cmp(&key(&other.0))
-    }
-}
-
 /// Neighbour (ARP/NDP) failures in one namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NeighbourStats {
@@ -82,6 +65,8 @@ pub struct NamespaceStats {
     pub drops: DropStats,
     pub retransmits: RetransmitStats,
     pub neighbours: NeighbourStats,
+    /// TCP resets and socket errors (the `connections` probe).
+    pub connections: super::connections::ConnectionStats,
 }
 
 impl NamespaceStats {
@@ -90,6 +75,7 @@ impl NamespaceStats {
         self.drops.total() + self.drops.events == 0
             && self.retransmits.total + self.retransmits.events == 0
             && self.neighbours.failures.is_empty()
+            && self.connections.is_empty()
     }
 }
 
@@ -249,6 +235,97 @@ impl Aggregate {
                 .entry(key.reason)
                 .or_default()
                 .entry(key.location)
+                .or_default() += n;
+        }
+    }
+}
+
+/// Resets, socket errors and finished connections (the `connections` probe).
+impl Aggregate {
+    /// Adds one reset event.
+    pub fn add_reset(&mut self, ev: &ResetEvent) {
+        self.namespaces
+            .entry(ev.key.netns)
+            .or_default()
+            .connections
+            .events += 1;
+    }
+
+    /// Adds one socket-error event (remembers the socket's owner when known).
+    pub fn add_socket_error(&mut self, ev: &SocketErrorEvent) {
+        self.namespaces
+            .entry(ev.key.netns)
+            .or_default()
+            .connections
+            .add_socket_error(ev);
+    }
+
+    /// Adds one finished connection: its RTT sample and the top lists.
+    pub fn add_connection(&mut self, ev: &ConnectionEvent) {
+        self.namespaces
+            .entry(ev.netns)
+            .or_default()
+            .connections
+            .add_connection(ev);
+    }
+
+    /// Replaces reset and socket-error counts with the kernel's exact figures.
+    pub fn set_connection_counts(&mut self, counts: &Counts) {
+        for ns in self.namespaces.values_mut() {
+            let c = &mut ns.connections;
+            c.resets_sent = 0;
+            c.resets_received = 0;
+            c.reset_flows.clear();
+            c.errors.clear();
+            c.error_flows.clear();
+            c.closed.clear();
+        }
+        for (k, n) in counts.closed_totals.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .closed
+                .entry(k.how)
+                .or_default() += n;
+        }
+        for (k, n) in counts.reset_totals.iter().filter(|(_, n)| *n > 0) {
+            let c = &mut self.namespaces.entry(k.netns).or_default().connections;
+            match k.direction {
+                SENT => c.resets_sent += n,
+                RECEIVED => c.resets_received += n,
+                _ => {}
+            }
+        }
+        for (k, n) in counts.reset_flows.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .reset_flows
+                .entry((k.direction, k.state, k.reason, FlowOrd(k.flow)))
+                .or_default() += n;
+        }
+        for (k, n) in counts.error_totals.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .errors
+                .entry(k.errno)
+                .or_default() += n;
+        }
+        for (k, n) in counts.error_flows.iter().filter(|(_, n)| *n > 0) {
+            *self
+                .namespaces
+                .entry(k.netns)
+                .or_default()
+                .connections
+                .error_flows
+                .entry((k.errno, FlowOrd(k.flow)))
                 .or_default() += n;
         }
     }

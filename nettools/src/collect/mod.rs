@@ -2,12 +2,15 @@
 //! network namespace, next to the exact counts the kernel keeps in its maps.
 
 pub mod aggregate;
+pub mod connections;
 pub mod dns;
+pub mod flow;
 pub mod kallsyms;
 pub mod latency;
 
 use bytes::Buf as _;
 use nettools_common::{
+    connections::{ConnectionEvent, ResetEvent, SocketErrorEvent},
     drops::DropEvent,
     event::kind,
     latency::{DnsEvent, HandshakeEvent, IcmpEvent, TransitEvent},
@@ -25,6 +28,9 @@ pub enum Event {
     Dns(Box<DnsEvent>),
     Icmp(IcmpEvent),
     Transit(TransitEvent),
+    Reset(ResetEvent),
+    SocketError(SocketErrorEvent),
+    Connection(Box<ConnectionEvent>),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -76,6 +82,13 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
         kind::ICMP => pod::<IcmpEvent>(data).map(Event::Icmp).ok_or(truncated),
         kind::TRANSIT => pod::<TransitEvent>(data)
             .map(Event::Transit)
+            .ok_or(truncated),
+        kind::RESET => pod::<ResetEvent>(data).map(Event::Reset).ok_or(truncated),
+        kind::SOCKET_ERROR => pod::<SocketErrorEvent>(data)
+            .map(Event::SocketError)
+            .ok_or(truncated),
+        kind::CONNECTION => pod::<ConnectionEvent>(data)
+            .map(|c| Event::Connection(Box::new(c)))
             .ok_or(truncated),
         other => Err(DecodeError::UnknownKind(other)),
     }

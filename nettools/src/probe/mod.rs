@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod clsact;
+pub mod connections;
 pub mod drops;
 pub mod latency;
 pub mod neighbours;
@@ -29,6 +30,9 @@ use nettools_common::{
         FILTER_GLOBAL, Filter, KFREE_SKB_GLOBAL, KfreeSkbLayout, OFFSETS_GLOBAL, RETRANSMIT_GLOBAL,
         RetransmitLayout, STACK_MAP_ENTRIES, STACKS_GLOBAL, SYNACK_GLOBAL, SYNTHETIC_NETNS_GLOBAL,
         WAKEUP_BYTES_GLOBAL,
+    },
+    connections::{
+        RECEIVE_RESET_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL, TCP_SOCK_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -61,11 +65,15 @@ pub enum ProbeKind {
     Icmp,
     /// Time through the host from one traced veth to another (bridge forwarding).
     Transit,
+    /// TCP resets sent and received, the errors applications saw on their sockets, and a line
+    /// per finished connection with its bytes and RTT (tcp:tcp_send_reset, tcp_receive_reset,
+    /// inet_sk_error_report, sock:inet_sock_set_state).
+    Connections,
 }
 
 impl ProbeKind {
     /// Every probe, in report order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Drops,
         Self::Retransmits,
         Self::Neighbours,
@@ -74,6 +82,7 @@ impl ProbeKind {
         Self::Dns,
         Self::Icmp,
         Self::Transit,
+        Self::Connections,
     ];
 
     /// What runs without `--probes`: everything but `transit`, which follows every packet
@@ -98,6 +107,7 @@ impl ProbeKind {
             Self::Dns => "dns",
             Self::Icmp => "icmp",
             Self::Transit => "transit",
+            Self::Connections => "connections",
         }
     }
 
@@ -135,6 +145,10 @@ pub struct KernelInfo {
     pub drop_reasons: drops::DropReasons,
     /// Fields or features this kernel lacks, each a sentence for the report.
     pub notes: Vec<String>,
+    /// What the connections probe attaches on this kernel.
+    pub connections: nettools_common::connections::ConnectionsConfig,
+    /// Names of the reset reasons (`enum sk_rst_reason`, 6.10+).
+    pub reset_reasons: Vec<(u32, String)>,
 }
 
 /// The loaded object and what it was configured with.
@@ -281,6 +295,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     if wants(ProbeKind::Neighbours) {
         notes.extend(neighbours::missing(&offsets));
     }
+    let conns = if wants(ProbeKind::Connections) {
+        connections::config(&mut btf, &mut notes)
+    } else {
+        nettools_common::connections::ConnectionsConfig::UNSET
+    };
     preflight::raise_memlock();
 
     let filter = Filter {
@@ -296,6 +315,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
         .override_global(SYNACK_GLOBAL, &synack, true)
+        .override_global(SEND_RESET_GLOBAL, &conns.send_reset, true)
+        .override_global(RECEIVE_RESET_GLOBAL, &conns.receive_reset, true)
+        .override_global(SET_STATE_GLOBAL, &conns.set_state, true)
+        .override_global(SOCK_GLOBAL, &conns.sock, true)
+        .override_global(TCP_SOCK_GLOBAL, &conns.tcp, true)
         .override_global(FILTER_GLOBAL, &filter, true)
         .override_global(
             WAKEUP_BYTES_GLOBAL,
@@ -327,6 +351,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
             release,
             drop_reasons: reasons,
             notes,
+            connections: conns,
+            reset_reasons: connections::reset_reasons(&btf),
         },
         tc: tc::Attachments::with_slots(slots),
         skipped_runs: 0,
@@ -425,6 +451,7 @@ impl Loaded {
                 self.neighbour_baseline = neighbours::baseline(&self.counters()?);
                 Ok(())
             }
+            ProbeKind::Connections => connections::attach(&mut self.ebpf, &self.kernel.connections),
             ProbeKind::Traffic
             | ProbeKind::Handshake
             | ProbeKind::Dns

@@ -325,3 +325,141 @@ pub fn line<T: Serialize>(value: &T) -> String {
 pub fn summary(s: &Summary) -> String {
     line(s)
 }
+
+/// A TCP reset sent or received (`"type": "tcp_reset"`).
+#[derive(Serialize)]
+pub struct ResetJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    /// `sent` or `received`.
+    pub direction: &'static str,
+    pub flow: String,
+    /// TCP state of the socket (`NONE`: sent without a socket, e.g. to a closed port).
+    pub state: &'static str,
+    /// The kernel's reason for a sent reset (Linux 6.10+).
+    pub reason: Option<String>,
+}
+
+pub fn reset_event(
+    ev: &nettools_common::connections::ResetEvent,
+    workload: &Workload,
+    reasons: &[(u32, String)],
+    clock: &Clock,
+) -> ResetJson {
+    use super::connections::{reason_text, state_text};
+    ResetJson {
+        kind: "tcp_reset",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        direction: if ev.key.direction == nettools_common::connections::SENT {
+            "sent"
+        } else {
+            "received"
+        },
+        flow: format_flow(&ev.key.flow),
+        state: state_text(ev.key.state),
+        reason: reason_text(ev.key.reason, reasons),
+    }
+}
+
+/// An error reported on a socket (`"type": "socket_error"`): what the application's next call
+/// on it returned.
+#[derive(Serialize)]
+pub struct SocketErrorJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    /// `ECONNREFUSED`, `ECONNRESET`, `ETIMEDOUT`, …
+    pub error: String,
+    pub errno: u32,
+    pub flow: String,
+    /// TCP state when the error was reported.
+    pub state: &'static str,
+    /// The process that connected the socket, where known.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+pub fn socket_error_event(
+    ev: &nettools_common::connections::SocketErrorEvent,
+    workload: &Workload,
+    clock: &Clock,
+) -> SocketErrorJson {
+    use super::connections::{errno_text, state_text};
+    let known = ev.owner.pid != 0;
+    SocketErrorJson {
+        kind: "socket_error",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.key.netns,
+        workload: workload.name.clone(),
+        error: errno_text(ev.key.errno),
+        errno: ev.key.errno,
+        flow: format_flow(&ev.key.flow),
+        state: state_text(ev.state),
+        pid: known.then_some(ev.owner.pid),
+        comm: known.then(|| crate::collect::connections::comm_text(&ev.owner.comm)),
+    }
+}
+
+/// A finished TCP connection (`"type": "tcp_connection"`), like tcplife.
+#[derive(Serialize)]
+pub struct ConnectionJson {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time_unix_ns: i128,
+    pub netns: u32,
+    pub workload: String,
+    pub flow: String,
+    /// `client`, `server`, or `null` when it was opened before the trace.
+    pub role: Option<&'static str>,
+    /// `fin`, `rst_received`, `rst_sent`, `timeout`, `error`.
+    pub how: &'static str,
+    /// The state it left for CLOSE, and the error set on it (`null`: none).
+    pub last_state: &'static str,
+    pub error: Option<String>,
+    /// From the state change to SYN_SENT/SYN_RECV to CLOSE (`null`: opened before the trace).
+    pub duration_ms: Option<f64>,
+    /// Data bytes (retransmissions not counted twice; SYN and FIN not counted).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u32,
+    pub srtt_ms: f64,
+    pub min_rtt_ms: f64,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+pub fn connection_event(
+    ev: &nettools_common::connections::ConnectionEvent,
+    workload: &Workload,
+    clock: &Clock,
+) -> ConnectionJson {
+    use super::connections::{errno_text, role_text, state_text};
+    let known = ev.start.pid != 0;
+    ConnectionJson {
+        kind: "tcp_connection",
+        time_unix_ns: clock.unix_ns(ev.header.ts_ns),
+        netns: ev.netns,
+        workload: workload.name.clone(),
+        flow: format_flow(&ev.flow),
+        role: role_text(ev.start.role),
+        how: crate::probe::connections::how_name(ev.how),
+        last_state: state_text(ev.oldstate),
+        error: (ev.errno != 0).then(|| errno_text(ev.errno)),
+        duration_ms: (ev.start.start_ns != 0 && ev.header.ts_ns >= ev.start.start_ns)
+            .then(|| (ev.header.ts_ns - ev.start.start_ns) as f64 / 1e6),
+        bytes_sent: ev.bytes_sent,
+        bytes_received: ev.bytes_received,
+        retransmits: ev.total_retrans,
+        srtt_ms: f64::from(ev.srtt_us) / 1e3,
+        min_rtt_ms: f64::from(ev.min_rtt_us) / 1e3,
+        pid: known.then_some(ev.start.pid),
+        comm: known.then(|| crate::collect::connections::comm_text(&ev.start.comm)),
+    }
+}

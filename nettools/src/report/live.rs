@@ -333,6 +333,7 @@ mod tests {
             }),
             neighbours: None,
             latency: None,
+            connections: None,
             pod: None,
             containers: vec![],
             host_network: false,

@@ -1,6 +1,7 @@
 //! Turning what was collected into answers: one [`Summary`] model that both the table (for
 //! people) and JSON (for machines) render, so their figures cannot disagree.
 
+pub mod connections;
 pub mod file;
 pub mod flamegraph;
 pub mod histogram;
@@ -372,6 +373,8 @@ pub struct WorkloadSummary {
     pub neighbours: Option<NeighbourSummary>,
     /// With any of the `handshake`, `dns`, `icmp`, `transit` probes.
     pub latency: Option<LatencySummary>,
+    /// With the `connections` probe: TCP resets and socket errors.
+    pub connections: Option<connections::ConnectionSummary>,
 }
 
 /// The final (or periodic) report.
@@ -493,6 +496,10 @@ impl Summary {
                             )
                         })
                         .then(|| latency_summary(&w, i)),
+                    connections: i
+                        .probes
+                        .contains(&ProbeKind::Connections)
+                        .then(|| connections::summary(&stats.connections, &i.kernel.reset_reasons)),
                     interfaces,
                 }
             })

@@ -793,6 +793,7 @@ mod tests {
             retransmits: Some(RetransmitSummary::default()),
             neighbours: Some(NeighbourSummary::default()),
             latency: None,
+            connections: None,
         }
     }
 

@@ -166,6 +166,9 @@ fn workload(out: &mut String, w: &WorkloadSummary) {
             }
         }
     }
+    if let Some(c) = &w.connections {
+        super::connections::table(out, c);
+    }
     if let Some(l) = &w.latency {
         latency(out, l);
     }
@@ -486,6 +489,7 @@ mod tests {
             retransmits: None,
             neighbours: None,
             latency: None,
+            connections: None,
         }
     }
 

@@ -340,6 +340,9 @@ fn workload(f: &mut Families, w: &WorkloadSummary, labels: &[String; 5], probes:
             r.total as f64,
         );
     }
+    if let Some(c) = &w.connections {
+        connection_series(f, c, labels);
+    }
     if let Some(n) = &w.neighbours {
         let mut by_protocol: BTreeMap<&str, u64> = BTreeMap::from([("arp", 0), ("ndp", 0)]);
         for failure in &n.failures {
@@ -592,6 +595,59 @@ pub fn render(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     prometheus::TextEncoder::new().encode_to_string(families)
 }
 
+/// Resets and socket errors of one workload: every direction and errno label, zeros included
+/// (closed label sets).
+fn connection_series(
+    f: &mut Families,
+    c: &crate::report::connections::ConnectionSummary,
+    labels: &[String; 5],
+) {
+    use crate::probe::connections::ERRNO_NAMES;
+    for (direction, n) in [("sent", c.resets_sent), ("received", c.resets_received)] {
+        f.add(
+            "nettools_tcp_resets_total",
+            MetricType::COUNTER,
+            "TCP resets sent by this network namespace's stack or received by its sockets (tcp:tcp_send_reset, tcp:tcp_receive_reset).",
+            with(labels, &[("direction", direction)]),
+            n as f64,
+        );
+    }
+    let mut by_errno: BTreeMap<&str, u64> = ERRNO_NAMES.iter().map(|e| (*e, 0)).collect();
+    for (name, n) in &c.socket_errors {
+        let label = ERRNO_NAMES
+            .iter()
+            .find(|e| **e == name.as_str())
+            .copied()
+            .unwrap_or("other");
+        *by_errno.entry(label).or_default() += n;
+    }
+    for (errno, n) in by_errno {
+        f.add(
+            "nettools_socket_errors_total",
+            MetricType::COUNTER,
+            "Errors the kernel reported to applications on their sockets in this network namespace (inet_sk_error_report), by errno.",
+            with(labels, &[("errno", errno)]),
+            n as f64,
+        );
+    }
+    for how in crate::probe::connections::HOW_NAMES {
+        f.add(
+            "nettools_tcp_connections_closed_total",
+            MetricType::COUNTER,
+            "Established TCP connections of this network namespace that closed, by how they ended (sock:inet_sock_set_state).",
+            with(labels, &[("how", how)]),
+            c.closed.get(how).copied().unwrap_or(0) as f64,
+        );
+    }
+    let empty = crate::collect::latency::new_histogram();
+    f.histogram(
+        "nettools_tcp_rtt_seconds",
+        "Smoothed RTT (the kernel's srtt) of this network namespace's TCP connections when they closed.",
+        with(labels, &[]),
+        c.rtt.as_ref().map_or(&empty, |r| &r.histogram),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +706,7 @@ mod tests {
             retransmits: None,
             neighbours: None,
             latency: None,
+            connections: None,
         }
     }
 

@@ -159,6 +159,18 @@ fn remove_keys<K: Pod, V: Pod>(ebpf: &mut Ebpf, map: &str, gone: impl Fn(&K) -> 
     keys.iter().filter(|k| hash.remove(k).is_ok()).count()
 }
 
+/// Removes a namespace's resets and socket errors from the connections probe's maps.
+fn forget_connections(ebpf: &mut Ebpf, netns: u32) -> usize {
+    use nettools_common::connections::{
+        ClosedKey, ErrorTotalKey, ResetKey, ResetTotalKey, SocketErrorKey,
+    };
+    remove_keys::<ResetTotalKey, u64>(ebpf, "RESET_TOTALS", |k| k.netns == netns)
+        + remove_keys::<ResetKey, u64>(ebpf, "RESET_FLOWS", |k| k.netns == netns)
+        + remove_keys::<ErrorTotalKey, u64>(ebpf, "SOCKET_ERROR_TOTALS", |k| k.netns == netns)
+        + remove_keys::<SocketErrorKey, u64>(ebpf, "SOCKET_ERROR_FLOWS", |k| k.netns == netns)
+        + remove_keys::<ClosedKey, u64>(ebpf, "CONN_CLOSED_TOTALS", |k| k.netns == netns)
+}
+
 /// Forgets a namespace that is gone (or now belongs to another workload) and its veths: its
 /// counts leave the kernel's maps and the aggregate, so the maps do not fill up with the dead
 /// and a new workload that gets the same inode starts from zero. Its veths can be attached
@@ -178,6 +190,7 @@ fn forget(core: &mut Core, netns: u32, ifindexes: &[u32]) {
     removed += remove_keys::<u32, u64>(ebpf, "RETRANSMIT_TOTALS", |k| *k == netns);
     removed +=
         remove_keys::<RetransmitStackKey, u64>(ebpf, "RETRANSMIT_STACKS", |k| k.netns == netns);
+    removed += forget_connections(ebpf, netns);
     let neighbours = remove_keys::<NeighbourKey, u64>(ebpf, "NEIGH_FAILURES", |k| k.netns == netns);
     probes.loaded.neighbour_entries_forgotten += neighbours as u64;
     let ebpf = &mut probes.loaded.ebpf;

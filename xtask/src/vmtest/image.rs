@@ -93,6 +93,10 @@ const OPTIONAL_MODULES: &[&str] = &[
     "nft_reject",
     "nft_reject_ipv4",
     "ipt_REJECT",
+    // The connections test's IPv6 ICMP errors (ip6tables -j REJECT).
+    "nf_reject_ipv6",
+    "nft_reject_ipv6",
+    "ip6t_REJECT",
     "sch_tbf",
     "sch_netem",
     "dummy",
