@@ -181,8 +181,9 @@ pub struct CaptureArgs {
     /// Stop after this long, e.g. 30s, 500ms, 2m [default: until Ctrl-C or COUNT].
     #[arg(short, long, value_parser = trace::parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// pcap-filter expression, as tcpdump takes it: `tcp port 8080 and host 10.0.0.7`.
-    #[arg(value_name = "FILTER", trailing_var_arg = true)]
+    /// pcap-filter expression, as tcpdump takes it: `tcp port 8080 and host 10.0.0.7` (options
+    /// may come after it, as with tcpdump; `--` before a filter word that starts with `-`).
+    #[arg(value_name = "FILTER")]
     pub filter: Vec<String>,
 }
 
@@ -552,6 +553,18 @@ mod tests {
         assert_eq!(args.filter.join(" "), "tcp port 8080");
         assert_eq!(args.count, Some(5));
         assert!(Cli::try_parse_from(["nettools", "capture"]).is_err());
+        // Options after the filter, as tcpdump takes them.
+        let Ok(cli) = Cli::try_parse_from([
+            "nettools", "capture", "--netns", "web", "tcp", "port", "80", "-w", "-", "-c", "2",
+        ]) else {
+            panic!("options after the filter")
+        };
+        let Command::Capture(args) = cli.command else {
+            panic!("not capture")
+        };
+        assert_eq!(args.filter.join(" "), "tcp port 80");
+        assert_eq!(args.count, Some(2));
+        assert_eq!(args.write.as_deref(), Some(std::path::Path::new("-")));
         assert!(
             Cli::try_parse_from(["nettools", "capture", "--netns", "a", "--pid", "1"]).is_err()
         );

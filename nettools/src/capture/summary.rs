@@ -111,11 +111,23 @@ fn ipv4(p: &[u8]) -> Option<String> {
 }
 
 fn ipv6(p: &[u8]) -> Option<String> {
-    let payload_len = usize::from(be16(p, 4)?);
-    let next = *p.get(6)?;
+    let mut payload_len = usize::from(be16(p, 4)?);
+    let mut next = *p.get(6)?;
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let payload = p.get(40..).unwrap_or(&[]);
+    let mut at = 40;
+    // Extension headers (hop-by-hop, routing, destination options, fragment), at most a few.
+    for _ in 0..8 {
+        let len = match next {
+            0 | 43 | 60 => (usize::from(*p.get(at + 1)?) + 1) * 8,
+            44 => 8,
+            _ => break,
+        };
+        next = *p.get(at)?;
+        at += len;
+        payload_len = payload_len.saturating_sub(len);
+    }
+    let payload = p.get(at..).unwrap_or(&[]);
     Some(format!(
         "IP6 {}",
         transport(
@@ -187,6 +199,9 @@ fn icmp(p: &[u8], v6: bool) -> String {
         (false, 3) => format!("unreachable, code {code}"),
         (false, 11) | (true, 3) => format!("time exceeded, code {code}"),
         (true, 1) => format!("unreachable, code {code}"),
+        (true, 130) => "multicast listener query".into(),
+        (true, 131) => "multicast listener report".into(),
+        (true, 143) => "multicast listener report v2".into(),
         (true, 135) => "neighbor solicitation".into(),
         (true, 136) => "neighbor advertisement".into(),
         (true, 133) => "router solicitation".into(),
@@ -235,6 +250,21 @@ mod tests {
         assert_eq!(
             line,
             "IP 10.200.0.1.8080 > 10.200.0.2.80: Flags [S], seq 1, length 0"
+        );
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped() {
+        // An MLDv2 report: hop-by-hop options (router alert), then ICMPv6 type 143.
+        let mut p = vec![0x60, 0, 0, 0, 0, 36, 0, 1];
+        p.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16]);
+        p.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+        p.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1]);
+        p.resize(40 + 36, 0);
+        assert_eq!(
+            describe(LINKTYPE_RAW, &p, 76),
+            "IP6 fe80::1 > ff02::16: ICMP6 multicast listener report v2, length 28"
         );
     }
 
