@@ -527,3 +527,91 @@ fn bad_input_is_one_sentence() -> Result<()> {
     assert_eq!(String::from_utf8(out.stderr)?.lines().count(), 1);
     Ok(())
 }
+
+#[test]
+fn a_podman_pod_and_container_are_captured_on_their_veth() -> Result<()> {
+    need!(&["podman", "runc", "conmon", "nsenter", "tshark"]);
+    let podman = nettools_tests::runtimes::Podman::start()?;
+    let net = format!("--network={}", podman.network);
+    podman.pod("ntcap")?;
+    podman.run(&["--name", "ntcap-web", "--pod", "ntcap"])?;
+    podman.run(&["--name", "ntcap-client", &net])?;
+    let pod_ip = podman.ip("ntcap-web")?.to_string();
+    let client_ip = podman.ip("ntcap-client")?.to_string();
+    let client_ns = format!("--net=/proc/{}/ns/net", podman.pid("ntcap-client")?);
+    let socket = podman.socket.display().to_string();
+    for (target, name, to) in [
+        ("--pod", "ntcap", &pod_ip),
+        ("--container", "ntcap-client", &pod_ip),
+    ] {
+        let file = TempFile::new(".pcapng");
+        let capture = Running::nettools(
+            &[
+                target,
+                name,
+                "--docker-socket",
+                &socket,
+                "-w",
+                &file.0.display().to_string(),
+                "icmp",
+            ],
+            Stdio::null(),
+        )?;
+        sh(&[
+            "nsenter", &client_ns, "ping", "-c", "3", "-i", "0.05", "-W", "2", to,
+        ])?;
+        let (ok, stderr) = capture.interrupt()?;
+        assert!(ok, "{target} {name}: {stderr}");
+        let expected: Vec<String> = (1..=3)
+            .map(|seq| format!("{client_ip}\t{pod_ip}\t{seq}"))
+            .collect();
+        assert_eq!(
+            echo_requests(file.0.as_os_str())?,
+            expected,
+            "{target} {name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pid_and_iface_name_the_same_veth() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let mut sleeper = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "sleep", "60"])
+        .spawn()?;
+    let pid = sleeper.id().to_string();
+    // `ip netns exec` execs sleep: the PID is the process in the namespace once it ran.
+    std::thread::sleep(Duration::from_millis(300));
+    let result = (|| -> Result<()> {
+        for target in [["--pid", pid.as_str()], ["--iface", a.host_veth.as_str()]] {
+            let file = TempFile::new(".pcapng");
+            let capture = Running::nettools(
+                &[
+                    target[0],
+                    target[1],
+                    "-w",
+                    &file.0.display().to_string(),
+                    "icmp",
+                ],
+                Stdio::null(),
+            )?;
+            assert!(
+                capture
+                    .stderr()
+                    .contains(&format!("capturing on {} (", a.host_veth)),
+                "{}",
+                capture.stderr()
+            );
+            ping(&b, &a, 2)?;
+            let (ok, stderr) = capture.interrupt()?;
+            assert!(ok, "{stderr}");
+            assert_eq!(echo_requests(file.0.as_os_str())?.len(), 2, "{target:?}");
+        }
+        Ok(())
+    })();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    result
+}
