@@ -39,6 +39,9 @@ pub enum Command {
     /// Build a throwaway lab staging the five classic problems, trace it, tear it down.
     #[command(after_help = LAB_EXAMPLES)]
     Lab(LabArgs),
+    /// Capture a workload's packets on its veth: tcpdump-style lines, or pcapng for Wireshark.
+    #[command(after_help = CAPTURE_EXAMPLES)]
+    Capture(CaptureArgs),
 }
 
 const TRACE_EXAMPLES: &str = "\
@@ -119,6 +122,75 @@ Examples:
   nettools lab                          the report, about 10 seconds
   nettools lab -o json --out lab.json   the same as JSON lines
   nettools lab -o flamegraph --out lab.svg   where the lab's packets die";
+
+const CAPTURE_EXAMPLES: &str = "\
+The packets are captured on the workload's host-side veth, both directions, with libpcap (the
+library tcpdump uses: an AF_PACKET socket with the filter in the kernel), with the kernel's
+timestamps. FILTER is pcap-filter syntax, exactly as tcpdump takes it (man 7 pcap-filter).
+At the end, \"N packets captured, M packets dropped by kernel\" on stderr, as tcpdump says it:
+M counts packets the capture buffer had no room for. The pcapng file ends with an interface
+statistics block holding the same counts.
+
+Exit status: 0, 1 for an error (an unwritable file, a workload without veth), 2 for a filter
+libpcap cannot compile.
+
+Examples:
+  nettools capture --netns web                          one line per packet, like tcpdump -n
+  nettools capture --pod web -n shop tcp port 8080 -w web.pcapng
+  nettools capture --container db -c 100 -w - | tshark -r -
+  nettools capture --pod web -w - | wireshark -k -i -   live in Wireshark
+  nettools capture --iface cni0 arp --duration 30s";
+
+/// What to capture: one workload.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CaptureTarget {
+    /// A network namespace by name (`ip netns list`) or path (e.g. /proc/PID/ns/net).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// The network namespace of a process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// An interface of this (the host's) namespace, captured directly.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// A pod by name (or UID), found through the node's container runtimes.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+    /// A container by name or id (a unique prefix is enough).
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    #[command(flatten)]
+    pub target: CaptureTarget,
+    /// The Kubernetes namespace of --pod [default: any, when the name is unique].
+    #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "pod")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Write pcapng to FILE (`-`: to stdout, for `| tshark -r -` or `| wireshark -k -i -`)
+    /// instead of printing one line per packet.
+    #[arg(short = 'w', long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Keep at most N bytes of each packet.
+    #[arg(short = 's', long, value_name = "N", default_value_t = 262_144,
+          value_parser = clap::value_parser!(u32).range(14..=262_144))]
+    pub snaplen: u32,
+    /// Stop after COUNT packets.
+    #[arg(short = 'c', long, value_name = "COUNT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this long, e.g. 30s, 500ms, 2m [default: until Ctrl-C or COUNT].
+    #[arg(short, long, value_parser = trace::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// pcap-filter expression, as tcpdump takes it: `tcp port 8080 and host 10.0.0.7` (options
+    /// may come after it, as with tcpdump; `--` before a filter word that starts with `-`).
+    #[arg(value_name = "FILTER")]
+    pub filter: Vec<String>,
+}
 
 /// What to trace.
 #[derive(Debug, Args)]
@@ -526,6 +598,37 @@ mod tests {
                 "{args:?}: {s}"
             );
         }
+    }
+
+    #[test]
+    fn capture_takes_one_target_and_a_filter() {
+        let Ok(cli) = Cli::try_parse_from([
+            "nettools", "capture", "--netns", "web", "-c", "5", "tcp", "port", "8080",
+        ]) else {
+            panic!("capture with a filter")
+        };
+        let Command::Capture(args) = cli.command else {
+            panic!("not capture")
+        };
+        assert_eq!(args.filter.join(" "), "tcp port 8080");
+        assert_eq!(args.count, Some(5));
+        assert!(Cli::try_parse_from(["nettools", "capture"]).is_err());
+        // Options after the filter, as tcpdump takes them.
+        let Ok(cli) = Cli::try_parse_from([
+            "nettools", "capture", "--netns", "web", "tcp", "port", "80", "-w", "-", "-c", "2",
+        ]) else {
+            panic!("options after the filter")
+        };
+        let Command::Capture(args) = cli.command else {
+            panic!("not capture")
+        };
+        assert_eq!(args.filter.join(" "), "tcp port 80");
+        assert_eq!(args.count, Some(2));
+        assert_eq!(args.write.as_deref(), Some(std::path::Path::new("-")));
+        assert!(
+            Cli::try_parse_from(["nettools", "capture", "--netns", "a", "--pid", "1"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["nettools", "capture", "--netns", "a", "-c", "0"]).is_err());
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! [`collect`] reads and aggregates their events, [`report`] renders the answers. [`trace`] runs
 //! that pipeline; [`preflight`] and [`doctor`] say what this machine allows; [`lab`] builds
 //! throwaway network labs for demos and tests; [`list`] shows the pods and containers on the
-//! node.
+//! node; [`capture`] writes a workload's packets as pcapng.
 
+pub mod capture;
 pub mod cli;
 pub mod collect;
 pub mod discover;

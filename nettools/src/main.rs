@@ -64,7 +64,12 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("nettools: {}", text::escape(&e.to_string()));
             }
-            ExitCode::FAILURE
+            // tcpdump's status for a filter it cannot compile.
+            if e.downcast_ref::<nettools::capture::FilterError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -172,6 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab(args) => {
             lab::demo::run(&args, cli.verbose).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Capture(args) => {
+            nettools::capture::run_command(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

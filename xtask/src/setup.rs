@@ -16,9 +16,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::process::status;
 
-/// Packages the tests and the lab run (network tools), and the TLS client and certificate
-/// maker the agent's TLS tests use.
+/// Packages the tests and the lab run (network tools), the TLS client and certificate
+/// maker the agent's TLS tests use, libpcap's headers (`nettools capture` links libpcap) and the
+/// capture tests' oracles (tcpdump, tshark; tshark's debconf question is answered by default).
 const LAB_PACKAGES: &[&str] = &[
+    "libpcap-dev",
+    "tcpdump",
+    "tshark",
     "iproute2",
     "iptables",
     "iputils-ping",

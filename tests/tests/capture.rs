@@ -1,0 +1,617 @@
+//! `nettools capture` against Wireshark's tshark (which reads every file nettools writes) and
+//! tcpdump on the same veth: the packets the test itself sent, no more, no fewer.
+
+use std::{
+    ffi::OsStr,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nettools_tests::*;
+
+/// Two namespaces on a bridge, IPv4 only (nothing on the wire the test did not send but ARP).
+fn two_pods() -> Result<(Lab, Node, Node)> {
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.236.0.1/24", None)?;
+    let b = lab.node("b", "10.236.0.2/24", None)?;
+    // The neighbours known before capturing: no ARP in the middle of a capture.
+    a.run(&["ping", "-c", "1", "-W", "2", "10.236.0.2"])?;
+    Ok((lab, a, b))
+}
+
+/// A process started by this test, its stderr collected line by line; killed if still running
+/// when dropped.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Running {
+    /// Starts `program ARGS` with `stdout` and waits until stderr says `ready`.
+    fn start(program: &OsStr, args: &[&str], stdout: Stdio, ready: &str) -> Result<Self> {
+        let mut child = dies_with_test(program)
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().context("no stderr pipe")?;
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(mut l) = lines.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let running = Self { child, stderr };
+        let started = Instant::now();
+        while !running.stderr().contains(ready) {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{} did not say {ready:?} within 30 s: {}",
+                    program.display(),
+                    running.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(running)
+    }
+
+    fn nettools(args: &[&str], stdout: Stdio) -> Result<Self> {
+        let mut full = vec!["capture"];
+        full.extend_from_slice(args);
+        Self::start(
+            nettools_bin().as_os_str(),
+            &full,
+            stdout,
+            "nettools: capturing on",
+        )
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// SIGINT (Ctrl-C), then waits for the exit: whether it succeeded.
+    fn interrupt(mut self) -> Result<(bool, String)> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: signalling the child this test started, by its PID.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.wait()
+    }
+
+    /// Waits (at most 30 s) for the exit: whether it succeeded, and its stderr.
+    fn wait(&mut self) -> Result<(bool, String)> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(50));
+                return Ok((status.success(), self.stderr()));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("did not exit within 30 s: {}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// tshark's fields of every packet in `file` (one line per packet, tab-separated), read with
+/// `display_filter` when given.
+fn tshark_fields(
+    file: &OsStr,
+    display_filter: Option<&str>,
+    fields: &[&str],
+) -> Result<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-n").arg("-r").arg(file).args(["-T", "fields"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    if let Some(f) = display_filter {
+        cmd.args(["-Y", f]);
+    }
+    let out = cmd.output().context("cannot run tshark")?;
+    if !out.status.success() {
+        bail!(
+            "tshark cannot read {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// `count` pings from `from` to `to`, 50 ms apart, each answered.
+fn ping(from: &Node, to: &Node, count: u32) -> Result<()> {
+    from.run(&[
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        &to.ipv4.to_string(),
+    ])
+    .map(|_| ())
+}
+
+/// The echo requests in `file`: source, destination and sequence number, as tshark reads them.
+fn echo_requests(file: &OsStr) -> Result<Vec<String>> {
+    tshark_fields(
+        file,
+        Some("icmp.type == 8"),
+        &["ip.src", "ip.dst", "icmp.seq"],
+    )
+}
+
+#[test]
+fn a_ping_through_the_veth_is_exactly_the_echo_requests_sent() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let file = TempFile::new(".pcapng");
+    let capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    ping(&b, &a, 5)?;
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+
+    let requests = echo_requests(file.0.as_os_str())?;
+    let expected: Vec<String> = (1..=5)
+        .map(|seq| format!("{}\t{}\t{seq}", b.ipv4, a.ipv4))
+        .collect();
+    assert_eq!(requests, expected);
+    // Both directions: each request's reply, and nothing else (the filter is `icmp`).
+    let all = tshark_fields(file.0.as_os_str(), None, &["icmp.type"])?;
+    assert_eq!(all.len(), 10, "{all:?}");
+    assert!(
+        stderr.contains("10 packets captured, 0 packets dropped by kernel"),
+        "{stderr}"
+    );
+    // The interface is named, with nanosecond kernel timestamps, and its statistics block
+    // closes the file.
+    let info = Command::new("capinfos").arg(&file.0).output()?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains(&format!("Name = {}", a.host_veth)), "{info}");
+    assert!(info.contains("nanoseconds (9)"), "{info}");
+    assert!(info.contains("Number of stat entries = 1"), "{info}");
+    Ok(())
+}
+
+#[test]
+fn a_tcp_port_filter_keeps_the_connection_and_excludes_icmp() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let file = TempFile::new(".pcapng");
+    let listener = a.enter(|| TcpListener::bind("10.236.0.1:8080"))??;
+    let capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &file.0.display().to_string(),
+            "tcp",
+            "port",
+            "8080",
+        ],
+        Stdio::null(),
+    )?;
+    ping(&b, &a, 3)?;
+    let server = std::thread::spawn(move || -> Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        Ok(got.len())
+    });
+    b.enter(|| -> Result<()> {
+        let mut c = TcpStream::connect(SocketAddr::from((a.ipv4, 8080)))?;
+        c.write_all(&[7u8; 3000])?;
+        Ok(())
+    })??;
+    let received = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    assert_eq!(received, 3000);
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+
+    let packets = tshark_fields(file.0.as_os_str(), None, &["ip.proto", "tcp.port"])?;
+    assert!(!packets.is_empty());
+    for p in &packets {
+        assert!(p.starts_with("6\t") && p.contains("8080"), "{p}");
+    }
+    // The handshake, the 3000 bytes and the close are all there, as tshark reassembles them.
+    let syns = tshark_fields(
+        file.0.as_os_str(),
+        Some("tcp.flags.syn == 1 && tcp.flags.ack == 0"),
+        &["tcp.srcport"],
+    )?;
+    assert_eq!(syns.len(), 1, "{syns:?}");
+    let payload: usize = tshark_fields(
+        file.0.as_os_str(),
+        Some("tcp.dstport == 8080"),
+        &["tcp.len"],
+    )?
+    .iter()
+    .filter_map(|l| l.parse::<usize>().ok())
+    .sum();
+    assert_eq!(payload, 3000);
+    Ok(())
+}
+
+#[test]
+fn stdout_streamed_into_tshark_is_the_same_as_the_file() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let file = TempFile::new(".pcapng");
+    let listing = TempFile::new(".txt");
+    let to_file = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    // nettools -w - | tshark -r -, both started by the test.
+    let mut tshark = dies_with_test("tshark")
+        .args([
+            "-n",
+            "-r",
+            "-",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "icmp.type",
+            "-e",
+            "icmp.seq",
+            "-e",
+            "frame.len",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&listing.0)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start tshark")?;
+    let pipe = tshark.stdin.take().context("no stdin pipe")?;
+    let streamed = Running::nettools(&["--netns", &a.netns, "-w", "-", "icmp"], Stdio::from(pipe))?;
+    ping(&b, &a, 4)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = streamed.interrupt()?;
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = to_file.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert!(tshark.wait()?.success(), "tshark failed reading the stream");
+
+    let from_stream: Vec<String> = std::fs::read_to_string(&listing.0)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let from_file = tshark_fields(
+        file.0.as_os_str(),
+        None,
+        &["ip.src", "ip.dst", "icmp.type", "icmp.seq", "frame.len"],
+    )?;
+    assert_eq!(from_stream.len(), 8, "{from_stream:?}");
+    assert_eq!(from_stream, from_file);
+    Ok(())
+}
+
+#[test]
+fn count_stops_after_that_many_packets() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let file = TempFile::new(".pcapng");
+    let mut capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-c",
+            "3",
+            "-w",
+            &file.0.display().to_string(),
+            "icmp[icmptype] == icmp-echo",
+        ],
+        Stdio::null(),
+    )?;
+    ping(&b, &a, 6)?;
+    // It ends by itself after the third request.
+    let (ok, stderr) = capture.wait()?;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("3 packets captured"), "{stderr}");
+    let requests = echo_requests(file.0.as_os_str())?;
+    let expected: Vec<String> = (1..=3)
+        .map(|seq| format!("{}\t{}\t{seq}", b.ipv4, a.ipv4))
+        .collect();
+    assert_eq!(requests, expected);
+    Ok(())
+}
+
+#[test]
+fn the_same_packets_as_tcpdump_on_the_same_veth_and_filter() -> Result<()> {
+    need!(&["tshark", "tcpdump"]);
+    let (_lab, a, b) = two_pods()?;
+    let ours = TempFile::new(".pcapng");
+    let theirs = TempFile::new(".pcap");
+    let filter = ["tcp", "or", "icmp"];
+    let mut args = vec!["--netns", a.netns.as_str()];
+    let ours_path = ours.0.display().to_string();
+    args.extend(["-w", ours_path.as_str()]);
+    args.extend(filter);
+    let nettools = Running::nettools(&args, Stdio::null())?;
+    let theirs_path = theirs.0.display().to_string();
+    let mut tcpdump_args = vec![
+        "-n",
+        "-U",
+        "-i",
+        a.host_veth.as_str(),
+        "-w",
+        theirs_path.as_str(),
+    ];
+    tcpdump_args.extend(filter);
+    let tcpdump = Running::start(
+        OsStr::new("tcpdump"),
+        &tcpdump_args,
+        Stdio::null(),
+        "listening on",
+    )?;
+
+    let listener = a.enter(|| TcpListener::bind("10.236.0.1:8080"))??;
+    let server = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        s.write_all(&got)?;
+        Ok(())
+    });
+    ping(&b, &a, 5)?;
+    b.enter(|| -> Result<()> {
+        let mut c = TcpStream::connect(SocketAddr::from((a.ipv4, 8080)))?;
+        c.write_all(&pattern(100_000, 7))?;
+        c.shutdown(std::net::Shutdown::Write)?;
+        let mut back = Vec::new();
+        c.read_to_end(&mut back)?;
+        assert_eq!(back.len(), 100_000);
+        Ok(())
+    })??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    // tcpdump blocks in poll(2) until the kernel retires a TPACKET_V3 block (its 1 s timeout)
+    // and leaves what is still in the ring when interrupted: it gets the time to read it all.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, stderr) = nettools.interrupt()?;
+    assert!(ok, "{stderr}");
+    let (_, tcpdump_stderr) = tcpdump.interrupt()?;
+
+    // Packet by packet: the same bytes (length and content digest, in order).
+    let fields = [
+        "frame.len",
+        "frame.cap_len",
+        "ip.id",
+        "tcp.seq_raw",
+        "icmp.seq",
+    ];
+    let mine = tshark_fields(ours.0.as_os_str(), None, &fields)?;
+    let tcpdump = tshark_fields(theirs.0.as_os_str(), None, &fields)?;
+    assert!(mine.len() > 20, "{mine:?}");
+    assert_eq!(mine.len(), tcpdump.len(), "tcpdump: {tcpdump_stderr}");
+    assert_eq!(mine, tcpdump);
+    let bytes = |lines: &[String]| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.split('\t').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(bytes(&mine), bytes(&tcpdump));
+    assert!(
+        tcpdump_stderr.contains(&format!("{} packets captured", mine.len())),
+        "{tcpdump_stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{} packets captured", mine.len())),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn lines_on_stdout_name_each_packet_like_tcpdump() -> Result<()> {
+    need!(&["tcpdump"]);
+    let (_lab, a, b) = two_pods()?;
+    let listing = TempFile::new(".txt");
+    let capture = Running::nettools(
+        &["--netns", &a.netns, "icmp"],
+        Stdio::from(std::fs::File::create(&listing.0)?),
+    )?;
+    ping(&b, &a, 2)?;
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+    let lines = std::fs::read_to_string(&listing.0)?;
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    // `HH:MM:SS.micro IP SRC > DST: ICMP echo request, id N, seq S, length 64`, tcpdump's words.
+    for (i, line) in lines.iter().enumerate() {
+        let seq = i / 2 + 1;
+        let (what, src, dst) = if i % 2 == 0 {
+            ("echo request", b.ipv4, a.ipv4)
+        } else {
+            ("echo reply", a.ipv4, b.ipv4)
+        };
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or("");
+        assert!(
+            rest.starts_with(&format!("IP {src} > {dst}: ICMP {what}, id "))
+                && rest.ends_with(&format!(", seq {seq}, length 64")),
+            "{line}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_one_sentence() -> Result<()> {
+    need!(&["tcpdump"]);
+    let (_lab, a, _b) = two_pods()?;
+    // A filter libpcap cannot compile: its own message (the one tcpdump prints), exit 2.
+    let out = nettools(&["capture", "--netns", &a.netns, "tcp", "port"])?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr)?;
+    let tcpdump = Command::new("tcpdump").args(["-d", "tcp port"]).output()?;
+    let tcpdump = String::from_utf8(tcpdump.stderr)?;
+    // tcpdump says `Warning: assuming Ethernet` first without an interface; its last line is
+    // libpcap's message.
+    let message = tcpdump
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim_start_matches("tcpdump: ");
+    assert!(!message.is_empty());
+    assert_eq!(
+        stderr,
+        format!("nettools: invalid filter \"tcp port\": {message}\n")
+    );
+
+    // A file nettools cannot write: exit 1, one sentence, nothing opened.
+    let out = nettools(&[
+        "capture",
+        "--netns",
+        &a.netns,
+        "-w",
+        "/nonexistent-dir/x.pcapng",
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr)?;
+    assert_eq!(
+        stderr,
+        "nettools: cannot write /nonexistent-dir/x.pcapng: No such file or directory\n"
+    );
+    // A namespace without veth.
+    let out = nettools(&["capture", "--netns", "/proc/self/ns/net"])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8(out.stderr)?.lines().count(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_podman_pod_and_container_are_captured_on_their_veth() -> Result<()> {
+    need!(&["podman", "runc", "conmon", "nsenter", "tshark"]);
+    let podman = nettools_tests::runtimes::Podman::start()?;
+    let net = format!("--network={}", podman.network);
+    podman.pod("ntcap")?;
+    podman.run(&["--name", "ntcap-web", "--pod", "ntcap"])?;
+    podman.run(&["--name", "ntcap-client", &net])?;
+    let pod_ip = podman.ip("ntcap-web")?.to_string();
+    let client_ip = podman.ip("ntcap-client")?.to_string();
+    let client_ns = format!("--net=/proc/{}/ns/net", podman.pid("ntcap-client")?);
+    let socket = podman.socket.display().to_string();
+    for (target, name, to) in [
+        ("--pod", "ntcap", &pod_ip),
+        ("--container", "ntcap-client", &pod_ip),
+    ] {
+        let file = TempFile::new(".pcapng");
+        let capture = Running::nettools(
+            &[
+                target,
+                name,
+                "--docker-socket",
+                &socket,
+                "-w",
+                &file.0.display().to_string(),
+                "icmp",
+            ],
+            Stdio::null(),
+        )?;
+        sh(&[
+            "nsenter", &client_ns, "ping", "-c", "3", "-i", "0.05", "-W", "2", to,
+        ])?;
+        let (ok, stderr) = capture.interrupt()?;
+        assert!(ok, "{target} {name}: {stderr}");
+        let expected: Vec<String> = (1..=3)
+            .map(|seq| format!("{client_ip}\t{pod_ip}\t{seq}"))
+            .collect();
+        assert_eq!(
+            echo_requests(file.0.as_os_str())?,
+            expected,
+            "{target} {name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn pid_and_iface_name_the_same_veth() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    let mut sleeper = Command::new("ip")
+        .args(["netns", "exec", &a.netns, "sleep", "60"])
+        .spawn()?;
+    let pid = sleeper.id().to_string();
+    // `ip netns exec` execs sleep: the PID is the process in the namespace once it ran.
+    std::thread::sleep(Duration::from_millis(300));
+    let result = (|| -> Result<()> {
+        for target in [["--pid", pid.as_str()], ["--iface", a.host_veth.as_str()]] {
+            let file = TempFile::new(".pcapng");
+            let capture = Running::nettools(
+                &[
+                    target[0],
+                    target[1],
+                    "-w",
+                    &file.0.display().to_string(),
+                    "icmp",
+                ],
+                Stdio::null(),
+            )?;
+            assert!(
+                capture
+                    .stderr()
+                    .contains(&format!("capturing on {} (", a.host_veth)),
+                "{}",
+                capture.stderr()
+            );
+            ping(&b, &a, 2)?;
+            let (ok, stderr) = capture.interrupt()?;
+            assert!(ok, "{stderr}");
+            assert_eq!(echo_requests(file.0.as_os_str())?.len(), 2, "{target:?}");
+        }
+        Ok(())
+    })();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    result
+}
