@@ -184,7 +184,7 @@ pub struct CaptureArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this long, e.g. 30s, 500ms, 2m [default: until Ctrl-C or COUNT].
-    #[arg(short, long, value_parser = trace::parse_duration)]
+    #[arg(short, long, value_parser = units::parse_duration)]
     pub duration: Option<std::time::Duration>,
     /// pcap-filter expression, as tcpdump takes it: `tcp port 8080 and host 10.0.0.7` (options
     /// may come after it, as with tcpdump; `--` before a filter word that starts with `-`).

@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 /// Each top-level module and its floor (1 is the ground).
-const FLOORS: [(&str, u8); 14] = [
+const FLOORS: [(&str, u8); 15] = [
     ("units", 1),
     ("preflight", 1),
     ("discover", 2),
@@ -18,6 +18,7 @@ const FLOORS: [(&str, u8); 14] = [
     ("cli", 6),
     ("trace", 7),
     ("serve", 7),
+    ("capture", 7),
     ("list", 8),
     ("lab", 8),
     // The binary's entry point, above everything.

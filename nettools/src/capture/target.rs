@@ -22,7 +22,7 @@ pub async fn workload(args: &CaptureArgs) -> Result<Workload> {
     }
     let pods: Vec<String> = t.pod.iter().cloned().collect();
     let containers: Vec<String> = t.container.iter().cloned().collect();
-    let (found, _) = discover::inventory::lookup(
+    let (found, _) = discover::watch::lookup(
         &pods,
         args.namespace.as_deref(),
         &containers,
