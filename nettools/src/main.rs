@@ -137,17 +137,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             probes.dedup();
             trace::run(TraceSpec {
                 workloads,
-                all: args.targets.all,
+                session: nettools::session::Options {
+                    probes,
+                    all: args.targets.all,
+                    ring_buffer_bytes: args.ring_buffer,
+                    tc_mode: args.tc_mode,
+                    timeout: args.timeout,
+                    transit_sample_shift: args.transit_sample.trailing_zeros(),
+                    stacks: false,
+                    verbose: cli.verbose,
+                },
                 duration: args.duration,
-                probes,
                 output: args.output,
                 out: args.out,
                 table: args.table.clone(),
                 thresholds: args.thresholds.thresholds(),
-                ring_buffer_bytes: args.ring_buffer,
-                tc_mode: args.tc_mode,
-                timeout: args.timeout,
-                transit_sample_shift: args.transit_sample.trailing_zeros(),
                 hgrm_dir: args.hgrm.clone(),
                 folded: args.folded.clone(),
                 stacks: args.stacks,
@@ -156,7 +160,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (_, true) => Some(false),
                     _ => None,
                 },
-                verbose: cli.verbose,
                 runtime,
             })
             .await?;

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     discover::Workload,
-    probe::{self, ProbeKind},
+    probe,
     report::{
         self, Output,
         file::{Commit, Destination},
@@ -29,13 +29,12 @@ use crate::{
 /// Everything a trace needs to know.
 #[derive(Clone, Debug)]
 pub struct TraceSpec {
-    /// Namespaces to trace (empty with `all`).
+    /// Namespaces to trace (empty with `session.all`).
     pub workloads: Vec<Workload>,
-    /// Trace every namespace on the node.
-    pub all: bool,
+    /// What to load and how ([`run`] sets `stacks` from the output asked for).
+    pub session: session::Options,
     /// Stop after this long; `None` runs until Ctrl-C / SIGTERM.
     pub duration: Option<Duration>,
-    pub probes: Vec<ProbeKind>,
     pub output: Output,
     /// Write the report here instead of stdout.
     pub out: Option<PathBuf>,
@@ -43,14 +42,6 @@ pub struct TraceSpec {
     pub table: Option<PathBuf>,
     /// What counts as a problem.
     pub thresholds: report::problems::Thresholds,
-    pub ring_buffer_bytes: u32,
-    /// How tc programs attach (tcx, clsact or whichever the kernel has).
-    pub tc_mode: probe::tc::Mode,
-    /// How long a request (SYN, DNS query, echo request) may wait before it counts as
-    /// unanswered.
-    pub timeout: Duration,
-    /// The transit probe follows one packet in 2^n.
-    pub transit_sample_shift: u32,
     /// Write HdrHistogram percentile files (`.hgrm`) here.
     pub hgrm_dir: Option<PathBuf>,
     /// Write the folded stacks here.
@@ -59,8 +50,6 @@ pub struct TraceSpec {
     pub stacks: report::flamegraph::Stacks,
     /// Show the live view while tracing (`None`: when the table goes to stdout).
     pub live: Option<bool>,
-    /// Forward kernel-side debug messages.
-    pub verbose: bool,
     /// Pods and containers: names for `--all`, and the ones to follow.
     pub runtime: follow::RuntimeTrace,
 }
@@ -82,7 +71,7 @@ fn open_output(out: &Option<PathBuf>) -> Result<(Box<dyn Write>, Commit)> {
 
 /// Human description of what is traced, for the status line (names escaped).
 fn describe_targets(spec: &TraceSpec) -> String {
-    if spec.all {
+    if spec.session.all {
         return "every network namespace".to_string();
     }
     let names: Vec<String> = spec
@@ -112,7 +101,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         .map(report::file::Dir::for_own_files)
         .transpose()?;
     let status = Status::new();
-    let labels: BTreeMap<u32, Workload> = if spec.all {
+    let labels: BTreeMap<u32, Workload> = if spec.session.all {
         let mut labels = crate::discover::netns::labels();
         labels.extend(spec.runtime.labels.clone());
         labels
@@ -121,14 +110,8 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     };
     let mut session = Session::start(
         session::Options {
-            probes: spec.probes.clone(),
-            all: spec.all,
-            ring_buffer_bytes: spec.ring_buffer_bytes,
-            tc_mode: spec.tc_mode,
-            timeout: spec.timeout,
-            transit_sample_shift: spec.transit_sample_shift,
             stacks: spec.output == Output::Flamegraph || spec.folded.is_some(),
-            verbose: spec.verbose,
+            ..spec.session.clone()
         },
         spec.workloads.clone(),
         labels,
@@ -138,7 +121,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     )?;
     status.clear();
     let started = Instant::now();
-    let probe_names: Vec<&str> = spec.probes.iter().map(|p| p.name()).collect();
+    let probe_names: Vec<&str> = spec.session.probes.iter().map(|p| p.name()).collect();
     eprintln!(
         "nettools: tracing {} in {}{}",
         probe_names.join(", "),
@@ -226,7 +209,11 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         Vec::new()
     };
     match spec.output {
-        Output::Table => write!(out, "{}", report::table::render(&summary, spec.verbose)),
+        Output::Table => write!(
+            out,
+            "{}",
+            report::table::render(&summary, spec.session.verbose)
+        ),
         Output::Json => writeln!(out, "{}", json::summary(&summary)),
         Output::Histogram => write!(out, "{}", report::histogram::render(&summary)),
         Output::Flamegraph => {
@@ -239,7 +226,7 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     drop(out);
     commit.commit()?;
     if let Some(file) = &table_file {
-        file.write(report::table::render(&summary, spec.verbose).as_bytes())?;
+        file.write(report::table::render(&summary, spec.session.verbose).as_bytes())?;
     }
     if let Some(file) = &folded_file {
         let mut text = folded.join("\n");

@@ -453,23 +453,26 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let traced = trace::run(TraceSpec {
         workloads,
-        all: false,
+        session: crate::session::Options {
+            probes: ProbeKind::ALL.to_vec(),
+            all: false,
+            ring_buffer_bytes: 1 << 22,
+            tc_mode: crate::probe::tc::Mode::Auto,
+            // Short, so unanswered DNS queries show within the lab's few seconds.
+            timeout: Duration::from_secs(1),
+            transit_sample_shift: 0,
+            stacks: false,
+            verbose,
+        },
         duration: Some(args.duration),
-        probes: ProbeKind::ALL.to_vec(),
         output: args.output,
         out: args.out.clone(),
         table: args.table.clone(),
         thresholds: args.thresholds.thresholds(),
-        ring_buffer_bytes: 1 << 22,
-        tc_mode: crate::probe::tc::Mode::Auto,
-        // Short, so unanswered DNS queries show within the lab's few seconds.
-        timeout: Duration::from_secs(1),
-        transit_sample_shift: 0,
         hgrm_dir: None,
         folded: args.folded.clone(),
         stacks: args.stacks,
         live: Some(false),
-        verbose,
         runtime: Default::default(),
     })
     .await;

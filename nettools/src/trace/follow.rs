@@ -35,7 +35,7 @@ pub async fn tick(
     traced: &mut Vec<Workload>,
     started: Instant,
 ) -> Result<bool> {
-    let on_veth = spec.probes.iter().any(|p| p.on_veth());
+    let on_veth = spec.session.probes.iter().any(|p| p.on_veth());
     let mut keep_going = true;
     for watch in &mut runtime.watches {
         let previous = watch.current.netns;
@@ -79,7 +79,7 @@ pub async fn tick(
                             direct: false,
                         })
                         .collect();
-                    loaded.attach_tc(&targets, spec.tc_mode)?;
+                    loaded.attach_tc(&targets, spec.session.tc_mode)?;
                 }
                 let sentence = if w.netns == previous {
                     // The kernel gave the new namespace the old one's inode: one entry.
