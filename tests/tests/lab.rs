@@ -314,11 +314,14 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> 
             .is_some_and(|t| t.starts_with("no route to 10.99.0.1 "))
     );
 
-    // Lossy: segments retransmitted, at most what the kernel counted, most of it.
+    // Lossy: segments retransmitted, at most what the kernel counted while the lab ran. Only
+    // bounded above: the transfer retransmits before the trace attaches and after it ends
+    // (under emulation that is over half of it: 422 of 852 seen on 6.1), and the exact count
+    // is the retransmits test's.
     let lossy = problem(s, "lossy", "lossy")?;
     let retrans = nstat(&node_of(by_suffix(s, "lossy")?)?, "TcpRetransSegs")?;
     assert!(
-        count(lossy) <= retrans && count(lossy) as f64 >= retrans as f64 / 2.0,
+        count(lossy) > 0 && count(lossy) <= retrans,
         "lossy: {} segments, TcpRetransSegs {retrans}: {lossy}",
         count(lossy)
     );
