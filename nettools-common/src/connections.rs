@@ -254,8 +254,11 @@ pub struct TcpSockOffsets {
     pub srtt_us: u32,
     /// `rtt_min.s[0].v` (u32): the windowed minimum RTT in µs.
     pub rtt_min: u32,
-    /// `sock.sk_shutdown` (u8): `RCV_SHUTDOWN` (1) once the peer's FIN arrived.
-    pub sk_shutdown: u32,
+    /// `sock.sk_flags` (unsigned long): `SOCK_DONE` is set once the peer's FIN arrived
+    /// (`tcp_fin`); `sk_shutdown` cannot say, as close() sets RCV_SHUTDOWN too.
+    pub sk_flags: u32,
+    /// The bit of `SOCK_DONE` in `sk_flags` (its value in `enum sock_flags`).
+    pub sock_done_bit: u32,
 }
 
 impl TcpSockOffsets {
@@ -266,7 +269,8 @@ impl TcpSockOffsets {
         total_retrans: ABSENT,
         srtt_us: ABSENT,
         rtt_min: ABSENT,
-        sk_shutdown: ABSENT,
+        sk_flags: ABSENT,
+        sock_done_bit: 0,
     };
 }
 

@@ -43,8 +43,6 @@ const TCP_LISTEN: i32 = 10;
 const ECONNRESET: i32 = 104;
 const EPIPE: i32 = 32;
 const ETIMEDOUT: i32 = 110;
-/// `RCV_SHUTDOWN` in `sk_shutdown`.
-const RCV_SHUTDOWN: u8 = 1;
 
 /// Exact resets per (namespace, direction).
 #[map]
@@ -447,8 +445,10 @@ fn closed(ctx: &TracePointContext, l: &SetStateLayout, sk: *const u8) -> Option<
     let sent = read::<u64>(sk, t.bytes_sent).unwrap_or(0);
     ev.bytes_sent = sent.saturating_sub(read::<u64>(sk, t.bytes_retrans).unwrap_or(0));
     let received = read::<u64>(sk, t.bytes_received).unwrap_or(0);
-    // The peer's FIN takes one byte of sequence space, which bytes_received counts.
-    let fin = read::<u8>(sk, t.sk_shutdown).unwrap_or(0) & RCV_SHUTDOWN != 0;
+    // The peer's FIN takes one byte of sequence space, which bytes_received counts; SOCK_DONE
+    // says it arrived (sk_shutdown does not: close() sets RCV_SHUTDOWN without a FIN).
+    let fin =
+        read::<u64>(sk, t.sk_flags).is_some_and(|flags| (flags >> (t.sock_done_bit & 63)) & 1 != 0);
     ev.bytes_received = if fin {
         received.saturating_sub(1)
     } else {

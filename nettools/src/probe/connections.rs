@@ -111,7 +111,7 @@ pub fn tcp_sock_offsets(btf: &mut Btf) -> (TcpSockOffsets, Vec<&'static str>) {
         }
     };
     let rtt_min = get("tcp_sock", "rtt_min", 24);
-    let offsets = TcpSockOffsets {
+    let mut offsets = TcpSockOffsets {
         bytes_sent: get("tcp_sock", "bytes_sent", 8),
         bytes_retrans: get("tcp_sock", "bytes_retrans", 8),
         bytes_received: get("tcp_sock", "bytes_received", 8),
@@ -124,8 +124,31 @@ pub fn tcp_sock_offsets(btf: &mut Btf) -> (TcpSockOffsets, Vec<&'static str>) {
         } else {
             rtt_min + 4
         },
-        sk_shutdown: get("sock", "sk_shutdown", 1),
+        sk_flags: ABSENT,
+        sock_done_bit: 0,
     };
+    // `sk_flags` is `__sk_common.skc_flags` since 6.x, a member of its own before.
+    offsets.sk_flags = ["__sk_common.skc_flags", "sk_flags"]
+        .iter()
+        .find_map(|path| match btf.field("sock", path) {
+            Ok(loc) if loc.size == 8 => Some(loc.offset),
+            _ => None,
+        })
+        .unwrap_or(ABSENT);
+    if offsets.sk_flags == ABSENT {
+        missing.push("sk_flags");
+    }
+    let done = btf
+        .enum_values("sock_flags")
+        .and_then(|v| v.into_iter().find(|(name, _)| name == "SOCK_DONE"))
+        .and_then(|(_, bit)| u32::try_from(bit).ok().filter(|b| *b < 64));
+    match done {
+        Some(bit) => offsets.sock_done_bit = bit,
+        None => {
+            offsets.sk_flags = ABSENT;
+            missing.push("SOCK_DONE");
+        }
+    }
     (offsets, missing)
 }
 
@@ -166,10 +189,13 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
         ));
     }
     let (tcp, mut missing) = tcp_sock_offsets(btf);
-    if let Some(i) = missing.iter().position(|m| *m == "sk_shutdown") {
-        missing.remove(i);
+    let fin_unknown = missing
+        .iter()
+        .any(|m| *m == "sk_flags" || *m == "SOCK_DONE");
+    missing.retain(|m| *m != "sk_flags" && *m != "SOCK_DONE");
+    if fin_unknown {
         notes.push(
-            "this kernel's struct sock.sk_shutdown is not a byte: a finished connection's \
+            "this kernel's BTF lacks sock.sk_flags or SOCK_DONE: a finished connection's \
              bytes_received counts the peer's FIN as one byte"
                 .into(),
         );
