@@ -601,6 +601,21 @@ pub fn link_stats(ifname: &str) -> Result<(u64, u64, u64, u64)> {
     ))
 }
 
+/// The ARP table's `res_failed` (resolutions that ran out of probes, counted in
+/// `neigh_timer_handler`), summed over CPUs: one table for every namespace.
+pub fn arp_res_failed() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
+    let mut lines = text.lines();
+    let column = lines
+        .next()
+        .and_then(|h| h.split_whitespace().position(|c| c == "res_failed"))
+        .context("/proc/net/stat/arp_cache has no res_failed column")?;
+    Ok(lines
+        .filter_map(|l| l.split_whitespace().nth(column))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum())
+}
+
 /// The state `ip neigh` shows for an address in a namespace (`FAILED`, `REACHABLE`, …).
 pub fn neigh_state(node: &Node, addr: &str) -> Result<String> {
     let out = node.run(&["ip", "neigh", "show", addr, "dev", "eth0"])?;

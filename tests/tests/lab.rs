@@ -51,21 +51,6 @@ impl Drop for KeptLab {
     }
 }
 
-/// The ARP table's `res_failed` (resolutions that ran out of probes), summed over CPUs: one
-/// table for every namespace.
-fn arp_res_failed() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
-    let mut lines = text.lines();
-    let column = lines
-        .next()
-        .and_then(|h| h.split_whitespace().position(|c| c == "res_failed"))
-        .context("/proc/net/stat/arp_cache has no res_failed column")?;
-    Ok(lines
-        .filter_map(|l| l.split_whitespace().nth(column))
-        .filter_map(|v| u64::from_str_radix(v, 16).ok())
-        .sum())
-}
-
 /// A namespace of the kept lab, by the workload that names it.
 fn node_of(w: &Value) -> Result<Node> {
     let name = w["name"].as_str().context("a workload without name")?;

@@ -120,21 +120,6 @@ impl Drop for NeighbourTableRoom {
     }
 }
 
-/// The ARP table's `res_failed` (resolutions that ran out of probes, counted in
-/// `neigh_timer_handler`), summed over CPUs: one table for every namespace.
-fn arp_res_failed() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/net/stat/arp_cache")?;
-    let mut lines = text.lines();
-    let column = lines
-        .next()
-        .and_then(|h| h.split_whitespace().position(|c| c == "res_failed"))
-        .context("/proc/net/stat/arp_cache has no res_failed column")?;
-    Ok(lines
-        .filter_map(|l| l.split_whitespace().nth(column))
-        .filter_map(|v| u64::from_str_radix(v, 16).ok())
-        .sum())
-}
-
 /// No workload can fill the neighbour-failure map for all: one namespace makes 5000 failures
 /// (more addresses than the map holds), and another's single failure is still counted, by
 /// address; the first one's total stays exact.
