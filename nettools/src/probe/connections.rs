@@ -19,11 +19,7 @@ const SOCKADDR_BYTES: u32 = 28;
 
 /// The layout of `tcp:tcp_send_reset` or `tcp:tcp_receive_reset`.
 pub fn reset_layout(f: &Format) -> Result<ResetLayout> {
-    let at = |name: &str, size: u32| {
-        f.field(name)
-            .filter(|x| x.size == size)
-            .map_or(ABSENT, |x| x.offset)
-    };
+    let at = |name: &str, size: u32| f.offset(name, size);
     let l = ResetLayout {
         skbaddr: at("skbaddr", 8),
         skaddr: at("skaddr", 8),
@@ -53,11 +49,7 @@ pub fn reset_layout(f: &Format) -> Result<ResetLayout> {
 
 /// The layout of `sock:inet_sock_set_state`.
 pub fn set_state_layout(f: &Format) -> Result<SetStateLayout> {
-    let at = |name: &str, size: u32| {
-        f.field(name)
-            .filter(|x| x.size == size)
-            .map_or(ABSENT, |x| x.offset)
-    };
+    let at = |name: &str, size: u32| f.offset(name, size);
     let l = SetStateLayout {
         record: reset_layout(f)?,
         oldstate: at("oldstate", 4),

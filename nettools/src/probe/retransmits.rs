@@ -15,11 +15,7 @@ use super::tracefs::Format;
 /// The layout of `tcp:tcp_retransmit_skb` or `tcp:tcp_retransmit_synack` (fields the record
 /// lacks stay `ABSENT`).
 pub fn layout(f: &Format) -> Result<RetransmitLayout> {
-    let at = |name: &str, size: u32| {
-        f.field(name)
-            .filter(|x| x.size == size)
-            .map_or(ABSENT, |x| x.offset)
-    };
+    let at = |name: &str, size: u32| f.offset(name, size);
     let l = RetransmitLayout {
         skbaddr: at("skbaddr", 8),
         skaddr: at("skaddr", 8),

@@ -65,6 +65,14 @@ impl Format {
     pub fn field(&self, name: &str) -> Option<&Field> {
         self.fields.iter().find(|f| f.name == name)
     }
+
+    /// The offset of field `name` when it has `size` bytes, else
+    /// [`ABSENT`](nettools_common::config::ABSENT) (what the kernel programs test for).
+    pub fn offset(&self, name: &str, size: u32) -> u32 {
+        self.field(name)
+            .filter(|x| x.size == size)
+            .map_or(nettools_common::config::ABSENT, |x| x.offset)
+    }
 }
 
 /// The tracefs mount point, mounting it at `/sys/kernel/tracing` when nothing is mounted yet.
