@@ -88,7 +88,9 @@ fn aborting_server(
                 stream.shutdown(std::net::Shutdown::Write)?;
                 stream.set_read_timeout(Some(Duration::from_secs(5)))?;
                 let mut byte = [0u8; 1];
-                (&stream).read_exact(&mut byte)?;
+                (&stream)
+                    .read_exact(&mut byte)
+                    .context("the server waits for the client to read its FIN")?;
             }
             linger_zero(&stream)?;
             drop(stream);
@@ -286,22 +288,31 @@ fn failures(ipv6: bool) -> Result<()> {
             });
         }
         for _ in 0..RESET {
-            let mut s = TcpStream::connect(SocketAddr::new(ip, ABORTS))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            errnos.push(errno_of(
-                s.read(&mut [0u8; 64]),
-                "recv from an aborting peer",
-            )?);
+            // On a slow guest the reset can strike before connect() returns: connect() then
+            // reports it (ECONNRESET), which is the errno this application saw.
+            errnos.push(match TcpStream::connect(SocketAddr::new(ip, ABORTS)) {
+                Ok(mut s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    errno_of(s.read(&mut [0u8; 64]), "recv from an aborting peer")?
+                }
+                Err(e) => e
+                    .raw_os_error()
+                    .with_context(|| format!("connect to the aborting server: {e}"))?,
+            });
         }
         for _ in 0..PIPE {
-            let mut s = TcpStream::connect(SocketAddr::new(ip, ABORTS_AFTER_FIN))?;
+            let mut s = TcpStream::connect(SocketAddr::new(ip, ABORTS_AFTER_FIN))
+                .context("connect to the server that aborts after its FIN")?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             // The peer's FIN (CLOSE_WAIT), then its reset a little later.
-            let n = s.read(&mut [0u8; 64])?;
+            let n = s
+                .read(&mut [0u8; 64])
+                .context("read the FIN of the server that aborts after it")?;
             if n != 0 {
                 bail!("the aborting peer sent data");
             }
-            s.write_all(b"k")?;
+            s.write_all(b"k")
+                .context("tell the server the FIN was read")?;
             std::thread::sleep(Duration::from_millis(400));
             errnos.push(errno_of(s.write(b"late"), "send after the peer's reset")?);
         }
@@ -543,12 +554,17 @@ fn resets_and_socket_errors_are_scraped_as_counted() -> Result<()> {
             });
         }
         for _ in 0..RESET {
-            let mut s = TcpStream::connect(SocketAddr::new(ip, ABORTS))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            errnos.push(errno_of(
-                s.read(&mut [0u8; 64]),
-                "recv from an aborting peer",
-            )?);
+            // On a slow guest the reset can strike before connect() returns: connect() then
+            // reports it (ECONNRESET), which is the errno this application saw.
+            errnos.push(match TcpStream::connect(SocketAddr::new(ip, ABORTS)) {
+                Ok(mut s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    errno_of(s.read(&mut [0u8; 64]), "recv from an aborting peer")?
+                }
+                Err(e) => e
+                    .raw_os_error()
+                    .with_context(|| format!("connect to the aborting server: {e}"))?,
+            });
         }
         Ok(errnos)
     })??;
