@@ -41,13 +41,32 @@ fn unanswered_neighbour(ipv6: bool) -> Result<()> {
     let s = summary(&lines)?;
     let w = workload(s, asker.inode()?)?;
     let n = &w["neighbours"];
+    // The kernel sometimes does not run the probe for a timer batch (README: "Neighbour
+    // failures have the same kind of gap"): then the failure must be counted as not seen,
+    // never lost silently.
+    let unseen = s["health"]["neighbour_failures_not_seen"]
+        .as_u64()
+        .context("no neighbour_failures_not_seen in health")?;
     let failure = n["failures"]
         .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["address"] == nobody.to_string()))
-        .with_context(|| format!("no failure for {nobody}: {n}"))?;
-    assert_eq!(failure["device"], "eth0");
-    assert_eq!(failure["protocol"], if ipv6 { "ndp" } else { "arp" });
-    assert_eq!(failure["failures"], 1);
+        .and_then(|fs| fs.iter().find(|f| f["address"] == nobody.to_string()));
+    let seen = match failure {
+        Some(failure) => {
+            assert_eq!(failure["device"], "eth0");
+            assert_eq!(failure["protocol"], if ipv6 { "ndp" } else { "arp" });
+            assert_eq!(failure["failures"], 1);
+            true
+        }
+        None => {
+            assert!(
+                unseen >= 1,
+                "no failure for {nobody}, and none counted as not seen: {n}; {}",
+                s["health"]
+            );
+            eprintln!("the kernel did not run the probe for the failure ({unseen} not seen)");
+            false
+        }
+    };
     // The requests were also seen on the wire, without an answer.
     let unanswered = n["unanswered"]
         .as_array()
@@ -64,12 +83,16 @@ fn unanswered_neighbour(ipv6: bool) -> Result<()> {
         assert!(drops_for(w, "NEIGH_FAILED")? >= 1, "{w}");
     }
     // The event says the same, and nothing is reported for addresses that did answer.
-    assert!(
+    assert_eq!(
         lines
             .iter()
-            .any(|l| l["type"] == "neighbour_failure" && l["address"] == nobody.to_string())
+            .any(|l| l["type"] == "neighbour_failure" && l["address"] == nobody.to_string()),
+        seen
     );
-    assert_eq!(n["failures"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        n["failures"].as_array().map(Vec::len),
+        Some(usize::from(seen))
+    );
     // The lookups seen on the veth are kept for the whole trace: none pushed out of the map.
     let lookups = &s["pairing"]["neighbour_lookups"];
     assert!(lookups["inserted"].as_u64().unwrap_or(0) >= 1, "{lookups}");
