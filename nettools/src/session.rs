@@ -210,8 +210,11 @@ impl<W: Write> Probes<W> {
     /// for the live view, at each scrape for `serve`, once at the end of a trace).
     pub fn summarize(&mut self, duration_s: f64) -> Result<Summary> {
         let skipped = self.loaded.skipped_runs();
-        let not_seen = self.loaded.neighbour_failures_not_seen()?;
+        // The neighbour tables before the counters (see neighbours::baseline), and the counters
+        // read once for the health figures and the comparison both.
+        let tables = probe::neighbours::tables_now();
         let counters = self.loaded.counters()?;
+        let not_seen = self.loaded.neighbour_failures_not_seen(tables, &counters);
         let loaded = &self.loaded;
         let agg = &mut self.collector.agg;
         let end_ktime_ns = Clock::monotonic_ns();

@@ -164,7 +164,7 @@ pub struct Loaded {
     pub neighbour_entries_forgotten: u64,
     /// The neighbour tables' failure counts when the neighbour probe was attached, for
     /// [`neighbours::not_seen`].
-    pub neighbour_baseline: Option<neighbours::Baseline>,
+    neighbour_baseline: Option<neighbours::Baseline>,
     /// The largest [`neighbours::not_seen`] read so far (it only grows).
     neighbour_failures_not_seen: u64,
 }
@@ -506,16 +506,18 @@ impl Loaded {
 
     /// Neighbour failures the kernel's tables counted that the probe never saw (0 without the
     /// neighbour probe or where the tables cannot be read); never less than a previous read.
-    pub fn neighbour_failures_not_seen(&mut self) -> Result<u64> {
-        if let Some(base) = self.neighbour_baseline
-            && let Some(tables) = neighbours::tables_now()
-        {
-            let c = self.counters()?;
+    /// `tables` ([`neighbours::tables_now`]) must have been read before the counters `c`.
+    pub fn neighbour_failures_not_seen(
+        &mut self,
+        tables: Option<[u64; 2]>,
+        c: &[u64; counters::COUNT as usize],
+    ) -> u64 {
+        if let (Some(base), Some(tables)) = (self.neighbour_baseline, tables) {
             self.neighbour_failures_not_seen = self
                 .neighbour_failures_not_seen
-                .max(neighbours::not_seen(&base, tables, &c));
+                .max(neighbours::not_seen(&base, tables, c));
         }
-        Ok(self.neighbour_failures_not_seen)
+        self.neighbour_failures_not_seen
     }
 
     /// Detaches and unloads every program, so nothing more is counted; the maps stay readable.

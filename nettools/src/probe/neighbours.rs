@@ -101,8 +101,8 @@ pub fn baseline(c: &[u64; counters::COUNT as usize]) -> Option<Baseline> {
     })
 }
 
-/// The tables' counts now, for [`not_seen`]: read before the probe's counters, for the same
-/// reason as in [`baseline`].
+/// The tables' counts now, for [`not_seen`]: read them before the probe's counters, for the
+/// same reason as in [`baseline`].
 pub fn tables_now() -> Option<[u64; 2]> {
     kernel_res_failed()
 }
