@@ -355,9 +355,11 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> 
     // Latency: slow answers SYNs and pings 50 ms late (NFQUEUE), and is named once.
     let slow = problem(s, "latency", "slow")?;
     let p90 = slow["evidence"]["p90_ms"].as_f64().unwrap_or(0.0);
-    // (A p90: the tail above the p50 that the check further up bounds.)
+    // (A p90: the tail above the p50 that the check further up bounds. Nothing answers before
+    // the 50 ms hold; the tail above it is the machine's: a busy emulated guest measured 85 ms.)
+    let tolerance = latency_tolerance_ms(5.0);
     assert!(
-        (p90 - 50.0).abs() < 2.0 * latency_tolerance_ms(5.0),
+        p90 >= 50.0 - tolerance && p90 - 50.0 < 4.0 * tolerance,
         "{slow}"
     );
     assert!(

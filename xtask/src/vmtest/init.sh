@@ -1,7 +1,8 @@
 #!/bin/sh
 # /init of the vmtest guest (busybox sh, PID 1). It prepares what a node has (proc, sys, bpffs,
 # tracefs, cgroup2, the lab's kernel modules), runs every integration test binary one test at a
-# time, and reports on the serial console with @@vmtest lines that `cargo xtask vmtest` parses:
+# time (or the share of them that `vmtest.shard=K` on the kernel command line names:
+# /vmtest/shards/K.list), and reports on the serial console with @@vmtest lines that `cargo xtask vmtest` parses:
 #   @@vmtest begin <uname -r>
 #   @@vmtest module-failed <name>       a module that did not load
 #   @@vmtest run <binary>               a test binary starts
@@ -37,11 +38,18 @@ set --
 if [ -f /vmtest/test-args ]; then
     while read -r arg; do set -- "$@" "$arg"; done < /vmtest/test-args
 fi
+list=/vmtest/tests.list
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+    vmtest.shard=*) [ -f "/vmtest/shards/${word#vmtest.shard=}.list" ] &&
+        list="/vmtest/shards/${word#vmtest.shard=}.list" ;;
+    esac
+done
 while read -r binary; do
     [ -n "$binary" ] || continue
     echo "@@vmtest run $binary"
     "/vmtest/tests/$binary" --test-threads=1 --show-output "$@"
     echo "@@vmtest result $binary $?"
-done < /vmtest/tests.list
+done < "$list"
 echo "@@vmtest done"
 poweroff -f

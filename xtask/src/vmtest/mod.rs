@@ -12,6 +12,7 @@ mod cpio;
 mod image;
 mod kernel;
 mod serial;
+mod shard;
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -37,6 +38,8 @@ const QEMU: &str = "qemu-system-x86_64";
 /// shared machine), and two guests use both cores. Multi-CPU behaviour (per-CPU maps) is covered
 /// by the host's own run.
 const DEFAULT_JOBS: usize = 2;
+/// Guests per kernel, each running part of the test binaries (shard.rs says why).
+const DEFAULT_SHARDS: usize = 2;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -47,6 +50,8 @@ pub struct Options {
     pub test_args: Vec<String>,
     /// Guests booted at the same time, each with one virtual CPU.
     pub jobs: usize,
+    /// Guests per kernel, each running its share of the test binaries.
+    pub shards: usize,
 }
 
 impl Default for Options {
@@ -57,6 +62,7 @@ impl Default for Options {
             verbose: false,
             test_args: Vec::new(),
             jobs: DEFAULT_JOBS,
+            shards: DEFAULT_SHARDS,
         }
     }
 }
@@ -88,6 +94,14 @@ impl Options {
                         .ok()
                         .filter(|n| *n > 0)
                         .with_context(|| format!("--jobs {v:?} is not a number of guests"))?;
+                }
+                "--shards" => {
+                    let v = it
+                        .next()
+                        .context("--shards needs a number of guests per kernel")?;
+                    o.shards = v.parse().ok().filter(|n| *n > 0).with_context(|| {
+                        format!("--shards {v:?} is not a number of guests per kernel")
+                    })?;
                 }
                 "--" => {
                     o.test_args = it.cloned().collect();
@@ -191,12 +205,13 @@ fn userspace_image(
     nettools: &Path,
     tests: &image::TestBinaries,
     test_args: &[String],
+    shards: &[Vec<String>],
 ) -> Result<PathBuf> {
     let mut files: Vec<&Path> = vec![nettools];
     files.extend(tests.iter().map(|(_, p)| p.as_path()));
     let key = fingerprint(
         &files,
-        &format!("{}{tests:?}{test_args:?}", image::userspace_key()),
+        &format!("{}{tests:?}{test_args:?}{shards:?}", image::userspace_key()),
     );
     let path = images.join(format!("userspace-{key}.cpio"));
     if path.exists() {
@@ -212,6 +227,15 @@ fn userspace_image(
         )?;
         bytes.extend(args.to_bytes()?);
     }
+    let mut lists = cpio::Archive::new();
+    for (k, binaries) in shards.iter().enumerate() {
+        lists.file(
+            &format!("vmtest/shards/{k}.list"),
+            (binaries.join("\n") + "\n").into_bytes(),
+            false,
+        )?;
+    }
+    bytes.extend(lists.to_bytes()?);
     remove_matching(images, "userspace-", ".cpio");
     std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
@@ -267,6 +291,7 @@ fn boot(
     k: &kernel::Kernel,
     initrd: &Path,
     log_path: &Path,
+    shard: usize,
     opts: &Options,
 ) -> Result<serial::Outcome> {
     let mut child = Command::new(QEMU)
@@ -286,7 +311,10 @@ fn boot(
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet mitigations=off"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet mitigations=off vmtest.shard={shard}"
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -299,7 +327,7 @@ fn boot(
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let stdout = child.stdout.take().context("no pipe from QEMU")?;
     let stderr = child.stderr.take().context("no pipe from QEMU")?;
-    let (sink, verbose, release) = (log.clone(), opts.verbose, k.release.clone());
+    let (sink, verbose, release) = (log.clone(), opts.verbose, guest_name(k, shard, opts));
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
             let line = String::from_utf8_lossy(&line)
@@ -436,36 +464,81 @@ fn prepare(
     }
 }
 
-/// One kernel, second half: boot it and read the verdict.
-fn run_guest(row: &mut Row, ready: &Ready, dirs: &Dirs, opts: &Options) {
+/// A guest's name in messages and its log's: the release, with its shard when a kernel has
+/// several guests.
+fn guest_name(k: &kernel::Kernel, shard: usize, opts: &Options) -> String {
+    if opts.shards > 1 {
+        format!("{}#{shard}", k.release)
+    } else {
+        k.release.clone()
+    }
+}
+
+/// What one guest (one shard of one kernel) did.
+struct ShardRun {
+    outcome: std::result::Result<serial::Outcome, String>,
+    seconds: f64,
+    log: PathBuf,
+}
+
+/// One kernel, second half: boot one of its guests and read its verdict.
+fn run_shard(ready: &Ready, shard: usize, dirs: &Dirs, opts: &Options) -> ShardRun {
     let k = &ready.kernel;
-    let log = dirs.logs.join(format!("{}.log", k.release));
-    eprintln!("xtask: vmtest: booting {} under QEMU (TCG)", k.release);
+    let name = guest_name(k, shard, opts);
+    let log = dirs
+        .logs
+        .join(format!("{}.log", name.replace('#', "-shard")));
+    eprintln!("xtask: vmtest: booting {name} under QEMU (TCG)");
     let booted = Instant::now();
-    row.verdict = match boot(k, &ready.initrd, &log, opts) {
-        Err(e) => Verdict::Failed(format!("{e:#}"), None),
-        Ok(o) if o.release.as_deref().is_some_and(|r| r != k.release) => Verdict::Failed(
-            format!(
-                "the guest runs {} instead of {}",
-                o.release.clone().unwrap_or_default(),
-                k.release
-            ),
-            Some(o),
-        ),
-        Ok(o) if o.passed() => Verdict::Passed(o),
-        Ok(o) => Verdict::Failed(o.problem(), Some(o)),
+    let outcome = match boot(k, &ready.initrd, &log, shard, opts) {
+        Err(e) => Err(format!("{e:#}")),
+        Ok(o) if o.release.as_deref().is_some_and(|r| r != k.release) => Err(format!(
+            "the guest runs {} instead of {}",
+            o.release.clone().unwrap_or_default(),
+            k.release
+        )),
+        Ok(o) => Ok(o),
     };
-    let _ = std::fs::remove_file(&ready.initrd);
-    row.seconds = booted.elapsed().as_secs_f64();
-    if let Verdict::Failed(..) = &row.verdict {
+    let run = ShardRun {
+        outcome,
+        seconds: booted.elapsed().as_secs_f64(),
+        log,
+    };
+    if !run.outcome.as_ref().is_ok_and(serial::Outcome::passed) {
         eprintln!(
-            "xtask: vmtest: {} failed; from {}:\n{}",
-            row.release,
-            display(&log),
-            failure_excerpt(&log)
+            "xtask: vmtest: {name} failed; from {}:\n{}",
+            display(&run.log),
+            failure_excerpt(&run.log)
         );
     }
-    row.log = Some(log);
+    run
+}
+
+/// A kernel's row from its guests: passed only if every guest finished and passed.
+fn finish(row: &mut Row, runs: Vec<ShardRun>) {
+    row.seconds = runs.iter().map(|r| r.seconds).sum();
+    let mut outcomes = Vec::new();
+    let mut broken = None;
+    for run in runs {
+        match run.outcome {
+            Ok(o) => {
+                if !o.passed() && row.log.is_none() {
+                    row.log = Some(run.log.clone());
+                }
+                outcomes.push(o);
+            }
+            Err(e) => {
+                row.log.get_or_insert(run.log);
+                broken.get_or_insert(e);
+            }
+        }
+    }
+    let merged = shard::merge(outcomes);
+    row.verdict = match broken {
+        Some(why) => Verdict::Failed(why, Some(merged)),
+        None if merged.passed() => Verdict::Passed(merged),
+        None => Verdict::Failed(merged.problem(), Some(merged)),
+    };
 }
 
 struct Dirs {
@@ -487,9 +560,10 @@ fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
     }
     let started = Instant::now();
     let tests = build_tests()?;
+    let shards = shard::partition(&shard::weights(&tests, &dirs.logs), opts.shards);
     let mut userspace = PathBuf::new();
     step("vmtest: guest userspace image", || {
-        userspace = userspace_image(&dirs.images, nettools, &tests, &opts.test_args)?;
+        userspace = userspace_image(&dirs.images, nettools, &tests, &opts.test_args, &shards)?;
         Ok(())
     })?;
     let apt = kernel::Apt::new(&root.join("apt")).and_then(|a| a.update().map(|()| a));
@@ -505,29 +579,54 @@ fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
             .collect();
         prepared.push(prepare(spec, &apt, &dirs, &userspace, &done));
     }
-    // Guests run `opts.jobs` at a time, each on one virtual CPU.
+    // Guests run `opts.jobs` at a time, each on one virtual CPU; each kernel has one guest per
+    // shard, taken in order so that a kernel's guests run side by side.
+    let work: Vec<(usize, usize)> = prepared
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, ready))| ready.is_some())
+        .flat_map(|(i, _)| (0..shards.len()).map(move |k| (i, k)))
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<Mutex<(Row, Option<Ready>)>> = prepared.into_iter().map(Mutex::new).collect();
+    let runs: Vec<Mutex<Option<ShardRun>>> = work.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..opts.jobs.max(1) {
             scope.spawn(|| {
                 loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(slot) = slots.get(i) else { break };
-                    if let Ok(mut slot) = slot.lock()
-                        && let (row, Some(ready)) = &mut *slot
-                    {
-                        run_guest(row, ready, &dirs, opts);
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let (Some(&(i, k)), Some(slot)) = (work.get(n), runs.get(n)) else {
+                        break;
+                    };
+                    if let Some((_, Some(ready))) = prepared.get(i) {
+                        let run = run_shard(ready, k, &dirs, opts);
+                        if let Ok(mut slot) = slot.lock() {
+                            *slot = Some(run);
+                        }
                     }
                 }
             });
         }
     });
+    let mut runs: Vec<Option<ShardRun>> = runs
+        .into_iter()
+        .map(|m| m.into_inner().ok().flatten())
+        .collect();
     let mut rows: Vec<Row> = Vec::new();
-    for slot in slots {
-        let (row, _) = slot
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("a guest runner thread panicked"))?;
+    for (i, (mut row, ready)) in prepared.into_iter().enumerate() {
+        if let Some(ready) = ready {
+            let mine: Vec<ShardRun> = work
+                .iter()
+                .zip(runs.iter_mut())
+                .filter(|((w, _), _)| *w == i)
+                .filter_map(|(_, r)| r.take())
+                .collect();
+            if mine.len() == shards.len() {
+                finish(&mut row, mine);
+            } else {
+                row.verdict = Verdict::Failed("a guest runner thread panicked".into(), None);
+            }
+            let _ = std::fs::remove_file(&ready.initrd);
+        }
         rows.push(row);
     }
     remove_orphan_images(&dirs.images, &dirs.kernels);
@@ -662,6 +761,9 @@ mod tests {
         assert_eq!(o.jobs, DEFAULT_JOBS);
         assert_eq!(Options::parse(&args(&["-j", "1"]))?.jobs, 1);
         assert!(Options::parse(&args(&["--jobs", "0"])).is_err());
+        assert_eq!(o.shards, DEFAULT_SHARDS);
+        assert_eq!(Options::parse(&args(&["--shards", "3"]))?.shards, 3);
+        assert!(Options::parse(&args(&["--shards", "0"])).is_err());
         assert!(Options::parse(&args(&["--kernel"])).is_err());
         assert!(Options::parse(&args(&["--timeout", "soon"])).is_err());
         assert!(Options::parse(&args(&["--bogus"])).is_err());
