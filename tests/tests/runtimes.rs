@@ -110,6 +110,8 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
             "{ip} not in {w:#}"
         );
         assert_eq!(w["host_network"], false);
+        // Named by the API the test started.
+        assert_eq!(w["named_by"], "runtime-api", "{w:#}");
     }
     // Exactly one workload per namespace: four containers and an infra container, two rows.
     let ours: Vec<&Value> = list["workloads"]
@@ -268,6 +270,22 @@ fn podman_without_its_service_is_named_from_its_storage_and_traced_by_name() -> 
     assert_eq!(solo["name"], "container ntssolo", "{solo:#}");
     assert_eq!(solo["named_by"], "storage", "{solo:#}");
     assert_eq!(solo["containers"][0]["runtime"], "podman", "{solo:#}");
+
+    // Without Podman's storage in sight, only the cgroup scan finds them: by id, and it says so.
+    let list = list_json(&[])?;
+    let scanned = listed(&list, inode(&pod_ns)?)?;
+    assert_eq!(scanned["named_by"], "cgroup-scan", "{scanned:#}");
+    assert_eq!(
+        scanned["pod"]["name"],
+        format!("podman pod {}", &pod_id[..12]).as_str(),
+        "{scanned:#}"
+    );
+    assert!(
+        list["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["source"] != "podman-storage")),
+        "{list:#}"
+    );
 
     // The table says the same.
     let out = nettools_env(&["list"], &env)?;
@@ -546,6 +564,7 @@ fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> 
     assert_eq!(w["pod"]["uid"], uid);
     assert_eq!(container_names(w), ["app"]);
     assert_eq!(w["containers"][0]["runtime"], "containerd");
+    assert_eq!(w["named_by"], "runtime-api", "{w:#}");
     assert_eq!(w["pid"], pid);
     let peer = eth0_peer_index(&path)?;
     assert_eq!(w["veths"][0]["ifindex"], peer, "{w:#}");
