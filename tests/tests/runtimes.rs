@@ -302,6 +302,18 @@ fn podman_without_its_service_is_named_from_its_storage_and_traced_by_name() -> 
     );
     assert!(table.contains("podman's state database at "), "{table}");
 
+    // A name that is not there is one sentence naming what is, and where nettools looked.
+    let out = nettools_env(&["trace", "--pod", "ntsnope", "-d", "1s"], &env)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no pod \"ntsnope\"")
+            && said.contains("ntspod")
+            && said.contains("podman's state database at "),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+
     // Traced by name: each workload on its own veth, with exactly the pings sent from it.
     let gateway = format!("{}.1", podman.subnet_prefix);
     let trace = Trace::start_env(
