@@ -1,6 +1,7 @@
 //! `nettools list`: every pod and container on this node, one row per network namespace, with
 //! what tracing it needs (namespace inode, host-side veth) and what a person recognises it by
-//! (names, addresses, runtime).
+//! (names, addresses, runtime) and which kind of source named it (a runtime's API, Podman's
+//! storage, the cgroup scan).
 
 use std::fmt::Write as _;
 
@@ -9,7 +10,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     cli::ListArgs,
     cli::ListFormat as Output,
-    discover::{Workload, inventory::Inventory},
+    discover::{NamedBy, Workload, inventory::Inventory},
     report::text,
 };
 
@@ -55,9 +56,10 @@ pub fn table(inv: &Inventory) -> String {
         "PID",
         "HOST VETH",
         "ADDRESSES",
+        "NAMED BY",
         "RUNTIME",
     ];
-    let mut rows: Vec<[String; 8]> = Vec::new();
+    let mut rows: Vec<[String; 9]> = Vec::new();
     for w in &inv.workloads {
         let cells = row(w);
         rows.push(cells.map(|c| text::escape(&c).into_owned()));
@@ -95,7 +97,7 @@ pub fn table(inv: &Inventory) -> String {
 }
 
 /// One workload's cells, raw.
-fn row(w: &Workload) -> [String; 8] {
+fn row(w: &Workload) -> [String; 9] {
     let mut runtimes: Vec<&str> = w.containers.iter().map(|c| c.runtime.as_str()).collect();
     runtimes.dedup();
     // Named from a failing runtime's last answer.
@@ -131,6 +133,7 @@ fn row(w: &Workload) -> [String; 8] {
             )
         },
         dash_if_empty(w.addresses.join(", ")),
+        w.named_by.map_or("-", NamedBy::words).to_string(),
         dash_if_empty(runtimes.join(", ")) + stale,
     ]
 }
@@ -244,6 +247,7 @@ mod tests {
                         inner_ifindex: 2,
                     }],
                     addresses: vec!["10.233.0.3/24".into()],
+                    named_by: Some(NamedBy::RuntimeApi),
                     ..Default::default()
                 },
                 Workload {
@@ -256,6 +260,19 @@ mod tests {
                         name: "agent".into(),
                         runtime: "podman".into(),
                     }],
+                    named_by: Some(NamedBy::Storage),
+                    ..Default::default()
+                },
+                Workload {
+                    name: "container 0123456789ab".into(),
+                    kind: WorkloadKind::Container,
+                    netns: 4026532300,
+                    containers: vec![ContainerRef {
+                        id: "0123456789ab".repeat(5),
+                        name: "0123456789ab".into(),
+                        runtime: "docker (cgroup scan)".into(),
+                    }],
+                    named_by: Some(NamedBy::CgroupScan),
                     ..Default::default()
                 },
             ],
@@ -264,17 +281,27 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "KIND       NAME    CONTAINERS  NETNS              PID    HOST VETH        ADDRESSES      RUNTIME"
+            "KIND       NAME          CONTAINERS    NETNS              PID    HOST VETH        ADDRESSES      NAMED BY     RUNTIME"
         );
         assert_eq!(
             lines[1],
-            "pod        ntpod1  web, side   4026532253         14052  veth1 (podman1)  10.233.0.3/24  podman"
+            "pod        ntpod1        web, side     4026532253         14052  veth1 (podman1)  10.233.0.3/24  API          podman"
         );
         assert_eq!(
             lines[2],
-            "container  agent   agent       4026531840 (host)  -      host network     -              podman"
+            "container  agent         agent         4026531840 (host)  -      host network     -              storage      podman"
         );
-        assert_eq!(lines[4], "asked: podman 4.3.1 at /run/podman/podman.sock");
+        assert_eq!(
+            lines[3],
+            "container  0123456789ab  0123456789ab  4026532300         -      -                -              cgroup scan  docker (cgroup scan)"
+        );
+        assert_eq!(lines[5], "asked: podman 4.3.1 at /run/podman/podman.sock");
+        // JSON says the same, in words for programs.
+        let json = serde_json::to_value(&inv.workloads).unwrap_or_default();
+        let named: Vec<&str> = (0..3)
+            .filter_map(|i| json[i]["named_by"].as_str())
+            .collect();
+        assert_eq!(named, ["runtime-api", "storage", "cgroup-scan"]);
     }
 
     #[test]

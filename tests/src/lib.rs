@@ -78,8 +78,14 @@ pub fn dies_with_test(program: impl AsRef<OsStr>) -> Command {
 
 /// Runs nettools to completion.
 pub fn nettools(args: &[&str]) -> Result<Output> {
+    nettools_env(args, &[])
+}
+
+/// Runs nettools to completion with extra environment variables.
+pub fn nettools_env(args: &[&str], env: &[(&str, PathBuf)]) -> Result<Output> {
     Command::new(nettools_bin())
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .with_context(|| format!("cannot run {}", nettools_bin().display()))
 }
@@ -174,8 +180,14 @@ impl Background {
     /// Spawns `nettools ARGS` and waits until its stderr says `ready` (fails if it exits
     /// first or takes over 60 s).
     pub fn start(args: &[&OsStr], ready: &str) -> Result<Self> {
+        Self::start_env(args, ready, &[])
+    }
+
+    /// The same with extra environment variables.
+    pub fn start_env(args: &[&OsStr], ready: &str, env: &[(&str, PathBuf)]) -> Result<Self> {
         let mut child = dies_with_test(nettools_bin())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -253,11 +265,16 @@ pub struct Finished {
 impl Trace {
     /// Starts `nettools trace ARGS --out FILE` and waits until its probes are attached.
     pub fn start(args: &[&str]) -> Result<Self> {
+        Self::start_env(args, &[])
+    }
+
+    /// The same with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, PathBuf)]) -> Result<Self> {
         let out = TempFile::new(".report");
         let mut full: Vec<&OsStr> = vec![OsStr::new("trace")];
         full.extend(args.iter().map(OsStr::new));
         full.extend([OsStr::new("--out"), out.0.as_os_str()]);
-        let nettools = Background::start(&full, "nettools: tracing")?;
+        let nettools = Background::start_env(&full, "nettools: tracing", env)?;
         Ok(Self { nettools, out })
     }
 

@@ -451,6 +451,29 @@ impl Podman {
     /// Configures Podman (runc, cgroupfs, file-based events), imports the busybox image,
     /// creates a bridge network and starts `podman system service` on a socket of its own.
     pub fn start() -> Result<Self> {
+        let mut podman = Self::without_service()?;
+        let log = podman.dir.0.join("service.log");
+        let log_file = std::fs::File::create(&log)?;
+        let mut child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", podman.socket.display()))
+            .envs(podman.env())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            // Its own process group, so a test's Ctrl-C does not reach it first.
+            .process_group(0)
+            .spawn()
+            .context("cannot start podman system service")?;
+        std::fs::write(podman.dir.0.join("service.pid"), child.id().to_string())?;
+        let ready = wait_for_socket(&podman.socket, &mut child, "podman system service", &log);
+        podman.service = Some(child);
+        ready?;
+        Ok(podman)
+    }
+
+    /// The same without `podman system service`, as on a host where nobody enabled
+    /// `podman.socket`: only the `podman` command and Podman's files on disk.
+    pub fn without_service() -> Result<Self> {
         Self::remove_stale();
         let netavark = NetavarkChains;
         let cgroups = CgroupDirs::before(&["libpod_parent"]);
@@ -484,7 +507,7 @@ network_config_dir = "{d}/networks"
                 d = d.display()
             ),
         )?;
-        let mut podman = Self {
+        let podman = Self {
             socket: d.join("docker.sock"),
             network: format!("ntnet{pid}x{n}"),
             subnet_prefix: format!("10.233.{third}"),
@@ -506,22 +529,6 @@ network_config_dir = "{d}/networks"
         let network = podman.network.clone();
         std::fs::write(d.join("network"), &network)?;
         podman.cmd(&["network", "create", "--subnet", &subnet, &network])?;
-        let log = d.join("service.log");
-        let log_file = std::fs::File::create(&log)?;
-        let mut child = Command::new("podman")
-            .args(["system", "service", "--time=0"])
-            .arg(format!("unix://{}", podman.socket.display()))
-            .envs(podman.env())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            // Its own process group, so a test's Ctrl-C does not reach it first.
-            .process_group(0)
-            .spawn()
-            .context("cannot start podman system service")?;
-        std::fs::write(d.join("service.pid"), child.id().to_string())?;
-        let ready = wait_for_socket(&podman.socket, &mut child, "podman system service", &log);
-        podman.service = Some(child);
-        ready?;
         Ok(podman)
     }
 
@@ -543,7 +550,9 @@ network_config_dir = "{d}/networks"
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, PathBuf)> {
+    /// The environment that points `podman` (and nettools, which reads Podman's
+    /// `storage.conf` the same way) at this instance's configuration and storage.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
         vec![
             ("CONTAINERS_CONF", self.dir.0.join("containers.conf")),
             ("CONTAINERS_STORAGE_CONF", self.dir.0.join("storage.conf")),

@@ -110,6 +110,8 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
             "{ip} not in {w:#}"
         );
         assert_eq!(w["host_network"], false);
+        // Named by the API the test started.
+        assert_eq!(w["named_by"], "runtime-api", "{w:#}");
     }
     // Exactly one workload per namespace: four containers and an infra container, two rows.
     let ours: Vec<&Value> = list["workloads"]
@@ -180,6 +182,175 @@ fn podman_containers_pods_and_shared_namespaces_are_listed_with_their_veth() -> 
         "{row}"
     );
     assert!(row.contains(&veth), "{row}");
+    Ok(())
+}
+
+/// Pings from inside a namespace to `to`; fails unless every reply came back (the count the
+/// trace is checked against).
+fn ping_from(ns: &str, to: &str, count: u32) -> Result<()> {
+    let out = in_ns(
+        ns,
+        &[
+            "ping",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            to,
+        ],
+    )?;
+    assert!(
+        out.contains(&format!("{count} packets transmitted, {count} received")),
+        "the set-up itself misbehaved: {out}"
+    );
+    Ok(())
+}
+
+/// Podman without its API service (nobody enabled `podman.socket`): `list` names the pod and
+/// the container as `podman pod ps` and `podman ps` do, read from Podman's own files (and says
+/// so), and `trace --pod` / `--container` by those names attach to their veths and count the
+/// pings the test sent from inside them.
+#[test]
+fn podman_without_its_service_is_named_from_its_storage_and_traced_by_name() -> Result<()> {
+    need!(&["podman", "runc", "conmon", "nsenter", "ping"]);
+    let podman = Podman::without_service()?;
+    // nettools finds Podman's storage as Podman does: through storage.conf.
+    let env = podman.env();
+    let net = format!("--network={}", podman.network);
+    podman.pod("ntspod")?;
+    podman.run(&["--name", "ntspod-web", "--pod", "ntspod"])?;
+    podman.run(&["--name", "ntssolo", &net])?;
+    assert!(!podman.socket.exists(), "no API service runs");
+    let pod_ns = format!("/proc/{}/ns/net", podman.pid("ntspod-web")?);
+    let solo_ns = format!("/proc/{}/ns/net", podman.pid("ntssolo")?);
+    // Podman's own words for them: the oracle for the names.
+    let pod_id = podman.cmd(&["pod", "inspect", "--format", "{{.ID}}", "ntspod"])?;
+    let listed_by_podman = podman.cmd(&["ps", "--format", "{{.Names}}"])?;
+    assert!(
+        listed_by_podman.lines().any(|l| l == "ntssolo")
+            && listed_by_podman.lines().any(|l| l == "ntspod-web"),
+        "{listed_by_podman}"
+    );
+
+    let out = nettools_env(&["list", "-o", "json"], &env)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let sources = list["sources"].as_array().context("no sources")?;
+    assert!(
+        sources.iter().all(|s| s["source"] != "docker-api"),
+        "{list:#}"
+    );
+    let storage = sources
+        .iter()
+        .find(|s| s["source"] == "podman-storage")
+        .with_context(|| format!("Podman's storage was not read: {list:#}"))?;
+    assert!(storage["error"].is_null(), "{storage}");
+    assert!(
+        storage["socket"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("storage/libpod/bolt_state.db")),
+        "{storage}"
+    );
+    let pod = listed(&list, inode(&pod_ns)?)?;
+    assert_eq!(pod["kind"], "pod", "{pod:#}");
+    assert_eq!(pod["pod"]["name"], "ntspod", "{pod:#}");
+    assert_eq!(pod["pod"]["sandbox_id"], pod_id.as_str(), "{pod:#}");
+    // The infra container holds the namespace; it is not one of the pod's containers.
+    assert_eq!(container_names(pod), ["ntspod-web"], "{pod:#}");
+    assert_eq!(pod["name"], "pod ntspod (containers: ntspod-web)");
+    assert_eq!(pod["named_by"], "storage", "{pod:#}");
+    assert_eq!(pod["veths"][0]["ifindex"], eth0_peer_index(&pod_ns)?);
+    let solo = listed(&list, inode(&solo_ns)?)?;
+    assert_eq!(solo["name"], "container ntssolo", "{solo:#}");
+    assert_eq!(solo["named_by"], "storage", "{solo:#}");
+    assert_eq!(solo["containers"][0]["runtime"], "podman", "{solo:#}");
+
+    // Without Podman's storage in sight, only the cgroup scan finds them: by id, and it says so.
+    let list = list_json(&[])?;
+    let scanned = listed(&list, inode(&pod_ns)?)?;
+    assert_eq!(scanned["named_by"], "cgroup-scan", "{scanned:#}");
+    assert_eq!(
+        scanned["pod"]["name"],
+        format!("podman pod {}", &pod_id[..12]).as_str(),
+        "{scanned:#}"
+    );
+    assert!(
+        list["sources"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|s| s["source"] != "podman-storage")),
+        "{list:#}"
+    );
+
+    // The table says the same.
+    let out = nettools_env(&["list"], &env)?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table.lines().next().unwrap_or_default();
+    assert!(header.contains("NAMED BY"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("pod") && l.contains("ntspod"))
+        .with_context(|| format!("no row for the pod:\n{table}"))?;
+    assert!(
+        row.contains("ntspod-web") && row.contains("storage") && row.contains("podman"),
+        "{row}"
+    );
+    assert!(table.contains("podman's state database at "), "{table}");
+
+    // A name that is not there is one sentence naming what is, and where nettools looked.
+    let out = nettools_env(&["trace", "--pod", "ntsnope", "-d", "1s"], &env)?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("no pod \"ntsnope\"")
+            && said.contains("ntspod")
+            && said.contains("podman's state database at "),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+
+    // Traced by name: each workload on its own veth, with exactly the pings sent from it.
+    let gateway = format!("{}.1", podman.subnet_prefix);
+    let trace = Trace::start_env(
+        &[
+            "--pod",
+            "ntspod",
+            "--container",
+            "ntssolo",
+            "--probes",
+            "icmp,traffic",
+            "-o",
+            "json",
+        ],
+        &env,
+    )?;
+    ping_from(&pod_ns, &gateway, 7)?;
+    ping_from(&solo_ns, &gateway, 4)?;
+    let done = trace.stop()?;
+    assert!(done.success, "{}", done.stderr);
+    let lines = done.json()?;
+    let s = summary(&lines)?;
+    for (ns, name, sent) in [
+        (&pod_ns, "pod ntspod (containers: ntspod-web)", 7),
+        (&solo_ns, "container ntssolo", 4),
+    ] {
+        let w = workload(s, inode(ns)?)?;
+        assert_eq!(w["name"], name, "{w:#}");
+        assert_eq!(w["interfaces"][0]["ifindex"], eth0_peer_index(ns)?, "{w:#}");
+        let echo = w["latency"]["distributions"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["kind"] == "icmp_echo"))
+            .with_context(|| format!("no ping latency for {name}: {w:#}"))?;
+        assert_eq!(echo["count"], sent, "{name}: {echo}");
+        // The veth carried at least the requests and replies.
+        let sent_pkts = w["interfaces"][0]["sent"]["packets"].as_u64().unwrap_or(0);
+        assert!(sent_pkts >= sent, "{name}: {w:#}");
+    }
     Ok(())
 }
 
@@ -405,6 +576,7 @@ fn containerd_cri_pod_is_found_by_name_and_namespace_and_its_drop_reported() -> 
     assert_eq!(w["pod"]["uid"], uid);
     assert_eq!(container_names(w), ["app"]);
     assert_eq!(w["containers"][0]["runtime"], "containerd");
+    assert_eq!(w["named_by"], "runtime-api", "{w:#}");
     assert_eq!(w["pid"], pid);
     let peer = eth0_peer_index(&path)?;
     assert_eq!(w["veths"][0]["ifindex"], peer, "{w:#}");

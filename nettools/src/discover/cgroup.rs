@@ -172,6 +172,7 @@ pub fn scan() -> Vec<Found> {
                 host_network: Some(inode) == host,
                 sandbox: false,
                 stale: false,
+                named_by: super::NamedBy::CgroupScan,
             })
         })
         .collect()

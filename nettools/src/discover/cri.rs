@@ -330,6 +330,7 @@ pub async fn query_within(socket: &Path, limits: &Limits) -> Result<(Runtime, Ve
             host_network,
             sandbox: true,
             stale: false,
+            named_by: super::NamedBy::RuntimeApi,
         });
         for c in containers.iter().filter(|c| c.pod_sandbox_id == sandbox.id) {
             out.push(Found {
@@ -350,6 +351,7 @@ pub async fn query_within(socket: &Path, limits: &Limits) -> Result<(Runtime, Ve
                 host_network,
                 sandbox: false,
                 stale: false,
+                named_by: super::NamedBy::RuntimeApi,
             });
         }
     }

@@ -510,6 +510,7 @@ pub fn found(
         host_network: c.host_config.network_mode == "host" || Some(inode) == host,
         sandbox: infra,
         stale: false,
+        named_by: super::NamedBy::RuntimeApi,
     })
 }
 

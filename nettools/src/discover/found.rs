@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{ContainerRef, PodRef, netns};
+use super::{ContainerRef, NamedBy, PodRef, netns};
 
 /// One container or pod sandbox as a source reports it, before grouping by namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Found {
     /// From its source's last good answer: that source fails now (see
     /// [`RuntimeCache`](super::cache::RuntimeCache)).
     pub stale: bool,
+    /// The kind of source that reported it.
+    pub named_by: NamedBy,
 }
 
 impl Found {

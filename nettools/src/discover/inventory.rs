@@ -17,8 +17,8 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::{
-    LIMITS, Limits, PodRef, Workload, WorkloadKind, cgroup, cri, docker, found::Found, netns, span,
-    veth,
+    LIMITS, Limits, PodRef, Workload, WorkloadKind, cgroup, cri, docker, found::Found, netns,
+    podman, span, veth,
 };
 
 /// Which runtime sockets to ask (`None`: the standard paths that exist).
@@ -31,7 +31,7 @@ pub struct Sources {
 /// What one source said.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SourceReport {
-    /// `cri`, `docker-api` or `cgroup-scan`.
+    /// `cri`, `docker-api`, `podman-storage` or `cgroup-scan`.
     pub source: &'static str,
     /// The socket asked, if any.
     pub socket: Option<String>,
@@ -149,6 +149,9 @@ pub async fn ask(sources: &Sources) -> Vec<Answer> {
     let (mut answers, docker) = tokio::join!(join_all(cri), join_all(docker));
     answers.extend(docker);
     let scanned = cgroup::scan();
+    if let Some(store) = podman::local() {
+        answers.push(ask_podman_store(&store, &scanned));
+    }
     let mut report = SourceReport::new("cgroup-scan", None);
     report.found = scanned.len();
     answers.push(Answer {
@@ -156,6 +159,25 @@ pub async fn ask(sources: &Sources) -> Vec<Answer> {
         found: scanned,
     });
     answers
+}
+
+/// Podman's own files, for the containers the cgroup scan found (Podman without its service).
+fn ask_podman_store(store: &podman::Store, scanned: &[Found]) -> Answer {
+    let mut report = SourceReport::new("podman-storage", Some(store.file.display().to_string()));
+    let mut found = Vec::new();
+    match podman::read(store) {
+        Ok(names) => {
+            found = podman::name_scanned(&names, scanned);
+            report.found = found.len();
+            report.runtime = Some(if store.pods {
+                "podman's state database".to_string()
+            } else {
+                "podman's container records (container names only)".to_string()
+            });
+        }
+        Err(e) => report.error = Some(format!("{e:#}")),
+    }
+    Answer { report, found }
 }
 
 /// Everything found, one workload per network namespace (host-network pods and containers
@@ -409,7 +431,8 @@ pub fn display_name(w: &Workload) -> String {
 
 /// Groups what the sources found: one workload per network namespace, except host-network
 /// pods and containers (one each). The first source to report a container wins (CRI, then the
-/// Docker API, then the cgroup scan), and the cgroup scan only adds containers no API knew.
+/// Docker API, then Podman's storage, then the cgroup scan), and the cgroup scan only adds
+/// containers nothing else knew.
 pub fn group(found: Vec<Found>) -> Vec<Workload> {
     let host = netns::host_inode();
     let mut known_ids: HashSet<String> = HashSet::new();
@@ -437,6 +460,8 @@ pub fn group(found: Vec<Found>) -> Vec<Workload> {
             Workload {
                 netns: f.netns,
                 host_network,
+                // The first source to report it names it.
+                named_by: Some(f.named_by),
                 ..Default::default()
             }
         });

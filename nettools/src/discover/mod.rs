@@ -2,7 +2,8 @@
 //! network namespaces (by inode, the key every event carries) with names a person recognises.
 //!
 //! Pods and containers come from the node's container runtimes, one module per source: [`cri`]
-//! (containerd, CRI-O), [`docker`] (Docker, Podman's Docker-compatible service) and [`cgroup`]
+//! (containerd, CRI-O), [`docker`] (Docker, Podman's Docker-compatible service), [`podman`]
+//! (Podman's own files, for Podman without its service: read with [`bolt`]) and [`cgroup`]
 //! (a /proc + cgroup scan when no runtime answers); [`inventory`] merges them into one workload
 //! per network namespace and finds `--pod` / `--container` there; [`cache`] keeps the last
 //! good answer of a runtime that stops answering, so its workloads keep their names (marked
@@ -11,6 +12,7 @@
 //! Every runtime call has deadlines ([`Limits`]): a runtime that hangs, dribbles or floods
 //! costs at most those and shows as an error of that source, never as a stuck nettools.
 
+pub mod bolt;
 pub mod cache;
 pub mod cgroup;
 pub mod cri;
@@ -20,6 +22,7 @@ pub mod found;
 pub mod inventory;
 pub mod netlink;
 pub mod netns;
+pub mod podman;
 pub mod veth;
 pub mod watch;
 
@@ -106,6 +109,31 @@ pub enum WorkloadKind {
     Container,
 }
 
+/// Which kind of source named a workload (and its containers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamedBy {
+    /// A runtime's API: CRI (containerd, CRI-O) or the Docker-compatible API (Docker, Podman's
+    /// service).
+    #[default]
+    RuntimeApi,
+    /// The runtime's own files: Podman's container store and state database.
+    Storage,
+    /// The cgroup scan of /proc: container ids, no names.
+    CgroupScan,
+}
+
+impl NamedBy {
+    /// `API`, `storage`, `cgroup scan`: the table's words.
+    pub fn words(self) -> &'static str {
+        match self {
+            NamedBy::RuntimeApi => "API",
+            NamedBy::Storage => "storage",
+            NamedBy::CgroupScan => "cgroup scan",
+        }
+    }
+}
+
 /// The pod a workload is, as its runtime names it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PodRef {
@@ -167,6 +195,10 @@ pub struct Workload {
     /// still exists (see [`cache`]).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
+    /// Which kind of source named it (`None` for what no runtime reported: a named netns, a
+    /// process, the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub named_by: Option<NamedBy>,
 }
 
 impl Workload {
