@@ -13,6 +13,7 @@
 //! - `bench [--quick] [--only SECTION]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
 
 mod bench;
+mod cross;
 mod fuzz;
 mod image;
 mod process;
@@ -28,9 +29,13 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  setup            install what building and testing need (apt packages, bpf-linker); no-op when present
-  build [--release]
-                   build nettools (and its eBPF object)
+  setup [--arch arm64]
+                   install what building and testing need (apt packages, bpf-linker); no-op when
+                   present. --arch arm64 also what building for arm64 needs (dpkg's arm64
+                   architecture, gcc-aarch64-linux-gnu, Debian's arm64 Rust library, libpcap)
+  build [--release] [--target aarch64-unknown-linux-gnu]
+                   build nettools (and its eBPF object); --target: a static arm64 binary under
+                   target/aarch64/ (the same eBPF object)
   test [--quick] [--no-vm]
                    fmt + clippy + unit tests + integration tests (root; real network labs), then
                    the kernel matrix (vmtest). --quick skips fmt and clippy, --no-vm the matrix
@@ -63,6 +68,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The value after `name` in `args`, if `name` is there.
+fn option_value<'a>(args: &'a [String], name: &str) -> Result<Option<&'a str>> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => args
+            .get(i + 1)
+            .map(|v| Some(v.as_str()))
+            .with_context(|| format!("{name} needs a value")),
+    }
+}
+
 fn run(args: &[String]) -> Result<()> {
     let (command, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r),
@@ -92,14 +108,32 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command {
         "setup" => {
-            known(&[])?;
-            setup::run()
+            known(&["--arch", "arm64"])?;
+            setup::run()?;
+            if rest.iter().any(|a| a == "--arch") {
+                setup::arm64()?;
+            }
+            Ok(())
         }
         "build" => {
-            known(&["--release"])?;
-            setup::run()?;
+            let target = option_value(rest, "--target")?;
             let release = rest.iter().any(|a| a == "--release");
-            process::build_nettools(release).map(|_| ())
+            match target {
+                Some(target) => {
+                    known(&["--release", "--target", target])?;
+                    cross::check_target(target)?;
+                    setup::run()?;
+                    setup::arm64()?;
+                    let bin = cross::build(release)?;
+                    eprintln!("xtask: arm64 binary: {}", bin.display());
+                    Ok(())
+                }
+                None => {
+                    known(&["--release"])?;
+                    setup::run()?;
+                    process::build_nettools(release).map(|_| ())
+                }
+            }
         }
         "test" => {
             known(&["--quick", "--no-vm"])?;

@@ -213,3 +213,26 @@ pub fn run() -> Result<()> {
     }
     Ok(())
 }
+
+/// What building for arm64 needs (`setup --arch arm64`, `build --target …`): dpkg's arm64
+/// architecture (for the `:arm64` library packages) and crate::cross::PACKAGES.
+pub fn arm64() -> Result<()> {
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("cannot run dpkg")?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .split_whitespace()
+        .any(|a| a == "arm64")
+    {
+        if !is_root() {
+            bail!(
+                "building for arm64 needs dpkg's arm64 architecture, and adding it needs root \
+                 (sudo dpkg --add-architecture arm64, then sudo cargo xtask setup --arch arm64)"
+            );
+        }
+        eprintln!("xtask: adding the arm64 architecture to dpkg (for the :arm64 libraries)");
+        status(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+    }
+    install(crate::cross::PACKAGES)
+}
