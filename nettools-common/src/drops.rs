@@ -54,6 +54,10 @@ pub struct DropStackKey {
 
 crate::user_pod!(DropKey, DropEvent, DropStackKey);
 
+/// Name of the global holding how many bytes of each dropped packet the drop probe copies (a
+/// `u32`; 0: none). Written by userspace before load into a read-only global: at 0 the verifier
+/// sees the copy can never run and removes it, so the drop probe costs what it did without it.
+pub const DROP_CAPTURE_BYTES_GLOBAL: &str = "NETTOOLS_DROP_CAPTURE_BYTES";
 /// Name of the global holding [`DropCapture`].
 pub const DROP_CAPTURE_GLOBAL: &str = "NETTOOLS_DROP_CAPTURE";
 
@@ -62,21 +66,19 @@ pub const DROP_CAPTURE_GLOBAL: &str = "NETTOOLS_DROP_CAPTURE";
 /// MTU's worth of IP packet, rounded up).
 pub const DROP_PACKET_MAX: usize = 1536;
 
-/// Whether, and how, the drop probe copies the dropped packets' bytes (`nettools capture`).
-/// Written by userspace before load into a read-only global: with `bytes` 0 the verifier sees
-/// the copy can never run and removes it, so the drop probe costs what it did without it.
+/// Where a dropped packet's bytes are (`nettools capture`): the `struct sk_buff` fields the copy
+/// reads besides those in `KernelOffsets`, resolved from this kernel's BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropCapture {
-    /// Bytes to copy from each dropped packet's network header on (0: copy nothing, send no
-    /// [`DropPacketEvent`]); at most [`DROP_PACKET_MAX`] are copied whatever this says.
-    pub bytes: u32,
     /// `struct sk_buff`: `len` (bytes from `data` to the packet's end, paged part included).
     pub skb_len: u32,
     /// `struct sk_buff`: `data_len` (bytes of the packet in pages, not in the linear part).
     pub skb_data_len: u32,
     /// `struct sk_buff`: `data` (pointer to the packet's current start).
     pub skb_data: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
 }
 
 /// A dropped packet's bytes, from its network (IP) header on, with the same attribution as a

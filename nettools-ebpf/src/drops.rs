@@ -51,15 +51,20 @@ static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
         not_drops: [ABSENT; 3],
     });
 
-/// Whether and how dropped packets' bytes are copied (`nettools capture`), written by userspace
-/// before load. A read-only global: while `bytes` is 0 the verifier knows the copy never runs and
-/// removes it, so tracing without a capture costs what it did before the copy existed.
+/// How many bytes of each dropped packet to copy (`nettools capture`; 0: none), written by
+/// userspace before load. A read-only global: while it is 0 the verifier knows the copy never
+/// runs and removes it, so tracing without a capture costs what it did before the copy existed
+/// (one load of this global).
+#[unsafe(no_mangle)]
+static NETTOOLS_DROP_CAPTURE_BYTES: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+
+/// Where the copy finds the packet's length and start (written by userspace before load).
 #[unsafe(no_mangle)]
 static NETTOOLS_DROP_CAPTURE: aya_ebpf::Global<DropCapture> = aya_ebpf::Global::new(DropCapture {
-    bytes: 0,
     skb_len: ABSENT,
     skb_data_len: ABSENT,
     skb_data: ABSENT,
+    _pad: 0,
 });
 
 /// `kfree_skb(struct sk_buff *skb, void *location[, enum skb_drop_reason reason[, struct sock
@@ -148,20 +153,21 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         _pad2: 0,
         flow: kernel::skb_flow(skb, protocol),
     });
-    let capture = NETTOOLS_DROP_CAPTURE.load();
-    if capture.bytes != 0 {
-        emit_packet(&capture, &key, ifindex, protocol, skb);
+    let bytes = NETTOOLS_DROP_CAPTURE_BYTES.load();
+    if bytes != 0 {
+        emit_packet(bytes, &key, ifindex, protocol, skb);
     }
     Some(())
 }
 
-/// Sends the dropped packet's bytes from its network header on: at most `capture.bytes` and
+/// Sends the dropped packet's bytes from its network header on: at most `bytes` and
 /// [`DROP_PACKET_MAX`], and only from the linear part (`head` .. `data + len - data_len`), the
 /// part a plain kernel read can reach. A packet without a readable network header is sent with
 /// nothing captured, so userspace still counts it.
 #[inline(always)]
-fn emit_packet(capture: &DropCapture, key: &DropKey, ifindex: u32, protocol: u16, skb: *const u8) {
+fn emit_packet(bytes: u32, key: &DropKey, ifindex: u32, protocol: u16, skb: *const u8) {
     let o = NETTOOLS_OFFSETS.load();
+    let capture = NETTOOLS_DROP_CAPTURE.load();
     let head = read::<*const u8>(skb, o.skb_head).unwrap_or(core::ptr::null()) as u64;
     let nh = read::<u16>(skb, o.skb_network_header).unwrap_or(0) as u64;
     let data = read::<*const u8>(skb, capture.skb_data).unwrap_or(core::ptr::null()) as u64;
@@ -174,8 +180,8 @@ fn emit_packet(capture: &DropCapture, key: &DropKey, ifindex: u32, protocol: u16
         orig_len = (data + len).saturating_sub(l3);
         n = (data + len - data_len).saturating_sub(l3);
     }
-    if n > capture.bytes as u64 {
-        n = capture.bytes as u64;
+    if n > bytes as u64 {
+        n = bytes as u64;
     }
     if n > DROP_PACKET_MAX as u64 {
         n = DROP_PACKET_MAX as u64;

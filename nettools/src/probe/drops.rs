@@ -137,10 +137,10 @@ pub fn kfree_skb_layout(
     })
 }
 
-/// What the drop probe needs to copy `bytes` of each dropped packet (`nettools capture`): the
-/// `sk_buff` fields that say where the packet and its linear part end, from this kernel's BTF.
-/// Fails with one sentence when the kernel lacks one of them or the packet's start.
-pub fn capture_layout(btf: &mut Btf, offsets: &KernelOffsets, bytes: u32) -> Result<DropCapture> {
+/// What the drop probe needs to copy dropped packets (`nettools capture`): the `sk_buff` fields
+/// that say where the packet and its linear part end, from this kernel's BTF. Fails with one
+/// sentence when the kernel lacks one of them or the packet's start.
+pub fn capture_layout(btf: &mut Btf, offsets: &KernelOffsets) -> Result<DropCapture> {
     if offsets.skb_head == ABSENT || offsets.skb_network_header == ABSENT {
         bail!("this kernel's struct sk_buff has no head or network_header that nettools can read");
     }
@@ -155,10 +155,10 @@ pub fn capture_layout(btf: &mut Btf, offsets: &KernelOffsets, bytes: u32) -> Res
         Ok(loc.offset)
     };
     Ok(DropCapture {
-        bytes,
         skb_len: get("len", 4)?,
         skb_data_len: get("data_len", 4)?,
         skb_data: get("data", 8)?,
+        _pad: 0,
     })
 }
 

@@ -285,11 +285,12 @@ pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loade
         let format = tracefs::format("skb", "kfree_skb").ok();
         kfree = drops::kfree_skb_layout(&btf, format.as_ref(), &reasons)?;
     }
-    let drop_capture = if drop_bytes != 0 && wants(ProbeKind::Drops) {
-        drops::capture_layout(&mut btf, &offsets, drop_bytes)
-            .context("cannot capture dropped packets on this kernel")?
+    let (drop_bytes, drop_capture) = if drop_bytes != 0 && wants(ProbeKind::Drops) {
+        let layout = drops::capture_layout(&mut btf, &offsets)
+            .context("cannot capture dropped packets on this kernel")?;
+        (drop_bytes, layout)
     } else {
-        nettools_common::drops::DropCapture::default()
+        (0, nettools_common::drops::DropCapture::default())
     };
     let (mut retransmit, mut synack) = (RetransmitLayout::UNSET, RetransmitLayout::UNSET);
     if wants(ProbeKind::Retransmits) {
@@ -326,6 +327,11 @@ pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loade
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
+        .override_global(
+            nettools_common::drops::DROP_CAPTURE_BYTES_GLOBAL,
+            &drop_bytes,
+            true,
+        )
         .override_global(
             nettools_common::drops::DROP_CAPTURE_GLOBAL,
             &drop_capture,
