@@ -928,3 +928,47 @@ fn no_drops_captures_the_veth_alone() -> Result<()> {
     assert!(!stderr.contains("kfree_skb"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn a_snap_length_cuts_dropped_packets_but_keeps_their_length() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let file = TempFile::new(".pcapng");
+    let capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-s",
+            "100",
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    // 1000 bytes of ICMP data: a 1028-byte IP packet, 1042 bytes on the veth with Ethernet.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &b.netns, "ping", "-n", "-c", "1", "-s", "1000",
+        ])
+        .args(["-W", "1", &a.ipv4.to_string()])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1), "the ping was answered");
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        iptables_packets(&a, "INPUT", 1)?,
+        1,
+        "the lab itself misbehaved"
+    );
+    let f = file.0.as_os_str();
+    let fields = ["frame.len", "frame.cap_len", "ip.len"];
+    assert_eq!(on_interface(f, &a.host_veth, &fields)?, ["1042\t100\t1028"]);
+    assert_eq!(
+        on_interface(f, "nettools-drops", &fields)?,
+        ["1028\t100\t1028"]
+    );
+    Ok(())
+}
