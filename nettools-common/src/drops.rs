@@ -53,3 +53,54 @@ pub struct DropStackKey {
 }
 
 crate::user_pod!(DropKey, DropEvent, DropStackKey);
+
+/// Name of the global holding how many bytes of each dropped packet the drop probe copies (a
+/// `u32`; 0: none). Written by userspace before load into a read-only global: at 0 the verifier
+/// sees the copy can never run and removes it, so the drop probe costs what it did without it.
+pub const DROP_CAPTURE_BYTES_GLOBAL: &str = "NETTOOLS_DROP_CAPTURE_BYTES";
+/// Name of the global holding [`DropCapture`].
+pub const DROP_CAPTURE_GLOBAL: &str = "NETTOOLS_DROP_CAPTURE";
+
+/// The most bytes of a dropped packet the kernel copies into one [`DropPacketEvent`]: a
+/// compile-time bound, so the verifier can check the copy stays inside the event (an Ethernet
+/// MTU's worth of IP packet, rounded up).
+pub const DROP_PACKET_MAX: usize = 1536;
+
+/// Where a dropped packet's bytes are (`nettools capture`): the `struct sk_buff` fields the copy
+/// reads besides those in `KernelOffsets`, resolved from this kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCapture {
+    /// `struct sk_buff`: `len` (bytes from `data` to the packet's end, paged part included).
+    pub skb_len: u32,
+    /// `struct sk_buff`: `data_len` (bytes of the packet in pages, not in the linear part).
+    pub skb_data_len: u32,
+    /// `struct sk_buff`: `data` (pointer to the packet's current start).
+    pub skb_data: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+}
+
+/// A dropped packet's bytes, from its network (IP) header on, with the same attribution as a
+/// [`DropEvent`]. Sent only while `nettools capture` runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropPacketEvent {
+    pub header: EventHeader,
+    /// Network namespace inode, reason and kernel location.
+    pub key: DropKey,
+    /// Interface index of `skb->dev` (0 if none), in the namespace of the drop.
+    pub ifindex: u32,
+    /// EtherType of the packet, host byte order.
+    pub protocol: u16,
+    /// Reserved, zero.
+    pub _pad: u16,
+    /// Length of the packet from its network header to its end, as the kernel held it.
+    pub orig_len: u32,
+    /// Bytes of `data` that hold the packet (0 when none could be read).
+    pub captured: u32,
+    /// The first `captured` bytes of the packet from its network header; the rest is garbage.
+    pub data: [u8; DROP_PACKET_MAX],
+}
+
+crate::user_pod!(DropCapture, DropPacketEvent);

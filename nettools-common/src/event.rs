@@ -16,6 +16,8 @@ pub mod kind {
     pub const ICMP: u32 = 6;
     /// A packet's transit through the host ([`crate::latency::TransitEvent`]).
     pub const TRANSIT: u32 = 7;
+    /// A dropped packet's bytes, for `nettools capture` ([`crate::drops::DropPacketEvent`]).
+    pub const DROP_PACKET: u32 = 30;
     /// A TCP reset sent or received ([`crate::connections::ResetEvent`]).
     pub const RESET: u32 = 20;
     /// An error reported on a socket ([`crate::connections::SocketErrorEvent`]).

@@ -20,13 +20,18 @@ use aya_ebpf::{
 use nettools_common::{
     config::{ABSENT, KfreeSkbLayout},
     counters,
-    drops::{DropEvent, DropKey, DropStackKey, REASON_UNAVAILABLE},
+    drops::{
+        DROP_PACKET_MAX, DropCapture, DropEvent, DropKey, DropPacketEvent, DropStackKey,
+        REASON_UNAVAILABLE,
+    },
     event::kind,
 };
 
 use crate::{
     kernel::{self, read},
-    maps::{NETTOOLS_OFFSETS, STACKS, add, bump, emit, header, is_traced, want_stacks},
+    maps::{
+        EVENTS, NETTOOLS_OFFSETS, STACKS, add, bump, emit, header, is_traced, submit, want_stacks,
+    },
 };
 
 /// Exact drop counts per (namespace, reason, location).
@@ -45,6 +50,22 @@ static NETTOOLS_KFREE_SKB: aya_ebpf::Global<KfreeSkbLayout> =
         has_rx_sk: 0,
         not_drops: [ABSENT; 3],
     });
+
+/// How many bytes of each dropped packet to copy (`nettools capture`; 0: none), written by
+/// userspace before load. A read-only global: while it is 0 the verifier knows the copy never
+/// runs and removes it, so tracing without a capture costs what it did before the copy existed
+/// (one load of this global).
+#[unsafe(no_mangle)]
+static NETTOOLS_DROP_CAPTURE_BYTES: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+
+/// Where the copy finds the packet's length and start (written by userspace before load).
+#[unsafe(no_mangle)]
+static NETTOOLS_DROP_CAPTURE: aya_ebpf::Global<DropCapture> = aya_ebpf::Global::new(DropCapture {
+    skb_len: ABSENT,
+    skb_data_len: ABSENT,
+    skb_data: ABSENT,
+    _pad: 0,
+});
 
 /// `kfree_skb(struct sk_buff *skb, void *location[, enum skb_drop_reason reason[, struct sock
 /// *rx_sk]])`.
@@ -132,7 +153,63 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Option<()> {
         _pad2: 0,
         flow: kernel::skb_flow(skb, protocol),
     });
+    let bytes = NETTOOLS_DROP_CAPTURE_BYTES.load();
+    if bytes != 0 {
+        emit_packet(bytes, &key, ifindex, protocol, skb);
+    }
     Some(())
+}
+
+/// Sends the dropped packet's bytes from its network header on: at most `bytes` and
+/// [`DROP_PACKET_MAX`], and only from the linear part (`head` .. `data + len - data_len`), the
+/// part a plain kernel read can reach. A packet without a readable network header is sent with
+/// nothing captured, so userspace still counts it.
+#[inline(always)]
+fn emit_packet(bytes: u32, key: &DropKey, ifindex: u32, protocol: u16, skb: *const u8) {
+    let o = NETTOOLS_OFFSETS.load();
+    let capture = NETTOOLS_DROP_CAPTURE.load();
+    let head = read::<*const u8>(skb, o.skb_head).unwrap_or(core::ptr::null()) as u64;
+    let nh = read::<u16>(skb, o.skb_network_header).unwrap_or(0) as u64;
+    let data = read::<*const u8>(skb, capture.skb_data).unwrap_or(core::ptr::null()) as u64;
+    let len = read::<u32>(skb, capture.skb_len).unwrap_or(0) as u64;
+    let data_len = read::<u32>(skb, capture.skb_data_len).unwrap_or(0) as u64;
+    let (mut orig_len, mut n) = (0u64, 0u64);
+    if head != 0 && data != 0 && data_len <= len {
+        let l3 = head + nh;
+        // The packet ends at data + len; its linear part at data + len - data_len.
+        orig_len = (data + len).saturating_sub(l3);
+        n = (data + len - data_len).saturating_sub(l3);
+    }
+    if n > bytes as u64 {
+        n = bytes as u64;
+    }
+    if n > DROP_PACKET_MAX as u64 {
+        n = DROP_PACKET_MAX as u64;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DropPacketEvent>(0) else {
+        bump(counters::EVENTS_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at the reserved, writable ring-buffer record of a
+    // `DropPacketEvent`; the fields are written in place (the event is too big for the stack)
+    // and the copy's size is at most the `data` array's length, checked just above.
+    let copied = unsafe {
+        (*event).header = header(kind::DROP_PACKET);
+        (*event).key = *key;
+        (*event).ifindex = ifindex;
+        (*event).protocol = protocol;
+        (*event)._pad = 0;
+        (*event).orig_len = orig_len as u32;
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            core::ptr::addr_of_mut!((*event).data).cast(),
+            n as u32,
+            (head + nh) as *const core::ffi::c_void,
+        )
+    };
+    // SAFETY: as above.
+    unsafe { (*event).captured = if copied == 0 { n as u32 } else { 0 } };
+    submit(entry);
 }
 
 /// Adds one to the drop's exact count.

@@ -131,6 +131,15 @@ At the end, \"N packets captured, M packets dropped by kernel\" on stderr, as tc
 M counts packets the capture buffer had no room for. The pcapng file ends with an interface
 statistics block holding the same counts.
 
+Packets the kernel dropped in the workload's network namespace (a firewall rule, no route, a
+full socket buffer…) are captured too, from the kfree_skb tracepoint, and matched against the
+same FILTER: in pcapng as packets of a second interface, \"nettools-drops\" (raw IP, link type
+101: the bytes start at the IP header), each with a comment such as \"dropped: NETFILTER_DROP at
+nft_do_chain+0x46f (netns 4026532320)\"; without -w as lines starting with \"DROPPED\". The
+summary then adds \"K dropped packets captured, L drop events lost\" (events the ring buffer had
+no room for), and the drops interface's statistics block holds them. --no-drops leaves them
+out.
+
 Exit status: 0, 1 for an error (an unwritable file, a workload without veth), 2 for a filter
 libpcap cannot compile.
 
@@ -138,6 +147,7 @@ Examples:
   nettools capture --netns web                          one line per packet, like tcpdump -n
   nettools capture --pod web -n shop tcp port 8080 -w web.pcapng
   nettools capture --container db -c 100 -w - | tshark -r -
+  nettools capture --netns web icmp -w ping.pcapng    pings, and those a firewall dropped
   nettools capture --pod web -w - | wireshark -k -i -   live in Wireshark
   nettools capture --iface cni0 arp --duration 30s";
 
@@ -186,6 +196,10 @@ pub struct CaptureArgs {
     /// Stop after this long, e.g. 30s, 500ms, 2m [default: until Ctrl-C or COUNT].
     #[arg(short, long, value_parser = units::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Leave out the packets the kernel dropped in the workload's namespace (then no eBPF
+    /// program is loaded: the capture is libpcap's alone).
+    #[arg(long)]
+    pub no_drops: bool,
     /// pcap-filter expression, as tcpdump takes it: `tcp port 8080 and host 10.0.0.7` (options
     /// may come after it, as with tcpdump; `--` before a filter word that starts with `-`).
     #[arg(value_name = "FILTER")]

@@ -615,3 +615,360 @@ fn pid_and_iface_name_the_same_veth() -> Result<()> {
     let _ = sleeper.wait();
     result
 }
+
+/// `a`'s firewall drops every echo request that reaches it (iptables in `a`'s namespace).
+fn drop_echo_requests(a: &Node) -> Result<()> {
+    a.run(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "echo-request",
+        "-j",
+        "DROP",
+    ])
+    .map(|_| ())
+}
+
+/// `count` pings from `from` to `to` that nobody answers (ping's exit status 1 says exactly that).
+fn unanswered_ping(from: &Node, to: &Node, count: u32) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &from.netns, "ping", "-n", "-c"])
+        .arg(count.to_string())
+        .args(["-i", "0.05", "-W", "1"])
+        .arg(to.ipv4.to_string())
+        .output()
+        .context("cannot run ping")?;
+    if out.status.code() != Some(1) {
+        bail!(
+            "ping was answered or failed otherwise ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}
+
+/// The packets of `file` on the interface `name`, with `fields`.
+fn on_interface(file: &OsStr, name: &str, fields: &[&str]) -> Result<Vec<String>> {
+    tshark_fields(
+        file,
+        Some(&format!("frame.interface_name == \"{name}\"")),
+        fields,
+    )
+}
+
+/// Checks one drop comment: `dropped: REASON at function+0xoff (netns N)`, the reason being a
+/// firewall's on this kernel and the function netfilter's.
+fn assert_firewall_comment(comment: &str, netns: u32) -> Result<()> {
+    let reason = firewall_reason()?;
+    let rest = comment
+        .strip_prefix(&format!("dropped: {reason} at "))
+        .with_context(|| format!("not a {reason} comment: {comment:?}"))?;
+    let (location, ns) = rest
+        .split_once(' ')
+        .with_context(|| format!("no namespace: {comment:?}"))?;
+    assert!(is_netfilter_location(location), "{comment}");
+    assert_eq!(ns, format!("(netns {netns})"), "{comment}");
+    Ok(())
+}
+
+#[test]
+fn dropped_pings_are_captured_with_the_reason_as_many_as_the_rule_counted() -> Result<()> {
+    need!(&["tshark", "capinfos"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let file = TempFile::new(".pcapng");
+    let tcp_only = TempFile::new(".pcapng");
+    let capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    // The same dropped pings, through a filter they do not match.
+    let tcp_capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &tcp_only.0.display().to_string(),
+            "tcp",
+            "port",
+            "8080",
+        ],
+        Stdio::null(),
+    )?;
+    unanswered_ping(&b, &a, 5)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+    let (ok, tcp_stderr) = tcp_capture.interrupt()?;
+    assert!(ok, "{tcp_stderr}");
+
+    // The kernel's own count of what the rule dropped.
+    let counted = iptables_packets(&a, "INPUT", 1)?;
+    assert_eq!(counted, 5, "the lab itself misbehaved");
+    let f = file.0.as_os_str();
+    // On the veth: the echo requests on their way in (the drop happens behind it).
+    let on_veth = on_interface(
+        f,
+        &a.host_veth,
+        &["ip.src", "ip.dst", "icmp.type", "icmp.seq"],
+    )?;
+    let expected: Vec<String> = (1..=5)
+        .map(|seq| format!("{}\t{}\t8\t{seq}", b.ipv4, a.ipv4))
+        .collect();
+    assert_eq!(on_veth, expected);
+    // On nettools-drops: the same requests, as many as the rule counted, each with the reason.
+    let dropped = on_interface(
+        f,
+        "nettools-drops",
+        &["ip.src", "ip.dst", "icmp.type", "icmp.seq", "frame.comment"],
+    )?;
+    assert_eq!(dropped.len() as u64, counted, "{dropped:?}");
+    for (line, want) in dropped.iter().zip(&expected) {
+        let (packet, comment) = line.rsplit_once('\t').context("no comment")?;
+        assert_eq!(packet, want);
+        assert_firewall_comment(comment, a.inode()?)?;
+    }
+    assert!(
+        stderr.contains("5 packets captured, 0 packets dropped by kernel, 5 dropped packets captured, 0 drop events lost"),
+        "{stderr}"
+    );
+    // Two interfaces, the drops one raw IP, each closed by its statistics block.
+    let info = Command::new("capinfos").arg(&file.0).output()?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("Number of interfaces in file: 2"), "{info}");
+    assert!(info.contains("Name = nettools-drops"), "{info}");
+    assert!(info.contains("Encapsulation = Raw IP"), "{info}");
+    assert_eq!(
+        info.matches("Number of stat entries = 1").count(),
+        2,
+        "{info}"
+    );
+
+    // `tcp port 8080` kept out the pings, dropped or not.
+    let t = tcp_only.0.as_os_str();
+    assert_eq!(
+        tshark_fields(t, None, &["frame.number"])?,
+        Vec::<String>::new()
+    );
+    assert!(
+        tcp_stderr.contains("0 packets captured, 0 packets dropped by kernel, 0 dropped packets captured, 0 drop events lost"),
+        "{tcp_stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn dropped_packets_streamed_into_tshark_are_the_same_as_in_the_file() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let file = TempFile::new(".pcapng");
+    let listing = TempFile::new(".txt");
+    let fields = [
+        "frame.interface_name",
+        "ip.src",
+        "ip.dst",
+        "icmp.seq",
+        "frame.comment",
+    ];
+    let to_file = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    let mut tshark = dies_with_test("tshark");
+    tshark.args(["-n", "-r", "-", "-T", "fields"]);
+    for f in fields {
+        tshark.args(["-e", f]);
+    }
+    let mut tshark = tshark
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&listing.0)?)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start tshark")?;
+    let pipe = tshark.stdin.take().context("no stdin pipe")?;
+    let streamed = Running::nettools(&["--netns", &a.netns, "-w", "-", "icmp"], Stdio::from(pipe))?;
+    unanswered_ping(&b, &a, 3)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = streamed.interrupt()?;
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = to_file.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert!(tshark.wait()?.success(), "tshark failed reading the stream");
+
+    let mut from_stream: Vec<String> = std::fs::read_to_string(&listing.0)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let mut from_file = tshark_fields(file.0.as_os_str(), None, &fields)?;
+    // The two interfaces' packets interleave as each capture read them: compare them sorted.
+    from_stream.sort();
+    from_file.sort();
+    assert_eq!(from_stream, from_file);
+    let dropped: Vec<&String> = from_file
+        .iter()
+        .filter(|l| l.starts_with("nettools-drops\t"))
+        .collect();
+    assert_eq!(
+        dropped.len() as u64,
+        iptables_packets(&a, "INPUT", 1)?,
+        "{from_file:?}"
+    );
+    assert_eq!(dropped.len(), 3, "{from_file:?}");
+    for line in dropped {
+        let comment = line.rsplit('\t').next().unwrap_or("");
+        assert_firewall_comment(comment, a.inode()?)?;
+    }
+    Ok(())
+}
+
+/// Needs nothing but ping and iptables, so it also runs in the kernel matrix's guests (which
+/// have no tshark): the packet copy in the drop probe must pass every kernel's verifier.
+#[test]
+fn dropped_packets_are_lines_with_the_reason() -> Result<()> {
+    need!(&["ping", "iptables"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let listing = TempFile::new(".txt");
+    let lines = Running::nettools(
+        &["--netns", &a.netns, "icmp"],
+        Stdio::from(std::fs::File::create(&listing.0)?),
+    )?;
+    unanswered_ping(&b, &a, 2)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = lines.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        iptables_packets(&a, "INPUT", 1)?,
+        2,
+        "the lab itself misbehaved"
+    );
+
+    // `TIME DROPPED IP SRC > DST: ICMP echo request, … [REASON at function+0xoff (netns N)]`
+    // after each request's own line from the veth.
+    let text = std::fs::read_to_string(&listing.0)?;
+    let dropped: Vec<&str> = text.lines().filter(|l| l.contains(" DROPPED ")).collect();
+    assert_eq!(dropped.len(), 2, "{text}");
+    for (i, line) in dropped.iter().enumerate() {
+        let rest = line.split_once(" DROPPED ").map_or("", |(_, r)| r);
+        let (packet, why) = rest.split_once(" [").context("no reason")?;
+        assert!(
+            packet.starts_with(&format!(
+                "IP {} > {}: ICMP echo request, id ",
+                b.ipv4, a.ipv4
+            )) && packet.ends_with(&format!(", seq {}, length 64", i + 1)),
+            "{line}"
+        );
+        let why = why.strip_suffix(']').context("no closing bracket")?;
+        assert_firewall_comment(&format!("dropped: {why}"), a.inode()?)?;
+    }
+    assert_eq!(text.lines().count(), 4, "{text}");
+    assert!(
+        stderr.contains("2 packets captured, 0 packets dropped by kernel, 2 dropped packets captured, 0 drop events lost"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_drops_captures_the_veth_alone() -> Result<()> {
+    need!(&["tshark", "capinfos"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let file = TempFile::new(".pcapng");
+    let without = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "--no-drops",
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    unanswered_ping(&b, &a, 2)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = without.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        iptables_packets(&a, "INPUT", 1)?,
+        2,
+        "the lab itself misbehaved"
+    );
+
+    // The veth's packets only, one interface, tcpdump's summary, no probe loaded.
+    let info = Command::new("capinfos").arg(&file.0).output()?;
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("Number of interfaces in file: 1"), "{info}");
+    assert_eq!(
+        tshark_fields(file.0.as_os_str(), None, &["icmp.seq"])?,
+        ["1", "2"]
+    );
+    assert!(
+        stderr.contains("2 packets captured, 0 packets dropped by kernel\n"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("kfree_skb"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_snap_length_cuts_dropped_packets_but_keeps_their_length() -> Result<()> {
+    need!(&["tshark"]);
+    let (_lab, a, b) = two_pods()?;
+    drop_echo_requests(&a)?;
+    let file = TempFile::new(".pcapng");
+    let capture = Running::nettools(
+        &[
+            "--netns",
+            &a.netns,
+            "-s",
+            "100",
+            "-w",
+            &file.0.display().to_string(),
+            "icmp",
+        ],
+        Stdio::null(),
+    )?;
+    // 1000 bytes of ICMP data: a 1028-byte IP packet, 1042 bytes on the veth with Ethernet.
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &b.netns, "ping", "-n", "-c", "1", "-s", "1000",
+        ])
+        .args(["-W", "1", &a.ipv4.to_string()])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1), "the ping was answered");
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        iptables_packets(&a, "INPUT", 1)?,
+        1,
+        "the lab itself misbehaved"
+    );
+    let f = file.0.as_os_str();
+    let fields = ["frame.len", "frame.cap_len", "ip.len"];
+    assert_eq!(on_interface(f, &a.host_veth, &fields)?, ["1042\t100\t1028"]);
+    assert_eq!(
+        on_interface(f, "nettools-drops", &fields)?,
+        ["1028\t100\t1028"]
+    );
+    Ok(())
+}

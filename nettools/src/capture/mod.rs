@@ -6,8 +6,10 @@
 //! packets the filter rejects never leave the kernel) and reads the kernel's drop count with
 //! PACKET_STATISTICS. That is exactly the mechanism tcpdump uses, so both see the same packets
 //! with the same kernel timestamps; nettools adds finding the veth ([`target`]), the pcapng
-//! file ([`pcapng`]) and the one-line summaries ([`summary`]).
+//! file ([`pcapng`]) and the one-line summaries ([`summary`]), and the packets the kernel
+//! dropped in the workload's namespace, from the drop probe ([`drops`]).
 
+pub mod drops;
 pub mod pcapng;
 pub mod summary;
 pub mod target;
@@ -15,6 +17,7 @@ pub mod target;
 use std::{
     fs::File,
     io::{self, BufWriter, Write},
+    os::fd::{AsRawFd as _, RawFd},
     path::PathBuf,
     sync::{
         Arc,
@@ -24,6 +27,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use nettools_common::drops::DROP_PACKET_MAX;
 
 use crate::{report::text::Safe, session::Stop};
 
@@ -40,6 +44,8 @@ pub struct CaptureSpec {
     pub snaplen: u32,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
+    /// The network namespace whose dropped packets are captured too (`None`: `--no-drops`).
+    pub drops_netns: Option<u32>,
 }
 
 /// The filter does not compile: libpcap's own message. The command exits with 2 for it, as
@@ -96,6 +102,7 @@ pub async fn run_command(args: &crate::cli::CaptureArgs) -> Result<()> {
         snaplen: args.snaplen,
         count: args.count,
         duration: args.duration,
+        drops_netns: (!args.no_drops).then_some(workload.netns),
     })
     .await
 }
@@ -106,6 +113,8 @@ enum Sink {
     Pcapng {
         writer: pcapng::Writer<Box<dyn Write + Send>>,
         interface: u32,
+        /// The interface the dropped packets are written on, when they are captured.
+        drops_interface: Option<u32>,
         to: String,
     },
     /// One line per packet on stdout.
@@ -152,6 +161,18 @@ pub async fn run(spec: CaptureSpec) -> Result<()> {
     let mut live = live.setnonblock().map_err(|e| open_error(&spec, &e))?;
     let linktype = u16::try_from(live.get_datalink().0).unwrap_or(0);
     let ts_decimals = if nanosecond_timestamps(&live) { 9 } else { 6 };
+    let mut drops = match spec.drops_netns {
+        None => None,
+        Some(netns) => match drops::RawFilter::compile(&spec.filter) {
+            Err(why) => {
+                eprintln!("nettools: {}", drops::filter_note(&spec.filter, &why));
+                None
+            }
+            Ok(raw) => Some(drops::Drops::open(netns, raw, spec.snaplen).context(
+                "cannot capture the packets the kernel drops (--no-drops captures without them)",
+            )?),
+        },
+    };
     let mut sink = match out {
         Some((w, to)) => {
             let mut writer = pcapng::Writer::new(Box::new(BufWriter::new(w)) as Box<_>)
@@ -164,12 +185,26 @@ pub async fn run(spec: CaptureSpec) -> Result<()> {
                     ts_decimals,
                 })
                 .with_context(|| format!("cannot write {to}"))?;
+            let drops_interface = match drops {
+                Some(_) => Some(
+                    writer
+                        .interface(&pcapng::Interface {
+                            name: drops::INTERFACE.to_string(),
+                            linktype: summary::LINKTYPE_RAW,
+                            snaplen: spec.snaplen.min(DROP_PACKET_MAX as u32),
+                            ts_decimals,
+                        })
+                        .with_context(|| format!("cannot write {to}"))?,
+                ),
+                None => None,
+            };
             writer
                 .flush()
                 .with_context(|| format!("cannot write {to}"))?;
             Sink::Pcapng {
                 writer,
                 interface,
+                drops_interface,
                 to,
             }
         }
@@ -191,6 +226,16 @@ pub async fn run(spec: CaptureSpec) -> Result<()> {
             format!(", filter {:?}", spec.filter)
         }
     );
+    if drops.is_some() {
+        eprintln!(
+            "nettools: and the packets the kernel drops in {} (kfree_skb), as raw IP{}",
+            Safe(&spec.owner),
+            match &spec.write {
+                Some(_) => format!(" on interface {}", drops::INTERFACE),
+                None => String::new(),
+            }
+        );
+    }
 
     let stopping = Arc::new(AtomicBool::new(false));
     let flag = stopping.clone();
@@ -199,14 +244,17 @@ pub async fn run(spec: CaptureSpec) -> Result<()> {
     let reader = tokio::task::spawn_blocking(move || {
         let end = read_loop(
             &mut live,
+            &mut drops,
             &mut sink,
-            linktype,
-            ts_decimals,
+            Format {
+                linktype,
+                ts_decimals,
+            },
             count,
             duration,
             &flag,
         );
-        (live, sink, end)
+        (live, drops, sink, end)
     });
     tokio::pin!(reader);
     let joined = tokio::select! {
@@ -216,39 +264,67 @@ pub async fn run(spec: CaptureSpec) -> Result<()> {
             reader.await
         }
     };
-    let (mut live, mut sink, end) = joined.context("the capture thread failed")?;
-    let (captured, end) = end?;
+    let (mut live, drops, mut sink, end) = joined.context("the capture thread failed")?;
+    let (written, end) = end?;
+    let captured = written.packets;
     let stats = live.stats().ok();
     let dropped = stats.map_or(0, |s| u64::from(s.dropped));
+    let lost = drops.as_ref().map_or(0, drops::Drops::lost);
     if let Sink::Pcapng {
         writer,
         interface,
+        drops_interface,
         to,
     } = &mut sink
         && end != End::ReaderGone
     {
         let scale = |ns: u64| if ts_decimals == 9 { ns } else { ns / 1000 };
         let end_ns = now_ns();
-        let written = writer
-            .statistics(
-                *interface,
-                scale(end_ns),
-                &pcapng::Statistics {
-                    start: scale(started_ns),
-                    end: scale(end_ns),
-                    received: stats.map_or(0, |s| u64::from(s.received)),
-                    if_dropped: stats.map_or(0, |s| u64::from(s.if_dropped)),
-                    os_dropped: dropped,
-                    delivered: captured,
-                },
-            )
-            .and_then(|()| writer.flush());
+        let mut written_stats = writer.statistics(
+            *interface,
+            scale(end_ns),
+            &pcapng::Statistics {
+                start: scale(started_ns),
+                end: scale(end_ns),
+                received: stats.map_or(0, |s| u64::from(s.received)),
+                if_dropped: stats.map_or(0, |s| u64::from(s.if_dropped)),
+                os_dropped: dropped,
+                delivered: captured,
+            },
+        );
+        if let (Some(id), Some(d)) = (drops_interface, &drops) {
+            // For the drops interface: the kernel's dropped packets seen in the namespace
+            // (received), the events the ring buffer had no room for (dropped by the OS) and
+            // those written after the filter (delivered).
+            written_stats = written_stats.and_then(|()| {
+                writer.statistics(
+                    *id,
+                    scale(end_ns),
+                    &pcapng::Statistics {
+                        start: scale(started_ns),
+                        end: scale(end_ns),
+                        received: d.seen + lost,
+                        if_dropped: 0,
+                        os_dropped: lost,
+                        delivered: written.drops,
+                    },
+                )
+            });
+        }
+        let written = written_stats.and_then(|()| writer.flush());
         match written {
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
             r => r.with_context(|| format!("cannot write {to}"))?,
         }
     }
-    eprintln!("{captured} packets captured, {dropped} packets dropped by kernel");
+    match &drops {
+        Some(_) => eprintln!(
+            "{captured} packets captured, {dropped} packets dropped by kernel, {} dropped packets \
+             captured, {lost} drop events lost",
+            written.drops
+        ),
+        None => eprintln!("{captured} packets captured, {dropped} packets dropped by kernel"),
+    }
     Ok(())
 }
 
@@ -287,57 +363,78 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Reads packets until `count`, `duration` or `stopping`; returns how many were written.
+/// How the captured packets' bytes and times are written.
+#[derive(Clone, Copy, Debug)]
+struct Format {
+    /// The capture's link type (the veth's).
+    linktype: u16,
+    /// 9: timestamps in nanoseconds, 6: in microseconds.
+    ts_decimals: u8,
+}
+
+/// How many packets a capture wrote.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// From the interface.
+    packets: u64,
+    /// Dropped by the kernel (from the drop probe, after the filter).
+    drops: u64,
+}
+
+/// Reads packets (and dropped packets) until `count`, `duration` or `stopping`; returns how
+/// many were written.
 fn read_loop(
     live: &mut pcap::Capture<pcap::Active>,
+    drops: &mut Option<drops::Drops>,
     sink: &mut Sink,
-    linktype: u16,
-    ts_decimals: u8,
+    format: Format,
     count: Option<u64>,
     duration: Option<Duration>,
     stopping: &AtomicBool,
-) -> Result<(u64, End)> {
+) -> Result<(Written, End)> {
     let started = Instant::now();
-    let mut captured = 0u64;
+    let mut n = Written::default();
     let mut flushed = Instant::now();
     loop {
+        let total = n.packets + n.drops;
         if stopping.load(Ordering::Relaxed)
-            || count.is_some_and(|c| captured >= c)
+            || count.is_some_and(|c| total >= c)
             || duration.is_some_and(|d| started.elapsed() >= d)
         {
             break;
         }
-        let written = match live.next_packet() {
+        // One packet from the interface, then one the kernel dropped: a dropped packet crossed
+        // the veth before it died, so it is written after the veth's copy.
+        let (written, idle) = match live.next_packet() {
             Ok(packet) => {
-                let h = packet.header;
-                let sub = u64::try_from(h.ts.tv_usec).unwrap_or(0);
-                let ns = u64::try_from(h.ts.tv_sec).unwrap_or(0) * 1_000_000_000
-                    + if ts_decimals == 9 { sub } else { sub * 1000 };
-                captured += 1;
-                match sink {
-                    Sink::Pcapng {
-                        writer, interface, ..
-                    } => {
-                        let ts = if ts_decimals == 9 { ns } else { ns / 1000 };
-                        writer.packet(*interface, ts, packet.data, h.len, None)
-                    }
-                    Sink::Lines(out) => writeln!(
-                        out,
-                        "{} {}",
-                        summary::clock(ns),
-                        summary::describe(linktype, packet.data, h.len)
-                    ),
-                }
+                n.packets += 1;
+                (write_packet(sink, &packet, format), false)
             }
-            Err(pcap::Error::TimeoutExpired) => {
-                wait_readable(live, Duration::from_millis(100));
-                Ok(())
-            }
+            Err(pcap::Error::TimeoutExpired) => (Ok(()), true),
             Err(e) => bail!("the capture failed: {}", pcap_message(&e)),
         };
+        let written = written.and_then(|()| {
+            if count.is_some_and(|c| n.packets + n.drops >= c) {
+                return Ok(());
+            }
+            match drops.as_mut().and_then(drops::Drops::next_matching) {
+                Some(packet) => {
+                    n.drops += 1;
+                    write_drop(sink, &packet, format.ts_decimals)
+                }
+                None => {
+                    if idle {
+                        let ring = drops.as_ref().map(drops::Drops::fd);
+                        wait_readable(live, ring, Duration::from_millis(100));
+                    }
+                    Ok(())
+                }
+            }
+        });
         // Streams stay live for Wireshark reading stdout: flushed at least every 100 ms.
         let written = written.and_then(|()| {
-            if flushed.elapsed() >= Duration::from_millis(100) || count == Some(captured) {
+            if flushed.elapsed() >= Duration::from_millis(100) || count == Some(n.packets + n.drops)
+            {
                 flushed = Instant::now();
                 flush(sink)
             } else {
@@ -347,32 +444,93 @@ fn read_loop(
         match written {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                return Ok((captured, End::ReaderGone));
+                return Ok((n, End::ReaderGone));
             }
             Err(e) => return Err(e).context(format!("cannot write {}", sink_name(sink))),
         }
     }
     match flush(sink) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok((captured, End::ReaderGone)),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok((n, End::ReaderGone)),
         r => {
             r.with_context(|| format!("cannot write {}", sink_name(sink)))?;
-            Ok((captured, End::Done))
+            Ok((n, End::Done))
         }
     }
 }
 
-/// Waits until the capture socket has packets, at most `limit`.
-fn wait_readable(live: &pcap::Capture<pcap::Active>, limit: Duration) {
-    use std::os::fd::AsRawFd as _;
-    let mut fd = libc::pollfd {
-        fd: live.as_raw_fd(),
+/// Writes one packet from the interface.
+fn write_packet(sink: &mut Sink, packet: &pcap::Packet<'_>, format: Format) -> io::Result<()> {
+    let h = packet.header;
+    let sub = u64::try_from(h.ts.tv_usec).unwrap_or(0);
+    let ns = u64::try_from(h.ts.tv_sec).unwrap_or(0) * 1_000_000_000
+        + if format.ts_decimals == 9 {
+            sub
+        } else {
+            sub * 1000
+        };
+    match sink {
+        Sink::Pcapng {
+            writer, interface, ..
+        } => {
+            let ts = if format.ts_decimals == 9 {
+                ns
+            } else {
+                ns / 1000
+            };
+            writer.packet(*interface, ts, packet.data, h.len, None)
+        }
+        Sink::Lines(out) => writeln!(
+            out,
+            "{} {}",
+            summary::clock(ns),
+            summary::describe(format.linktype, packet.data, h.len)
+        ),
+    }
+}
+
+/// Writes one packet the kernel dropped: on the drops interface with its comment, or as a line
+/// that starts with `DROPPED` and the reason.
+fn write_drop(sink: &mut Sink, packet: &drops::Dropped, ts_decimals: u8) -> io::Result<()> {
+    match sink {
+        Sink::Pcapng {
+            writer,
+            drops_interface: Some(id),
+            ..
+        } => {
+            let ts = if ts_decimals == 9 {
+                packet.unix_ns
+            } else {
+                packet.unix_ns / 1000
+            };
+            writer.packet(*id, ts, &packet.data, packet.len, Some(&packet.comment))
+        }
+        Sink::Pcapng { .. } => Ok(()),
+        Sink::Lines(out) => writeln!(
+            out,
+            "{} DROPPED {} [{}]",
+            summary::clock(packet.unix_ns),
+            summary::describe(summary::LINKTYPE_RAW, &packet.data, packet.len),
+            packet
+                .comment
+                .strip_prefix("dropped: ")
+                .unwrap_or(&packet.comment)
+        ),
+    }
+}
+
+/// Waits until the capture socket (or the drops' ring buffer) has something, at most `limit`.
+fn wait_readable(live: &pcap::Capture<pcap::Active>, ring: Option<RawFd>, limit: Duration) {
+    let poll_fd = |fd| libc::pollfd {
+        fd,
         events: libc::POLLIN,
         revents: 0,
     };
+    let mut fds = [poll_fd(live.as_raw_fd()), poll_fd(ring.unwrap_or(-1))];
     let ms = libc::c_int::try_from(limit.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one valid pollfd on the stack for the duration of the call; the descriptor is
-    // owned by `live`, which outlives it. A failure (EINTR) only ends the wait early.
-    unsafe { libc::poll(&mut fd, 1, ms) };
+    // SAFETY: valid pollfds on the stack for the duration of the call (a negative descriptor is
+    // ignored by poll); the descriptors are owned by `live` and the drop probe's ring buffer,
+    // which outlive it. A failure (EINTR) only ends the wait early.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
 }
 
 fn flush(sink: &mut Sink) -> io::Result<()> {

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use aya::Ebpf;
 use nettools_common::{
-    config::{ABSENT, KfreeSkbLayout},
-    drops::{DropKey, REASON_UNAVAILABLE},
+    config::{ABSENT, KernelOffsets, KfreeSkbLayout},
+    drops::{DropCapture, DropKey, REASON_UNAVAILABLE},
 };
 
 use super::{btf::Btf, tracefs::Format};
@@ -134,6 +134,31 @@ pub fn kfree_skb_layout(
         has_reason: u32::from(has_reason),
         has_rx_sk: u32::from(has_rx_sk),
         not_drops,
+    })
+}
+
+/// What the drop probe needs to copy dropped packets (`nettools capture`): the `sk_buff` fields
+/// that say where the packet and its linear part end, from this kernel's BTF. Fails with one
+/// sentence when the kernel lacks one of them or the packet's start.
+pub fn capture_layout(btf: &mut Btf, offsets: &KernelOffsets) -> Result<DropCapture> {
+    if offsets.skb_head == ABSENT || offsets.skb_network_header == ABSENT {
+        bail!("this kernel's struct sk_buff has no head or network_header that nettools can read");
+    }
+    let mut get = |field: &str, size: u32| -> Result<u32> {
+        let loc = btf.field("sk_buff", field)?;
+        if loc.size != size {
+            bail!(
+                "struct sk_buff.{field} is {} bytes on this kernel, nettools expects {size}",
+                loc.size
+            );
+        }
+        Ok(loc.offset)
+    };
+    Ok(DropCapture {
+        skb_len: get("len", 4)?,
+        skb_data_len: get("data_len", 4)?,
+        skb_data: get("data", 8)?,
+        _pad: 0,
     })
 }
 

@@ -258,6 +258,13 @@ pub fn tc_features(probes: &[ProbeKind]) -> u32 {
 /// Checks privileges, resolves this kernel's layouts for the selected probes and loads the
 /// object (nothing attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
+    load_capturing_drops(opts, 0)
+}
+
+/// [`load`], with the drop probe also sending up to `drop_bytes` bytes of each dropped packet
+/// (`DropPacketEvent`s, for `nettools capture`; 0: none, and the copy is not even in the
+/// program the kernel runs).
+pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loaded> {
     preflight::require_privileges()?;
     let mut btf = btf::Btf::from_sys_fs()?;
     let (offsets, mut notes) = offsets::for_running_kernel(&mut btf)?;
@@ -278,6 +285,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         let format = tracefs::format("skb", "kfree_skb").ok();
         kfree = drops::kfree_skb_layout(&btf, format.as_ref(), &reasons)?;
     }
+    let (drop_bytes, drop_capture) = if drop_bytes != 0 && wants(ProbeKind::Drops) {
+        let layout = drops::capture_layout(&mut btf, &offsets)
+            .context("cannot capture dropped packets on this kernel")?;
+        (drop_bytes, layout)
+    } else {
+        (0, nettools_common::drops::DropCapture::default())
+    };
     let (mut retransmit, mut synack) = (RetransmitLayout::UNSET, RetransmitLayout::UNSET);
     if wants(ProbeKind::Retransmits) {
         retransmit = retransmits::layout(&tracefs::format("tcp", "tcp_retransmit_skb")?)?;
@@ -313,6 +327,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
+        .override_global(
+            nettools_common::drops::DROP_CAPTURE_BYTES_GLOBAL,
+            &drop_bytes,
+            true,
+        )
+        .override_global(
+            nettools_common::drops::DROP_CAPTURE_GLOBAL,
+            &drop_capture,
+            true,
+        )
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
         .override_global(SYNACK_GLOBAL, &synack, true)
         .override_global(SEND_RESET_GLOBAL, &conns.send_reset, true)
