@@ -157,6 +157,181 @@ fn a_drop_rule_in_the_destination_is_a_firewall_verdict_naming_the_rule() -> Res
     Ok(())
 }
 
+/// Asserts a firewall verdict naming `node`'s rule `text` in `chain`, whose counter grew by
+/// `counted` (its own counter, read by the test), for `family` (`ipv4`, `ipv6`).
+fn assert_rule(v: &Value, namespace: &str, family: &str, chain: &str, text: &str, counted: u64) {
+    assert_eq!(v["verdict"], "firewall", "{v:#}");
+    let drops = evidence(v, "drop");
+    assert!(
+        drops
+            .iter()
+            .any(|d| d["namespace"] == namespace && d["count"] == counted),
+        "no drop of {counted} in {namespace}: {v:#}"
+    );
+    if !have_iptables_save() {
+        skip("iptables-save is not installed: the rule cannot be named");
+        return;
+    }
+    let rules = evidence(v, "rule");
+    let rule = rules
+        .iter()
+        .find(|r| r["namespace"] == namespace && r["rule"]["text"] == text)
+        .unwrap_or_else(|| panic!("rule {text:?} of {namespace} not named: {v:#}"));
+    assert_eq!(rule["rule"]["family"], family);
+    assert_eq!(rule["rule"]["table"], "filter");
+    assert_eq!(rule["rule"]["chain"], chain);
+    assert_eq!(rule["rule"]["delta"], counted, "{v:#}");
+}
+
+/// The packet counter of the rule of `chain` whose `-S` form is `text`, in `node` (`None`:
+/// the host), from `iptables -S -v` (its `-c PACKETS BYTES`).
+fn rule_packets(node: Option<&Node>, program: &str, chain: &str, text: &str) -> Result<u64> {
+    let args = [program, "-t", "filter", "-S", chain, "-v"];
+    let out = match node {
+        Some(n) => n.run(&args)?,
+        None => sh(&args)?,
+    };
+    // `-A INPUT -p tcp -m tcp --dport 8080 -c 2 120 -j DROP`
+    out.lines()
+        .find(|l| {
+            let plain: Vec<&str> = l.split_whitespace().collect();
+            let mut without = Vec::new();
+            let mut i = 0;
+            while i < plain.len() {
+                if plain[i] == "-c" {
+                    i += 3;
+                    continue;
+                }
+                without.push(plain[i]);
+                i += 1;
+            }
+            without.join(" ") == text
+        })
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let c = words.iter().position(|w| *w == "-c")?;
+            words.get(c + 1)?.parse().ok()
+        })
+        .with_context(|| format!("no rule {text:?} in:\n{out}"))
+}
+
+#[test]
+fn an_ipv6_drop_rule_in_the_destination_is_named() -> Result<()> {
+    let (_lab, a, b) = two_pods()?;
+    let rule = "-A INPUT -p tcp -m tcp --dport 8080 -j DROP";
+    b.run(&[
+        "ip6tables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "DROP",
+    ])?;
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "[fd00:245::2]:8080",
+            "--count",
+            "2",
+            "--timeout",
+            "1500ms",
+        ],
+    )?;
+    assert_eq!(code, 1);
+    let counted = rule_packets(Some(&b), "ip6tables", "INPUT", rule)?;
+    assert!(counted >= 2, "the lab itself misbehaved: {counted}");
+    assert_rule(&v, &b.netns, "ipv6", "INPUT", rule, counted);
+    Ok(())
+}
+
+#[test]
+fn a_drop_rule_in_the_source_output_is_named() -> Result<()> {
+    let (_lab, a, _b) = two_pods()?;
+    let rule = "-A OUTPUT -d 10.245.0.2/32 -p tcp -m tcp --dport 8080 -j DROP";
+    a.run(&[
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "10.245.0.2",
+        "-p",
+        "tcp",
+        "--dport",
+        "8080",
+        "-j",
+        "DROP",
+    ])?;
+    let (v, code, _) = check(&a, &["--to", "10.245.0.2:8080", "--count", "2"])?;
+    assert_eq!(code, 1);
+    let counted = rule_packets(Some(&a), "iptables", "OUTPUT", rule)?;
+    assert!(counted >= 2, "the lab itself misbehaved: {counted}");
+    assert_rule(&v, &a.netns, "ipv4", "OUTPUT", rule, counted);
+    Ok(())
+}
+
+/// Removes a rule from the host's FORWARD chain when dropped, also when the test fails.
+struct HostRule(Vec<String>);
+
+impl Drop for HostRule {
+    fn drop(&mut self) {
+        let mut args: Vec<&str> = vec!["iptables", "-D", "FORWARD"];
+        args.extend(self.0.iter().map(String::as_str));
+        let _ = sh(&args);
+    }
+}
+
+#[test]
+fn a_drop_rule_in_the_host_forward_chain_is_named_in_the_host() -> Result<()> {
+    let (_lab, a, _b) = two_pods()?;
+    if std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .map_or(true, |v| v.trim() != "1")
+    {
+        skip("bridged traffic does not pass the host's iptables (bridge-nf-call-iptables)");
+        return Ok(());
+    }
+    // Only this lab's two addresses and port: nothing else on the machine is touched.
+    let spec: Vec<String> = [
+        "-s",
+        "10.245.0.1",
+        "-d",
+        "10.245.0.2",
+        "-p",
+        "tcp",
+        "--dport",
+        "8081",
+        "-j",
+        "DROP",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut add: Vec<&str> = vec!["iptables", "-I", "FORWARD", "1"];
+    add.extend(spec.iter().map(String::as_str));
+    sh(&add)?;
+    let _guard = HostRule(spec);
+    let rule = "-A FORWARD -s 10.245.0.1/32 -d 10.245.0.2/32 -p tcp -m tcp --dport 8081 -j DROP";
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "10.245.0.2:8081",
+            "--count",
+            "1",
+            "--timeout",
+            "1500ms",
+        ],
+    )?;
+    assert_eq!(code, 1);
+    let counted = rule_packets(None, "iptables", "FORWARD", rule)?;
+    assert!(counted >= 1, "the lab itself misbehaved: {counted}");
+    assert_rule(&v, "host", "ipv4", "FORWARD", rule, counted);
+    Ok(())
+}
+
 #[test]
 fn a_missing_route_in_a_router_is_no_route_there() -> Result<()> {
     require_root();
