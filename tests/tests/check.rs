@@ -333,6 +333,63 @@ fn a_drop_rule_in_the_host_forward_chain_is_named_in_the_host() -> Result<()> {
 }
 
 #[test]
+fn a_reject_rule_is_rejected_naming_the_rule() -> Result<()> {
+    let (_lab, a, b) = two_pods()?;
+    if !have_iptables_save() {
+        skip("iptables-save is not installed: a REJECT rule cannot be told from a listener");
+        return Ok(());
+    }
+    for (port, with, text) in [
+        (
+            "8080",
+            "tcp-reset",
+            "-A INPUT -p tcp -m tcp --dport 8080 -j REJECT --reject-with tcp-reset",
+        ),
+        (
+            "8081",
+            "icmp-port-unreachable",
+            "-A INPUT -p tcp -m tcp --dport 8081 -j REJECT --reject-with icmp-port-unreachable",
+        ),
+    ] {
+        b.run(&[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            with,
+        ])?;
+        let to = format!("10.245.0.2:{port}");
+        let (v, code, _) = check(&a, &["--to", &to, "--count", "2"])?;
+        let counted = rule_packets(Some(&b), "iptables", "INPUT", text)?;
+        assert_eq!(counted, 2, "the lab itself misbehaved");
+        assert_eq!(
+            (v["verdict"].as_str(), code),
+            (Some("rejected"), 1),
+            "{v:#}"
+        );
+        let rules = evidence(&v, "rule");
+        assert_eq!(rules.len(), 1, "{v:#}");
+        assert_eq!(rules[0]["namespace"], b.netns.as_str());
+        assert_eq!(rules[0]["rule"]["text"], text);
+        assert_eq!(rules[0]["rule"]["delta"], counted);
+        // What the source's sockets got: a refusal, as from a closed port.
+        assert!(
+            evidence(&v, "errno")
+                .iter()
+                .any(|e| e["error"] == "ECONNREFUSED" && e["count"] == 2),
+            "{v:#}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_missing_route_in_a_router_is_no_route_there() -> Result<()> {
     require_root();
     let mut lab = Lab::new()?;

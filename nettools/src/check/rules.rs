@@ -36,10 +36,18 @@ impl Rule {
         )
     }
 
+    fn target(&self) -> &str {
+        self.text.split(" -j ").nth(1).unwrap_or("")
+    }
+
     /// Whether the rule ends the packet (`-j DROP`, `-j REJECT`).
     pub fn drops(&self) -> bool {
-        let target = self.text.split(" -j ").nth(1).unwrap_or("");
-        target.starts_with("DROP") || target.starts_with("REJECT")
+        self.target().starts_with("DROP") || self.rejects()
+    }
+
+    /// Whether the rule answers the packet with an ICMP error or a reset (`-j REJECT`).
+    pub fn rejects(&self) -> bool {
+        self.target().starts_with("REJECT")
     }
 }
 

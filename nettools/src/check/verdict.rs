@@ -91,7 +91,8 @@ pub struct Hop {
 /// The answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Verdict {
-    /// `ok`, `firewall`, `refused`, `no_route`, `neighbour_unreachable`, `dropped`, `timeout`.
+    /// `ok`, `firewall`, `rejected`, `refused`, `no_route`, `neighbour_unreachable`, `dropped`,
+    /// `timeout`.
     pub verdict: &'static str,
     /// The verdict as one sentence.
     pub summary: String,
@@ -138,8 +139,9 @@ impl Question<'_> {
     }
 }
 
-/// Decides the verdict: an answer is `ok`; else, in this order, a firewall drop, a reset, a
-/// missing route, an unanswered neighbour, another drop; with none of them, `timeout`.
+/// Decides the verdict: an answer is `ok`; else, in this order, a REJECT rule that answered
+/// (it drops the packet too), a firewall drop, a reset, a missing route, an unanswered
+/// neighbour, another drop; with none of them, `timeout`.
 pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
     let mut evidence = Vec::new();
     let mut path = vec![Hop {
@@ -226,6 +228,48 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
             probes,
             path,
         };
+    } else if let Some((ns, g)) = seen
+        .rules
+        .iter()
+        .flat_map(|(ns, rules)| rules.iter().map(move |g| (ns, g)))
+        .find(|(_, g)| g.rule.rejects())
+        .filter(|_| probes.iter().any(|p| p.outcome != "timeout"))
+    {
+        let mut e = Evidence::new(
+            "rule",
+            format!(
+                "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
+                Safe(ns),
+                g.rule.backend,
+                g.rule.family,
+                g.rule.table,
+                g.rule.chain,
+                g.rule.position,
+                Safe(&g.rule.text),
+                g.delta
+            ),
+        );
+        e.namespace = Some(ns.clone());
+        e.count = Some(g.delta);
+        e.rule = Some(g.clone());
+        evidence.push(e);
+        path.push(Hop {
+            namespace: ns.clone(),
+            what: "rejected here".to_string(),
+        });
+        drop_evidence(&mut evidence, &mut path, &firewall);
+        (
+            "rejected",
+            format!(
+                "a REJECT rule in {} answered {} packet(s) to {dest}: {} table {}, chain {}: {}",
+                Safe(ns),
+                g.delta,
+                g.rule.family,
+                g.rule.table,
+                g.rule.chain,
+                Safe(&g.rule.text)
+            ),
+        )
     } else if !firewall.is_empty() {
         drop_evidence(&mut evidence, &mut path, &firewall);
         let ((ns, _, _, location), n) = firewall[0];
