@@ -530,14 +530,14 @@ pub fn render(v: &Verdict) -> String {
     }
     let _ = writeln!(out, "probes:");
     for p in &v.probes {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "  {:>3}  {:<11} {:>10}  {}",
             p.n,
             p.outcome,
             ms_text(p.ms),
             p.error.as_deref().unwrap_or("")
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(out, "path:");
     for h in &v.path {
