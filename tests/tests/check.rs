@@ -449,6 +449,57 @@ fn an_address_nobody_owns_is_neighbour_unreachable() -> Result<()> {
 }
 
 #[test]
+fn an_ipv6_address_nobody_owns_is_neighbour_unreachable_from_a_pid() -> Result<()> {
+    let (_lab, a, _b) = two_pods()?;
+    a.sysctl("net.ipv6.neigh.eth0.retrans_time_ms", "200")?;
+    // The source named by a process inside it, as `trace --pid` takes it.
+    let mut sleeper = dies_with_test("ip")
+        .args(["netns", "exec", &a.netns, "sleep", "60"])
+        .spawn()?;
+    let pid = sleeper.id().to_string();
+    let out = nettools(&[
+        "check",
+        "--pid",
+        &pid,
+        "-o",
+        "json",
+        "--to",
+        "[fd00:245::99]:80",
+        "--count",
+        "1",
+        "--timeout",
+        "2s",
+    ]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let out = out?;
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    // The oracle: the neighbour table's own state.
+    let state = a.run(&["ip", "-6", "neigh", "show", "fd00:245::99", "dev", "eth0"])?;
+    assert!(
+        state.contains("FAILED"),
+        "the lab itself misbehaved: {state}"
+    );
+    assert_eq!(v["verdict"], "neighbour_unreachable", "{v:#}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        v["source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("pid {pid}"))),
+        "{v:#}"
+    );
+    let n = evidence(&v, "neighbour");
+    assert_eq!(n.len(), 1, "{v:#}");
+    // Named as the source was named.
+    assert_eq!(n[0]["namespace"], v["source"]);
+    assert_eq!(n[0]["netns"], a.inode()?);
+    assert_eq!(n[0]["device"], "eth0");
+    assert_eq!(n[0]["address"], "fd00:245::99");
+    Ok(())
+}
+
+#[test]
 fn a_peer_that_takes_the_datagrams_and_never_answers_is_a_timeout() -> Result<()> {
     let (_lab, a, b) = two_pods()?;
     // b reads nothing and answers nothing: nothing is dropped anywhere.
