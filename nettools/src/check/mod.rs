@@ -27,7 +27,7 @@ use crate::{
     discover::{self, Workload},
     probe::{self, ProbeKind},
     report,
-    session::{self, Started, Status, Symbols},
+    session::{self, Started, Status, Stop, Symbols},
 };
 
 /// A usage error of `check` (an unknown source, a protocol that needs a port): exit status 2.
@@ -86,6 +86,8 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         .into());
     }
 
+    // Ctrl-C and SIGTERM from here on end the check with everything detached.
+    let mut stop = Stop::install()?;
     let status = Status::new();
     status.say("naming the node's namespaces");
     let mut labels = discover::netns::labels();
@@ -140,7 +142,13 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     let mut watch = Watch::new(dst, port, proto);
     while !sender.is_finished() {
         watch.drain(&mut events, &mut probes.collector)?;
-        tokio::time::sleep(session::DRAIN_EVERY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(session::DRAIN_EVERY) => {}
+            _ = stop.requested() => {
+                probes.loaded.detach_all();
+                anyhow::bail!("interrupted before the probes were done: no verdict");
+            }
+        }
     }
     let (route, results) = sender
         .join()
@@ -151,6 +159,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         tokio::time::sleep(session::DRAIN_EVERY).await;
     }
     let neigh_probes = probe::tc::read_neigh_probes(&probes.loaded.ebpf)?;
+    let events_lost = probes.loaded.counters()?[nettools_common::counters::EVENTS_LOST as usize];
     probes.loaded.detach_all();
     watch.drain(&mut events, &mut probes.collector)?;
 
@@ -175,7 +184,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         }
     }
 
-    let verdict = verdict::decide(
+    let mut verdict = verdict::decide(
         &verdict::Question {
             source: &source.name,
             dst,
@@ -186,6 +195,12 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         results,
         &seen,
     );
+    if events_lost > 0 {
+        verdict.evidence.push(verdict::Evidence::note(format!(
+            "{events_lost} kernel event(s) did not fit in the ring buffer: the evidence may be \
+             incomplete (the node is busy; run the check again)"
+        )));
+    }
     match args.output {
         CheckFormat::Table => print!("{}", verdict::render(&verdict)),
         CheckFormat::Json => println!(

@@ -32,7 +32,7 @@ pub type DropKey = (String, u32, String, String);
 /// One piece of evidence.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evidence {
-    /// `drop`, `rule`, `reset`, `neighbour`, `errno`, `route`.
+    /// `drop`, `rule`, `reset`, `neighbour`, `errno`, `route`, `note`.
     pub kind: &'static str,
     /// The namespace it happened in (its name).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +64,11 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// A remark about the evidence itself (kind `note`).
+    pub fn note(text: String) -> Self {
+        Self::new("note", text)
+    }
+
     fn new(kind: &'static str, text: String) -> Self {
         Self {
             kind,
