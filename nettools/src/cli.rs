@@ -237,7 +237,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Where to: an IPv4 or IPv6 address, with a port for TCP and UDP (10.0.0.7:8080,
-    /// [fd00::7]:53).
+    /// [fd00::7]:53), or a network namespace of this node, netns/NAME[:PORT] (its first
+    /// IPv4 address, else its first global IPv6 one).
     #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_destination)]
     pub to: Destination,
     /// The probes' protocol [default: tcp when --to has a port, else icmp].
@@ -256,13 +257,17 @@ pub struct CheckArgs {
 }
 
 /// `--to`: an address and maybe a port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Destination {
+    /// The address given, or (with `netns`) the unspecified address until the namespace's
+    /// own address is looked up.
     pub ip: std::net::IpAddr,
     pub port: Option<u16>,
+    /// `netns/NAME`: a network namespace of this node, whose address is the destination.
+    pub netns: Option<String>,
 }
 
-/// `10.0.0.7`, `10.0.0.7:80`, `fd00::7`, `[fd00::7]`, `[fd00::7]:53`.
+/// `10.0.0.7`, `10.0.0.7:80`, `fd00::7`, `[fd00::7]`, `[fd00::7]:53`, `netns/NAME[:PORT]`.
 pub fn parse_destination(text: &str) -> Result<Destination, String> {
     let text = text.trim();
     let port = |p: &str| -> Result<u16, String> {
@@ -272,8 +277,26 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             Err(_) => Err(format!("{p:?} is not a port number")),
         }
     };
+    if let Some(rest) = text.strip_prefix("netns/") {
+        let (name, p) = match rest.rsplit_once(':') {
+            Some((name, p)) => (name, Some(port(p)?)),
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err("netns/ needs a namespace name: netns/NAME[:PORT]".to_string());
+        }
+        return Ok(Destination {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: p,
+            netns: Some(name.to_string()),
+        });
+    }
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
-        return Ok(Destination { ip, port: None });
+        return Ok(Destination {
+            ip,
+            port: None,
+            netns: None,
+        });
     }
     if let Some(rest) = text.strip_prefix('[') {
         let (addr, after) = rest
@@ -292,6 +315,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
         return Ok(Destination {
             ip: ip.into(),
             port,
+            netns: None,
         });
     }
     if let Some((addr, p)) = text.rsplit_once(':')
@@ -300,11 +324,12 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
         return Ok(Destination {
             ip: ip.into(),
             port: Some(port(p)?),
+            netns: None,
         });
     }
     Err(format!(
-        "{text:?} is not an address: give an IPv4 or IPv6 address, with :PORT for tcp and udp \
-         (names are not resolved yet)"
+        "{text:?} is not an address: give an IPv4 or IPv6 address or netns/NAME, with :PORT for \
+         tcp and udp (host names are not resolved yet)"
     ))
 }
 
@@ -802,6 +827,12 @@ mod tests {
             assert!(d(bad).is_err(), "{bad}");
         }
         assert!(d("10.1.2.3:70000").is_err_and(|e| e.contains("out of range")));
+        assert_eq!(
+            d("netns/web:8080").map(|d| (d.netns, d.port)),
+            Ok((Some("web".to_string()), Some(8080)))
+        );
+        assert_eq!(d("netns/web").map(|d| d.port), Ok(None));
+        assert!(d("netns/").is_err() && d("netns/web:0").is_err());
         assert!(
             Cli::try_parse_from(["nettools", "check", "--netns", "a", "--to", "10.0.0.1:80"])
                 .is_ok()

@@ -69,6 +69,16 @@ fn a_healthy_path_is_ok_with_the_latency_of_every_probe() -> Result<()> {
         .filter_map(|p| p["ms"].as_f64())
         .fold(0.0, f64::max);
     assert!(p50 <= max && max == slowest, "{v:#}");
+    // b named as a namespace of the node: its IPv4 address.
+    let to = format!("netns/{}:8080", b.netns);
+    let (named, code, _) = check(&a, &["--to", &to, "--count", "1"])?;
+    assert_eq!(
+        (named["verdict"].as_str(), code),
+        (Some("ok"), 0),
+        "{named:#}"
+    );
+    assert_eq!(named["destination"], "10.245.0.2:8080");
+    assert_eq!(std::iter::from_fn(|| listener.accept().ok()).count(), 1);
     // ICMPv6 echo, answered by b's kernel.
     let (v6, code, _) = check(&a, &["--to", "fd00:245::2", "--count", "2"])?;
     assert_eq!((v6["verdict"].as_str(), code), (Some("ok"), 0), "{v6:#}");
@@ -560,6 +570,13 @@ fn bad_input_is_one_sentence_and_exit_2() -> Result<()> {
         ],
         &["check", "--netns", a.netns.as_str(), "--to", "no.such.name"],
         &["check", "--to", "10.245.0.2"],
+        &[
+            "check",
+            "--netns",
+            a.netns.as_str(),
+            "--to",
+            "netns/ntlab-no-such-namespace:80",
+        ],
     ] {
         let out = nettools(args)?;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -63,7 +63,10 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     let Some(source_path) = source.netns_path.clone() else {
         return Err(UsageError(format!("{} has no network namespace path", source.name)).into());
     };
-    let dst = args.to.ip;
+    let dst = match &args.to.netns {
+        Some(name) => address_of(name)?,
+        None => args.to.ip,
+    };
     let port = args.to.port;
     let proto = match (args.proto, port) {
         (Some(p), _) => p,
@@ -236,6 +239,30 @@ async fn resolve_source(args: &CheckArgs) -> Result<Workload> {
         .into_iter()
         .next()
         .ok_or_else(|| UsageError("no such pod or container".to_string()).into())
+}
+
+/// The address of a namespace of this node (`--to netns/NAME`): its first IPv4 address, else
+/// its first global IPv6 one.
+fn address_of(name: &str) -> Result<IpAddr> {
+    let w = discover::netns::by_name_or_path(name)
+        .map_err(|e| anyhow::Error::from(UsageError(format!("{e}"))))?;
+    let path = w.netns_path.unwrap_or_default();
+    let addresses = discover::enter::in_netns(&path, discover::netlink::addresses)??;
+    let usable = |a: &IpAddr| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    addresses
+        .iter()
+        .map(|(_, a, _)| *a)
+        .filter(usable)
+        .min_by_key(|a| a.is_ipv6())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "network namespace {name:?} has no address to send to"
+            ))
+            .into()
+        })
 }
 
 /// The namespaces whose firewall rules are read: the source's, the host's, then the others,

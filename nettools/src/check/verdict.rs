@@ -168,12 +168,16 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         .collect();
     let dest = q.destination();
     let proto = proto_name(q.proto, q.dst);
+    // Most packets first: the first names the verdict.
     let drops_with = |pred: &dyn Fn(&str) -> bool| -> Vec<(&DropKey, u64)> {
-        seen.drops
+        let mut list: Vec<(&DropKey, u64)> = seen
+            .drops
             .iter()
             .filter(|((_, _, reason, _), _)| pred(reason))
             .map(|(k, v)| (k, *v))
-            .collect()
+            .collect();
+        list.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        list
     };
     let drop_evidence = |evidence: &mut Vec<Evidence>,
                          path: &mut Vec<Hop>,
