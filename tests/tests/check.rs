@@ -99,6 +99,24 @@ fn nothing_listening_is_refused_by_the_namespace_that_sent_the_resets() -> Resul
     assert_eq!(resets[0]["namespace"], b.netns.as_str());
     assert_eq!(resets[0]["netns"], b.inode()?);
     assert_eq!(resets[0]["count"], sent);
+    // UDP: b's kernel found no socket and answered ICMP port unreachable.
+    let before = nstat(&b, "UdpNoPorts")?;
+    let (udp, code, _) = check(
+        &a,
+        &["--to", "10.245.0.2:9", "--proto", "udp", "--count", "2"],
+    )?;
+    let no_ports = nstat(&b, "UdpNoPorts")? - before;
+    assert_eq!(no_ports, 2, "the lab itself misbehaved");
+    assert_eq!(
+        (udp["verdict"].as_str(), code),
+        (Some("refused"), 1),
+        "{udp:#}"
+    );
+    let drops = evidence(&udp, "drop");
+    assert_eq!(drops.len(), 1, "{udp:#}");
+    assert_eq!(drops[0]["namespace"], b.netns.as_str());
+    assert_eq!(drops[0]["reason"], reason_label("NO_SOCKET")?);
+    assert_eq!(drops[0]["count"], no_ports);
     // IPv6 alike.
     let (v6, _, _) = check(&a, &["--to", "[fd00:245::2]:9", "--count", "1"])?;
     assert_eq!(v6["verdict"], "refused", "{v6:#}");

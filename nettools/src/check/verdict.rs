@@ -173,7 +173,7 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         let mut list: Vec<(&DropKey, u64)> = seen
             .drops
             .iter()
-            .filter(|((_, _, reason, _), _)| pred(reason))
+            .filter(|((_, _, reason, location), _)| pred(class(reason, location)))
             .map(|(k, v)| (k, *v))
             .collect();
         list.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
@@ -281,9 +281,9 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         )
     } else if !firewall.is_empty() {
         drop_evidence(&mut evidence, &mut path, &firewall);
-        let ((ns, _, _, location), n) = firewall[0];
+        let ((ns, _, reason, location), n) = firewall[0];
         let mut summary = format!(
-            "a firewall in {} dropped {n} {proto} packet(s) to or from {dest} (NETFILTER_DROP at {location})",
+            "a firewall in {} dropped {n} {proto} packet(s) to or from {dest} ({reason} at {location})",
             Safe(ns)
         );
         if let Some(rules) = seen.rules.get(ns)
@@ -341,6 +341,15 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
                 namespace: ns.clone(),
                 what: "answered with a reset".to_string(),
             });
+        }
+        // The kernel that found no socket for them (UDP's answer is an ICMP port unreachable).
+        let no_socket = drops_with(&|r| r == "NO_SOCKET");
+        drop_evidence(&mut evidence, &mut path, &no_socket);
+        for ((ns, ..), _) in &no_socket {
+            let name = Safe(ns).to_string();
+            if !who.contains(&name) {
+                who.push(name);
+            }
         }
         let by = if who.is_empty() {
             String::new()
@@ -478,6 +487,25 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         evidence,
         probes,
         path,
+    }
+}
+
+/// The drop reason a verdict goes by: the kernel's, or on kernels without reasons (before
+/// 5.17, `UNAVAILABLE`) the one the freeing function stands for.
+fn class<'a>(reason: &'a str, location: &str) -> &'a str {
+    if reason != "UNAVAILABLE" {
+        return reason;
+    }
+    let function = location.split('+').next().unwrap_or("");
+    let is = |prefixes: &[&str]| prefixes.iter().any(|p| function.starts_with(p));
+    if is(&["nf_hook", "nft_do_chain", "ipt_do_table", "ip6t_do_table"]) {
+        "NETFILTER_DROP"
+    } else if is(&["ip_error", "ip6_pkt_drop"]) {
+        "IP_INNOROUTES"
+    } else if is(&["neigh_invalidate", "neigh_timer_handler"]) {
+        "NEIGH_FAILED"
+    } else {
+        reason
     }
 }
 
@@ -627,6 +655,14 @@ mod tests {
             "{}",
             v.summary
         );
+    }
+
+    #[test]
+    fn without_reasons_the_freeing_function_decides() {
+        assert_eq!(class("UNAVAILABLE", "nft_do_chain+0x3e8"), "NETFILTER_DROP");
+        assert_eq!(class("UNAVAILABLE", "ip_error+0x94"), "IP_INNOROUTES");
+        assert_eq!(class("UNAVAILABLE", "tcp_v4_rcv+0x10"), "UNAVAILABLE");
+        assert_eq!(class("NO_SOCKET", "nft_do_chain+0x3e8"), "NO_SOCKET");
     }
 
     #[test]
