@@ -239,7 +239,7 @@ pub struct CheckArgs {
     /// Where to: an IPv4 or IPv6 address, with a port for TCP and UDP (10.0.0.7:8080,
     /// [fd00::7]:53), or a network namespace of this node, netns/NAME[:PORT] (its first
     /// IPv4 address, else its first global IPv6 one).
-    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_destination)]
+    #[arg(long, value_name = "ADDRESS[:PORT]", value_parser = parse_destination)]
     pub to: Destination,
     /// The probes' protocol [default: tcp when --to has a port, else icmp].
     #[arg(long, value_enum)]

@@ -45,8 +45,11 @@ fn evidence<'a>(v: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Whether `iptables-save` is here (the kernel matrix's guests have it too).
 fn have_iptables_save() -> bool {
-    runtimes::missing(&["iptables-save"]).is_none()
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("iptables-save").is_file())
+    }) || std::path::Path::new("/usr/sbin/iptables-save").is_file()
 }
 
 #[test]
