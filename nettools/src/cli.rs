@@ -42,6 +42,10 @@ pub enum Command {
     /// Capture a workload's packets on its veth: tcpdump-style lines, or pcapng for Wireshark.
     #[command(after_help = CAPTURE_EXAMPLES)]
     Capture(CaptureArgs),
+    /// Why can A not reach B? Send a few probes from a workload and say what the kernel did to
+    /// them: one verdict with its evidence.
+    #[command(after_help = CHECK_EXAMPLES)]
+    Check(CheckArgs),
 }
 
 const TRACE_EXAMPLES: &str = "\
@@ -151,6 +155,28 @@ Examples:
   nettools capture --pod web -w - | wireshark -k -i -   live in Wireshark
   nettools capture --iface cni0 arp --duration 30s";
 
+const CHECK_EXAMPLES: &str = "\
+Every namespace of the node (and the host) is traced while the probes are sent from inside the
+source: TCP connects (with a port), UDP datagrams, or ICMP echo requests (without a port).
+Then those probes' packets are followed through the drops, resets, ARP/NDP failures and
+routing failures the kernel reported, and one verdict is printed with its evidence:
+  ok                     answered: latency p50/max over the probes
+  firewall               dropped by a firewall rule: the namespace, the drop reason and kernel
+                         location, and the rule(s) whose packet counter grew (iptables-save -c)
+  refused                a TCP reset (or ICMP port unreachable) came back: nothing listens there
+  no_route               a namespace had no route (IP_INNOROUTES, or the source's ENETUNREACH)
+  neighbour_unreachable  ARP/NDP for the next hop went unanswered: address, device, requests
+  dropped                dropped for another reason (named)
+  timeout                no answer and nothing dropped on this node: the interface they left by
+
+Exit status: 0 for ok, 1 for any other verdict or an error, 2 for a usage error (a bad option,
+an unknown source, a port out of range).
+
+Examples:
+  nettools check --netns web --to 10.233.0.7:8080        TCP connects to a port
+  nettools check --pod web -n shop --to 10.233.1.4       pings
+  nettools check --pid 4242 --to [fd00::7]:53 --proto udp -o json";
+
 /// What to capture: one workload.
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
@@ -170,6 +196,151 @@ pub struct CaptureTarget {
     /// A container by name or id (a unique prefix is enough).
     #[arg(long, value_name = "ID|NAME")]
     pub container: Option<String>,
+}
+
+/// Where `nettools check` sends its probes from: one workload, named as `trace` names them.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct CheckSource {
+    /// A network namespace by name (`ip netns list`) or path (e.g. /proc/PID/ns/net).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// The network namespace of a process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// A pod by name (or UID), found through the node's container runtimes.
+    #[arg(long, value_name = "NAME")]
+    pub pod: Option<String>,
+    /// A container by name or id (a unique prefix is enough).
+    #[arg(long, value_name = "ID|NAME")]
+    pub container: Option<String>,
+}
+
+/// The protocols `nettools check` probes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckProto {
+    /// TCP connects (needs a port).
+    Tcp,
+    /// UDP datagrams, answered by any datagram back (needs a port).
+    Udp,
+    /// ICMP/ICMPv6 echo requests.
+    Icmp,
+}
+
+/// Formats of `nettools check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// The verdict and its evidence for people.
+    Table,
+    /// One JSON object: verdict, evidence[], probes[], path[].
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: CheckSource,
+    /// The Kubernetes namespace of --pod [default: any, when the name is unique].
+    #[arg(short = 'n', long, value_name = "NAMESPACE", requires = "pod")]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Where to: an IPv4 or IPv6 address, with a port for TCP and UDP (10.0.0.7:8080,
+    /// [fd00::7]:53), or a network namespace of this node, netns/NAME[:PORT] (its first
+    /// IPv4 address, else its first global IPv6 one).
+    #[arg(long, value_name = "ADDRESS[:PORT]", value_parser = parse_destination)]
+    pub to: Destination,
+    /// The probes' protocol [default: tcp when --to has a port, else icmp].
+    #[arg(long, value_enum)]
+    pub proto: Option<CheckProto>,
+    /// How many probes to send.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub count: u32,
+    /// How long each probe waits for its answer.
+    #[arg(long, value_parser = units::parse_duration, default_value = "2s")]
+    pub timeout: std::time::Duration,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: CheckFormat,
+}
+
+/// `--to`: an address and maybe a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    /// The address given, or (with `netns`) the unspecified address until the namespace's
+    /// own address is looked up.
+    pub ip: std::net::IpAddr,
+    pub port: Option<u16>,
+    /// `netns/NAME`: a network namespace of this node, whose address is the destination.
+    pub netns: Option<String>,
+}
+
+/// `10.0.0.7`, `10.0.0.7:80`, `fd00::7`, `[fd00::7]`, `[fd00::7]:53`, `netns/NAME[:PORT]`.
+pub fn parse_destination(text: &str) -> Result<Destination, String> {
+    let text = text.trim();
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => Ok(n as u16),
+            Ok(_) => Err(format!("port {p} is out of range (1 to 65535)")),
+            Err(_) => Err(format!("{p:?} is not a port number")),
+        }
+    };
+    if let Some(rest) = text.strip_prefix("netns/") {
+        let (name, p) = match rest.rsplit_once(':') {
+            Some((name, p)) => (name, Some(port(p)?)),
+            None => (rest, None),
+        };
+        if name.is_empty() {
+            return Err("netns/ needs a namespace name: netns/NAME[:PORT]".to_string());
+        }
+        return Ok(Destination {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: p,
+            netns: Some(name.to_string()),
+        });
+    }
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(Destination {
+            ip,
+            port: None,
+            netns: None,
+        });
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?} has no closing ']'"))?;
+        let ip: std::net::Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(p) => Some(port(p)?),
+                None => return Err(format!("{text:?} is not [ADDRESS]:PORT")),
+            },
+        };
+        return Ok(Destination {
+            ip: ip.into(),
+            port,
+            netns: None,
+        });
+    }
+    if let Some((addr, p)) = text.rsplit_once(':')
+        && let Ok(ip) = addr.parse::<std::net::Ipv4Addr>()
+    {
+        return Ok(Destination {
+            ip: ip.into(),
+            port: Some(port(p)?),
+            netns: None,
+        });
+    }
+    Err(format!(
+        "{text:?} is not an address: give an IPv4 or IPv6 address or netns/NAME, with :PORT for \
+         tcp and udp (host names are not resolved yet)"
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -643,6 +814,52 @@ mod tests {
             Cli::try_parse_from(["nettools", "capture", "--netns", "a", "--pid", "1"]).is_err()
         );
         assert!(Cli::try_parse_from(["nettools", "capture", "--netns", "a", "-c", "0"]).is_err());
+    }
+
+    #[test]
+    fn check_destinations_and_sources() {
+        let d = |t: &str| parse_destination(t);
+        assert_eq!(
+            d("10.1.2.3:80").map(|d| (d.ip.to_string(), d.port)),
+            Ok(("10.1.2.3".to_string(), Some(80)))
+        );
+        assert_eq!(d("10.1.2.3").map(|d| d.port), Ok(None));
+        assert_eq!(
+            d("[fd00::7]:53").map(|d| (d.ip.to_string(), d.port)),
+            Ok(("fd00::7".to_string(), Some(53)))
+        );
+        assert_eq!(d("fd00::7").map(|d| d.port), Ok(None));
+        assert_eq!(d("[fd00::7]").map(|d| d.port), Ok(None));
+        for bad in [
+            "10.1.2.3:0",
+            "10.1.2.3:65536",
+            "10.1.2.3:x",
+            "[fd00::7]x",
+            "web",
+            "",
+        ] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        assert!(d("10.1.2.3:70000").is_err_and(|e| e.contains("out of range")));
+        assert_eq!(
+            d("netns/web:8080").map(|d| (d.netns, d.port)),
+            Ok((Some("web".to_string()), Some(8080)))
+        );
+        assert_eq!(d("netns/web").map(|d| d.port), Ok(None));
+        assert!(d("netns/").is_err() && d("netns/web:0").is_err());
+        assert!(
+            Cli::try_parse_from(["nettools", "check", "--netns", "a", "--to", "10.0.0.1:80"])
+                .is_ok()
+        );
+        // One source, and a destination.
+        assert!(Cli::try_parse_from(["nettools", "check", "--to", "10.0.0.1"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "nettools", "check", "--netns", "a", "--pid", "1", "--to", "10.0.0.1"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["nettools", "check", "--netns", "a"]).is_err());
     }
 
     #[test]

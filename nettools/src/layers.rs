@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 /// Each top-level module and its floor (1 is the ground).
-const FLOORS: [(&str, u8); 15] = [
+const FLOORS: [(&str, u8); 16] = [
     ("units", 1),
     ("preflight", 1),
     ("discover", 2),
@@ -19,6 +19,7 @@ const FLOORS: [(&str, u8); 15] = [
     ("trace", 7),
     ("serve", 7),
     ("capture", 7),
+    ("check", 7),
     ("list", 8),
     ("lab", 8),
     // The binary's entry point, above everything.

@@ -5,9 +5,11 @@
 //! [`collect`] reads and aggregates their events, [`report`] renders the answers. [`trace`] runs
 //! that pipeline; [`preflight`] and [`doctor`] say what this machine allows; [`lab`] builds
 //! throwaway network labs for demos and tests; [`list`] shows the pods and containers on the
-//! node; [`capture`] writes a workload's packets as pcapng.
+//! node; [`capture`] writes a workload's packets as pcapng; [`check`] says why one workload
+//! cannot reach an address.
 
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod discover;

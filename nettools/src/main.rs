@@ -64,8 +64,10 @@ fn main() -> ExitCode {
             } else {
                 eprintln!("nettools: {}", text::escape(&e.to_string()));
             }
-            // tcpdump's status for a filter it cannot compile.
-            if e.downcast_ref::<nettools::capture::FilterError>().is_some() {
+            // tcpdump's status for a filter it cannot compile; check's usage errors.
+            if e.downcast_ref::<nettools::capture::FilterError>().is_some()
+                || e.downcast_ref::<nettools::check::UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -88,7 +90,17 @@ fn usage_error(e: &clap::Error) -> ExitCode {
         _ => {
             let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
             eprintln!("nettools: {}", nettools::cli::one_sentence(e, &args));
-            ExitCode::FAILURE
+            // `check` keeps 1 for a failure verdict: its usage errors are 2.
+            if args
+                .iter()
+                .skip(1)
+                .find(|a| !a.to_string_lossy().starts_with('-'))
+                == Some(&std::ffi::OsString::from("check"))
+            {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -186,5 +198,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nettools::capture::run_command(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check(args) => Ok(if nettools::check::run(&args, cli.verbose).await? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
     }
 }

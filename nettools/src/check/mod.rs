@@ -1,0 +1,415 @@
+//! `nettools check`: why can A not reach B? Traces the whole node (every namespace and the
+//! host) while a thread inside the source's namespace sends a few probes ([`probes`]), follows
+//! those probes' packets through the drops, resets and neighbour failures the kernel reports,
+//! reads the firewall rules' counters around them ([`rules`]), and prints one verdict with its
+//! evidence ([`verdict`]).
+
+pub mod probes;
+pub mod rules;
+pub mod verdict;
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use nettools_common::{
+    connections::SENT,
+    flow::{Flow, ip},
+};
+
+use crate::{
+    cli::{CheckArgs, CheckFormat, CheckProto},
+    collect::{self, Event},
+    discover::{self, Workload},
+    probe::{self, ProbeKind},
+    report,
+    session::{self, Started, Status, Stop, Symbols},
+};
+
+/// A usage error of `check` (an unknown source, a protocol that needs a port): exit status 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The probes that see what happens to the check's packets.
+const PROBES: [ProbeKind; 4] = [
+    ProbeKind::Drops,
+    ProbeKind::Neighbours,
+    ProbeKind::Traffic,
+    ProbeKind::Connections,
+];
+
+/// How long after the last probe the kernel's late reports (a neighbour entry failing, the
+/// last drop) are still waited for.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// At most this many namespaces have their firewall rules read (two `*-save` runs each).
+const MAX_RULE_NAMESPACES: usize = 64;
+
+/// Runs the check; `Ok(true)` when the verdict is `ok`.
+pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
+    let source = resolve_source(args).await?;
+    let Some(source_path) = source.netns_path.clone() else {
+        return Err(UsageError(format!("{} has no network namespace path", source.name)).into());
+    };
+    let dst = match &args.to.netns {
+        Some(name) => address_of(name)?,
+        None => args.to.ip,
+    };
+    let port = args.to.port;
+    let proto = match (args.proto, port) {
+        (Some(p), _) => p,
+        (None, Some(_)) => CheckProto::Tcp,
+        (None, None) => CheckProto::Icmp,
+    };
+    if proto != CheckProto::Icmp && port.is_none() {
+        return Err(UsageError(format!(
+            "--proto {} needs a port: --to {}",
+            if proto == CheckProto::Tcp {
+                "tcp"
+            } else {
+                "udp"
+            },
+            match dst {
+                IpAddr::V6(a) => format!("[{a}]:PORT"),
+                a => format!("{a}:PORT"),
+            }
+        ))
+        .into());
+    }
+
+    // Ctrl-C and SIGTERM from here on end the check with everything detached.
+    let mut stop = Stop::install()?;
+    let status = Status::new();
+    status.say("naming the node's namespaces");
+    let mut labels = discover::netns::labels();
+    labels.extend(
+        discover::inventory::Inventory::gather(&args.runtime.sources())
+            .await
+            .labels(),
+    );
+    labels.insert(source.netns, source.clone());
+
+    status.say("reading the firewall rules' counters");
+    let rule_paths = rule_namespaces(&labels, &source);
+    let before: Vec<(String, Vec<rules::Rule>)> = rule_paths
+        .iter()
+        .map(|(name, path)| (name.clone(), rules::snapshot(path)))
+        .collect();
+
+    let started = Started::load(
+        session::Options {
+            probes: PROBES.to_vec(),
+            all: true,
+            ring_buffer_bytes: 4 << 20,
+            tc_mode: probe::tc::Mode::Auto,
+            timeout: args.timeout,
+            transit_sample_shift: 0,
+            stacks: false,
+            verbose,
+        },
+        Vec::new(),
+        labels.clone(),
+        Box::new(std::io::sink()) as Box<dyn std::io::Write>,
+        false,
+        &status,
+        Symbols::Load,
+    )?;
+    status.clear();
+    let Started {
+        mut probes,
+        mut events,
+        ..
+    } = started;
+
+    // The probes, from a thread inside the source.
+    let (count, timeout) = (args.count, args.timeout);
+    let path = source_path.clone();
+    let sender = std::thread::spawn(move || {
+        discover::enter::in_netns(&path, || {
+            let route = probes::route_to(dst).unwrap_or_default();
+            (route, probes::send(proto, dst, port, count, timeout))
+        })
+    });
+    let mut watch = Watch::new(dst, port, proto);
+    while !sender.is_finished() {
+        watch.drain(&mut events, &mut probes.collector)?;
+        tokio::select! {
+            _ = tokio::time::sleep(session::DRAIN_EVERY) => {}
+            _ = stop.requested() => {
+                probes.loaded.detach_all();
+                anyhow::bail!("interrupted before the probes were done: no verdict");
+            }
+        }
+    }
+    let (route, results) = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread sending the probes panicked"))??;
+    let grace_end = Instant::now() + GRACE;
+    while Instant::now() < grace_end {
+        watch.drain(&mut events, &mut probes.collector)?;
+        tokio::time::sleep(session::DRAIN_EVERY).await;
+    }
+    let neigh_probes = probe::tc::read_neigh_probes(&probes.loaded.ebpf)?;
+    let events_lost = probes.loaded.counters()?[nettools_common::counters::EVENTS_LOST as usize];
+    probes.loaded.detach_all();
+    watch.drain(&mut events, &mut probes.collector)?;
+
+    let mut seen = watch.seen(&probes, &labels);
+    for (k, v) in &neigh_probes {
+        if let Some(addr) = ip(k.family, &k.addr)
+            && seen.neighbours.keys().any(|(.., a)| *a == addr)
+        {
+            *seen.neighbour_requests.entry(addr).or_default() += v.requests.iter().sum::<u64>();
+        }
+    }
+    for (name, path) in &rule_paths {
+        let after = rules::snapshot(path);
+        let was = before
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.as_slice())
+            .unwrap_or_default();
+        let grown = rules::grown(was, &after);
+        if !grown.is_empty() {
+            seen.rules.insert(name.clone(), grown);
+        }
+    }
+
+    let mut verdict = verdict::decide(
+        &verdict::Question {
+            source: &source.name,
+            dst,
+            port,
+            proto,
+            route: &route,
+        },
+        results,
+        &seen,
+    );
+    if events_lost > 0 {
+        verdict.evidence.push(verdict::Evidence::note(format!(
+            "{events_lost} kernel event(s) did not fit in the ring buffer: the evidence may be \
+             incomplete (the node is busy; run the check again)"
+        )));
+    }
+    match args.output {
+        CheckFormat::Table => print!("{}", verdict::render(&verdict)),
+        CheckFormat::Json => println!(
+            "{}",
+            serde_json::to_string(&verdict).context("cannot write the verdict as JSON")?
+        ),
+    }
+    Ok(verdict.ok())
+}
+
+/// The source, named as `trace` names its targets.
+async fn resolve_source(args: &CheckArgs) -> Result<Workload> {
+    let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(format!("{e}")));
+    let s = &args.source;
+    if let Some(spec) = &s.netns {
+        return discover::netns::by_name_or_path(spec).map_err(usage);
+    }
+    if let Some(pid) = s.pid {
+        return discover::netns::by_pid(pid).map_err(usage);
+    }
+    let pods: Vec<String> = s.pod.iter().cloned().collect();
+    let containers: Vec<String> = s.container.iter().cloned().collect();
+    let (found, _) = discover::watch::lookup(
+        &pods,
+        args.namespace.as_deref(),
+        &containers,
+        &args.runtime.sources(),
+        false,
+    )
+    .await
+    .map_err(usage)?;
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| UsageError("no such pod or container".to_string()).into())
+}
+
+/// The address of a namespace of this node (`--to netns/NAME`): its first IPv4 address, else
+/// its first global IPv6 one.
+fn address_of(name: &str) -> Result<IpAddr> {
+    let w = discover::netns::by_name_or_path(name)
+        .map_err(|e| anyhow::Error::from(UsageError(format!("{e}"))))?;
+    let path = w.netns_path.unwrap_or_default();
+    let addresses = discover::enter::in_netns(&path, discover::netlink::addresses)??;
+    let usable = |a: &IpAddr| match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
+    };
+    addresses
+        .iter()
+        .map(|(_, a, _)| *a)
+        .filter(usable)
+        .min_by_key(|a| a.is_ipv6())
+        .ok_or_else(|| {
+            UsageError(format!(
+                "network namespace {name:?} has no address to send to"
+            ))
+            .into()
+        })
+}
+
+/// The namespaces whose firewall rules are read: the source's, the host's, then the others,
+/// at most [`MAX_RULE_NAMESPACES`].
+fn rule_namespaces(labels: &BTreeMap<u32, Workload>, source: &Workload) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = Vec::new();
+    let host = discover::netns::host_inode();
+    let mut ordered: Vec<&Workload> = vec![source];
+    ordered.extend(labels.values().filter(|w| Some(w.netns) == host));
+    ordered.extend(labels.values());
+    for w in ordered {
+        if out.len() >= MAX_RULE_NAMESPACES {
+            break;
+        }
+        if let Some(path) = &w.netns_path
+            && !out.iter().any(|(n, _)| *n == w.name)
+        {
+            out.push((w.name.clone(), path.clone()));
+        }
+    }
+    out
+}
+
+/// The events about the probes' packets, as they are drained.
+struct Watch {
+    dst: IpAddr,
+    port: Option<u16>,
+    l4: u8,
+    drops: Vec<nettools_common::drops::DropEvent>,
+    resets: Vec<nettools_common::connections::ResetEvent>,
+    neighbours: Vec<nettools_common::neighbours::NeighbourEvent>,
+}
+
+/// Events kept per kind, at most (a flood of drops to the same address is counted, not kept).
+const MAX_KEPT: usize = 100_000;
+
+impl Watch {
+    fn new(dst: IpAddr, port: Option<u16>, proto: CheckProto) -> Self {
+        Self {
+            dst,
+            port,
+            l4: match (proto, dst) {
+                (CheckProto::Tcp, _) => 6,
+                (CheckProto::Udp, _) => 17,
+                (CheckProto::Icmp, IpAddr::V4(_)) => 1,
+                (CheckProto::Icmp, IpAddr::V6(_)) => 58,
+            },
+            drops: Vec::new(),
+            resets: Vec::new(),
+            neighbours: Vec::new(),
+        }
+    }
+
+    /// Whether a packet is one of the probes' (either direction).
+    fn ours(&self, f: &Flow) -> bool {
+        if f.l4_proto != self.l4 {
+            return false;
+        }
+        let to = ip(f.family, &f.daddr) == Some(self.dst)
+            && self
+                .port
+                .is_none_or(|p| f.dport == p || self.l4 == 1 || self.l4 == 58);
+        let from = ip(f.family, &f.saddr) == Some(self.dst)
+            && self
+                .port
+                .is_none_or(|p| f.sport == p || self.l4 == 1 || self.l4 == 58);
+        to || from
+    }
+
+    fn drain(
+        &mut self,
+        ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+        collector: &mut session::Collector,
+    ) -> Result<()> {
+        while let Some(record) = ring.next() {
+            let Ok(ev) = collect::decode(&record) else {
+                collector.agg.undecodable += 1;
+                continue;
+            };
+            match &ev {
+                Event::Drop(d) if self.ours(&d.flow) && self.drops.len() < MAX_KEPT => {
+                    self.drops.push(*d)
+                }
+                Event::Reset(r)
+                    if r.key.direction == SENT
+                        && self.ours(&r.key.flow)
+                        && self.resets.len() < MAX_KEPT =>
+                {
+                    self.resets.push(*r)
+                }
+                Event::NeighbourFailed(n) if self.neighbours.len() < MAX_KEPT => {
+                    self.neighbours.push(*n)
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// What was seen, with names.
+    fn seen(
+        &self,
+        probes: &session::Probes<Box<dyn std::io::Write>>,
+        labels: &BTreeMap<u32, Workload>,
+    ) -> verdict::Seen {
+        let name = |netns: u32| report::workload_for(netns, &[], labels).name;
+        let kernel = &probes.loaded.kernel;
+        let kallsyms = &probes.collector.kallsyms;
+        let mut seen = verdict::Seen::default();
+        let mut neigh_failed_ns = Vec::new();
+        for d in &self.drops {
+            let reason = kernel.drop_reasons.name(d.key.reason);
+            if reason == "NEIGH_FAILED" {
+                neigh_failed_ns.push(d.key.netns);
+            }
+            *seen
+                .drops
+                .entry((
+                    name(d.key.netns),
+                    d.key.netns,
+                    reason,
+                    kallsyms.describe(d.key.location),
+                ))
+                .or_default() += 1;
+        }
+        for r in &self.resets {
+            *seen
+                .resets_sent
+                .entry((name(r.key.netns), r.key.netns))
+                .or_default() += 1;
+        }
+        for n in &self.neighbours {
+            let Some(addr) = ip(n.key.family, &n.key.addr) else {
+                continue;
+            };
+            // The destination itself, or the next hop of a namespace that dropped the probes
+            // waiting for it.
+            if addr != self.dst && !neigh_failed_ns.contains(&n.key.netns) {
+                continue;
+            }
+            let end = n.dev.iter().position(|&b| b == 0).unwrap_or(n.dev.len());
+            let device = String::from_utf8_lossy(&n.dev[..end]).into_owned();
+            *seen
+                .neighbours
+                .entry((name(n.key.netns), n.key.netns, device, addr))
+                .or_default() += 1;
+        }
+        seen
+    }
+}

@@ -1,0 +1,689 @@
+//! From what the kernel reported about the probes' packets to one verdict with its evidence,
+//! and how it is printed (a table for people, one JSON object).
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use serde::Serialize;
+
+use super::{
+    probes::{ProbeResult, Route},
+    rules::Grown,
+};
+use crate::{cli::CheckProto, report::text::Safe, units::humantime};
+
+/// What the kernel did, in the terms a verdict needs (names already resolved).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Drops of the probes' packets: (namespace name, netns, reason, location) → packets.
+    pub drops: BTreeMap<DropKey, u64>,
+    /// Resets sent about the probes' flows: namespace name, netns → resets.
+    pub resets_sent: BTreeMap<(String, u32), u64>,
+    /// Neighbour entries that failed: (namespace name, netns, device, address) → failures.
+    pub neighbours: BTreeMap<(String, u32, String, IpAddr), u64>,
+    /// ARP/NDP requests seen on the wire for an address (any interface).
+    pub neighbour_requests: BTreeMap<IpAddr, u64>,
+    /// Rules whose counter grew, per namespace name.
+    pub rules: BTreeMap<String, Vec<Grown>>,
+}
+
+/// A drop, named: (namespace name, netns, reason, location).
+pub type DropKey = (String, u32, String, String);
+
+/// One piece of evidence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evidence {
+    /// `drop`, `rule`, `reset`, `neighbour`, `errno`, `route`, `note`.
+    pub kind: &'static str,
+    /// The namespace it happened in (its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u32>,
+    /// The kernel's drop reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Where in the kernel (function+offset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Packets, resets, failures or requests, by kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// For `rule`: the rule and its counter's growth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Grown>,
+    /// For `neighbour`: the device and address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// For `errno`: what the source's socket got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The same as a sentence.
+    pub text: String,
+}
+
+impl Evidence {
+    /// A remark about the evidence itself (kind `note`).
+    pub fn note(text: String) -> Self {
+        Self::new("note", text)
+    }
+
+    fn new(kind: &'static str, text: String) -> Self {
+        Self {
+            kind,
+            namespace: None,
+            netns: None,
+            reason: None,
+            location: None,
+            count: None,
+            rule: None,
+            device: None,
+            address: None,
+            error: None,
+            text,
+        }
+    }
+}
+
+/// One hop of the path the probes took, as far as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    pub namespace: String,
+    pub what: String,
+}
+
+/// The answer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// `ok`, `firewall`, `rejected`, `refused`, `no_route`, `neighbour_unreachable`, `dropped`,
+    /// `timeout`.
+    pub verdict: &'static str,
+    /// The verdict as one sentence.
+    pub summary: String,
+    pub source: String,
+    pub destination: String,
+    pub protocol: CheckProto,
+    /// Latency over the answered probes, in milliseconds (`ok` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<Latency>,
+    pub evidence: Vec<Evidence>,
+    pub probes: Vec<ProbeResult>,
+    pub path: Vec<Hop>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub max: f64,
+}
+
+impl Verdict {
+    /// Whether the exit status is 0.
+    pub fn ok(&self) -> bool {
+        self.verdict == "ok"
+    }
+}
+
+/// What the check was about.
+pub struct Question<'a> {
+    pub source: &'a str,
+    pub dst: IpAddr,
+    pub port: Option<u16>,
+    pub proto: CheckProto,
+    pub route: &'a Route,
+}
+
+impl Question<'_> {
+    fn destination(&self) -> String {
+        match (self.port, self.dst) {
+            (Some(p), IpAddr::V6(a)) => format!("[{a}]:{p}"),
+            (Some(p), a) => format!("{a}:{p}"),
+            (None, a) => a.to_string(),
+        }
+    }
+}
+
+/// Decides the verdict: an answer is `ok`; else, in this order, a REJECT rule that answered
+/// (it drops the packet too), a firewall drop, a reset, a missing route, an unanswered
+/// neighbour, another drop; with none of them, `timeout`.
+pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
+    let mut evidence = Vec::new();
+    let mut path = vec![Hop {
+        namespace: q.source.to_string(),
+        what: route_text(q.route),
+    }];
+    let errors: BTreeMap<String, u64> =
+        probes
+            .iter()
+            .filter_map(|p| p.error.clone())
+            .fold(BTreeMap::new(), |mut m, e| {
+                *m.entry(e).or_default() += 1;
+                m
+            });
+    let answered: Vec<f64> = probes
+        .iter()
+        .filter(|p| p.outcome == "answered")
+        .map(|p| p.ms)
+        .collect();
+    let dest = q.destination();
+    let proto = proto_name(q.proto, q.dst);
+    // Most packets first: the first names the verdict.
+    let drops_with = |pred: &dyn Fn(&str) -> bool| -> Vec<(&DropKey, u64)> {
+        let mut list: Vec<(&DropKey, u64)> = seen
+            .drops
+            .iter()
+            .filter(|((_, _, reason, location), _)| pred(class(reason, location)))
+            .map(|(k, v)| (k, *v))
+            .collect();
+        list.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        list
+    };
+    let drop_evidence = |evidence: &mut Vec<Evidence>,
+                         path: &mut Vec<Hop>,
+                         list: &[(&DropKey, u64)]| {
+        for ((ns, netns, reason, location), n) in list {
+            let mut e = Evidence::new(
+                "drop",
+                format!(
+                    "{n} {proto} packet(s) to or from {dest} dropped in {} ({reason} at {location})",
+                    Safe(ns)
+                ),
+            );
+            e.namespace = Some(ns.clone());
+            e.netns = Some(*netns);
+            e.reason = Some(reason.clone());
+            e.location = Some(location.clone());
+            e.count = Some(*n);
+            evidence.push(e);
+            if !path.iter().any(|h| &h.namespace == ns) {
+                path.push(Hop {
+                    namespace: ns.clone(),
+                    what: format!("dropped here ({reason})"),
+                });
+            }
+        }
+    };
+    for (error, n) in &errors {
+        let mut e = Evidence::new(
+            "errno",
+            format!("{n} of {} probe(s) got {error} in the source", probes.len()),
+        );
+        e.namespace = Some(q.source.to_string());
+        e.error = Some(error.clone());
+        e.count = Some(*n);
+        evidence.push(e);
+    }
+
+    let firewall = drops_with(&|r| r == "NETFILTER_DROP");
+    let (verdict, summary) = if !answered.is_empty() {
+        let latency = latency(&answered);
+        let summary = format!(
+            "{dest} answered {} of {} {proto} probe(s) from {}: {} p50, {} max",
+            answered.len(),
+            probes.len(),
+            Safe(q.source),
+            ms_text(latency.p50),
+            ms_text(latency.max)
+        );
+        return Verdict {
+            verdict: "ok",
+            summary,
+            source: q.source.to_string(),
+            destination: dest,
+            protocol: q.proto,
+            latency_ms: Some(latency),
+            evidence,
+            probes,
+            path,
+        };
+    } else if let Some((ns, g)) = seen
+        .rules
+        .iter()
+        .flat_map(|(ns, rules)| rules.iter().map(move |g| (ns, g)))
+        .find(|(_, g)| g.rule.rejects())
+        .filter(|_| probes.iter().any(|p| p.outcome != "timeout"))
+    {
+        let mut e = Evidence::new(
+            "rule",
+            format!(
+                "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
+                Safe(ns),
+                g.rule.backend,
+                g.rule.family,
+                g.rule.table,
+                g.rule.chain,
+                g.rule.position,
+                Safe(&g.rule.text),
+                g.delta
+            ),
+        );
+        e.namespace = Some(ns.clone());
+        e.count = Some(g.delta);
+        e.rule = Some(g.clone());
+        evidence.push(e);
+        path.push(Hop {
+            namespace: ns.clone(),
+            what: "rejected here".to_string(),
+        });
+        drop_evidence(&mut evidence, &mut path, &firewall);
+        (
+            "rejected",
+            format!(
+                "a REJECT rule in {} answered {} packet(s) to {dest}: {} table {}, chain {}: {}",
+                Safe(ns),
+                g.delta,
+                g.rule.family,
+                g.rule.table,
+                g.rule.chain,
+                Safe(&g.rule.text)
+            ),
+        )
+    } else if !firewall.is_empty() {
+        drop_evidence(&mut evidence, &mut path, &firewall);
+        let ((ns, _, reason, location), n) = firewall[0];
+        let mut summary = format!(
+            "a firewall in {} dropped {n} {proto} packet(s) to or from {dest} ({reason} at {location})",
+            Safe(ns)
+        );
+        if let Some(rules) = seen.rules.get(ns)
+            && let Some(first) = rules.iter().find(|g| g.rule.drops()).or(rules.first())
+        {
+            let _ = write!(
+                summary,
+                "; rule: {} table {}, chain {}: {} (+{} packets)",
+                first.rule.family,
+                first.rule.table,
+                first.rule.chain,
+                Safe(&first.rule.text),
+                first.delta
+            );
+        }
+        for (ns, rules) in &seen.rules {
+            if !firewall.iter().any(|((n, ..), _)| n == ns) {
+                continue;
+            }
+            for g in rules {
+                let mut e = Evidence::new(
+                    "rule",
+                    format!(
+                        "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
+                        Safe(ns),
+                        g.rule.backend,
+                        g.rule.family,
+                        g.rule.table,
+                        g.rule.chain,
+                        g.rule.position,
+                        Safe(&g.rule.text),
+                        g.delta
+                    ),
+                );
+                e.namespace = Some(ns.clone());
+                e.count = Some(g.delta);
+                e.rule = Some(g.clone());
+                evidence.push(e);
+            }
+        }
+        ("firewall", summary)
+    } else if !seen.resets_sent.is_empty() || errors.keys().any(|e| e == "ECONNREFUSED") {
+        let mut who = Vec::new();
+        for ((ns, netns), n) in &seen.resets_sent {
+            let mut e = Evidence::new(
+                "reset",
+                format!("{} answered {n} time(s) with a TCP reset", Safe(ns)),
+            );
+            e.namespace = Some(ns.clone());
+            e.netns = Some(*netns);
+            e.count = Some(*n);
+            evidence.push(e);
+            who.push(Safe(ns).to_string());
+            path.push(Hop {
+                namespace: ns.clone(),
+                what: "answered with a reset".to_string(),
+            });
+        }
+        // The kernel that found no socket for them (UDP's answer is an ICMP port unreachable).
+        let no_socket = drops_with(&|r| r == "NO_SOCKET");
+        drop_evidence(&mut evidence, &mut path, &no_socket);
+        for ((ns, ..), _) in &no_socket {
+            let name = Safe(ns).to_string();
+            if !who.contains(&name) {
+                who.push(name);
+            }
+        }
+        let by = if who.is_empty() {
+            String::new()
+        } else {
+            format!(" (answered by {})", who.join(", "))
+        };
+        let what = match q.port {
+            Some(p) => format!("nothing listens on {proto} port {p} at {}", q.dst),
+            None => format!("{} refused", q.dst),
+        };
+        ("refused", format!("{what}{by}"))
+    } else if let Some(list) = Some(drops_with(&|r| {
+        r == "IP_INNOROUTES" || r == "IP_OUTNOROUTES"
+    }))
+    .filter(|l| !l.is_empty())
+    {
+        drop_evidence(&mut evidence, &mut path, &list);
+        let ((ns, _, reason, _), n) = list[0];
+        (
+            "no_route",
+            format!(
+                "{} has no route to {} ({reason}, {n} packet(s) dropped)",
+                Safe(ns),
+                q.dst
+            ),
+        )
+    } else if errors.keys().any(|e| e == "ENETUNREACH") {
+        (
+            "no_route",
+            format!(
+                "{} has no route to {} (its sockets get ENETUNREACH)",
+                Safe(q.source),
+                q.dst
+            ),
+        )
+    } else if !seen.neighbours.is_empty() || !drops_with(&|r| r == "NEIGH_FAILED").is_empty() {
+        let list = drops_with(&|r| r == "NEIGH_FAILED");
+        drop_evidence(&mut evidence, &mut path, &list);
+        let mut summary = String::new();
+        for ((ns, netns, device, address), n) in &seen.neighbours {
+            let requests = seen.neighbour_requests.get(address).copied();
+            let mut e = Evidence::new(
+                "neighbour",
+                format!(
+                    "{}: {address} on {} never answered {} ({n} failure(s){})",
+                    Safe(ns),
+                    Safe(device),
+                    if address.is_ipv4() { "ARP" } else { "NDP" },
+                    requests.map_or(String::new(), |r| format!(", {r} request(s) on the wire"))
+                ),
+            );
+            e.namespace = Some(ns.clone());
+            e.netns = Some(*netns);
+            e.device = Some(device.clone());
+            e.address = Some(*address);
+            e.count = Some(*n);
+            if summary.is_empty() {
+                summary = format!(
+                    "{address} on {} in {} never answered {}{}",
+                    Safe(device),
+                    Safe(ns),
+                    if address.is_ipv4() { "ARP" } else { "NDP" },
+                    requests.map_or(String::new(), |r| format!(" ({r} request(s))"))
+                );
+            }
+            evidence.push(e);
+        }
+        if summary.is_empty() {
+            let ((ns, ..), n) = list[0];
+            summary = format!(
+                "{n} packet(s) to {} waited in {} for a neighbour that never answered (NEIGH_FAILED)",
+                q.dst,
+                Safe(ns)
+            );
+        }
+        ("neighbour_unreachable", summary)
+    } else if let Some(list) = Some(drops_with(&|_| true)).filter(|l| !l.is_empty()) {
+        drop_evidence(&mut evidence, &mut path, &list);
+        let ((ns, _, reason, location), n) = list[0];
+        (
+            "dropped",
+            format!(
+                "{} dropped {n} {proto} packet(s) to or from {dest} ({reason} at {location})",
+                Safe(ns)
+            ),
+        )
+    } else if errors
+        .keys()
+        .any(|e| e == "EHOSTUNREACH" || e.starts_with("ICMP"))
+    {
+        let what: Vec<&str> = errors.keys().map(String::as_str).collect();
+        (
+            "no_route",
+            format!(
+                "{} is unreachable from {} ({}), and nothing on this node dropped the probes: an \
+                 ICMP error came from beyond it",
+                q.dst,
+                Safe(q.source),
+                what.join(", ")
+            ),
+        )
+    } else {
+        let mut e = Evidence::new(
+            "route",
+            format!(
+                "nothing on this node dropped or refused the probes; they left {} {}",
+                Safe(q.source),
+                route_text(q.route)
+            ),
+        );
+        e.namespace = Some(q.source.to_string());
+        e.device = q.route.interface.clone();
+        e.address = q.route.via;
+        evidence.push(e);
+        (
+            "timeout",
+            format!(
+                "no answer from {dest} in {} and nothing dropped on this node: the probes left \
+                 {} {}; the problem is beyond this node",
+                probes.first().map_or_else(String::new, |p| humantime(
+                    std::time::Duration::from_secs_f64((p.ms / 1e3).max(0.0))
+                )),
+                Safe(q.source),
+                route_text(q.route)
+            ),
+        )
+    };
+    Verdict {
+        verdict,
+        summary,
+        source: q.source.to_string(),
+        destination: dest,
+        protocol: q.proto,
+        latency_ms: None,
+        evidence,
+        probes,
+        path,
+    }
+}
+
+/// The drop reason a verdict goes by: the kernel's, or on kernels without reasons (before
+/// 5.17, `UNAVAILABLE`) the one the freeing function stands for.
+fn class<'a>(reason: &'a str, location: &str) -> &'a str {
+    if reason != "UNAVAILABLE" {
+        return reason;
+    }
+    let function = location.split('+').next().unwrap_or("");
+    let is = |prefixes: &[&str]| prefixes.iter().any(|p| function.starts_with(p));
+    if is(&["nf_hook", "nft_do_chain", "ipt_do_table", "ip6t_do_table"]) {
+        "NETFILTER_DROP"
+    } else if is(&["ip_error", "ip6_pkt_drop"]) {
+        "IP_INNOROUTES"
+    } else if is(&["neigh_invalidate", "neigh_timer_handler"]) {
+        "NEIGH_FAILED"
+    } else {
+        reason
+    }
+}
+
+fn proto_name(proto: CheckProto, dst: IpAddr) -> &'static str {
+    match (proto, dst) {
+        (CheckProto::Tcp, _) => "tcp",
+        (CheckProto::Udp, _) => "udp",
+        (CheckProto::Icmp, IpAddr::V4(_)) => "icmp",
+        (CheckProto::Icmp, IpAddr::V6(_)) => "icmpv6",
+    }
+}
+
+/// `through eth0 via 10.0.0.1`.
+fn route_text(r: &Route) -> String {
+    let mut s = match &r.interface {
+        Some(i) => format!("through {}", Safe(i)),
+        None => "with no route".to_string(),
+    };
+    if let Some(via) = r.via {
+        let _ = write!(s, " via {via}");
+    }
+    s
+}
+
+fn latency(ms: &[f64]) -> Latency {
+    let mut sorted = ms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Latency {
+        p50: sorted[(sorted.len() - 1) / 2],
+        max: sorted[sorted.len() - 1],
+    }
+}
+
+fn ms_text(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
+/// The table report.
+pub fn render(v: &Verdict) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "check: {} -> {} {}, {} probe(s)",
+        Safe(&v.source),
+        v.destination,
+        proto_label(v.protocol),
+        v.probes.len()
+    );
+    let _ = writeln!(out, "verdict: {}  {}", v.verdict, v.summary);
+    if !v.evidence.is_empty() {
+        let _ = writeln!(out, "evidence:");
+        for e in &v.evidence {
+            let _ = writeln!(out, "  {:<9} {}", e.kind, e.text);
+        }
+    }
+    let _ = writeln!(out, "probes:");
+    for p in &v.probes {
+        let line = format!(
+            "  {:>3}  {:<11} {:>10}  {}",
+            p.n,
+            p.outcome,
+            ms_text(p.ms),
+            p.error.as_deref().unwrap_or("")
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    let _ = writeln!(out, "path:");
+    for h in &v.path {
+        let _ = writeln!(out, "  {}  {}", Safe(&h.namespace), h.what);
+    }
+    out
+}
+
+fn proto_label(p: CheckProto) -> &'static str {
+    match p {
+        CheckProto::Tcp => "tcp",
+        CheckProto::Udp => "udp",
+        CheckProto::Icmp => "icmp",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(outcome: &'static str, error: Option<&str>, ms: f64) -> ProbeResult {
+        ProbeResult {
+            n: 1,
+            outcome,
+            error: error.map(str::to_string),
+            ms,
+        }
+    }
+
+    fn question(route: &Route) -> Question<'_> {
+        Question {
+            source: "a",
+            dst: IpAddr::from([10, 0, 0, 2]),
+            port: Some(80),
+            proto: CheckProto::Tcp,
+            route,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_ok_with_its_latency() {
+        let route = Route::default();
+        let v = decide(
+            &question(&route),
+            vec![
+                probe("answered", None, 3.0),
+                probe("answered", None, 1.0),
+                probe("answered", None, 2.0),
+            ],
+            &Seen::default(),
+        );
+        assert_eq!(v.verdict, "ok");
+        assert_eq!(v.latency_ms, Some(Latency { p50: 2.0, max: 3.0 }));
+    }
+
+    #[test]
+    fn a_firewall_drop_comes_before_the_other_evidence() {
+        let route = Route::default();
+        let mut seen = Seen::default();
+        seen.drops.insert(
+            (
+                "b".into(),
+                7,
+                "NETFILTER_DROP".into(),
+                "nft_do_chain+0x1".into(),
+            ),
+            3,
+        );
+        seen.resets_sent.insert(("c".into(), 8), 1);
+        let v = decide(
+            &question(&route),
+            vec![probe("timeout", None, 1000.0)],
+            &seen,
+        );
+        assert_eq!(v.verdict, "firewall");
+        assert!(
+            v.summary.contains("firewall in b dropped 3"),
+            "{}",
+            v.summary
+        );
+    }
+
+    #[test]
+    fn without_reasons_the_freeing_function_decides() {
+        assert_eq!(class("UNAVAILABLE", "nft_do_chain+0x3e8"), "NETFILTER_DROP");
+        assert_eq!(class("UNAVAILABLE", "ip_error+0x94"), "IP_INNOROUTES");
+        assert_eq!(class("UNAVAILABLE", "tcp_v4_rcv+0x10"), "UNAVAILABLE");
+        assert_eq!(class("NO_SOCKET", "nft_do_chain+0x3e8"), "NO_SOCKET");
+    }
+
+    #[test]
+    fn nothing_seen_is_a_timeout_naming_the_interface() {
+        let route = Route {
+            interface: Some("d0".into()),
+            via: None,
+            source: None,
+        };
+        let v = decide(
+            &question(&route),
+            vec![probe("timeout", None, 1000.0)],
+            &Seen::default(),
+        );
+        assert_eq!(v.verdict, "timeout");
+        assert!(v.summary.contains("through d0"), "{}", v.summary);
+        let refused = decide(
+            &question(&route),
+            vec![probe("refused", Some("ECONNREFUSED"), 0.1)],
+            &Seen::default(),
+        );
+        assert_eq!(refused.verdict, "refused");
+    }
+}
