@@ -40,11 +40,13 @@ commands:
                    fmt + clippy + unit tests + integration tests (root; real network labs), then
                    the kernel matrix (vmtest). --quick skips fmt and clippy, --no-vm the matrix
                    (also NETTOOLS_NO_VM=1)
-  vmtest [--kernel VERSION]... [--jobs N] [--shards N] [--timeout SECONDS] [--verbose]
-         [-- TEST-ARGS...]
+  vmtest [--arch x86_64|arm64|all] [--kernel VERSION]... [--jobs N] [--shards N]
+         [--timeout SECONDS] [--verbose] [-- TEST-ARGS...]
                    the integration tests on Debian kernels booted under QEMU (-accel tcg).
                    VERSION: a series (5.10, 6.1, 6.12, 6.18, 7.3), an exact release or `newest`;
-                   default 5.10 6.1 6.12 6.18 newest. --jobs: guests at a time (default 2);
+                   default 5.10 6.1 6.12 6.18 newest (arm64: 6.1 newest). --arch arm64 boots
+                   Debian's arm64 cloud kernels under qemu-system-aarch64 with the static arm64
+                   build (setup --arch arm64). --jobs: guests at a time (default 2);
                    --shards: guests per kernel, each running part of the test binaries (default 2).
                    TEST-ARGS go to every test binary
   image [--no-import]

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{cpio::Archive, kernel::Kernel};
+use super::{arch::Arch, cpio::Archive, kernel::Kernel, root};
 use crate::process::{output, output_bytes};
 
 /// The guest's init script.
@@ -48,7 +48,8 @@ const TOOLS: &[&str] = &[
     "bpftool",
 ];
 
-/// Directories of plugins and data that copied tools load at run time (not visible to ldd).
+/// Directories of plugins and data that copied tools load at run time (not visible to ldd); a
+/// foreign guest takes its own architecture's (x86_64-linux-gnu replaced).
 const DATA_DIRS: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/xtables",
     "/usr/lib/x86_64-linux-gnu/tc",
@@ -326,6 +327,169 @@ fn data_is_elf(path: &Path) -> bool {
 
 /// The test binaries to run in the guest: (name, host path).
 pub type TestBinaries = Vec<(String, PathBuf)>;
+
+/// The userspace archive of a foreign architecture's guest: the same layout as `userspace`,
+/// with the tools, their libraries and busybox taken from that architecture's Debian root
+/// (root.rs) and nettools and the tests built static for it (cross.rs).
+pub fn userspace_foreign(
+    arch: Arch,
+    guest_root: &Path,
+    nettools: &Path,
+    tests: &TestBinaries,
+    scratch: &Path,
+) -> Result<Vec<u8>> {
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let mut archive = Archive::new();
+    for top in ["bin", "sbin", "lib"] {
+        match std::fs::read_link(guest_root.join(top)) {
+            Ok(target) => archive.symlink(top, &target.display().to_string())?,
+            Err(_) => archive.dir(top)?,
+        }
+    }
+    for dir in [
+        "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "root", "etc",
+    ] {
+        archive.dir(dir)?;
+    }
+    archive.file("etc/hostname", b"vmtest\n".to_vec(), false)?;
+    archive.file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        false,
+    )?;
+    archive.file("etc/group", b"root:x:0:\n".to_vec(), false)?;
+    archive.file("init", INIT.as_bytes().to_vec(), true)?;
+    let mut elves: Vec<PathBuf> = Vec::new();
+    // Copies the root's file at guest path `named` (links followed inside the root).
+    let mut copy = |archive: &mut Archive, named: &str| -> Result<()> {
+        let real = root::resolve(guest_root, named)?;
+        let host = guest_root.join(real.trim_start_matches('/'));
+        let data =
+            std::fs::read(&host).with_context(|| format!("cannot read {}", host.display()))?;
+        let executable =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&host)?.permissions())
+                & 0o111
+                != 0;
+        archive.file(&real, data, executable)?;
+        let named = root::resolve(
+            guest_root,
+            Path::new(named)
+                .parent()
+                .map_or("/", |p| p.to_str().unwrap_or("/")),
+        )? + "/"
+            + Path::new(named)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+        if named != real {
+            archive.symlink(&named, &real)?;
+        }
+        if data_is_elf(&host) {
+            elves.push(host);
+        }
+        Ok(())
+    };
+    let dirs = [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ];
+    for tool in TOOLS {
+        if let Some(named) = dirs
+            .iter()
+            .map(|d| format!("{d}/{tool}"))
+            .find(|p| guest_root.join(p.trim_start_matches('/')).exists())
+        {
+            copy(&mut archive, &named)?;
+        }
+    }
+    for dir in DATA_DIRS {
+        let dir = dir.replace("x86_64-linux-gnu", arch.triplet());
+        let host = guest_root.join(dir.trim_start_matches('/'));
+        if host.is_dir() {
+            for file in files_under(&host)? {
+                let rel = file.strip_prefix(guest_root).unwrap_or(&file);
+                copy(&mut archive, &format!("/{}", rel.display()))?;
+            }
+        }
+    }
+    // busybox: the root's static one, with the applets this machine's busybox lists.
+    let busybox = root::resolve(guest_root, "/bin/busybox")?;
+    copy(&mut archive, "/bin/busybox")?;
+    let host_busybox = which("busybox").context(
+        "busybox is not installed here (its applet list names the guest's links): cargo xtask setup",
+    )?;
+    for applet in output(Command::new(&host_busybox).arg("--list-full"))?.lines() {
+        let (dir, name) = applet.rsplit_once('/').unwrap_or(("bin", applet));
+        let at = root::resolve(guest_root, &format!("/{dir}"))? + "/" + name;
+        let provided = ["/bin", "/sbin", "/usr/bin", "/usr/sbin"].iter().any(|d| {
+            root::resolve(guest_root, d).is_ok_and(|d| archive.contains(&format!("{d}/{name}")))
+        });
+        if !provided && !name.is_empty() {
+            archive.symlink(&at, &busybox)?;
+        }
+    }
+    let strip = format!("{}-strip", arch.triplet());
+    let stripped = |archive: &mut Archive, host: &Path, at: &str| -> Result<()> {
+        let out = scratch.join(at.replace('/', "_"));
+        output(
+            Command::new(&strip)
+                .arg("--strip-debug")
+                .arg("-o")
+                .arg(&out)
+                .arg(host),
+        )
+        .with_context(|| format!("{strip} failed (cargo xtask setup --arch arm64 installs it)"))?;
+        let data = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        archive.file(at, data, true)
+    };
+    stripped(&mut archive, nettools, "vmtest/bin/nettools")?;
+    let mut list = String::new();
+    for (name, path) in tests {
+        stripped(&mut archive, path, &format!("vmtest/tests/{name}"))?;
+        list.push_str(name);
+        list.push('\n');
+    }
+    archive.file("vmtest/tests.list", list.into_bytes(), false)?;
+    let mut done = BTreeSet::new();
+    for elf in elves {
+        for lib in root::libraries(guest_root, arch, &elf)? {
+            if !done.insert(lib.clone()) || archive.contains(&lib) {
+                continue;
+            }
+            let host = guest_root.join(lib.trim_start_matches('/'));
+            match std::fs::read_link(&host) {
+                Ok(target) => archive.symlink(&lib, &target.display().to_string())?,
+                Err(_) => archive.file(
+                    &lib,
+                    std::fs::read(&host)
+                        .with_context(|| format!("cannot read {}", host.display()))?,
+                    true,
+                )?,
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    archive.to_bytes()
+}
+
+/// Every file under `dir` (links to files included).
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files_under(&path)?);
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
 
 /// Builds the userspace archive: tools, libraries, nettools at `/vmtest/bin/nettools`, the test
 /// binaries in `/vmtest/tests/` (listed in `/vmtest/tests.list`, run in that order) and `/init`.

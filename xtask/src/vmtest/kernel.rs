@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::arch::Arch;
 use crate::process::output;
 
 /// Suites searched, as (archive, suite): every Debian kernel series people run in production.
@@ -28,7 +29,6 @@ const SUITES: &[(&str, &str)] = &[
     ("debian-security", "trixie-security"),
     ("debian", "trixie-backports"),
 ];
-const FLAVOUR: &str = "-cloud-amd64";
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Package lists older than this are refreshed (a failed refresh keeps the old ones).
 const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -50,6 +50,7 @@ pub struct Kernel {
 /// apt with its own sources, lists and cache.
 pub struct Apt {
     dir: PathBuf,
+    arch: Arch,
 }
 
 /// Turns the numbers of a Debian version into a sortable key (`6.1.192-2` → [6, 1, 192, 2, 1]).
@@ -72,11 +73,12 @@ pub fn version_key(version: &str) -> Vec<u64> {
     key
 }
 
-/// The release of a `linux-image-<release>` package of our flavour, if the name is one (meta
-/// packages such as `linux-image-6.1-cloud-amd64` and debug/unsigned packages are not).
-pub fn image_release(package: &str) -> Option<&str> {
+/// The release of a `linux-image-<release>` package of `flavour` (`-cloud-amd64`), if the name
+/// is one (meta packages such as `linux-image-6.1-cloud-amd64` and debug/unsigned packages are
+/// not).
+pub fn image_release<'a>(package: &'a str, flavour: &str) -> Option<&'a str> {
     let release = package.strip_prefix("linux-image-")?;
-    let base = release.strip_suffix(FLAVOUR)?;
+    let base = release.strip_suffix(flavour)?;
     // A real kernel: "5.10.0-46", "6.12.117+deb13"; a meta package: "6.1", "6.12".
     let mut numbers = base.split(['.', '-', '+']);
     let (major, minor, rest) = (numbers.next()?, numbers.next()?, numbers.next());
@@ -98,6 +100,10 @@ pub fn matches(spec: &str, release: &str) -> bool {
 
 /// The mirror the system's apt uses for Debian, so a machine behind its own mirror keeps using
 /// it; `http://deb.debian.org` otherwise.
+pub fn mirror() -> String {
+    std::env::var("NETTOOLS_VMTEST_MIRROR").unwrap_or_else(|_| system_mirror())
+}
+
 fn system_mirror() -> String {
     let mut texts: Vec<String> = std::fs::read_to_string("/etc/apt/sources.list")
         .into_iter()
@@ -134,12 +140,12 @@ fn system_mirror() -> String {
 
 impl Apt {
     /// Prepares the private configuration under `dir`.
-    pub fn new(dir: &Path) -> Result<Self> {
+    pub fn new(dir: &Path, arch: Arch) -> Result<Self> {
         for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
         }
-        let mirror = std::env::var("NETTOOLS_VMTEST_MIRROR").unwrap_or_else(|_| system_mirror());
+        let mirror = mirror();
         let sources: String = SUITES
             .iter()
             .map(|(archive, suite)| {
@@ -150,6 +156,7 @@ impl Apt {
             .with_context(|| format!("cannot write {}", dir.join("sources.list").display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            arch,
         })
     }
 
@@ -161,8 +168,8 @@ impl Apt {
             ("Dir::Etc::sourceparts", d("sources.list.d")),
             ("Dir::State::Lists", d("lists")),
             ("Dir::Cache", d("cache")),
-            ("APT::Architecture", "amd64".to_string()),
-            ("APT::Architectures", "amd64".to_string()),
+            ("APT::Architecture", self.arch.debian().to_string()),
+            ("APT::Architectures", self.arch.debian().to_string()),
             // Downloads land in our own directory, which the _apt user may not be able to write.
             ("APT::Sandbox::User", "root".to_string()),
         ] {
@@ -263,12 +270,12 @@ impl Apt {
         let candidates: Vec<String> = self
             .names("linux-image-")?
             .into_iter()
-            .filter(|p| image_release(p).is_some_and(|r| matches(spec, r)))
+            .filter(|p| image_release(p, self.arch.flavour()).is_some_and(|r| matches(spec, r)))
             .collect();
         if candidates.is_empty() {
             bail!(
                 "Debian has no {} kernel package for {spec:?} in {}",
-                FLAVOUR.trim_start_matches('-'),
+                self.arch.flavour().trim_start_matches('-'),
                 SUITES
                     .iter()
                     .map(|s| s.1)
@@ -280,7 +287,7 @@ impl Apt {
         let versions = self.versions(&candidates)?;
         candidates
             .iter()
-            .filter_map(|p| Some((image_release(p)?, versions.get(p)?)))
+            .filter_map(|p| Some((image_release(p, self.arch.flavour())?, versions.get(p)?)))
             .max_by_key(|(_, v)| version_key(v))
             .map(|(r, v)| (r.to_string(), v.clone()))
             .with_context(|| format!("apt knows no version of the {spec} kernel packages"))
@@ -445,19 +452,31 @@ mod tests {
     #[test]
     fn picks_real_kernels_of_the_cloud_flavour() {
         assert_eq!(
-            image_release("linux-image-5.10.0-46-cloud-amd64"),
+            image_release("linux-image-5.10.0-46-cloud-amd64", "-cloud-amd64"),
             Some("5.10.0-46-cloud-amd64")
         );
         assert_eq!(
-            image_release("linux-image-6.12.117+deb13-cloud-amd64"),
+            image_release("linux-image-6.12.117+deb13-cloud-amd64", "-cloud-amd64"),
             Some("6.12.117+deb13-cloud-amd64")
         );
-        assert_eq!(image_release("linux-image-6.1-cloud-amd64"), None);
-        assert_eq!(image_release("linux-image-cloud-amd64"), None);
-        assert_eq!(image_release("linux-image-6.1.0-56-amd64"), None);
-        assert_eq!(image_release("linux-image-6.1.0-56-cloud-amd64-dbg"), None);
         assert_eq!(
-            image_release("linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            image_release("linux-image-6.1-cloud-amd64", "-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            image_release("linux-image-cloud-amd64", "-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            image_release("linux-image-6.1.0-56-amd64", "-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            image_release("linux-image-6.1.0-56-cloud-amd64-dbg", "-cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            image_release("linux-image-6.1.0-56-cloud-amd64-unsigned", "-cloud-amd64"),
             None
         );
     }

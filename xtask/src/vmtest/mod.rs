@@ -8,9 +8,11 @@
 //! (unpacked kernels), `images/` (initramfs parts, reused while their inputs are unchanged) and
 //! `logs/<release>.log` (each guest's whole serial output).
 
+mod arch;
 mod cpio;
 mod image;
 mod kernel;
+mod root;
 mod serial;
 mod shard;
 
@@ -28,11 +30,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::process::{cargo, step};
 
-/// The kernels a plain `cargo xtask vmtest` (and `cargo xtask test`) proves nettools on.
-pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "newest"];
 /// Time one kernel may take to boot and run every test before it counts as failed.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
-const QEMU: &str = "qemu-system-x86_64";
 /// Guests at a time: one per core of a 2-core CI machine. A guest runs one test at a time, so
 /// one virtual CPU keeps it as fast as two (measured: 124–150 s against 146–183 s for 6.12 on a
 /// shared machine), and two guests use both cores. Multi-CPU behaviour (per-CPU maps) is covered
@@ -44,7 +43,10 @@ const DEFAULT_SHARDS: usize = 2;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Kernels asked for; empty: each architecture's defaults (Arch::default_kernels).
     pub kernels: Vec<String>,
+    /// Architectures, each with its own guests (x86_64 by default).
+    pub arches: Vec<arch::Arch>,
     pub timeout: Duration,
     pub verbose: bool,
     pub test_args: Vec<String>,
@@ -57,7 +59,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            kernels: DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect(),
+            kernels: Vec::new(),
+            arches: vec![arch::Arch::X86_64],
             timeout: DEFAULT_TIMEOUT,
             verbose: false,
             test_args: Vec::new(),
@@ -87,6 +90,10 @@ impl Options {
                     o.timeout = Duration::from_secs(secs);
                 }
                 "--verbose" | "-v" => o.verbose = true,
+                "--arch" => {
+                    o.arches =
+                        arch::Arch::parse(it.next().context("--arch needs x86_64, arm64 or all")?)?;
+                }
                 "--jobs" | "-j" => {
                     let v = it.next().context("--jobs needs a number of guests")?;
                     o.jobs = v
@@ -110,10 +117,20 @@ impl Options {
                 other => bail!("vmtest: unknown option {other:?}"),
             }
         }
-        if !kernels.is_empty() {
-            o.kernels = kernels;
-        }
+        o.kernels = kernels;
         Ok(o)
+    }
+
+    /// The kernels to boot for `arch`.
+    fn kernels_for(&self, arch: arch::Arch) -> Vec<String> {
+        if self.kernels.is_empty() {
+            arch.default_kernels()
+                .iter()
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            self.kernels.clone()
+        }
     }
 }
 
@@ -145,9 +162,20 @@ fn display(path: &Path) -> String {
     path.strip_prefix(&ws).unwrap_or(path).display().to_string()
 }
 
-/// Builds the integration test binaries and returns them by name.
-fn build_tests() -> Result<image::TestBinaries> {
-    let out = cargo()
+/// Builds the integration test binaries (for `arch`, with the eBPF object of the host's build
+/// when it is foreign) and returns them by name.
+fn build_tests(arch: arch::Arch, ebpf_object: Option<&Path>) -> Result<image::TestBinaries> {
+    // A foreign architecture's tests are built like its nettools: release, with the host's
+    // eBPF object, reusing that build's dependencies.
+    let (mut cmd, extra): (Command, &[&str]) = match (arch, ebpf_object) {
+        (arch::Arch::X86_64, _) => (cargo(), &[]),
+        (arch::Arch::Arm64, Some(object)) => (
+            crate::cross::cargo_arm64(object)?,
+            &["--release", "--target", crate::cross::ARM64],
+        ),
+        (arch::Arch::Arm64, None) => bail!("the arm64 tests need the host's eBPF object"),
+    };
+    let out = cmd
         .args([
             "test",
             "--package",
@@ -155,6 +183,7 @@ fn build_tests() -> Result<image::TestBinaries> {
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
+        .args(extra)
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run cargo")?;
@@ -201,7 +230,8 @@ fn fingerprint(files: &[&Path], extra: &str) -> String {
 
 /// The userspace archive, rebuilt only when nettools, a test binary or the guest init changed.
 fn userspace_image(
-    images: &Path,
+    dirs: &Dirs,
+    root: &Path,
     nettools: &Path,
     tests: &image::TestBinaries,
     test_args: &[String],
@@ -213,11 +243,19 @@ fn userspace_image(
         &files,
         &format!("{}{tests:?}{test_args:?}{shards:?}", image::userspace_key()),
     );
+    let images = &dirs.images;
     let path = images.join(format!("userspace-{key}.cpio"));
     if path.exists() {
         return Ok(path);
     }
-    let mut bytes = image::userspace(nettools, tests, &images.join("scratch"))?;
+    let scratch = images.join("scratch");
+    let mut bytes = match dirs.arch {
+        arch::Arch::X86_64 => image::userspace(nettools, tests, &scratch)?,
+        arch => {
+            let guest_root = root::make(arch, root, &kernel::mirror())?;
+            image::userspace_foreign(arch, &guest_root, nettools, tests, &scratch)?
+        }
+    };
     if !test_args.is_empty() {
         let mut args = cpio::Archive::new();
         args.file(
@@ -288,13 +326,15 @@ fn remove_matching(dir: &Path, prefix: &str, suffix: &str) {
 
 /// Boots one kernel with this initramfs and collects its serial output.
 fn boot(
+    arch: arch::Arch,
     k: &kernel::Kernel,
     initrd: &Path,
     log_path: &Path,
     shard: usize,
     opts: &Options,
 ) -> Result<serial::Outcome> {
-    let mut child = Command::new(QEMU)
+    let qemu = arch.qemu();
+    let mut child = Command::new(qemu)
         // /dev/kvm here hangs QEMU (see NOTES.md); CI machines may lack it anyway.
         .args([
             "-accel",
@@ -306,6 +346,7 @@ fn boot(
             "-nodefaults",
             "-nographic",
         ])
+        .args(arch.machine())
         .args(["-no-reboot", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&k.vmlinuz)
@@ -313,14 +354,18 @@ fn boot(
         .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet mitigations=off vmtest.shard={shard}"
+            "console={} panic=-1 quiet mitigations=off vmtest.shard={shard}",
+            arch.console()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| {
-            format!("cannot start {QEMU} (cargo xtask setup installs qemu-system-x86)")
+            format!(
+                "cannot start {qemu} (cargo xtask setup installs {})",
+                arch.qemu_package()
+            )
         })?;
     let log = Arc::new(Mutex::new(String::new()));
     let mut file = std::fs::File::create(log_path)
@@ -415,6 +460,7 @@ fn failure_excerpt(log: &Path) -> String {
 
 /// A kernel fetched and imaged, ready to boot.
 struct Ready {
+    arch: arch::Arch,
     kernel: kernel::Kernel,
     initrd: PathBuf,
 }
@@ -456,7 +502,14 @@ fn prepare(
         std::fs::write(&path, bytes)?;
         Ok(path)
     }) {
-        Ok(initrd) => (row, Some(Ready { kernel: k, initrd })),
+        Ok(initrd) => (
+            row,
+            Some(Ready {
+                arch: dirs.arch,
+                kernel: k,
+                initrd,
+            }),
+        ),
         Err(e) => {
             row.verdict = Verdict::Skipped(format!("cannot build its initramfs: {e:#}"));
             (row, None)
@@ -490,7 +543,7 @@ fn run_shard(ready: &Ready, shard: usize, dirs: &Dirs, opts: &Options) -> ShardR
         .join(format!("{}.log", name.replace('#', "-shard")));
     eprintln!("xtask: vmtest: booting {name} under QEMU (TCG)");
     let booted = Instant::now();
-    let outcome = match boot(k, &ready.initrd, &log, shard, opts) {
+    let outcome = match boot(ready.arch, k, &ready.initrd, &log, shard, opts) {
         Err(e) => Err(format!("{e:#}")),
         Ok(o) if o.release.as_deref().is_some_and(|r| r != k.release) => Err(format!(
             "the guest runs {} instead of {}",
@@ -542,15 +595,22 @@ fn finish(row: &mut Row, runs: Vec<ShardRun>) {
 }
 
 struct Dirs {
+    arch: arch::Arch,
     kernels: PathBuf,
     images: PathBuf,
     logs: PathBuf,
 }
 
-/// Runs the matrix with an already built nettools binary; fails unless every kernel passed.
-fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
-    let root = target_dir().join("vmtest");
+/// Runs one architecture's kernels with an already built nettools binary for it: their rows.
+fn run_arch(
+    arch: arch::Arch,
+    nettools: &Path,
+    ebpf_object: Option<&Path>,
+    opts: &Options,
+) -> Result<Vec<Row>> {
+    let root = target_dir().join("vmtest").join(arch.subdir());
     let dirs = Dirs {
+        arch,
         kernels: root.join("kernels"),
         images: root.join("images"),
         logs: root.join("logs"),
@@ -558,20 +618,19 @@ fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
     for d in [&dirs.kernels, &dirs.images, &dirs.logs] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let started = Instant::now();
-    let tests = build_tests()?;
+    let tests = build_tests(arch, ebpf_object)?;
     let shards = shard::partition(&shard::weights(&tests, &dirs.logs), opts.shards);
     let mut userspace = PathBuf::new();
     step("vmtest: guest userspace image", || {
-        userspace = userspace_image(&dirs.images, nettools, &tests, &opts.test_args, &shards)?;
+        userspace = userspace_image(&dirs, &root, nettools, &tests, &opts.test_args, &shards)?;
         Ok(())
     })?;
-    let apt = kernel::Apt::new(&root.join("apt")).and_then(|a| a.update().map(|()| a));
+    let apt = kernel::Apt::new(&root.join("apt"), arch).and_then(|a| a.update().map(|()| a));
     if let Err(e) = &apt {
         eprintln!("xtask: vmtest: {e:#}; only cached kernels can run");
     }
     let mut prepared: Vec<(Row, Option<Ready>)> = Vec::new();
-    for spec in &opts.kernels {
+    for spec in &opts.kernels_for(arch) {
         let done: Vec<String> = prepared
             .iter()
             .filter(|(_, ready)| ready.is_some())
@@ -632,6 +691,25 @@ fn run_with(nettools: &Path, opts: &Options) -> Result<()> {
     remove_orphan_images(&dirs.images, &dirs.kernels);
     // A kernel asked for twice (e.g. `newest` is also 6.18's release) is not a skip.
     rows.retain(|r| !matches!(&r.verdict, Verdict::Skipped(w) if w.starts_with("same kernel")));
+    Ok(rows)
+}
+
+/// Runs the matrix for every architecture asked for; fails unless every kernel passed.
+fn run_with(opts: &Options) -> Result<()> {
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for arch in &opts.arches {
+        let (nettools, object) = match arch {
+            arch::Arch::X86_64 => (crate::process::build_nettools(true)?, None),
+            arch::Arch::Arm64 => {
+                crate::setup::arm64()?;
+                crate::setup::install(&[arch.qemu_package()])?;
+                let object = crate::cross::ebpf_object(true)?;
+                (crate::cross::build(true)?, Some(object))
+            }
+        };
+        rows.extend(run_arch(*arch, &nettools, object.as_deref(), opts)?);
+    }
     print_summary(&rows, started.elapsed());
     let bad = rows
         .iter()
@@ -723,8 +801,7 @@ fn print_summary(rows: &[Row], elapsed: Duration) {
 /// (nettools parses the kernel's BTF at every start: 83 s against 17 s for the same tests).
 pub fn run(args: &[String]) -> Result<()> {
     let opts = Options::parse(args)?;
-    let nettools = crate::process::build_nettools(true)?;
-    run_with(&nettools, &opts)
+    run_with(&opts)
 }
 
 #[cfg(test)]
@@ -752,7 +829,17 @@ mod tests {
     fn options() -> Result<()> {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let o = Options::parse(&[])?;
-        assert_eq!(o.kernels, DEFAULT_KERNELS);
+        assert!(o.kernels.is_empty());
+        assert_eq!(
+            o.kernels_for(arch::Arch::X86_64),
+            arch::Arch::X86_64.default_kernels()
+        );
+        assert_eq!(o.arches, [arch::Arch::X86_64]);
+        assert_eq!(
+            Options::parse(&args(&["--arch", "all"]))?.arches,
+            [arch::Arch::X86_64, arch::Arch::Arm64]
+        );
+        assert!(Options::parse(&args(&["--arch", "mips"])).is_err());
         let o = Options::parse(&args(&[
             "--kernel", "5.10", "-k", "newest", "--", "drops", "--exact",
         ]))?;
