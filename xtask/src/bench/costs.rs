@@ -30,7 +30,21 @@ pub struct Costs {
     by_probes: Vec<(String, String, Delta)>,
     /// (where the drop happens) → delta of `kfree_skb` and the empty tracepoint program.
     drops: Vec<(String, Delta)>,
+    /// Short TCP connections with the `connections` probe set: connections made, delta.
+    per_connection: Option<(u32, Delta)>,
+    /// A TCP stream with the `connections` probe set: its RTT sampler per received segment.
+    per_segment: Option<Delta>,
 }
+
+/// The connections probe set's programs (per connection, per reset, per error, RTT samples).
+const CONNECTION_PROGRAMS: &[&str] = &[
+    "connections_set_state",
+    "connections_tcp_probe",
+    "connections_retransmit",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sk_error_report",
+];
 
 /// Probe sets whose tc cost per packet is compared with the empty program.
 const PROBE_SETS: [(&str, &[&str]); 3] = [
@@ -86,6 +100,9 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
     floor.attach_tc(&[&lab.a.host_veth, &lab.b.host_veth])?;
     floor.attach_kfree_skb()?;
     floor.attach_raw_kfree_skb()?;
+    // Kernels without the tracepoint only lose the per-connection floor.
+    let set_state_floor = floor.attach_set_state();
+    let tcp_probe_floor = floor.attach_tcp_probe();
 
     let stop = std::sync::atomic::AtomicBool::new(false);
     let udp = || load::iperf(&lab.a, lab.b.ipv4, plan.udp_s, true).map(|_| ());
@@ -162,6 +179,69 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
         drops.push((label.to_string(), d));
         running.stop()?;
     }
+    // Per connection: the connections probe set alone, both pods traced, over short TCP
+    // connections (each: a handshake, the server's close, the client's; about ten state
+    // changes on the two sockets and the listener).
+    check_interrupted()?;
+    let per_connection = match set_state_floor {
+        Err(e) => {
+            progress(&format!("  per connection: not measured ({e:#})"));
+            None
+        }
+        Ok(()) => {
+            let running = tracers::start_nettools(
+                bin,
+                lab,
+                &["--probes", "connections"],
+                "costs-connections",
+            )?;
+            let made = std::cell::Cell::new(0u32);
+            let d = measure(running.proc.pid, &floor, &|| {
+                made.set(load::connections(
+                    &lab.a,
+                    &lab.b,
+                    CONN_PORT,
+                    plan.connections / 5,
+                    &stop,
+                )?);
+                Ok(())
+            })?;
+            running.stop()?;
+            let per = connection_ns(&d, made.get());
+            progress(&format!(
+                "  per connection: {:.0} ns in the connections programs, {:.0} ns above the empty \
+                 set_state program, {} connections",
+                per.0,
+                per.1,
+                made.get()
+            ));
+            Some((made.get(), d))
+        }
+    };
+    // Per received segment: the RTT sampler on tcp:tcp_probe over a TCP stream.
+    check_interrupted()?;
+    let per_segment = match tcp_probe_floor {
+        Err(e) => {
+            progress(&format!("  per segment: not measured ({e:#})"));
+            None
+        }
+        Ok(()) => {
+            let running = tracers::start_nettools(
+                bin,
+                lab,
+                &["--probes", "connections"],
+                "costs-connections",
+            )?;
+            let d = measure(running.proc.pid, &floor, &tcp)?;
+            running.stop()?;
+            progress(&format!(
+                "  per segment: connections_tcp_probe {:.0} ns, empty tcp_probe {:.0} ns",
+                program(&d, "connections_tcp_probe").map_or(f64::NAN, |s| per(&s)),
+                per_run(&d, empty::TCP_PROBE_NAME).unwrap_or(f64::NAN),
+            ));
+            Some(d)
+        }
+    };
     drop(floor);
     drop(stats);
     Ok(Costs {
@@ -169,7 +249,44 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
         maps,
         by_probes,
         drops,
+        per_connection,
+        per_segment,
     })
+}
+
+/// A program's statistics by its full name, also where the kernel kept only the first 15
+/// characters (BPF_OBJ_NAME_LEN) and bpftool did not restore the rest from BTF.
+fn program(d: &Delta, name: &str) -> Option<ProgStats> {
+    d.get(name).copied().or_else(|| {
+        d.iter()
+            .find(|(k, _)| k.len() == 15 && name.starts_with(k.as_str()))
+            .map(|(_, s)| *s)
+    })
+}
+
+/// ns per run.
+fn per(s: &ProgStats) -> f64 {
+    if s.run_cnt == 0 {
+        f64::NAN
+    } else {
+        s.run_time_ns as f64 / s.run_cnt as f64
+    }
+}
+
+/// Per connection: ns in the connections programs, and that above the empty program on
+/// `inet_sock_set_state` run as often as nettools' program there.
+fn connection_ns(d: &Delta, connections: u32) -> (f64, f64) {
+    let n = f64::from(connections.max(1));
+    let ours: u64 = CONNECTION_PROGRAMS
+        .iter()
+        .filter_map(|p| program(d, p))
+        .map(|s| s.run_time_ns)
+        .sum();
+    let floor = d.get(empty::SET_STATE_NAME).copied().unwrap_or_default();
+    (
+        ours as f64 / n,
+        (ours.saturating_sub(floor.run_time_ns)) as f64 / n,
+    )
 }
 
 /// "N ns × runs", or "not run".
@@ -288,6 +405,59 @@ pub fn write_costs(out: &mut String, c: &Costs) {
             let _ = write!(out, " {} |", cell(m, p));
         }
         let _ = writeln!(out);
+    }
+    if let Some((made, d)) = &c.per_connection {
+        let (ns, above) = connection_ns(d, *made);
+        let _ = writeln!(
+            out,
+            "\n### Per connection (`--probes connections`)\n\n\
+             {made} short TCP connections from pod a to pod b (the server closes first), the \
+             connections probe set alone tracing both pods. Its programs are on tracepoints, \
+             nothing per packet; their whole run time divided by the connections, and that above \
+             `{floor}`, an empty program on `sock:inet_sock_set_state` that runs on the same \
+             state changes. The issue's bound: under 1 % of a core, i.e. at most 10 ms of \
+             programs a second.\n",
+            floor = empty::SET_STATE_NAME,
+        );
+        let _ = writeln!(out, "| program | runs | per run |");
+        let _ = writeln!(out, "|---|---|---|");
+        for p in CONNECTION_PROGRAMS.iter().chain([&empty::SET_STATE_NAME]) {
+            let line = match program(d, p).filter(|s| s.run_cnt > 0) {
+                Some(s) => format!(
+                    "{} | {:.0} ns",
+                    s.run_cnt,
+                    s.run_time_ns as f64 / s.run_cnt as f64
+                ),
+                None => "0 | not run".to_string(),
+            };
+            let _ = writeln!(out, "| `{p}` | {line} |");
+        }
+        let rate = |per: f64| if per > 0.0 { 10e6 / per } else { f64::INFINITY };
+        let _ = writeln!(
+            out,
+            "\n**{ns:.0} ns per connection** ({above:.0} ns above the empty program): 1 % of a \
+             core holds {:.0} connections/s ({:.0} counting only the work above empty).\n",
+            rate(ns),
+            rate(above)
+        );
+    }
+    if let Some(d) = &c.per_segment {
+        let ours = program(d, "connections_tcp_probe").unwrap_or_default();
+        let floor = d.get(empty::TCP_PROBE_NAME).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "### Per received TCP segment (the RTT sampler)\n\n\
+             `connections_tcp_probe` runs on `tcp:tcp_probe`, i.e. for every TCP segment the \
+             host receives (traced or not): the one per-packet part of the connections probe \
+             set. Over a TCP stream (iperf3, pod a to b, both traced), next to `{}` on the same \
+             tracepoint: {} ns × {} runs against {} ns × {}: **{:+.0} ns per segment**.\n",
+            empty::TCP_PROBE_NAME,
+            per(&ours).round(),
+            ours.run_cnt,
+            per(&floor).round(),
+            floor.run_cnt,
+            per(&ours) - per(&floor),
+        );
     }
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     let total: u64 = c.maps.iter().map(|(_, b)| b).sum();

@@ -42,6 +42,11 @@ pub const TC_EGRESS: &str = "empty_egress";
 pub const TP_NAME: &str = "empty_kfree_skb";
 /// Name of the empty raw tracepoint program (`kfree_skb`, the hook nettools' drop probe uses).
 pub const RAW_TP_NAME: &str = "empty_raw_kfree";
+/// Name of the empty tracepoint program on `sock:inet_sock_set_state` (the connections probe's
+/// per-connection hook).
+pub const SET_STATE_NAME: &str = "empty_set_state";
+/// Name of the empty tracepoint program on `tcp:tcp_probe` (every received TCP segment).
+pub const TCP_PROBE_NAME: &str = "empty_tcp_probe";
 
 /// `r0 = imm; exit`, as two eBPF instructions.
 fn return_imm(imm: i32) -> [u64; 2] {
@@ -107,9 +112,24 @@ impl Empty {
 
     /// The empty tracepoint program on `skb:kfree_skb`.
     pub fn attach_kfree_skb(&mut self) -> Result<()> {
-        let prog = load(BPF_PROG_TYPE_TRACEPOINT, 0, TP_NAME)?;
-        let id_file = "/sys/kernel/tracing/events/skb/kfree_skb/id";
-        let id: u64 = std::fs::read_to_string(id_file)
+        self.attach_tracepoint("skb", "kfree_skb", TP_NAME)
+    }
+
+    /// The empty tracepoint program on `sock:inet_sock_set_state`.
+    pub fn attach_set_state(&mut self) -> Result<()> {
+        self.attach_tracepoint("sock", "inet_sock_set_state", SET_STATE_NAME)
+    }
+
+    /// The empty tracepoint program on `tcp:tcp_probe`.
+    pub fn attach_tcp_probe(&mut self) -> Result<()> {
+        self.attach_tracepoint("tcp", "tcp_probe", TCP_PROBE_NAME)
+    }
+
+    /// An empty tracepoint program named `name` on `category:event`.
+    fn attach_tracepoint(&mut self, category: &str, tracepoint: &str, name: &str) -> Result<()> {
+        let prog = load(BPF_PROG_TYPE_TRACEPOINT, 0, name)?;
+        let id_file = format!("/sys/kernel/tracing/events/{category}/{tracepoint}/id");
+        let id: u64 = std::fs::read_to_string(&id_file)
             .with_context(|| format!("cannot read {id_file}"))?
             .trim()
             .parse()
@@ -134,7 +154,7 @@ impl Empty {
         };
         if fd < 0 {
             bail!(
-                "cannot open a perf event on skb:kfree_skb: {}",
+                "cannot open a perf event on {category}:{tracepoint}: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -147,7 +167,7 @@ impl Empty {
         };
         if !attached {
             bail!(
-                "cannot attach the empty program to skb:kfree_skb: {}",
+                "cannot attach the empty program to {category}:{tracepoint}: {}",
                 std::io::Error::last_os_error()
             );
         }
@@ -177,7 +197,15 @@ impl Empty {
             .unwrap_or_default()
             .into_iter()
             .filter(|(name, _)| {
-                [TC_INGRESS, TC_EGRESS, TP_NAME, RAW_TP_NAME].contains(&name.as_str())
+                [
+                    TC_INGRESS,
+                    TC_EGRESS,
+                    TP_NAME,
+                    RAW_TP_NAME,
+                    SET_STATE_NAME,
+                    TCP_PROBE_NAME,
+                ]
+                .contains(&name.as_str())
             })
             .collect()
     }
