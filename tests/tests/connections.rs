@@ -828,3 +828,105 @@ fn a_finished_connection_has_its_bytes_and_rtt_ipv4() -> Result<()> {
 fn a_finished_connection_has_its_bytes_and_rtt_ipv6() -> Result<()> {
     finished_connection(true)
 }
+
+/// The kernel memory charged for each BPF map a process holds (`memlock:` in the fdinfo of its
+/// map fds), by the map's name as the kernel keeps it (15 characters at most; bpftool names
+/// them by id).
+fn map_memlock(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["--json", "map", "show"])
+        .output()
+        .context("cannot run bpftool")?;
+    let all: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let names: BTreeMap<u64, String> = all
+        .as_array()
+        .context("bpftool did not list maps")?
+        .iter()
+        .filter_map(|m| Some((m["id"].as_u64()?, m["name"].as_str()?.to_string())))
+        .collect();
+    let mut by_id: BTreeMap<u64, u64> = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().parse().ok())?
+            })
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id"), field("memlock")) {
+            by_id.insert(id, bytes);
+        }
+    }
+    Ok(by_id
+        .into_iter()
+        .map(|(id, bytes)| {
+            let name = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("map {id}"));
+            (name, bytes)
+        })
+        .collect())
+}
+
+/// The maps only the connections probe writes, as the kernel names them.
+const CONNECTION_MAPS: [&str; 7] = [
+    "RESET_TOTALS",
+    "RESET_FLOWS",
+    "SOCKET_ERROR_TO",
+    "SOCKET_ERROR_FL",
+    "CONN_CLOSED_TOT",
+    "CONN_STARTS",
+    "CLOSED_WITH_ERR",
+];
+
+/// A trace without `connections` does not pay for that probe's maps: their kernel memory
+/// (`memlock` of each map fd nettools holds) is a few KiB, while a trace with the probe gets
+/// them at full size (megabytes), so the check can tell the two apart.
+#[test]
+fn connection_maps_cost_nothing_when_the_probe_is_off() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let node = lab.node("mem", "10.237.0.1/24", None)?;
+    let mut measured = Vec::new();
+    for probes in [None, Some("connections")] {
+        let mut args = vec!["--netns", node.netns.as_str(), "-o", "json"];
+        if let Some(p) = probes {
+            args.extend(["--probes", p]);
+        }
+        let trace = Trace::start(&args)?;
+        let maps = map_memlock(trace.pid());
+        trace.stop()?;
+        let maps = maps?;
+        let total: u64 = maps.values().sum();
+        let conns: u64 = CONNECTION_MAPS
+            .iter()
+            .map(|n| {
+                maps.get(*n)
+                    .copied()
+                    .with_context(|| format!("nettools holds no map {n}: {maps:?}"))
+            })
+            .sum::<Result<u64>>()?;
+        eprintln!(
+            "probes {}: {} maps, {:.1} MiB in all, {:.1} KiB for the connections maps",
+            probes.unwrap_or("(default)"),
+            maps.len(),
+            total as f64 / (1 << 20) as f64,
+            conns as f64 / 1024.0
+        );
+        measured.push(conns);
+    }
+    assert!(
+        measured[0] <= 256 << 10,
+        "a default trace holds {} bytes of connections maps",
+        measured[0]
+    );
+    assert!(
+        measured[1] >= 1 << 20,
+        "with the probe its maps hold only {} bytes",
+        measured[1]
+    );
+    Ok(())
+}

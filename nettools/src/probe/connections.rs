@@ -214,6 +214,18 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
     c
 }
 
+/// The maps only the connections programs write (the kernel side's per-CPU scratch slots are
+/// one entry already): sized to one entry when the probe is off.
+pub const MAPS: [&str; 7] = [
+    "RESET_TOTALS",
+    "RESET_FLOWS",
+    "SOCKET_ERROR_TOTALS",
+    "SOCKET_ERROR_FLOWS",
+    "CONN_CLOSED_TOTALS",
+    "CONN_STARTS",
+    "CLOSED_WITH_ERROR",
+];
+
 /// Attaches the programs whose part of [`ConnectionsConfig`] is set.
 pub fn attach(ebpf: &mut Ebpf, c: &ConnectionsConfig) -> Result<()> {
     if c.send_reset.skaddr != ABSENT {

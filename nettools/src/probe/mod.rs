@@ -310,7 +310,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
     let log_level: u8 = if opts.kernel_debug { 4 } else { 0 };
     let slots = traffic_slots(opts.all_namespaces);
     let synthetic = synthetic_netns();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // The connections maps are preallocated (11.5 MiB of locked kernel memory on 2 CPUs):
+    // without the probe nothing writes them, so they get one entry each.
+    if !wants(ProbeKind::Connections) {
+        for name in connections::MAPS {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    let mut ebpf = loader
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
         .override_global(RETRANSMIT_GLOBAL, &retransmit, true)
