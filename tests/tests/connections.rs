@@ -872,7 +872,7 @@ fn map_memlock(pid: u32) -> Result<BTreeMap<String, u64>> {
 }
 
 /// The maps only the connections probe writes, as the kernel names them.
-const CONNECTION_MAPS: [&str; 7] = [
+const CONNECTION_MAPS: [&str; 8] = [
     "RESET_TOTALS",
     "RESET_FLOWS",
     "SOCKET_ERROR_TO",
@@ -880,6 +880,7 @@ const CONNECTION_MAPS: [&str; 7] = [
     "CONN_CLOSED_TOT",
     "CONN_STARTS",
     "CLOSED_WITH_ERR",
+    "RTT_LAST",
 ];
 
 /// A trace without `connections` does not pay for that probe's maps: their kernel memory
@@ -929,4 +930,156 @@ fn connection_maps_cost_nothing_when_the_probe_is_off() -> Result<()> {
         measured[1]
     );
     Ok(())
+}
+
+/// Round trips the open-connection test's client times (about 20 ms each).
+const OPEN_PINGS: usize = 150;
+
+/// One connection kept open over a link whose client-to-server packets are held 20 ms: the
+/// trace ends while it is still open, so every RTT sample in the client's workload comes from
+/// the samplers of open connections (established, `tcp:tcp_probe`, state changes), none from a
+/// close. Its srtt p50 is within 1 ms of the median round trip the client timed itself, its
+/// min RTT p50 within 1 ms of the fastest, and the samples are bounded (one at establishment,
+/// at most one a second after) although hundreds of segments arrived. The `.hgrm` files hold
+/// the same counts.
+fn open_connection_rtt(ipv6: bool) -> Result<()> {
+    require_root();
+    for tp in ["sock/inet_sock_set_state", "tcp/tcp_probe"] {
+        if !std::path::Path::new(&format!("/sys/kernel/tracing/events/{tp}/format")).exists() {
+            skip(&format!("this kernel has no tracepoint {tp}"));
+            return Ok(());
+        }
+    }
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:238::1/64"), Some("fd00:238::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.238.0.1/24", s6)?;
+    let client = lab.node("cli", "10.238.0.2/24", c6)?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, DELAYED)))??;
+    let port = DELAYED.to_string();
+    let held = nettools::lab::delay::Delay::start(
+        &client,
+        ipv6,
+        "OUTPUT",
+        &["-p", "tcp", "--dport", &port],
+        0,
+        Duration::from_millis(20),
+    )?;
+    let hgrm = Scratch::new("rtt-hgrm")?;
+    let trace = Trace::start(&[
+        "--netns",
+        &server.netns,
+        "--netns",
+        &client.netns,
+        "--probes",
+        "connections",
+        "-o",
+        "json",
+        "--hgrm",
+        &hgrm.0.display().to_string(),
+    ])?;
+    let server_thread = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        for _ in 0..OPEN_PINGS {
+            s.read_exact(&mut b)?;
+            s.write_all(&b)?;
+        }
+        // Holds the connection open until the client's end of stream.
+        let _ = s.read(&mut b);
+        Ok(())
+    });
+    let started = std::time::Instant::now();
+    let (rtts, stream) = client.enter(|| -> Result<(Vec<Duration>, TcpStream)> {
+        let mut s = TcpStream::connect(SocketAddr::new(ip, DELAYED))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_nodelay(true)?;
+        let mut rtts = Vec::new();
+        let mut b = [7u8; 1];
+        for _ in 0..OPEN_PINGS {
+            let t = std::time::Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            rtts.push(t.elapsed());
+        }
+        Ok((rtts, s))
+    })??;
+    // The trace ends with the connection still open.
+    let lasted = started.elapsed();
+    let done = trace.stop()?;
+    drop(stream);
+    server_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    drop(held);
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2].as_secs_f64() * 1e3;
+    let fastest = sorted[0].as_secs_f64() * 1e3;
+    let lines = done.json()?;
+    assert!(
+        !lines.iter().any(|l| l["type"] == "tcp_connection"),
+        "the connection closed during the trace"
+    );
+    let s = summary(&lines)?;
+    let c = &workload(s, client.inode()?)?["connections"];
+    eprintln!(
+        "the client timed {OPEN_PINGS} round trips in {:.2} s: median {median:.3} ms, fastest \
+         {fastest:.3} ms\nclient workload: {c}",
+        lasted.as_secs_f64()
+    );
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let srtt = ms(&c["rtt"]["p50_ms"]);
+    let min = ms(&c["min_rtt"]["p50_ms"]);
+    assert!(
+        (srtt - median).abs() <= latency_tolerance_ms(1.0),
+        "srtt p50 {srtt} ms, the client measured {median} ms"
+    );
+    assert!(
+        (min - fastest).abs() <= latency_tolerance_ms(1.0),
+        "min RTT p50 {min} ms, the client's fastest round trip {fastest} ms"
+    );
+    // One sample when established, then at most one per started second of traffic.
+    let count = c["rtt"]["count"].as_u64().unwrap_or(0);
+    let bound = 1 + lasted.as_secs() + 1;
+    assert!(
+        (2..=bound).contains(&count),
+        "{count} samples over {:.2} s (expected 2..={bound})",
+        lasted.as_secs_f64()
+    );
+    assert_eq!(c["min_rtt"]["count"].as_u64(), Some(count), "{c}");
+    // The .hgrm files: the client's workload's srtt file counts the same samples.
+    let name = workload(s, client.inode()?)?["name"]
+        .as_str()
+        .context("workload name")?
+        .to_string();
+    let file = hgrm.file(&format!("{name}-tcp_srtt.hgrm"));
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("{file}: {:?}", hgrm.names()))?;
+    assert!(
+        text.contains(&format!("Total count    = {count:>12}")),
+        "{file}:\n{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_open_connection_is_sampled_for_rtt_ipv4() -> Result<()> {
+    open_connection_rtt(false)
+}
+
+#[test]
+fn an_open_connection_is_sampled_for_rtt_ipv6() -> Result<()> {
+    open_connection_rtt(true)
 }

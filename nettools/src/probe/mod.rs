@@ -32,7 +32,8 @@ use nettools_common::{
         WAKEUP_BYTES_GLOBAL,
     },
     connections::{
-        RECEIVE_RESET_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL, TCP_SOCK_GLOBAL,
+        RECEIVE_RESET_GLOBAL, RTT_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL,
+        TCP_SOCK_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -328,6 +329,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded> {
         .override_global(SET_STATE_GLOBAL, &conns.set_state, true)
         .override_global(SOCK_GLOBAL, &conns.sock, true)
         .override_global(TCP_SOCK_GLOBAL, &conns.tcp, true)
+        .override_global(RTT_GLOBAL, &conns.rtt, true)
         .override_global(FILTER_GLOBAL, &filter, true)
         .override_global(
             WAKEUP_BYTES_GLOBAL,

@@ -62,7 +62,7 @@ pub struct ConnectionLine {
     pub bytes_received: u64,
 }
 
-/// Smoothed RTTs of the finished connections.
+/// RTT samples (smoothed or minimum) of a workload's connections.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RttSummary {
     pub count: u64,
@@ -91,8 +91,10 @@ pub struct ConnectionSummary {
     pub error_flows: Vec<SocketErrorFlow>,
     /// Exact finished connections by how they ended (established ones only).
     pub closed: BTreeMap<&'static str, u64>,
-    /// Smoothed RTT of the finished connections.
+    /// Smoothed RTT samples of open and finished connections.
     pub rtt: Option<RttSummary>,
+    /// The kernel's minimum RTT at the same samples.
+    pub min_rtt: Option<RttSummary>,
     /// Finished connections with the most retransmitted segments, and the slowest.
     pub top_by_retransmits: Vec<ConnectionLine>,
     pub top_by_rtt: Vec<ConnectionLine>,
@@ -219,6 +221,7 @@ pub fn summary(c: &ConnectionStats, reset_reasons: &[(u32, String)]) -> Connecti
         error_flows,
         closed: c.closed.iter().map(|(&h, &n)| (how_name(h), n)).collect(),
         rtt: c.rtt.as_ref().map(rtt_summary),
+        min_rtt: c.min_rtt.as_ref().map(rtt_summary),
         top_by_retransmits: c.top_by_retransmits.iter().map(line).collect(),
         top_by_rtt: c.top_by_rtt.iter().map(line).collect(),
     }

@@ -211,6 +211,7 @@ fn summary(names: &[String]) -> Summary {
             }],
             closed: [("fin", 1)].into_iter().collect(),
             rtt: None,
+            min_rtt: None,
             top_by_retransmits: vec![super::connections::ConnectionLine {
                 flow: n(first + 22),
                 role: Some("client"),
