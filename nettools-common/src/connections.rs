@@ -291,6 +291,9 @@ pub struct ConnStart {
     /// The connecting process (clients), 0 otherwise.
     pub pid: u32,
     pub comm: [u8; 16],
+    /// When the socket was last sampled for RTT from `tcp:tcp_probe` (0: never). A socket
+    /// opened before the trace gets an entry with `start_ns` 0 at its first sample.
+    pub last_rtt_ns: u64,
 }
 
 /// How a connection ended ([`ConnectionEvent::how`]).

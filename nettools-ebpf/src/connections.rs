@@ -99,11 +99,6 @@ static NETTOOLS_SOCK: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
 #[unsafe(no_mangle)]
 static NETTOOLS_RTT: Global<RttConfig> = Global::new(RttConfig::UNSET);
 
-/// When each traced socket was last sampled from `tcp:tcp_probe` (by `struct sock` address;
-/// removed when it closes, LRU so sockets that never close cannot fill it).
-#[map]
-static RTT_LAST: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
-
 /// One RTT sample per CPU, built in place (the flow read from the socket is large).
 #[map]
 static RTT_SCRATCH: PerCpuArray<RttSampleEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -134,21 +129,31 @@ fn tcp_probe(ctx: &TracePointContext) -> Option<()> {
     let sk = field::<*const u8>(ctx, c.probe_skaddr)?;
     let t = now();
     // The common case first, and cheapest: a traced socket sampled less than an interval ago.
-    if let Some(last) = RTT_LAST.get_ptr_mut(&(sk as u64)) {
+    // The time of the last sample is kept in the socket's entry of CONN_STARTS (one map less
+    // to preallocate).
+    if let Some(start) = CONN_STARTS.get_ptr_mut(&(sk as u64)) {
         // SAFETY: a value of the map; a racing update from another CPU only moves the time.
         unsafe {
-            if t.wrapping_sub(*last) < c.interval_ns {
+            if t.wrapping_sub((*start).last_rtt_ns) < c.interval_ns {
                 return None;
             }
-            *last = t;
+            (*start).last_rtt_ns = t;
         }
     } else {
+        // A socket opened before the trace (or in a namespace not traced).
         let o = NETTOOLS_OFFSETS.load();
         let netns = kernel::sk_netns(&o, sk);
         if !is_traced(netns) {
             return None;
         }
-        let _ = RTT_LAST.insert(&(sk as u64), &t, 0);
+        let start = ConnStart {
+            start_ns: 0,
+            role: 0,
+            pid: 0,
+            comm: [0; 16],
+            last_rtt_ns: t,
+        };
+        let _ = CONN_STARTS.insert(&(sk as u64), &start, 0);
         return rtt_sample(sk, netns, rtt_why::PROBE);
     }
     let o = NETTOOLS_OFFSETS.load();
@@ -424,7 +429,6 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     if newstate == TCP_CLOSE {
         let _ = closed(ctx, &l, sk);
         let _ = CONN_STARTS.remove(&(sk as u64));
-        let _ = RTT_LAST.remove(&(sk as u64));
         return None;
     }
     // RTT samples when a connection is established (its handshake's round trip) and when it
@@ -433,14 +437,20 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
     if newstate == TCP_ESTABLISHED || oldstate == TCP_ESTABLISHED {
         let o = NETTOOLS_OFFSETS.load();
         let netns = kernel::sk_netns(&o, sk);
-        if is_traced(netns) {
-            let why = if newstate == TCP_ESTABLISHED {
-                rtt_why::ESTABLISHED
-            } else {
-                rtt_why::STATE
-            };
-            let _ = rtt_sample(sk, netns, why);
+        if !is_traced(netns) {
+            return None;
         }
+        let why = if newstate == TCP_ESTABLISHED {
+            // The first `tcp:tcp_probe` sample comes an interval after this one.
+            if let Some(start) = CONN_STARTS.get_ptr_mut(&(sk as u64)) {
+                // SAFETY: a value of the map.
+                unsafe { (*start).last_rtt_ns = now() };
+            }
+            rtt_why::ESTABLISHED
+        } else {
+            rtt_why::STATE
+        };
+        let _ = rtt_sample(sk, netns, why);
         return None;
     }
     if newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV {
@@ -466,6 +476,7 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         } else {
             [0; 16]
         },
+        last_rtt_ns: 0,
     };
     let _ = CONN_STARTS.insert(&(sk as u64), &start, 0);
     Some(())
@@ -517,6 +528,7 @@ fn closed(ctx: &TracePointContext, l: &SetStateLayout, sk: *const u8) -> Option<
             ev.start.role = 0;
             ev.start.pid = 0;
             ev.start.comm = [0; 16];
+            ev.start.last_rtt_ns = 0;
         }
     }
     // Closing because of an error (`tcp_done_with_error` sets it first): keep what the report

@@ -586,14 +586,15 @@ fn resets_and_socket_errors_are_scraped_as_counted() -> Result<()> {
     };
     let want_received = (client_d[1] + client_d[2]) as f64;
     // Counts are read from the kernel at the scrape; RTT samples come with events, which the
-    // agent drains on a short timer.
+    // agent drains on a short timer. Each connection gives two on each side: when established
+    // and when it closed (the reset comes well within the second before a tcp_probe sample).
     let rtt_count = |text: &str, netns: &str| {
         nettools_tests::prom::value(text, "nettools_tcp_rtt_seconds_count", &[("netns", netns)])
     };
     let text = agent.scrape_until(Duration::from_secs(15), "the client's resets", |text| {
         Ok(resets(text, &cli_ns, "received")? == Some(want_received)
-            && rtt_count(text, &cli_ns)? == Some(RESET as f64)
-            && rtt_count(text, &srv_ns)? == Some(RESET as f64))
+            && rtt_count(text, &cli_ns)? == Some(2.0 * RESET as f64)
+            && rtt_count(text, &srv_ns)? == Some(2.0 * RESET as f64))
     })?;
     nettools_tests::prom::promtool_accepts(&text)?;
     eprintln!(
@@ -872,7 +873,7 @@ fn map_memlock(pid: u32) -> Result<BTreeMap<String, u64>> {
 }
 
 /// The maps only the connections probe writes, as the kernel names them.
-const CONNECTION_MAPS: [&str; 8] = [
+const CONNECTION_MAPS: [&str; 7] = [
     "RESET_TOTALS",
     "RESET_FLOWS",
     "SOCKET_ERROR_TO",
@@ -880,7 +881,6 @@ const CONNECTION_MAPS: [&str; 8] = [
     "CONN_CLOSED_TOT",
     "CONN_STARTS",
     "CLOSED_WITH_ERR",
-    "RTT_LAST",
 ];
 
 /// A trace without `connections` does not pay for that probe's maps: their kernel memory
@@ -1082,4 +1082,86 @@ fn an_open_connection_is_sampled_for_rtt_ipv4() -> Result<()> {
 #[test]
 fn an_open_connection_is_sampled_for_rtt_ipv6() -> Result<()> {
     open_connection_rtt(true)
+}
+
+/// The port of the retransmission-sample test.
+const RETRANSMITTED: u16 = 7011;
+
+/// A connection whose peer stops answering (its INPUT drops the segments) retransmits on its
+/// timer, and no ACK arrives: the client's RTT samples are exactly the one taken when it was
+/// established plus one per retransmitted segment, which nstat's TcpRetransSegs counts in its
+/// namespace.
+fn retransmit_samples(ipv6: bool) -> Result<()> {
+    require_root();
+    for tp in ["sock/inet_sock_set_state", "tcp/tcp_retransmit_skb"] {
+        if !std::path::Path::new(&format!("/sys/kernel/tracing/events/{tp}/format")).exists() {
+            skip(&format!("this kernel has no tracepoint {tp}"));
+            return Ok(());
+        }
+    }
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:239::1/64"), Some("fd00:239::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.239.0.1/24", s6)?;
+    let client = lab.node("cli", "10.239.0.2/24", c6)?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, RETRANSMITTED)))??;
+    let trace = Trace::start(&[
+        "--netns",
+        &client.netns,
+        "--probes",
+        "connections",
+        "-o",
+        "json",
+    ])?;
+    let before_connect = nstat(&client, "TcpRetransSegs")?;
+    let mut stream = client.enter(|| TcpStream::connect(SocketAddr::new(ip, RETRANSMITTED)))??;
+    let (_accepted, _) = listener.accept()?;
+    let before = nstat(&client, "TcpRetransSegs")?;
+    // A handshake that needed a retransmitted SYN has no RTT measurement (Karn): no sample.
+    let established_sample = u64::from(before == before_connect);
+    let iptables = if ipv6 { "ip6tables" } else { "iptables" };
+    let port = RETRANSMITTED.to_string();
+    server.run(&[
+        iptables, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",
+    ])?;
+    stream.write_all(b"x")?;
+    // RTO 200 ms, doubling: a few retransmissions.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = nstat(&client, "TcpRetransSegs")?;
+    let done = trace.stop()?;
+    let retransmitted = after - before;
+    let lines = done.json()?;
+    let c = &workload(summary(&lines)?, client.inode()?)?["connections"];
+    eprintln!(
+        "{retransmitted} segments retransmitted (nstat), {} during the handshake\nclient \
+         workload: {c}",
+        before - before_connect
+    );
+    assert!(retransmitted >= 2, "only {retransmitted} retransmissions");
+    assert_eq!(
+        c["rtt"]["count"].as_u64(),
+        Some(established_sample + retransmitted),
+        "{c}"
+    );
+    drop(stream);
+    Ok(())
+}
+
+#[test]
+fn a_retransmission_is_an_rtt_sample_ipv4() -> Result<()> {
+    retransmit_samples(false)
+}
+
+#[test]
+fn a_retransmission_is_an_rtt_sample_ipv6() -> Result<()> {
+    retransmit_samples(true)
 }

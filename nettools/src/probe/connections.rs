@@ -259,7 +259,7 @@ fn rtt_config(notes: &mut Vec<String>, socket_ok: bool) -> RttConfig {
 
 /// The maps only the connections programs write (the kernel side's per-CPU scratch slots are
 /// one entry already): sized to one entry when the probe is off.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 7] = [
     "RESET_TOTALS",
     "RESET_FLOWS",
     "SOCKET_ERROR_TOTALS",
@@ -267,7 +267,6 @@ pub const MAPS: [&str; 8] = [
     "CONN_CLOSED_TOTALS",
     "CONN_STARTS",
     "CLOSED_WITH_ERROR",
-    "RTT_LAST",
 ];
 
 /// Attaches the programs whose part of [`ConnectionsConfig`] is set.
