@@ -122,7 +122,7 @@ fn line(e: &ConnectionEvent) -> ConnectionLine {
     }
 }
 
-fn rtt_summary(h: &Histogram<u64>) -> RttSummary {
+pub(crate) fn rtt_summary(h: &Histogram<u64>) -> RttSummary {
     let ms = |ns: u64| ns as f64 / 1e6;
     RttSummary {
         count: h.len(),
