@@ -108,6 +108,7 @@ impl ConnectionStats {
         self.resets_sent + self.resets_received + self.events == 0
             && self.errors.is_empty()
             && self.closed.is_empty()
+            && self.rtt.is_none()
     }
 }
 

@@ -227,21 +227,24 @@ pub fn summary(c: &ConnectionStats, reset_reasons: &[(u32, String)]) -> Connecti
     }
 }
 
-/// The table's lines for a workload's finished connections (totals, RTT, the top ones).
+/// The table's lines for a workload's finished connections (totals, the top ones) and its RTT
+/// samples (open connections have them too).
 fn finished(out: &mut String, c: &ConnectionSummary) {
-    if c.closed.is_empty() {
-        return;
+    if !c.closed.is_empty() {
+        let closed: Vec<String> = c.closed.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        let _ = writeln!(out, "  connections closed: {}", closed.join(", "));
     }
-    let closed: Vec<String> = c.closed.iter().map(|(h, n)| format!("{h} {n}")).collect();
-    let _ = write!(out, "  connections closed: {}", closed.join(", "));
     if let Some(r) = &c.rtt {
         let _ = write!(
             out,
-            "; srtt p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            "  TCP RTT: srtt p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             r.p50_ms, r.p99_ms, r.max_ms
         );
+        if let Some(m) = &c.min_rtt {
+            let _ = write!(out, "; min RTT p50 {:.3} ms", m.p50_ms);
+        }
+        let _ = writeln!(out, " ({} samples)", r.count);
     }
-    let _ = writeln!(out);
     for (title, top) in [
         ("most retransmits", &c.top_by_retransmits),
         ("highest srtt", &c.top_by_rtt),
