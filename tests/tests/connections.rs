@@ -950,6 +950,12 @@ fn open_connection_rtt(ipv6: bool) -> Result<()> {
             return Ok(());
         }
     }
+    // Older kernels' tcp_probe records have no socket address: no sampler then (a note).
+    let probe = std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_probe/format")?;
+    if !probe.contains(" skaddr;") {
+        skip("this kernel's tcp:tcp_probe record has no skaddr field");
+        return Ok(());
+    }
     let mut lab = Lab::new()?;
     let (s6, c6) = if ipv6 {
         (Some("fd00:238::1/64"), Some("fd00:238::2/64"))
