@@ -135,6 +135,7 @@ pub struct ConnectionsConfig {
     pub set_state: SetStateLayout,
     pub sock: SockOffsets,
     pub tcp: TcpSockOffsets,
+    pub rtt: RttConfig,
 }
 
 impl ConnectionsConfig {
@@ -144,6 +145,7 @@ impl ConnectionsConfig {
         set_state: SetStateLayout::UNSET,
         sock: SockOffsets::UNSET,
         tcp: TcpSockOffsets::UNSET,
+        rtt: RttConfig::UNSET,
     };
 }
 
@@ -289,6 +291,9 @@ pub struct ConnStart {
     /// The connecting process (clients), 0 otherwise.
     pub pid: u32,
     pub comm: [u8; 16],
+    /// When the socket was last sampled for RTT from `tcp:tcp_probe` (0: never). A socket
+    /// opened before the trace gets an entry with `start_ns` 0 at its first sample.
+    pub last_rtt_ns: u64,
 }
 
 /// How a connection ended ([`ConnectionEvent::how`]).
@@ -338,7 +343,61 @@ pub struct ConnectionEvent {
     pub _pad: u32,
 }
 
+/// Name of the global holding [`RttConfig`].
+pub const RTT_GLOBAL: &str = "NETTOOLS_RTT";
+
+/// Where the RTT samplers find the socket in their tracepoint records, and how often an open
+/// connection is sampled from `tcp:tcp_probe` ([`ABSENT`]: that sampler is not attached).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttConfig {
+    /// `skaddr` in a `tcp:tcp_probe` record.
+    pub probe_skaddr: u32,
+    /// `skaddr` in a `tcp:tcp_retransmit_skb` record.
+    pub retransmit_skaddr: u32,
+    /// At most one `tcp:tcp_probe` sample per socket in this many nanoseconds.
+    pub interval_ns: u64,
+}
+
+impl RttConfig {
+    pub const UNSET: Self = Self {
+        probe_skaddr: ABSENT,
+        retransmit_skaddr: ABSENT,
+        interval_ns: 1_000_000_000,
+    };
+}
+
+/// Why an RTT sample was taken ([`RttSampleEvent::why`]).
+pub mod rtt_why {
+    /// The connection was just established (the handshake's round trip).
+    pub const ESTABLISHED: u32 = 1;
+    /// An ACK arrived (`tcp:tcp_probe`), at most once per socket per interval.
+    pub const PROBE: u32 = 2;
+    /// A segment was retransmitted.
+    pub const RETRANSMIT: u32 = 3;
+    /// The connection left ESTABLISHED (a FIN sent or received).
+    pub const STATE: u32 = 4;
+}
+
+/// The kernel's RTT figures of an open TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttSampleEvent {
+    pub header: EventHeader,
+    pub netns: u32,
+    /// One of [`rtt_why`].
+    pub why: u32,
+    /// Smoothed RTT in µs (the kernel's `srtt_us >> 3`).
+    pub srtt_us: u32,
+    /// The windowed minimum RTT in µs.
+    pub min_rtt_us: u32,
+    /// Local and remote address and port.
+    pub flow: Flow,
+}
+
 crate::user_pod!(
+    RttConfig,
+    RttSampleEvent,
     ResetLayout,
     SockOffsets,
     SetStateLayout,

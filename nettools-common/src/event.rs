@@ -24,6 +24,8 @@ pub mod kind {
     pub const SOCKET_ERROR: u32 = 21;
     /// A finished TCP connection ([`crate::connections::ConnectionEvent`]).
     pub const CONNECTION: u32 = 22;
+    /// An RTT sample of an open TCP connection ([`crate::connections::RttSampleEvent`]).
+    pub const RTT_SAMPLE: u32 = 23;
 }
 
 /// First field of every event sent through the ring buffer.

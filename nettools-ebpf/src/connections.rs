@@ -19,9 +19,9 @@ use nettools_common::{
     config::ABSENT,
     connections::{
         ClosedKey, ClosedWithError, ConnStart, ConnectionEvent, ErrorTotalKey, RECEIVED,
-        ROLE_CLIENT, ROLE_SERVER, ResetEvent, ResetKey, ResetLayout, ResetTotalKey, SENT,
-        SetStateLayout, SockOffsets, SockOwner, SocketErrorEvent, SocketErrorKey, TcpSockOffsets,
-        how,
+        ROLE_CLIENT, ROLE_SERVER, ResetEvent, ResetKey, ResetLayout, ResetTotalKey, RttConfig,
+        RttSampleEvent, SENT, SetStateLayout, SockOffsets, SockOwner, SocketErrorEvent,
+        SocketErrorKey, TcpSockOffsets, how, rtt_why,
     },
     event::kind,
     flow::{AF_INET, AF_INET6, Flow, family_from_v6_field},
@@ -94,6 +94,93 @@ static NETTOOLS_RECEIVE_RESET: Global<ResetLayout> = Global::new(ResetLayout::UN
 static NETTOOLS_SET_STATE: Global<SetStateLayout> = Global::new(SetStateLayout::UNSET);
 #[unsafe(no_mangle)]
 static NETTOOLS_SOCK: Global<SockOffsets> = Global::new(SockOffsets::UNSET);
+
+/// Where the RTT samplers find the socket, and the `tcp:tcp_probe` interval (before load).
+#[unsafe(no_mangle)]
+static NETTOOLS_RTT: Global<RttConfig> = Global::new(RttConfig::UNSET);
+
+/// One RTT sample per CPU, built in place (the flow read from the socket is large).
+#[map]
+static RTT_SCRATCH: PerCpuArray<RttSampleEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// `tcp:tcp_probe` (an incoming segment on an established socket): an RTT sample of a traced
+/// socket, at most once per socket per interval.
+#[tracepoint]
+pub fn connections_tcp_probe(ctx: TracePointContext) -> u32 {
+    let _ = tcp_probe(&ctx);
+    0
+}
+
+/// `tcp:tcp_retransmit_skb`: an RTT sample of a traced socket at each retransmission.
+#[tracepoint]
+pub fn connections_retransmit(ctx: TracePointContext) -> u32 {
+    let c = NETTOOLS_RTT.load();
+    let sk = field::<*const u8>(&ctx, c.retransmit_skaddr).unwrap_or(core::ptr::null());
+    let o = NETTOOLS_OFFSETS.load();
+    let netns = kernel::sk_netns(&o, sk);
+    if is_traced(netns) {
+        let _ = rtt_sample(sk, netns, rtt_why::RETRANSMIT);
+    }
+    0
+}
+
+fn tcp_probe(ctx: &TracePointContext) -> Option<()> {
+    let c = NETTOOLS_RTT.load();
+    let sk = field::<*const u8>(ctx, c.probe_skaddr)?;
+    let t = now();
+    // The common case first, and cheapest: a traced socket sampled less than an interval ago.
+    // The time of the last sample is kept in the socket's entry of CONN_STARTS (one map less
+    // to preallocate).
+    if let Some(start) = CONN_STARTS.get_ptr_mut(&(sk as u64)) {
+        // SAFETY: a value of the map; a racing update from another CPU only moves the time.
+        unsafe {
+            if t.wrapping_sub((*start).last_rtt_ns) < c.interval_ns {
+                return None;
+            }
+            (*start).last_rtt_ns = t;
+        }
+    } else {
+        // A socket opened before the trace (or in a namespace not traced).
+        let o = NETTOOLS_OFFSETS.load();
+        let netns = kernel::sk_netns(&o, sk);
+        if !is_traced(netns) {
+            return None;
+        }
+        let start = ConnStart {
+            start_ns: 0,
+            role: 0,
+            pid: 0,
+            comm: [0; 16],
+            last_rtt_ns: t,
+        };
+        let _ = CONN_STARTS.insert(&(sk as u64), &start, 0);
+        return rtt_sample(sk, netns, rtt_why::PROBE);
+    }
+    let o = NETTOOLS_OFFSETS.load();
+    rtt_sample(sk, kernel::sk_netns(&o, sk), rtt_why::PROBE)
+}
+
+/// Sends the socket's smoothed and minimum RTT (none before its first RTT measurement).
+#[inline(always)]
+fn rtt_sample(sk: *const u8, netns: u32, why: u32) -> Option<()> {
+    let t = NETTOOLS_TCP_SOCK.load();
+    let srtt = read::<u32>(sk, t.srtt_us).unwrap_or(0) >> 3;
+    if srtt == 0 {
+        return None;
+    }
+    let slot = RTT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's only slot; a program runs to completion on its CPU before the next
+    // run of one there, and only the RTT samplers use this map.
+    let ev = unsafe { &mut *slot };
+    ev.header = header(kind::RTT_SAMPLE);
+    ev.netns = netns;
+    ev.why = why;
+    ev.srtt_us = srtt;
+    ev.min_rtt_us = read::<u32>(sk, t.rtt_min).unwrap_or(0);
+    sock_flow(&NETTOOLS_SOCK.load(), sk, &mut ev.flow);
+    emit_ref(ev);
+    Some(())
+}
 
 /// `tcp:tcp_send_reset`.
 #[tracepoint]
@@ -344,6 +431,28 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         let _ = CONN_STARTS.remove(&(sk as u64));
         return None;
     }
+    // RTT samples when a connection is established (its handshake's round trip) and when it
+    // leaves ESTABLISHED for another open state (its close is the connection's own line).
+    let oldstate = field::<i32>(ctx, l.oldstate).unwrap_or(0);
+    if newstate == TCP_ESTABLISHED || oldstate == TCP_ESTABLISHED {
+        let o = NETTOOLS_OFFSETS.load();
+        let netns = kernel::sk_netns(&o, sk);
+        if !is_traced(netns) {
+            return None;
+        }
+        let why = if newstate == TCP_ESTABLISHED {
+            // The first `tcp:tcp_probe` sample comes an interval after this one.
+            if let Some(start) = CONN_STARTS.get_ptr_mut(&(sk as u64)) {
+                // SAFETY: a value of the map.
+                unsafe { (*start).last_rtt_ns = now() };
+            }
+            rtt_why::ESTABLISHED
+        } else {
+            rtt_why::STATE
+        };
+        let _ = rtt_sample(sk, netns, why);
+        return None;
+    }
     if newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV {
         return None;
     }
@@ -367,6 +476,7 @@ fn set_state(ctx: &TracePointContext) -> Option<()> {
         } else {
             [0; 16]
         },
+        last_rtt_ns: 0,
     };
     let _ = CONN_STARTS.insert(&(sk as u64), &start, 0);
     Some(())
@@ -418,6 +528,7 @@ fn closed(ctx: &TracePointContext, l: &SetStateLayout, sk: *const u8) -> Option<
             ev.start.role = 0;
             ev.start.pid = 0;
             ev.start.comm = [0; 16];
+            ev.start.last_rtt_ns = 0;
         }
     }
     // Closing because of an error (`tcp_done_with_error` sets it first): keep what the report

@@ -534,6 +534,8 @@ impl<W: Write> Collector<W> {
                     self.line(&json::connection_event(&c, &w, &self.clock))?;
                 }
             }
+            // RTT samples are bounded per socket but many: histograms, not JSON lines.
+            Event::RttSample(r) => self.agg.add_rtt_sample(&r),
             Event::SocketError(e) => {
                 self.agg.add_socket_error(&e);
                 if self.json {

@@ -278,6 +278,11 @@ impl Trace {
         Ok(Self { nettools, out })
     }
 
+    /// The PID of the nettools process (to read its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self.nettools.child.id()
+    }
+
     /// Sends SIGINT (Ctrl-C) and waits for the final report.
     pub fn stop(self) -> Result<Finished> {
         self.nettools.signal(libc::SIGINT)?;

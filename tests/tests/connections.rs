@@ -586,14 +586,15 @@ fn resets_and_socket_errors_are_scraped_as_counted() -> Result<()> {
     };
     let want_received = (client_d[1] + client_d[2]) as f64;
     // Counts are read from the kernel at the scrape; RTT samples come with events, which the
-    // agent drains on a short timer.
+    // agent drains on a short timer. Each connection gives two on each side: when established
+    // and when it closed (the reset comes well within the second before a tcp_probe sample).
     let rtt_count = |text: &str, netns: &str| {
         nettools_tests::prom::value(text, "nettools_tcp_rtt_seconds_count", &[("netns", netns)])
     };
     let text = agent.scrape_until(Duration::from_secs(15), "the client's resets", |text| {
         Ok(resets(text, &cli_ns, "received")? == Some(want_received)
-            && rtt_count(text, &cli_ns)? == Some(RESET as f64)
-            && rtt_count(text, &srv_ns)? == Some(RESET as f64))
+            && rtt_count(text, &cli_ns)? == Some(2.0 * RESET as f64)
+            && rtt_count(text, &srv_ns)? == Some(2.0 * RESET as f64))
     })?;
     nettools_tests::prom::promtool_accepts(&text)?;
     eprintln!(
@@ -827,4 +828,346 @@ fn a_finished_connection_has_its_bytes_and_rtt_ipv4() -> Result<()> {
 #[test]
 fn a_finished_connection_has_its_bytes_and_rtt_ipv6() -> Result<()> {
     finished_connection(true)
+}
+
+/// The kernel memory charged for each BPF map a process holds (`memlock:` in the fdinfo of its
+/// map fds), by the map's name as the kernel keeps it (15 characters at most; bpftool names
+/// them by id).
+fn map_memlock(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let out = std::process::Command::new("bpftool")
+        .args(["--json", "map", "show"])
+        .output()
+        .context("cannot run bpftool")?;
+    let all: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let names: BTreeMap<u64, String> = all
+        .as_array()
+        .context("bpftool did not list maps")?
+        .iter()
+        .filter_map(|m| Some((m["id"].as_u64()?, m["name"].as_str()?.to_string())))
+        .collect();
+    let mut by_id: BTreeMap<u64, u64> = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(text) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        let field = |name: &str| -> Option<u64> {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().parse().ok())?
+            })
+        };
+        if let (Some(id), Some(bytes)) = (field("map_id"), field("memlock")) {
+            by_id.insert(id, bytes);
+        }
+    }
+    Ok(by_id
+        .into_iter()
+        .map(|(id, bytes)| {
+            let name = names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("map {id}"));
+            (name, bytes)
+        })
+        .collect())
+}
+
+/// The maps only the connections probe writes, as the kernel names them.
+const CONNECTION_MAPS: [&str; 7] = [
+    "RESET_TOTALS",
+    "RESET_FLOWS",
+    "SOCKET_ERROR_TO",
+    "SOCKET_ERROR_FL",
+    "CONN_CLOSED_TOT",
+    "CONN_STARTS",
+    "CLOSED_WITH_ERR",
+];
+
+/// A trace without `connections` does not pay for that probe's maps: their kernel memory
+/// (`memlock` of each map fd nettools holds) is a few KiB, while a trace with the probe gets
+/// them at full size (megabytes), so the check can tell the two apart.
+#[test]
+fn connection_maps_cost_nothing_when_the_probe_is_off() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let node = lab.node("mem", "10.237.0.1/24", None)?;
+    let mut measured = Vec::new();
+    for probes in [None, Some("connections")] {
+        let mut args = vec!["--netns", node.netns.as_str(), "-o", "json"];
+        if let Some(p) = probes {
+            args.extend(["--probes", p]);
+        }
+        let trace = Trace::start(&args)?;
+        let maps = map_memlock(trace.pid());
+        trace.stop()?;
+        let maps = maps?;
+        let total: u64 = maps.values().sum();
+        let conns: u64 = CONNECTION_MAPS
+            .iter()
+            .map(|n| {
+                maps.get(*n)
+                    .copied()
+                    .with_context(|| format!("nettools holds no map {n}: {maps:?}"))
+            })
+            .sum::<Result<u64>>()?;
+        eprintln!(
+            "probes {}: {} maps, {:.1} MiB in all, {:.1} KiB for the connections maps",
+            probes.unwrap_or("(default)"),
+            maps.len(),
+            total as f64 / (1 << 20) as f64,
+            conns as f64 / 1024.0
+        );
+        measured.push(conns);
+    }
+    assert!(
+        measured[0] <= 256 << 10,
+        "a default trace holds {} bytes of connections maps",
+        measured[0]
+    );
+    assert!(
+        measured[1] >= 1 << 20,
+        "with the probe its maps hold only {} bytes",
+        measured[1]
+    );
+    Ok(())
+}
+
+/// Round trips the open-connection test's client times (about 20 ms each).
+const OPEN_PINGS: usize = 150;
+
+/// One connection kept open over a link whose client-to-server packets are held 20 ms: the
+/// trace ends while it is still open, so every RTT sample in the client's workload comes from
+/// the samplers of open connections (established, `tcp:tcp_probe`, state changes), none from a
+/// close. Its srtt p50 is within 1 ms of the median round trip the client timed itself, its
+/// min RTT p50 within 1 ms of the fastest, and the samples are bounded (one at establishment,
+/// at most one a second after) although hundreds of segments arrived. The `.hgrm` files hold
+/// the same counts.
+fn open_connection_rtt(ipv6: bool) -> Result<()> {
+    require_root();
+    for tp in ["sock/inet_sock_set_state", "tcp/tcp_probe"] {
+        if !std::path::Path::new(&format!("/sys/kernel/tracing/events/{tp}/format")).exists() {
+            skip(&format!("this kernel has no tracepoint {tp}"));
+            return Ok(());
+        }
+    }
+    // Older kernels' tcp_probe records have no socket address: no sampler then (a note).
+    let probe = std::fs::read_to_string("/sys/kernel/tracing/events/tcp/tcp_probe/format")?;
+    if !probe.contains(" skaddr;") {
+        skip("this kernel's tcp:tcp_probe record has no skaddr field");
+        return Ok(());
+    }
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:238::1/64"), Some("fd00:238::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.238.0.1/24", s6)?;
+    let client = lab.node("cli", "10.238.0.2/24", c6)?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, DELAYED)))??;
+    let port = DELAYED.to_string();
+    let held = nettools::lab::delay::Delay::start(
+        &client,
+        ipv6,
+        "OUTPUT",
+        &["-p", "tcp", "--dport", &port],
+        0,
+        Duration::from_millis(20),
+    )?;
+    let hgrm = Scratch::new("rtt-hgrm")?;
+    let trace = Trace::start(&[
+        "--netns",
+        &server.netns,
+        "--netns",
+        &client.netns,
+        "--probes",
+        "connections",
+        "-o",
+        "json",
+        "--hgrm",
+        &hgrm.0.display().to_string(),
+    ])?;
+    let server_thread = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        for _ in 0..OPEN_PINGS {
+            s.read_exact(&mut b)?;
+            s.write_all(&b)?;
+        }
+        // Holds the connection open until the client's end of stream.
+        let _ = s.read(&mut b);
+        Ok(())
+    });
+    let started = std::time::Instant::now();
+    let (rtts, stream) = client.enter(|| -> Result<(Vec<Duration>, TcpStream)> {
+        let mut s = TcpStream::connect(SocketAddr::new(ip, DELAYED))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.set_nodelay(true)?;
+        let mut rtts = Vec::new();
+        let mut b = [7u8; 1];
+        for _ in 0..OPEN_PINGS {
+            let t = std::time::Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            rtts.push(t.elapsed());
+        }
+        Ok((rtts, s))
+    })??;
+    // The trace ends with the connection still open.
+    let lasted = started.elapsed();
+    let done = trace.stop()?;
+    drop(stream);
+    server_thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the server thread panicked"))??;
+    drop(held);
+    let mut sorted = rtts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2].as_secs_f64() * 1e3;
+    let fastest = sorted[0].as_secs_f64() * 1e3;
+    let lines = done.json()?;
+    assert!(
+        !lines.iter().any(|l| l["type"] == "tcp_connection"),
+        "the connection closed during the trace"
+    );
+    let s = summary(&lines)?;
+    let c = &workload(s, client.inode()?)?["connections"];
+    eprintln!(
+        "the client timed {OPEN_PINGS} round trips in {:.2} s: median {median:.3} ms, fastest \
+         {fastest:.3} ms\nclient workload: {c}",
+        lasted.as_secs_f64()
+    );
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let srtt = ms(&c["rtt"]["p50_ms"]);
+    let min = ms(&c["min_rtt"]["p50_ms"]);
+    assert!(
+        (srtt - median).abs() <= latency_tolerance_ms(1.0),
+        "srtt p50 {srtt} ms, the client measured {median} ms"
+    );
+    assert!(
+        (min - fastest).abs() <= latency_tolerance_ms(1.0),
+        "min RTT p50 {min} ms, the client's fastest round trip {fastest} ms"
+    );
+    // One sample when established, then at most one per started second of traffic.
+    let count = c["rtt"]["count"].as_u64().unwrap_or(0);
+    let bound = 1 + lasted.as_secs() + 1;
+    assert!(
+        (2..=bound).contains(&count),
+        "{count} samples over {:.2} s (expected 2..={bound})",
+        lasted.as_secs_f64()
+    );
+    assert_eq!(c["min_rtt"]["count"].as_u64(), Some(count), "{c}");
+    // The .hgrm files: the client's workload's srtt file counts the same samples.
+    let name = workload(s, client.inode()?)?["name"]
+        .as_str()
+        .context("workload name")?
+        .to_string();
+    let file = hgrm.file(&format!("{name}-tcp_srtt.hgrm"));
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("{file}: {:?}", hgrm.names()))?;
+    assert!(
+        text.contains(&format!("Total count    = {count:>12}")),
+        "{file}:\n{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_open_connection_is_sampled_for_rtt_ipv4() -> Result<()> {
+    open_connection_rtt(false)
+}
+
+#[test]
+fn an_open_connection_is_sampled_for_rtt_ipv6() -> Result<()> {
+    open_connection_rtt(true)
+}
+
+/// The port of the retransmission-sample test.
+const RETRANSMITTED: u16 = 7011;
+
+/// A connection whose peer stops answering (its INPUT drops the segments) retransmits on its
+/// timer, and no ACK arrives: the client's RTT samples are exactly the one taken when it was
+/// established plus one per retransmitted segment, which nstat's TcpRetransSegs counts in its
+/// namespace.
+fn retransmit_samples(ipv6: bool) -> Result<()> {
+    require_root();
+    for tp in ["sock/inet_sock_set_state", "tcp/tcp_retransmit_skb"] {
+        if !std::path::Path::new(&format!("/sys/kernel/tracing/events/{tp}/format")).exists() {
+            skip(&format!("this kernel has no tracepoint {tp}"));
+            return Ok(());
+        }
+    }
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (Some("fd00:239::1/64"), Some("fd00:239::2/64"))
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", "10.239.0.1/24", s6)?;
+    let client = lab.node("cli", "10.239.0.2/24", c6)?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, RETRANSMITTED)))??;
+    let trace = Trace::start(&[
+        "--netns",
+        &client.netns,
+        "--probes",
+        "connections",
+        "-o",
+        "json",
+    ])?;
+    let before_connect = nstat(&client, "TcpRetransSegs")?;
+    let mut stream = client.enter(|| TcpStream::connect(SocketAddr::new(ip, RETRANSMITTED)))??;
+    let (_accepted, _) = listener.accept()?;
+    let before = nstat(&client, "TcpRetransSegs")?;
+    // A handshake that needed a retransmitted SYN has no RTT measurement (Karn): no sample.
+    let established_sample = u64::from(before == before_connect);
+    let iptables = if ipv6 { "ip6tables" } else { "iptables" };
+    let port = RETRANSMITTED.to_string();
+    server.run(&[
+        iptables, "-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP",
+    ])?;
+    stream.write_all(b"x")?;
+    // RTO 200 ms, doubling: a few retransmissions.
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = nstat(&client, "TcpRetransSegs")?;
+    let done = trace.stop()?;
+    let retransmitted = after - before;
+    let lines = done.json()?;
+    let c = &workload(summary(&lines)?, client.inode()?)?["connections"];
+    eprintln!(
+        "{retransmitted} segments retransmitted (nstat), {} during the handshake\nclient \
+         workload: {c}",
+        before - before_connect
+    );
+    assert!(retransmitted >= 2, "only {retransmitted} retransmissions");
+    assert_eq!(
+        c["rtt"]["count"].as_u64(),
+        Some(established_sample + retransmitted),
+        "{c}"
+    );
+    drop(stream);
+    Ok(())
+}
+
+#[test]
+fn a_retransmission_is_an_rtt_sample_ipv4() -> Result<()> {
+    retransmit_samples(false)
+}
+
+#[test]
+fn a_retransmission_is_an_rtt_sample_ipv6() -> Result<()> {
+    retransmit_samples(true)
 }

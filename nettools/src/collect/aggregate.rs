@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nettools_common::{
-    connections::{ConnectionEvent, RECEIVED, ResetEvent, SENT, SocketErrorEvent},
+    connections::{ConnectionEvent, RECEIVED, ResetEvent, RttSampleEvent, SENT, SocketErrorEvent},
     drops::{DropEvent, DropKey},
     flow::Flow,
     neighbours::{NeighbourEvent, NeighbourKey},
@@ -267,6 +267,15 @@ impl Aggregate {
             .or_default()
             .connections
             .add_connection(ev);
+    }
+
+    /// Adds one RTT sample of an open connection.
+    pub fn add_rtt_sample(&mut self, ev: &RttSampleEvent) {
+        self.namespaces
+            .entry(ev.netns)
+            .or_default()
+            .connections
+            .add_rtt(ev.srtt_us, ev.min_rtt_us);
     }
 
     /// Replaces reset and socket-error counts with the kernel's exact figures.

@@ -37,8 +37,12 @@ pub struct ConnectionStats {
     pub events: u64,
     /// Exact finished connections per way they ended (`how`).
     pub closed: BTreeMap<u32, u64>,
-    /// Smoothed RTT of each finished connection (nanoseconds), from events.
+    /// Smoothed RTT samples (nanoseconds): of open connections (when established, at most
+    /// one a second while they carry traffic, at each retransmission, when they leave
+    /// ESTABLISHED) and of each finished connection, from events.
     pub rtt: Option<Histogram<u64>>,
+    /// The kernel's windowed minimum RTT at the same samples (nanoseconds).
+    pub min_rtt: Option<Histogram<u64>>,
     /// The finished connections with the most retransmitted segments, and with the highest
     /// smoothed RTT.
     pub top_by_retransmits: Vec<ConnectionEvent>,
@@ -80,18 +84,31 @@ impl ConnectionStats {
     /// Adds one finished connection: its RTT sample and the top lists.
     pub fn add_connection(&mut self, ev: &ConnectionEvent) {
         self.events += 1;
-        if ev.srtt_us > 0 {
-            let h = self.rtt.get_or_insert_with(super::latency::new_histogram);
-            h.saturating_record(u64::from(ev.srtt_us) * 1000);
-        }
+        self.add_rtt(ev.srtt_us, ev.min_rtt_us);
         keep_top(&mut self.top_by_retransmits, ev, |e| e.total_retrans);
         keep_top(&mut self.top_by_rtt, ev, |e| e.srtt_us);
+    }
+
+    /// Adds one RTT sample (µs; a connection without an RTT measurement has 0 and is skipped).
+    pub fn add_rtt(&mut self, srtt_us: u32, min_rtt_us: u32) {
+        if srtt_us == 0 {
+            return;
+        }
+        let h = self.rtt.get_or_insert_with(super::latency::new_histogram);
+        h.saturating_record(u64::from(srtt_us) * 1000);
+        if min_rtt_us > 0 && min_rtt_us != u32::MAX {
+            let h = self
+                .min_rtt
+                .get_or_insert_with(super::latency::new_histogram);
+            h.saturating_record(u64::from(min_rtt_us) * 1000);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.resets_sent + self.resets_received + self.events == 0
             && self.errors.is_empty()
             && self.closed.is_empty()
+            && self.rtt.is_none()
     }
 }
 

@@ -10,7 +10,7 @@ pub mod latency;
 
 use bytes::Buf as _;
 use nettools_common::{
-    connections::{ConnectionEvent, ResetEvent, SocketErrorEvent},
+    connections::{ConnectionEvent, ResetEvent, RttSampleEvent, SocketErrorEvent},
     drops::DropEvent,
     event::kind,
     latency::{DnsEvent, HandshakeEvent, IcmpEvent, TransitEvent},
@@ -31,6 +31,7 @@ pub enum Event {
     Reset(ResetEvent),
     SocketError(SocketErrorEvent),
     Connection(Box<ConnectionEvent>),
+    RttSample(RttSampleEvent),
 }
 
 /// Why a ring-buffer record could not be decoded.
@@ -89,6 +90,9 @@ pub fn decode(data: &[u8]) -> Result<Event, DecodeError> {
             .ok_or(truncated),
         kind::CONNECTION => pod::<ConnectionEvent>(data)
             .map(|c| Event::Connection(Box::new(c)))
+            .ok_or(truncated),
+        kind::RTT_SAMPLE => pod::<RttSampleEvent>(data)
+            .map(Event::RttSample)
             .ok_or(truncated),
         other => Err(DecodeError::UnknownKind(other)),
     }

@@ -8,7 +8,7 @@ use nettools_common::{
     config::ABSENT,
     connections::{
         ClosedKey, ConnectionsConfig, ErrorTotalKey, ResetKey, ResetLayout, ResetTotalKey,
-        SetStateLayout, SockOffsets, SocketErrorKey, TcpSockOffsets, how,
+        RttConfig, SetStateLayout, SockOffsets, SocketErrorKey, TcpSockOffsets, how,
     },
 };
 
@@ -200,6 +200,10 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
         ));
     }
     c.tcp = tcp;
+    c.rtt = rtt_config(
+        &mut *notes,
+        c.tcp.srtt_us != ABSENT && c.sock.family != ABSENT,
+    );
     {
         match super::tracefs::format("sock", "inet_sock_set_state")
             .and_then(|f| set_state_layout(&f))
@@ -214,6 +218,57 @@ pub fn config(btf: &mut Btf, notes: &mut Vec<String>) -> ConnectionsConfig {
     c
 }
 
+/// How often an open connection that carries traffic is sampled (`tcp:tcp_probe`).
+pub const RTT_SAMPLE_INTERVAL_MS: u64 = 1000;
+
+/// Where the RTT samplers find the socket; a sentence for each that cannot run. `socket_ok`:
+/// the socket offsets they read (srtt, addresses) are known.
+fn rtt_config(notes: &mut Vec<String>, socket_ok: bool) -> RttConfig {
+    let mut r = RttConfig {
+        interval_ns: RTT_SAMPLE_INTERVAL_MS * 1_000_000,
+        ..RttConfig::UNSET
+    };
+    if !socket_ok {
+        notes.push(
+            "this kernel's BTF lacks tcp_sock.srtt_us or the socket's address fields: open \
+             connections are not sampled for RTT (finished ones report theirs)"
+                .into(),
+        );
+        return r;
+    }
+    let skaddr = |group: &str, name: &str| -> Result<u32> {
+        let f = super::tracefs::format(group, name)?;
+        match f.offset("skaddr", 8) {
+            ABSENT => bail!("this kernel's {group}:{name} record has no skaddr field"),
+            at => Ok(at),
+        }
+    };
+    match skaddr("tcp", "tcp_probe") {
+        Ok(at) => r.probe_skaddr = at,
+        Err(e) => notes.push(format!(
+            "{e:#}: open connections are sampled for RTT only when established, when they \
+             retransmit and when they close, not while they carry traffic"
+        )),
+    }
+    match skaddr("tcp", "tcp_retransmit_skb") {
+        Ok(at) => r.retransmit_skaddr = at,
+        Err(e) => notes.push(format!("{e:#}: no RTT sample is taken at retransmissions")),
+    }
+    r
+}
+
+/// The maps only the connections programs write (the kernel side's per-CPU scratch slots are
+/// one entry already): sized to one entry when the probe is off.
+pub const MAPS: [&str; 7] = [
+    "RESET_TOTALS",
+    "RESET_FLOWS",
+    "SOCKET_ERROR_TOTALS",
+    "SOCKET_ERROR_FLOWS",
+    "CONN_CLOSED_TOTALS",
+    "CONN_STARTS",
+    "CLOSED_WITH_ERROR",
+];
+
 /// Attaches the programs whose part of [`ConnectionsConfig`] is set.
 pub fn attach(ebpf: &mut Ebpf, c: &ConnectionsConfig) -> Result<()> {
     if c.send_reset.skaddr != ABSENT {
@@ -227,6 +282,12 @@ pub fn attach(ebpf: &mut Ebpf, c: &ConnectionsConfig) -> Result<()> {
     }
     if c.set_state.record.skaddr != ABSENT {
         super::attach_tracepoint(ebpf, "connections_set_state", "sock", "inet_sock_set_state")?;
+    }
+    if c.rtt.probe_skaddr != ABSENT {
+        super::attach_tracepoint(ebpf, "connections_tcp_probe", "tcp", "tcp_probe")?;
+    }
+    if c.rtt.retransmit_skaddr != ABSENT {
+        super::attach_tracepoint(ebpf, "connections_retransmit", "tcp", "tcp_retransmit_skb")?;
     }
     Ok(())
 }

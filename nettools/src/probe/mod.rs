@@ -32,7 +32,8 @@ use nettools_common::{
         WAKEUP_BYTES_GLOBAL,
     },
     connections::{
-        RECEIVE_RESET_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL, TCP_SOCK_GLOBAL,
+        RECEIVE_RESET_GLOBAL, RTT_GLOBAL, SEND_RESET_GLOBAL, SET_STATE_GLOBAL, SOCK_GLOBAL,
+        TCP_SOCK_GLOBAL,
     },
     counters,
     latency::{FEATURES_GLOBAL, TRANSIT_MASK_GLOBAL},
@@ -324,7 +325,15 @@ pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loade
     let log_level: u8 = if opts.kernel_debug { 4 } else { 0 };
     let slots = traffic_slots(opts.all_namespaces);
     let synthetic = synthetic_netns();
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    // The connections maps are preallocated (11.5 MiB of locked kernel memory on 2 CPUs):
+    // without the probe nothing writes them, so they get one entry each.
+    if !wants(ProbeKind::Connections) {
+        for name in connections::MAPS {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    let mut ebpf = loader
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KFREE_SKB_GLOBAL, &kfree, true)
         .override_global(
@@ -344,6 +353,7 @@ pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loade
         .override_global(SET_STATE_GLOBAL, &conns.set_state, true)
         .override_global(SOCK_GLOBAL, &conns.sock, true)
         .override_global(TCP_SOCK_GLOBAL, &conns.tcp, true)
+        .override_global(RTT_GLOBAL, &conns.rtt, true)
         .override_global(FILTER_GLOBAL, &filter, true)
         .override_global(
             WAKEUP_BYTES_GLOBAL,

@@ -62,7 +62,7 @@ pub struct ConnectionLine {
     pub bytes_received: u64,
 }
 
-/// Smoothed RTTs of the finished connections.
+/// RTT samples (smoothed or minimum) of a workload's connections.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RttSummary {
     pub count: u64,
@@ -91,8 +91,10 @@ pub struct ConnectionSummary {
     pub error_flows: Vec<SocketErrorFlow>,
     /// Exact finished connections by how they ended (established ones only).
     pub closed: BTreeMap<&'static str, u64>,
-    /// Smoothed RTT of the finished connections.
+    /// Smoothed RTT samples of open and finished connections.
     pub rtt: Option<RttSummary>,
+    /// The kernel's minimum RTT at the same samples.
+    pub min_rtt: Option<RttSummary>,
     /// Finished connections with the most retransmitted segments, and the slowest.
     pub top_by_retransmits: Vec<ConnectionLine>,
     pub top_by_rtt: Vec<ConnectionLine>,
@@ -120,7 +122,7 @@ fn line(e: &ConnectionEvent) -> ConnectionLine {
     }
 }
 
-fn rtt_summary(h: &Histogram<u64>) -> RttSummary {
+pub(crate) fn rtt_summary(h: &Histogram<u64>) -> RttSummary {
     let ms = |ns: u64| ns as f64 / 1e6;
     RttSummary {
         count: h.len(),
@@ -219,26 +221,30 @@ pub fn summary(c: &ConnectionStats, reset_reasons: &[(u32, String)]) -> Connecti
         error_flows,
         closed: c.closed.iter().map(|(&h, &n)| (how_name(h), n)).collect(),
         rtt: c.rtt.as_ref().map(rtt_summary),
+        min_rtt: c.min_rtt.as_ref().map(rtt_summary),
         top_by_retransmits: c.top_by_retransmits.iter().map(line).collect(),
         top_by_rtt: c.top_by_rtt.iter().map(line).collect(),
     }
 }
 
-/// The table's lines for a workload's finished connections (totals, RTT, the top ones).
+/// The table's lines for a workload's finished connections (totals, the top ones) and its RTT
+/// samples (open connections have them too).
 fn finished(out: &mut String, c: &ConnectionSummary) {
-    if c.closed.is_empty() {
-        return;
+    if !c.closed.is_empty() {
+        let closed: Vec<String> = c.closed.iter().map(|(h, n)| format!("{h} {n}")).collect();
+        let _ = writeln!(out, "  connections closed: {}", closed.join(", "));
     }
-    let closed: Vec<String> = c.closed.iter().map(|(h, n)| format!("{h} {n}")).collect();
-    let _ = write!(out, "  connections closed: {}", closed.join(", "));
     if let Some(r) = &c.rtt {
         let _ = write!(
             out,
-            "; srtt p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            "  TCP RTT: srtt p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             r.p50_ms, r.p99_ms, r.max_ms
         );
+        if let Some(m) = &c.min_rtt {
+            let _ = write!(out, "; min RTT p50 {:.3} ms", m.p50_ms);
+        }
+        let _ = writeln!(out, " ({} samples)", r.count);
     }
-    let _ = writeln!(out);
     for (title, top) in [
         ("most retransmits", &c.top_by_retransmits),
         ("highest srtt", &c.top_by_rtt),

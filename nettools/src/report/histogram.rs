@@ -87,6 +87,41 @@ fn distribution(out: &mut String, d: &LatencyDistribution) {
     out.push_str(&ascii(h));
 }
 
+/// A workload's TCP RTT distributions (the `connections` probe): (file-name kind, title,
+/// histogram) for the smoothed and the minimum RTT samples.
+fn rtt_distributions(
+    w: &super::WorkloadSummary,
+) -> Vec<(&'static str, &'static str, &Histogram<u64>)> {
+    let Some(c) = &w.connections else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(r) = &c.rtt {
+        out.push(("tcp_srtt", "TCP smoothed RTT (srtt)", &r.histogram));
+    }
+    if let Some(r) = &c.min_rtt {
+        out.push(("tcp_min_rtt", "TCP minimum RTT", &r.histogram));
+    }
+    out
+}
+
+/// One RTT distribution, like a latency one.
+fn rtt_distribution(out: &mut String, title: &str, h: &Histogram<u64>) {
+    let _ = writeln!(out, "  {title}: {} samples", h.len());
+    let q = |x: f64| duration(h.value_at_quantile(x) as f64);
+    let _ = writeln!(
+        out,
+        "    min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        duration(h.min() as f64),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        duration(h.max() as f64)
+    );
+    out.push_str(&ascii(h));
+}
+
 /// `--output histogram`.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -98,22 +133,24 @@ pub fn render(s: &Summary) -> String {
     );
     let mut any = false;
     for w in &s.workloads {
-        let Some(l) = &w.latency else {
-            continue;
-        };
-        if l.distributions.is_empty() {
+        let latency = w.latency.as_ref().map_or(&[][..], |l| &l.distributions[..]);
+        let rtt = rtt_distributions(w);
+        if latency.is_empty() && rtt.is_empty() {
             continue;
         }
         any = true;
         let _ = writeln!(out, "\n== {}  (netns {})", Safe(&w.name), w.netns);
-        for d in &l.distributions {
+        for d in latency {
             distribution(&mut out, d);
+        }
+        for (_, title, h) in rtt {
+            rtt_distribution(&mut out, title, h);
         }
     }
     if !any {
         let _ = writeln!(
             out,
-            "\nno latency samples (no handshakes, DNS queries, pings or transit seen)"
+            "\nno latency samples (no handshakes, DNS queries, pings, transit or TCP RTT seen)"
         );
     }
     out
@@ -195,16 +232,18 @@ pub fn hgrm_files(s: &Summary) -> Vec<(String, String)> {
     let mut used = std::collections::HashSet::new();
     let mut files = Vec::new();
     for w in &s.workloads {
-        let Some(l) = &w.latency else {
-            continue;
-        };
-        for d in &l.distributions {
-            let mut name = format!("{}-{}.hgrm", file_part(&w.name), d.kind.name());
+        let latency = w.latency.as_ref().map_or(&[][..], |l| &l.distributions[..]);
+        let kinds = latency
+            .iter()
+            .map(|d| (d.kind.name(), &d.histogram))
+            .chain(rtt_distributions(w).into_iter().map(|(k, _, h)| (k, h)));
+        for (kind, h) in kinds {
+            let mut name = format!("{}-{kind}.hgrm", file_part(&w.name));
             if !used.insert(name.clone()) {
-                name = format!("{}-{}-{}.hgrm", file_part(&w.name), w.netns, d.kind.name());
+                name = format!("{}-{}-{kind}.hgrm", file_part(&w.name), w.netns);
                 used.insert(name.clone());
             }
-            files.push((name, hgrm(&d.histogram)));
+            files.push((name, hgrm(h)));
         }
     }
     files

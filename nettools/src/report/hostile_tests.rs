@@ -210,7 +210,12 @@ fn summary(names: &[String]) -> Summary {
                 comm: Some(n(first + 21)),
             }],
             closed: [("fin", 1)].into_iter().collect(),
-            rtt: None,
+            rtt: Some(super::connections::rtt_summary(
+                &distribution(LatencyKind::Dns, 20_000_000).histogram,
+            )),
+            min_rtt: Some(super::connections::rtt_summary(
+                &distribution(LatencyKind::Dns, 19_000_000).histogram,
+            )),
             top_by_retransmits: vec![super::connections::ConnectionLine {
                 flow: n(first + 22),
                 role: Some("client"),
@@ -293,6 +298,13 @@ proptest! {
             prop_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{}", name);
             prop_assert!(seen.insert(name.clone()), "{} twice", name);
         }
+        // Each workload's TCP RTT distributions have files of their own, and a section.
+        for kind in ["-tcp_srtt.hgrm", "-tcp_min_rtt.hgrm"] {
+            prop_assert_eq!(files.iter().filter(|(n, _)| n.ends_with(kind)).count(), 2);
+        }
+        let rendered = super::histogram::render(&s);
+        prop_assert!(rendered.contains("TCP smoothed RTT (srtt): 20 samples"), "{}", rendered);
+        prop_assert!(rendered.contains("TCP minimum RTT: 20 samples"), "{}", rendered);
     }
 
     #[test]

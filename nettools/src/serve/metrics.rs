@@ -642,7 +642,7 @@ fn connection_series(
     let empty = crate::collect::latency::new_histogram();
     f.histogram(
         "nettools_tcp_rtt_seconds",
-        "Smoothed RTT (the kernel's srtt) of this network namespace's TCP connections when they closed.",
+        "Smoothed RTT (the kernel's srtt) of this network namespace's TCP connections: sampled when established, at most once a second while they carry traffic, at each retransmission, when they leave ESTABLISHED and when they close.",
         with(labels, &[]),
         c.rtt.as_ref().map_or(&empty, |r| &r.histogram),
     );
