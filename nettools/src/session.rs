@@ -573,13 +573,13 @@ impl<W: Write> Collector<W> {
         Ok(waiting)
     }
 
-    /// The namespace of the workload owning a traced interface (0 when unknown).
     /// The workload (traced or only labelled) a namespace belongs to, for an event's line.
     fn workload(&self, netns: u32) -> Workload {
         report::workload_for(netns, &self.traced, &self.labels)
     }
 
-    fn netns_of(&self, ifindex: u32) -> u32 {
+    /// The namespace of the workload owning a traced interface (0 when unknown).
+    pub fn netns_of(&self, ifindex: u32) -> u32 {
         self.traced
             .iter()
             .chain(self.labels.values())

@@ -671,6 +671,11 @@ fn assert_firewall_comment(comment: &str, netns: u32) -> Result<()> {
         .split_once(' ')
         .with_context(|| format!("no namespace: {comment:?}"))?;
     assert!(is_netfilter_location(location), "{comment}");
+    // Where netfilter is a module (the vmtest guests), kallsyms names it: `… [nf_tables] (…)`.
+    let ns = match ns.split_once("] ") {
+        Some((module, rest)) if module.starts_with('[') => rest,
+        _ => ns,
+    };
     assert_eq!(ns, format!("(netns {netns})"), "{comment}");
     Ok(())
 }

@@ -43,11 +43,14 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 /// The probes that see what happens to the check's packets.
-const PROBES: [ProbeKind; 4] = [
+/// (handshake: the RST a destination's veth carried back, for kernels whose `tcp_send_reset`
+/// does not report a reset sent for no socket.)
+const PROBES: [ProbeKind; 5] = [
     ProbeKind::Drops,
     ProbeKind::Neighbours,
     ProbeKind::Traffic,
     ProbeKind::Connections,
+    ProbeKind::Handshake,
 ];
 
 /// How long after the last probe the kernel's late reports (a neighbour entry failing, the
@@ -293,6 +296,8 @@ struct Watch {
     l4: u8,
     drops: Vec<nettools_common::drops::DropEvent>,
     resets: Vec<nettools_common::connections::ResetEvent>,
+    /// SYNs answered with a RST, seen by the handshake probe on the answering side's veth.
+    veth_resets: Vec<nettools_common::latency::HandshakeEvent>,
     neighbours: Vec<nettools_common::neighbours::NeighbourEvent>,
 }
 
@@ -312,6 +317,7 @@ impl Watch {
             },
             drops: Vec::new(),
             resets: Vec::new(),
+            veth_resets: Vec::new(),
             neighbours: Vec::new(),
         }
     }
@@ -353,6 +359,14 @@ impl Watch {
                 {
                     self.resets.push(*r)
                 }
+                Event::Handshake(h)
+                    if h.outcome == nettools_common::latency::outcome::RESET
+                        && h.role == nettools_common::latency::role::SERVER
+                        && self.ours(&h.flow)
+                        && self.veth_resets.len() < MAX_KEPT =>
+                {
+                    self.veth_resets.push(*h)
+                }
                 Event::NeighbourFailed(n) if self.neighbours.len() < MAX_KEPT => {
                     self.neighbours.push(*n)
                 }
@@ -393,6 +407,17 @@ impl Watch {
                 .resets_sent
                 .entry((name(r.key.netns), r.key.netns))
                 .or_default() += 1;
+        }
+        if self.resets.is_empty() {
+            // The kernel's tcp_send_reset said nothing (before it reported resets sent for no
+            // socket): the RSTs the answering side's veth carried back name it instead.
+            for h in &self.veth_resets {
+                let netns = probes.collector.netns_of(h.ifindex);
+                if netns != 0 {
+                    *seen.resets_sent.entry((name(netns), netns)).or_default() += 1;
+                    seen.resets_from_veth = true;
+                }
+            }
         }
         for n in &self.neighbours {
             let Some(addr) = ip(n.key.family, &n.key.addr) else {

@@ -18,6 +18,9 @@ pub struct Seen {
     pub drops: BTreeMap<DropKey, u64>,
     /// Resets sent about the probes' flows: namespace name, netns → resets.
     pub resets_sent: BTreeMap<(String, u32), u64>,
+    /// The resets were seen as RSTs on the answering side's veth (the kernel's tcp_send_reset
+    /// reported none).
+    pub resets_from_veth: bool,
     /// Neighbour entries that failed: (namespace name, netns, device, address) → failures.
     pub neighbours: BTreeMap<(String, u32, String, IpAddr), u64>,
     /// ARP/NDP requests seen on the wire for an address (any interface).
@@ -328,9 +331,14 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
     } else if !seen.resets_sent.is_empty() || errors.keys().any(|e| e == "ECONNREFUSED") {
         let mut who = Vec::new();
         for ((ns, netns), n) in &seen.resets_sent {
+            let how = if seen.resets_from_veth {
+                " (RSTs seen on its veth: this kernel's tcp:tcp_send_reset reported none)"
+            } else {
+                ""
+            };
             let mut e = Evidence::new(
                 "reset",
-                format!("{} answered {n} time(s) with a TCP reset", Safe(ns)),
+                format!("{} answered {n} time(s) with a TCP reset{how}", Safe(ns)),
             );
             e.namespace = Some(ns.clone());
             e.netns = Some(*netns);
