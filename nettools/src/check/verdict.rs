@@ -512,6 +512,10 @@ fn class<'a>(reason: &'a str, location: &str) -> &'a str {
         "IP_INNOROUTES"
     } else if is(&["neigh_invalidate", "neigh_timer_handler"]) {
         "NEIGH_FAILED"
+    } else if is(&["__udp4_lib_rcv", "__udp6_lib_rcv"]) {
+        // UDP's receive path frees a datagram it found no socket for (after the ICMP port
+        // unreachable); its only other drop there is a bad checksum.
+        "NO_SOCKET"
     } else {
         reason
     }
@@ -670,6 +674,7 @@ mod tests {
         assert_eq!(class("UNAVAILABLE", "nft_do_chain+0x3e8"), "NETFILTER_DROP");
         assert_eq!(class("UNAVAILABLE", "ip_error+0x94"), "IP_INNOROUTES");
         assert_eq!(class("UNAVAILABLE", "tcp_v4_rcv+0x10"), "UNAVAILABLE");
+        assert_eq!(class("UNAVAILABLE", "__udp4_lib_rcv+0x5c2"), "NO_SOCKET");
         assert_eq!(class("NO_SOCKET", "nft_do_chain+0x3e8"), "NO_SOCKET");
     }
 
