@@ -54,7 +54,8 @@ commands:
                    and import it into Podman as localhost/nettools:latest
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
-  bench [--quick] [--only throughput|costs|storm|memory|scale|pipeline] [--nettools PATH]
+  bench [--quick] [--only throughput|costs|capture|storm|memory|scale|pipeline]
+         [--nettools PATH]
                    root: overhead next to tcpdump and bpftrace, per-program cost, drop storm,
                    memory, attach time, in a throwaway lab (a few minutes; --quick: a smoke run)
 ";

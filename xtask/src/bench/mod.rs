@@ -8,6 +8,7 @@
 //!    untraced run of the same round, and the table shows the median and the spread of the rounds;
 //! 2. the kernel's own run-time statistics of each nettools program (`BPF_ENABLE_STATS`), per
 //!    workload: nanoseconds per invocation;
+//!    and `nettools capture` next to tcpdump on the same veth and traffic (capture.rs);
 //! 3. a drop storm (UDP into an iptables DROP) at increasing rates: drops counted, events lost,
 //!    events processed per second and the collector's CPU;
 //! 4. the collector's memory: idle, after many short TCP connections, and over a longer run with
@@ -18,6 +19,7 @@
 //! `target/bench/results.md`. The machine is shared: the load around each phase is printed too.
 
 mod attach;
+mod capture;
 mod costs;
 mod empty;
 mod kernel;
@@ -123,9 +125,10 @@ impl Plan {
 }
 
 /// The sections `--only` accepts.
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 7] = [
     "throughput",
     "costs",
+    "capture",
     "storm",
     "memory",
     "scale",
@@ -186,6 +189,11 @@ pub fn run(nettools: &Path, quick: bool, only: Option<&str>) -> Result<()> {
         progress("per-program cost (kernel run-time statistics)");
         let costs = costs::program_costs(nettools, &lab, &plan)?;
         costs::write_costs(&mut out, &costs);
+    }
+    if wanted("capture") {
+        progress("nettools capture next to tcpdump: interleaved rounds");
+        let runs = capture::capture(nettools, &lab, &plan)?;
+        capture::write_capture(&mut out, &runs);
     }
     if wanted("storm") {
         progress("drop storm");
