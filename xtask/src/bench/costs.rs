@@ -413,7 +413,7 @@ pub fn write_costs(out: &mut String, c: &Costs) {
             "\n### Per connection (`--probes connections`)\n\n\
              {made} short TCP connections from pod a to pod b (the server closes first), the \
              connections probe set alone tracing both pods. Its programs are on tracepoints, \
-             nothing per packet; their whole run time divided by the connections, and that above \
+             none on the veths; their whole run time divided by the connections, and that above \
              `{floor}`, an empty program on `sock:inet_sock_set_state` that runs on the same \
              state changes. The issue's bound: under 1 % of a core, i.e. at most 10 ms of \
              programs a second.\n",
