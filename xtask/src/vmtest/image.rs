@@ -372,16 +372,7 @@ pub fn userspace_foreign(
                 & 0o111
                 != 0;
         archive.file(&real, data, executable)?;
-        let named = root::resolve(
-            guest_root,
-            Path::new(named)
-                .parent()
-                .map_or("/", |p| p.to_str().unwrap_or("/")),
-        )? + "/"
-            + Path::new(named)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+        let named = root::resolve_dir(guest_root, named)?;
         if named != real {
             archive.symlink(&named, &real)?;
         }

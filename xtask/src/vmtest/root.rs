@@ -33,6 +33,8 @@ const PACKAGES: &[&str] = &[
     "bsdutils",
     "bpftool",
     "busybox-static",
+    // tc's ATM qdisc plugin (q_atm.so, in iproute2's plugin directory) links it.
+    "libatm1",
 ];
 /// Debian's suite the root is made from.
 const SUITE: &str = "bookworm";
@@ -151,6 +153,16 @@ pub fn resolve(root: &Path, path: &str) -> Result<String> {
     Ok(format!("/{}", done.join("/")))
 }
 
+/// `path` with its directory resolved inside `root` and its last component kept (a link stays
+/// a link, in the directory it really is in).
+pub fn resolve_dir(root: &Path, path: &str) -> Result<String> {
+    let p = Path::new(path);
+    let dir = p.parent().and_then(Path::to_str).unwrap_or("/");
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let dir = resolve(root, dir)?;
+    Ok(format!("{}/{name}", dir.trim_end_matches('/')))
+}
+
 fn components(path: &str) -> Vec<String> {
     Path::new(path)
         .components()
@@ -188,8 +200,10 @@ pub fn libraries(root: &Path, arch: Arch, elf: &Path) -> Result<Vec<String>> {
                 );
             }
             let real = resolve(root, &name)?;
-            // The name as asked for (a link, e.g. /lib/ld-linux-aarch64.so.1) and its target.
-            for p in [name, real.clone()] {
+            // The name as asked for (a link, e.g. /lib/ld-linux-aarch64.so.1) in its real
+            // directory (the image's entries never go through a link such as /lib), and its
+            // target.
+            for p in [resolve_dir(root, &name)?, real.clone()] {
                 found.insert(p);
             }
             let host = root.join(real.trim_start_matches('/'));
@@ -244,6 +258,10 @@ mod tests {
         assert_eq!(
             resolve(&root, "/usr/lib/arch/libc.so.6")?,
             "/usr/lib/aarch64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(
+            resolve_dir(&root, "/lib/ld-linux-aarch64.so.1")?,
+            "/usr/lib/ld-linux-aarch64.so.1"
         );
         std::fs::remove_dir_all(&root)?;
         Ok(())
