@@ -5,9 +5,10 @@
 use std::{
     net::{TcpListener, UdpSocket},
     process::Output,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use nettools_tests::*;
 use serde_json::Value;
 
@@ -488,6 +489,20 @@ fn an_ipv6_address_nobody_owns_is_neighbour_unreachable_from_a_pid() -> Result<(
         .args(["netns", "exec", &a.netns, "sleep", "60"])
         .spawn()?;
     let pid = sleeper.id().to_string();
+    // `ip netns exec` enters the namespace after it starts (slowly in an emulated guest): the
+    // source is that process's namespace only from then on.
+    let inode = a.inode()?;
+    let entered = Instant::now();
+    while std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        != format!("net:[{inode}]")
+    {
+        if entered.elapsed() > Duration::from_secs(10) {
+            bail!("ip netns exec did not enter {} within 10 s", a.netns);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = nettools(&[
         "check",
         "--pid",
