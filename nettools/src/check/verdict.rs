@@ -247,24 +247,7 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         .find(|(_, g)| g.rule.rejects())
         .filter(|_| probes.iter().any(|p| p.outcome != "timeout"))
     {
-        let mut e = Evidence::new(
-            "rule",
-            format!(
-                "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
-                Safe(ns),
-                g.rule.backend,
-                g.rule.family,
-                g.rule.table,
-                g.rule.chain,
-                g.rule.position,
-                Safe(&g.rule.text),
-                g.delta
-            ),
-        );
-        e.namespace = Some(ns.clone());
-        e.count = Some(g.delta);
-        e.rule = Some(g.clone());
-        evidence.push(e);
+        evidence.push(rule_evidence(ns, g));
         path.push(Hop {
             namespace: ns.clone(),
             what: "rejected here".to_string(),
@@ -306,26 +289,7 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
             if !firewall.iter().any(|((n, ..), _)| n == ns) {
                 continue;
             }
-            for g in rules {
-                let mut e = Evidence::new(
-                    "rule",
-                    format!(
-                        "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
-                        Safe(ns),
-                        g.rule.backend,
-                        g.rule.family,
-                        g.rule.table,
-                        g.rule.chain,
-                        g.rule.position,
-                        Safe(&g.rule.text),
-                        g.delta
-                    ),
-                );
-                e.namespace = Some(ns.clone());
-                e.count = Some(g.delta);
-                e.rule = Some(g.clone());
-                evidence.push(e);
-            }
+            evidence.extend(rules.iter().map(|g| rule_evidence(ns, g)));
         }
         ("firewall", summary)
     } else if !seen.resets_sent.is_empty() || errors.keys().any(|e| e == "ECONNREFUSED") {
@@ -496,6 +460,28 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         probes,
         path,
     }
+}
+
+/// A rule whose counter grew during the check, in namespace `ns`.
+fn rule_evidence(ns: &str, g: &Grown) -> Evidence {
+    let mut e = Evidence::new(
+        "rule",
+        format!(
+            "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
+            Safe(ns),
+            g.rule.backend,
+            g.rule.family,
+            g.rule.table,
+            g.rule.chain,
+            g.rule.position,
+            Safe(&g.rule.text),
+            g.delta
+        ),
+    );
+    e.namespace = Some(ns.to_string());
+    e.count = Some(g.delta);
+    e.rule = Some(g.clone());
+    e
 }
 
 /// The drop reason a verdict goes by: the kernel's, or on kernels without reasons (before
