@@ -71,8 +71,12 @@ pub fn ascii(h: &Histogram<u64>) -> String {
 }
 
 fn distribution(out: &mut String, d: &LatencyDistribution) {
-    let _ = writeln!(out, "  {}: {} samples", d.kind.describe(), d.count);
-    let h = &d.histogram;
+    samples(out, d.kind.describe(), d.count, &d.histogram);
+}
+
+/// A titled distribution: its sample count, quantiles and bars.
+fn samples(out: &mut String, title: &str, count: u64, h: &Histogram<u64>) {
+    let _ = writeln!(out, "  {title}: {count} samples");
     let q = |x: f64| duration(h.value_at_quantile(x) as f64);
     let _ = writeln!(
         out,
@@ -105,23 +109,6 @@ fn rtt_distributions(
     out
 }
 
-/// One RTT distribution, like a latency one.
-fn rtt_distribution(out: &mut String, title: &str, h: &Histogram<u64>) {
-    let _ = writeln!(out, "  {title}: {} samples", h.len());
-    let q = |x: f64| duration(h.value_at_quantile(x) as f64);
-    let _ = writeln!(
-        out,
-        "    min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        duration(h.min() as f64),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(0.999),
-        duration(h.max() as f64)
-    );
-    out.push_str(&ascii(h));
-}
-
 /// `--output histogram`.
 pub fn render(s: &Summary) -> String {
     let mut out = String::new();
@@ -144,7 +131,7 @@ pub fn render(s: &Summary) -> String {
             distribution(&mut out, d);
         }
         for (_, title, h) in rtt {
-            rtt_distribution(&mut out, title, h);
+            samples(&mut out, title, h.len(), h);
         }
     }
     if !any {
