@@ -90,7 +90,11 @@ fn measure(pid: i32, floor: &Empty, work: &dyn Fn() -> Result<()>) -> Result<Del
 
 /// Nanoseconds per run of `program` in `d` (None when it did not run).
 fn per_run(d: &Delta, program: &str) -> Option<f64> {
-    let s = d.get(program)?;
+    d.get(program).and_then(ns_per_run)
+}
+
+/// ns per run of one program's statistics, None when it never ran.
+fn ns_per_run(s: &ProgStats) -> Option<f64> {
     (s.run_cnt > 0).then(|| s.run_time_ns as f64 / s.run_cnt as f64)
 }
 
@@ -189,14 +193,8 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
             None
         }
         Ok(()) => {
-            let running = tracers::start_nettools(
-                bin,
-                lab,
-                &["--probes", "connections"],
-                "costs-connections",
-            )?;
             let made = std::cell::Cell::new(0u32);
-            let d = measure(running.proc.pid, &floor, &|| {
+            let d = with_connections_probe(bin, lab, &floor, &|| {
                 made.set(load::connections(
                     &lab.a,
                     &lab.b,
@@ -206,7 +204,6 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
                 )?);
                 Ok(())
             })?;
-            running.stop()?;
             let per = connection_ns(&d, made.get());
             progress(&format!(
                 "  per connection: {:.0} ns in the connections programs, {:.0} ns above the empty \
@@ -226,17 +223,12 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
             None
         }
         Ok(()) => {
-            let running = tracers::start_nettools(
-                bin,
-                lab,
-                &["--probes", "connections"],
-                "costs-connections",
-            )?;
-            let d = measure(running.proc.pid, &floor, &tcp)?;
-            running.stop()?;
+            let d = with_connections_probe(bin, lab, &floor, &tcp)?;
             progress(&format!(
                 "  per segment: connections_tcp_probe {:.0} ns, empty tcp_probe {:.0} ns",
-                program(&d, "connections_tcp_probe").map_or(f64::NAN, |s| per(&s)),
+                program(&d, "connections_tcp_probe")
+                    .and_then(|s| ns_per_run(&s))
+                    .unwrap_or(f64::NAN),
                 per_run(&d, empty::TCP_PROBE_NAME).unwrap_or(f64::NAN),
             ));
             Some(d)
@@ -254,6 +246,20 @@ pub fn program_costs(bin: &Path, lab: &Lab, plan: &Plan) -> Result<Costs> {
     })
 }
 
+/// `work` measured under nettools tracing both pods with the connections probe set alone.
+fn with_connections_probe(
+    bin: &Path,
+    lab: &Lab,
+    floor: &Empty,
+    work: &dyn Fn() -> Result<()>,
+) -> Result<Delta> {
+    let running =
+        tracers::start_nettools(bin, lab, &["--probes", "connections"], "costs-connections")?;
+    let d = measure(running.proc.pid, floor, work)?;
+    running.stop()?;
+    Ok(d)
+}
+
 /// A program's statistics by its full name, also where the kernel kept only the first 15
 /// characters (BPF_OBJ_NAME_LEN) and bpftool did not restore the rest from BTF.
 fn program(d: &Delta, name: &str) -> Option<ProgStats> {
@@ -262,15 +268,6 @@ fn program(d: &Delta, name: &str) -> Option<ProgStats> {
             .find(|(k, _)| k.len() == 15 && name.starts_with(k.as_str()))
             .map(|(_, s)| *s)
     })
-}
-
-/// ns per run.
-fn per(s: &ProgStats) -> f64 {
-    if s.run_cnt == 0 {
-        f64::NAN
-    } else {
-        s.run_time_ns as f64 / s.run_cnt as f64
-    }
 }
 
 /// Per connection: ns in the connections programs, and that above the empty program on
@@ -422,12 +419,8 @@ pub fn write_costs(out: &mut String, c: &Costs) {
         let _ = writeln!(out, "| program | runs | per run |");
         let _ = writeln!(out, "|---|---|---|");
         for p in CONNECTION_PROGRAMS.iter().chain([&empty::SET_STATE_NAME]) {
-            let line = match program(d, p).filter(|s| s.run_cnt > 0) {
-                Some(s) => format!(
-                    "{} | {:.0} ns",
-                    s.run_cnt,
-                    s.run_time_ns as f64 / s.run_cnt as f64
-                ),
+            let line = match program(d, p).and_then(|s| Some((s.run_cnt, ns_per_run(&s)?))) {
+                Some((runs, ns)) => format!("{runs} | {ns:.0} ns"),
                 None => "0 | not run".to_string(),
             };
             let _ = writeln!(out, "| `{p}` | {line} |");
@@ -444,6 +437,7 @@ pub fn write_costs(out: &mut String, c: &Costs) {
     if let Some(d) = &c.per_segment {
         let ours = program(d, "connections_tcp_probe").unwrap_or_default();
         let floor = d.get(empty::TCP_PROBE_NAME).copied().unwrap_or_default();
+        let per = |s: &ProgStats| ns_per_run(s).unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
             "### Per received TCP segment (the RTT sampler)\n\n\
