@@ -184,31 +184,8 @@ struct Userspace {
 
 impl Userspace {
     fn new() -> Result<Self> {
-        let mut archive = Archive::new();
-        // The top-level layout of this machine: merged /usr (bin -> usr/bin) or not.
-        for top in ["bin", "sbin", "lib", "lib64"] {
-            let host = Path::new("/").join(top);
-            match std::fs::read_link(&host) {
-                Ok(target) => archive.symlink(top, &target.display().to_string())?,
-                Err(_) if host.is_dir() => archive.dir(top)?,
-                Err(_) => {}
-            }
-        }
-        for dir in [
-            "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "root", "etc",
-        ] {
-            archive.dir(dir)?;
-        }
-        archive.file("etc/hostname", b"vmtest\n".to_vec(), false)?;
-        archive.file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-            false,
-        )?;
-        archive.file("etc/group", b"root:x:0:\n".to_vec(), false)?;
-        archive.file("init", INIT.as_bytes().to_vec(), true)?;
         Ok(Self {
-            archive,
+            archive: skeleton(Path::new("/"))?,
             elves: Vec::new(),
         })
     }
@@ -239,31 +216,16 @@ impl Userspace {
     }
 
     fn copy_tree(&mut self, dir: &Path) -> Result<()> {
-        let entries =
-            std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                self.copy_tree(&path)?;
-            } else if path.is_file() {
-                self.copy(&path)?;
-            }
+        for file in files_under(dir)? {
+            self.copy(&file)?;
         }
         Ok(())
     }
 
     /// Copies an executable of ours without its debug information (smaller image, same code).
     fn copy_stripped(&mut self, host: &Path, at: &str, scratch: &Path) -> Result<()> {
-        let out = scratch.join(at.replace('/', "_"));
-        output(
-            Command::new("strip")
-                .arg("--strip-debug")
-                .arg("-o")
-                .arg(&out)
-                .arg(host),
-        )
-        .context("stripping debug information failed (is binutils installed?)")?;
-        let data = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        let data = strip_debug("strip", host, at, scratch)
+            .context("is binutils installed? (cargo xtask setup)")?;
         self.archive.file(at, data, true)?;
         self.elves.push(host.to_path_buf());
         Ok(())
@@ -340,26 +302,7 @@ pub fn userspace_foreign(
 ) -> Result<Vec<u8>> {
     std::fs::create_dir_all(scratch)
         .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let mut archive = Archive::new();
-    for top in ["bin", "sbin", "lib"] {
-        match std::fs::read_link(guest_root.join(top)) {
-            Ok(target) => archive.symlink(top, &target.display().to_string())?,
-            Err(_) => archive.dir(top)?,
-        }
-    }
-    for dir in [
-        "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "root", "etc",
-    ] {
-        archive.dir(dir)?;
-    }
-    archive.file("etc/hostname", b"vmtest\n".to_vec(), false)?;
-    archive.file(
-        "etc/passwd",
-        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
-        false,
-    )?;
-    archive.file("etc/group", b"root:x:0:\n".to_vec(), false)?;
-    archive.file("init", INIT.as_bytes().to_vec(), true)?;
+    let mut archive = skeleton(guest_root)?;
     let mut elves: Vec<PathBuf> = Vec::new();
     // Copies the root's file at guest path `named` (links followed inside the root).
     let mut copy = |archive: &mut Archive, named: &str| -> Result<()> {
@@ -426,16 +369,8 @@ pub fn userspace_foreign(
     }
     let strip = format!("{}-strip", arch.triplet());
     let stripped = |archive: &mut Archive, host: &Path, at: &str| -> Result<()> {
-        let out = scratch.join(at.replace('/', "_"));
-        output(
-            Command::new(&strip)
-                .arg("--strip-debug")
-                .arg("-o")
-                .arg(&out)
-                .arg(host),
-        )
-        .with_context(|| format!("{strip} failed (cargo xtask setup --arch arm64 installs it)"))?;
-        let data = std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))?;
+        let data = strip_debug(&strip, host, at, scratch)
+            .context("cargo xtask setup --arch arm64 installs it")?;
         archive.file(at, data, true)
     };
     stripped(&mut archive, nettools, "vmtest/bin/nettools")?;
@@ -468,11 +403,57 @@ pub fn userspace_foreign(
     archive.to_bytes()
 }
 
+/// The guest's top level, taken from `root` (this machine's `/`, or a foreign architecture's
+/// root): its merged-/usr links (bin -> usr/bin) or directories, the directories every guest
+/// has, minimal /etc files and `/init`.
+fn skeleton(root: &Path) -> Result<Archive> {
+    let mut archive = Archive::new();
+    for top in ["bin", "sbin", "lib", "lib64"] {
+        let at = root.join(top);
+        match std::fs::read_link(&at) {
+            Ok(target) => archive.symlink(top, &target.display().to_string())?,
+            Err(_) if at.is_dir() => archive.dir(top)?,
+            Err(_) => {}
+        }
+    }
+    for dir in [
+        "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "root", "etc",
+    ] {
+        archive.dir(dir)?;
+    }
+    archive.file("etc/hostname", b"vmtest\n".to_vec(), false)?;
+    archive.file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        false,
+    )?;
+    archive.file("etc/group", b"root:x:0:\n".to_vec(), false)?;
+    archive.file("init", INIT.as_bytes().to_vec(), true)?;
+    Ok(archive)
+}
+
+/// An executable of ours without its debug information (smaller image, same code), by `strip`
+/// (this machine's, or a cross binutils'), through a file in `scratch`.
+fn strip_debug(strip: &str, host: &Path, at: &str, scratch: &Path) -> Result<Vec<u8>> {
+    let out = scratch.join(at.replace('/', "_"));
+    output(
+        Command::new(strip)
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&out)
+            .arg(host),
+    )
+    .with_context(|| format!("{strip} cannot strip {}", host.display()))?;
+    std::fs::read(&out).with_context(|| format!("cannot read {}", out.display()))
+}
+
 /// Every file under `dir` (links to files included).
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
-        let path = entry?.path();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
         if path.is_dir() {
             out.extend(files_under(&path)?);
         } else if path.is_file() {
