@@ -274,6 +274,23 @@ fn stdout_streamed_into_tshark_is_the_same_as_the_file() -> Result<()> {
     need!(&["tshark"]);
     let (_lab, a, b) = two_pods()?;
     let file = TempFile::new(".pcapng");
+    let fields = ["ip.src", "ip.dst", "icmp.type", "icmp.seq", "frame.len"];
+    let from_stream = file_and_stream(&a, &file, &fields, || ping(&b, &a, 4))?;
+    let from_file = tshark_fields(file.0.as_os_str(), None, &fields)?;
+    assert_eq!(from_stream.len(), 8, "{from_stream:?}");
+    assert_eq!(from_stream, from_file);
+    Ok(())
+}
+
+/// Captures `icmp` in `a`'s namespace twice at once while `traffic` runs: into `file` and as
+/// `-w -` piped into `tshark -r -` (both started by the test). Returns the lines tshark printed
+/// with `fields` from the stream.
+fn file_and_stream(
+    a: &Node,
+    file: &TempFile,
+    fields: &[&str],
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<Vec<String>> {
     let listing = TempFile::new(".txt");
     let to_file = Running::nettools(
         &[
@@ -285,25 +302,12 @@ fn stdout_streamed_into_tshark_is_the_same_as_the_file() -> Result<()> {
         ],
         Stdio::null(),
     )?;
-    // nettools -w - | tshark -r -, both started by the test.
-    let mut tshark = dies_with_test("tshark")
-        .args([
-            "-n",
-            "-r",
-            "-",
-            "-T",
-            "fields",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "icmp.type",
-            "-e",
-            "icmp.seq",
-            "-e",
-            "frame.len",
-        ])
+    let mut tshark = dies_with_test("tshark");
+    tshark.args(["-n", "-r", "-", "-T", "fields"]);
+    for f in fields {
+        tshark.args(["-e", f]);
+    }
+    let mut tshark = tshark
         .stdin(Stdio::piped())
         .stdout(std::fs::File::create(&listing.0)?)
         .stderr(Stdio::null())
@@ -311,26 +315,17 @@ fn stdout_streamed_into_tshark_is_the_same_as_the_file() -> Result<()> {
         .context("cannot start tshark")?;
     let pipe = tshark.stdin.take().context("no stdin pipe")?;
     let streamed = Running::nettools(&["--netns", &a.netns, "-w", "-", "icmp"], Stdio::from(pipe))?;
-    ping(&b, &a, 4)?;
+    traffic()?;
     std::thread::sleep(Duration::from_millis(200));
     let (ok, stderr) = streamed.interrupt()?;
     assert!(ok, "{stderr}");
     let (ok, stderr) = to_file.interrupt()?;
     assert!(ok, "{stderr}");
     assert!(tshark.wait()?.success(), "tshark failed reading the stream");
-
-    let from_stream: Vec<String> = std::fs::read_to_string(&listing.0)?
+    Ok(std::fs::read_to_string(&listing.0)?
         .lines()
         .map(str::to_string)
-        .collect();
-    let from_file = tshark_fields(
-        file.0.as_os_str(),
-        None,
-        &["ip.src", "ip.dst", "icmp.type", "icmp.seq", "frame.len"],
-    )?;
-    assert_eq!(from_stream.len(), 8, "{from_stream:?}");
-    assert_eq!(from_stream, from_file);
-    Ok(())
+        .collect())
 }
 
 #[test]
@@ -778,7 +773,6 @@ fn dropped_packets_streamed_into_tshark_are_the_same_as_in_the_file() -> Result<
     let (_lab, a, b) = two_pods()?;
     drop_echo_requests(&a)?;
     let file = TempFile::new(".pcapng");
-    let listing = TempFile::new(".txt");
     let fields = [
         "frame.interface_name",
         "ip.src",
@@ -786,41 +780,7 @@ fn dropped_packets_streamed_into_tshark_are_the_same_as_in_the_file() -> Result<
         "icmp.seq",
         "frame.comment",
     ];
-    let to_file = Running::nettools(
-        &[
-            "--netns",
-            &a.netns,
-            "-w",
-            &file.0.display().to_string(),
-            "icmp",
-        ],
-        Stdio::null(),
-    )?;
-    let mut tshark = dies_with_test("tshark");
-    tshark.args(["-n", "-r", "-", "-T", "fields"]);
-    for f in fields {
-        tshark.args(["-e", f]);
-    }
-    let mut tshark = tshark
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&listing.0)?)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start tshark")?;
-    let pipe = tshark.stdin.take().context("no stdin pipe")?;
-    let streamed = Running::nettools(&["--netns", &a.netns, "-w", "-", "icmp"], Stdio::from(pipe))?;
-    unanswered_ping(&b, &a, 3)?;
-    std::thread::sleep(Duration::from_millis(200));
-    let (ok, stderr) = streamed.interrupt()?;
-    assert!(ok, "{stderr}");
-    let (ok, stderr) = to_file.interrupt()?;
-    assert!(ok, "{stderr}");
-    assert!(tshark.wait()?.success(), "tshark failed reading the stream");
-
-    let mut from_stream: Vec<String> = std::fs::read_to_string(&listing.0)?
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let mut from_stream = file_and_stream(&a, &file, &fields, || unanswered_ping(&b, &a, 3))?;
     let mut from_file = tshark_fields(file.0.as_os_str(), None, &fields)?;
     // The two interfaces' packets interleave as each capture read them: compare them sorted.
     from_stream.sort();

@@ -490,6 +490,34 @@ fn client_ip(node: &Node, ipv6: bool) -> IpAddr {
     }
 }
 
+/// A server and a client namespace on `10.N.0.0/24` (and `fd00:N::/64` with IPv6) and a
+/// listener on the server at `port`: (lab, server, client, the server's address, listener).
+fn server_and_client(
+    n: u16,
+    ipv6: bool,
+    port: u16,
+) -> Result<(Lab, Node, Node, IpAddr, TcpListener)> {
+    let mut lab = Lab::new()?;
+    let (s6, c6) = if ipv6 {
+        (
+            Some(format!("fd00:{n}::1/64")),
+            Some(format!("fd00:{n}::2/64")),
+        )
+    } else {
+        (None, None)
+    };
+    let server = lab.node("srv", &format!("10.{n}.0.1/24"), s6.as_deref())?;
+    let client = lab.node("cli", &format!("10.{n}.0.2/24"), c6.as_deref())?;
+    let ip = client_ip(&server, ipv6);
+    let any: IpAddr = if ipv6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, port)))??;
+    Ok((lab, server, client, ip, listener))
+}
+
 /// An address as nettools writes it in a flow (`[v6]` in brackets).
 fn fmt_ip(ip: IpAddr) -> String {
     match ip {
@@ -676,21 +704,7 @@ fn finished_connection(ipv6: bool) -> Result<()> {
         skip("this kernel has no tracepoint sock/inet_sock_set_state");
         return Ok(());
     }
-    let mut lab = Lab::new()?;
-    let (s6, c6) = if ipv6 {
-        (Some("fd00:236::1/64"), Some("fd00:236::2/64"))
-    } else {
-        (None, None)
-    };
-    let server = lab.node("srv", "10.236.0.1/24", s6)?;
-    let client = lab.node("cli", "10.236.0.2/24", c6)?;
-    let ip = client_ip(&server, ipv6);
-    let any: IpAddr = if ipv6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, DELAYED)))??;
+    let (_lab, server, client, ip, listener) = server_and_client(236, ipv6, DELAYED)?;
     let delay = Duration::from_millis(20);
     let port = DELAYED.to_string();
     let held = nettools::lab::delay::Delay::start(
@@ -956,21 +970,7 @@ fn open_connection_rtt(ipv6: bool) -> Result<()> {
         skip("this kernel's tcp:tcp_probe record has no skaddr field");
         return Ok(());
     }
-    let mut lab = Lab::new()?;
-    let (s6, c6) = if ipv6 {
-        (Some("fd00:238::1/64"), Some("fd00:238::2/64"))
-    } else {
-        (None, None)
-    };
-    let server = lab.node("srv", "10.238.0.1/24", s6)?;
-    let client = lab.node("cli", "10.238.0.2/24", c6)?;
-    let ip = client_ip(&server, ipv6);
-    let any: IpAddr = if ipv6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, DELAYED)))??;
+    let (_lab, server, client, ip, listener) = server_and_client(238, ipv6, DELAYED)?;
     let port = DELAYED.to_string();
     let held = nettools::lab::delay::Delay::start(
         &client,
@@ -1105,21 +1105,7 @@ fn retransmit_samples(ipv6: bool) -> Result<()> {
             return Ok(());
         }
     }
-    let mut lab = Lab::new()?;
-    let (s6, c6) = if ipv6 {
-        (Some("fd00:239::1/64"), Some("fd00:239::2/64"))
-    } else {
-        (None, None)
-    };
-    let server = lab.node("srv", "10.239.0.1/24", s6)?;
-    let client = lab.node("cli", "10.239.0.2/24", c6)?;
-    let ip = client_ip(&server, ipv6);
-    let any: IpAddr = if ipv6 {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let listener = server.enter(|| TcpListener::bind(SocketAddr::new(any, RETRANSMITTED)))??;
+    let (_lab, server, client, ip, listener) = server_and_client(239, ipv6, RETRANSMITTED)?;
     let trace = Trace::start(&[
         "--netns",
         &client.netns,
