@@ -18,7 +18,7 @@ use nettools_common::{
 };
 
 use crate::{
-    collect::{Clock, kallsyms::Kallsyms},
+    collect::{self, Clock, kallsyms::Kallsyms},
     probe::{self, LoadOptions, ProbeKind, drops::DropReasons},
 };
 
@@ -79,7 +79,6 @@ pub struct Drops {
     loaded: probe::Loaded,
     ring: RingBuf<MapData>,
     filter: RawFilter,
-    reasons: DropReasons,
     kallsyms: Kallsyms,
     clock: Clock,
     snaplen: usize,
@@ -111,12 +110,10 @@ impl Drops {
             log::warn!("{e:#}; kernel locations are shown as addresses");
             Kallsyms::default()
         });
-        let reasons = loaded.kernel.drop_reasons.clone();
         Ok(Self {
             loaded,
             ring,
             filter,
-            reasons,
             kallsyms,
             clock: Clock::now(),
             snaplen: bytes as usize,
@@ -167,7 +164,7 @@ impl Drops {
             unix_ns: u64::try_from(self.clock.unix_ns(e.header.ts_ns)).unwrap_or(0),
             data: data.to_vec(),
             len: e.orig_len.max(captured as u32),
-            comment: comment(&self.reasons, &self.kallsyms, e),
+            comment: comment(&self.loaded.kernel.drop_reasons, &self.kallsyms, e),
         })
     }
 
@@ -183,12 +180,10 @@ impl Drops {
 /// sends its plain drop events) and short records.
 fn decode(record: &[u8]) -> Option<DropPacketEvent> {
     let k = u32::from_le_bytes(record.get(..4)?.try_into().ok()?);
-    if k != kind::DROP_PACKET || record.len() < size_of::<DropPacketEvent>() {
+    if k != kind::DROP_PACKET {
         return None;
     }
-    // SAFETY: length checked; DropPacketEvent is plain data (any bit pattern valid); unaligned
-    // read.
-    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<DropPacketEvent>()) })
+    collect::pod(record)
 }
 
 /// `dropped: NETFILTER_DROP at nft_do_chain+0x46f (netns 4026532320)`.

@@ -44,7 +44,7 @@ pub enum DecodeError {
 }
 
 /// Copies a `#[repr(C)]` plain-data event out of the record.
-fn pod<T: aya::Pod>(data: &[u8]) -> Option<T> {
+pub fn pod<T: aya::Pod>(data: &[u8]) -> Option<T> {
     if data.len() < size_of::<T>() {
         return None;
     }
