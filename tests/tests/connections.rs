@@ -365,28 +365,40 @@ fn failures(ipv6: bool) -> Result<()> {
     let (srv_ns, cli_ns) = (server.inode()?, client.inode()?);
     let srv = &workload(s, srv_ns)?["connections"];
     let cli = &workload(s, cli_ns)?["connections"];
-    eprintln!("nettools: server {srv}\nclient {cli}");
+    // Runs of the programs the kernel skipped (a tracepoint in an interrupt while another BPF
+    // program ran on that CPU; fdinfo recursion_misses): nettools reports them, and a count may
+    // be short by at most that many. Without any, every count below is exact.
+    let skipped = s["health"]["probe_runs_skipped"].as_u64().unwrap_or(0);
+    eprintln!("nettools: server {srv}\nclient {cli}\nprobe runs skipped: {skipped}");
     let n = |v: &Value| v.as_u64().unwrap_or(u64::MAX);
+    let agrees = |got: u64, want: u64| got == want || (got < want && want - got <= skipped);
 
     // Sent resets: the kernel's TcpOutRsts in each namespace.
     if send_reset_covers_closed_ports()? {
-        assert_eq!(n(&srv["resets_sent"]), server_d[0], "server sent: {srv}");
+        assert!(
+            agrees(n(&srv["resets_sent"]), server_d[0]),
+            "server sent: {srv}"
+        );
     } else {
         // Older kernels do not trace resets sent without a socket (the closed port's).
         assert!(n(&srv["resets_sent"]) <= server_d[0], "{srv}");
         assert!(n(&srv["resets_sent"]) >= (RESET + PIPE) as u64, "{srv}");
     }
-    assert_eq!(n(&cli["resets_sent"]), client_d[0], "client sent: {cli}");
+    assert!(
+        agrees(n(&cli["resets_sent"]), client_d[0]),
+        "client sent: {cli}"
+    );
     // Received resets: in ESTABLISHED or CLOSE_WAIT (TcpEstabResets) and in SYN_SENT (the
     // reset phase's TcpAttemptFails); the server received none.
-    assert_eq!(
-        n(&cli["resets_received"]),
-        client_d[1] + phase1_attempt_fails,
+    assert!(
+        agrees(
+            n(&cli["resets_received"]),
+            client_d[1] + phase1_attempt_fails
+        ),
         "client received: {cli}"
     );
-    assert_eq!(
-        n(&cli["resets_received"]),
-        (REFUSED + RESET + PIPE) as u64,
+    assert!(
+        agrees(n(&cli["resets_received"]), (REFUSED + RESET + PIPE) as u64),
         "{cli}"
     );
     assert_eq!(n(&srv["resets_received"]), 0, "{srv}");
@@ -398,7 +410,19 @@ fn failures(ipv6: bool) -> Result<()> {
         .iter()
         .map(|(k, v)| (name_static(k), n(v)))
         .collect();
-    assert_eq!(counted, expected, "socket errors per errno: {cli}");
+    let short: u64 = expected
+        .iter()
+        .map(|(k, want)| want.saturating_sub(counted.get(k).copied().unwrap_or(0)))
+        .sum();
+    assert!(
+        counted.keys().all(|k| expected.contains_key(k))
+            && expected
+                .iter()
+                .all(|(k, want)| agrees(counted.get(k).copied().unwrap_or(0), *want))
+            && short <= skipped,
+        "socket errors per errno {counted:?}, the clients got {expected:?} \
+         ({skipped} probe runs skipped): {cli}"
+    );
     assert!(
         srv["socket_errors"]
             .as_object()
@@ -418,7 +442,11 @@ fn failures(ipv6: bool) -> Result<()> {
         .into_iter()
         .filter(|e| e["direction"] == "received" && e["state"] == "SYN_SENT")
         .collect();
-    assert_eq!(refused.len(), REFUSED, "resets received in SYN_SENT");
+    assert!(
+        agrees(refused.len() as u64, REFUSED as u64),
+        "{} resets received in SYN_SENT",
+        refused.len()
+    );
     for e in &refused {
         let flow = e["flow"].as_str().unwrap_or("");
         assert_eq!(port_of(flow), Some(CLOSED), "{e}");
@@ -453,7 +481,7 @@ fn failures(ipv6: bool) -> Result<()> {
         // Every one of these sockets was connected by this test process.
         assert_eq!(e["pid"], std::process::id(), "{e}");
     }
-    assert_eq!(errors, expected, "one socket_error event per error");
+    assert_eq!(errors, counted, "one socket_error event per error counted");
 
     // The connections that were established have a line each, ended as they were: the client
     // received the resets, the server sent those of its aborts in ESTABLISHED.
@@ -468,12 +496,19 @@ fn failures(ipv6: bool) -> Result<()> {
             .map(|e| e["how"].as_str().unwrap_or("").to_string())
             .collect()
     };
-    assert_eq!(hows(cli_ns, ABORTS), vec!["rst_received"; RESET]);
-    assert_eq!(hows(cli_ns, ABORTS_AFTER_FIN), vec!["rst_received"; PIPE]);
-    assert_eq!(hows(srv_ns, ABORTS), vec!["rst_sent"; RESET]);
-    assert_eq!(
-        n(&cli["closed"]["rst_received"]),
-        (RESET + PIPE) as u64,
+    for (netns, port, how, want) in [
+        (cli_ns, ABORTS, "rst_received", RESET),
+        (cli_ns, ABORTS_AFTER_FIN, "rst_received", PIPE),
+        (srv_ns, ABORTS, "rst_sent", RESET),
+    ] {
+        let got = hows(netns, port);
+        assert!(
+            got.iter().all(|h| h == how) && agrees(got.len() as u64, want as u64),
+            "connections to :{port} in {netns} ended {got:?}, want {want} {how}"
+        );
+    }
+    assert!(
+        agrees(n(&cli["closed"]["rst_received"]), (RESET + PIPE) as u64),
         "{cli}"
     );
     assert!(

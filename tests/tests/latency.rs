@@ -128,6 +128,7 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
     for transport in ["udp", "tcp"] {
         let mut measured: Vec<f64> = Vec::new();
         let mut actual: Vec<f64> = Vec::new();
+        let mut replied: Vec<f64> = Vec::new();
         // How far nettools' figure lies past the server's: never much below 0 (the veth sees
         // the query before the server and the reply after it).
         let mut margin = (f64::INFINITY, f64::NEG_INFINITY);
@@ -153,6 +154,7 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
             );
             measured.push(latency);
             actual.push(before);
+            replied.push(after);
         }
         println!(
             "{transport}: nettools minus the server's hold, {:.3}..{:.3} ms over {} queries",
@@ -161,13 +163,17 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
             measured.len()
         );
         assert_eq!(measured.len(), 20, "{transport}");
-        measured.sort_by(f64::total_cmp);
-        actual.sort_by(f64::total_cmp);
-        let (p50, held50) = (measured[10], actual[10]);
+        for v in [&mut measured, &mut actual, &mut replied] {
+            v.sort_by(f64::total_cmp);
+        }
+        let (p50, held50, replied50) = (measured[10], actual[10], replied[10]);
         assert!(held50 >= 30.0, "the server answers after 30 ms");
+        // The medians agree within 1 ms, counted from the server's hold to the end of its send
+        // (which carries the reply through the veth pair): on the host the send takes some
+        // microseconds, under the matrix's emulated CPU up to a millisecond of its own.
         assert!(
-            (p50 - held50).abs() < 1.0,
-            "{transport} DNS p50 {p50} ms, the server's p50 hold {held50} ms"
+            p50 >= held50 - 0.05 && p50 < replied50 + 1.0,
+            "{transport} DNS p50 {p50} ms, the server's p50 hold {held50}..{replied50} ms"
         );
     }
     let dist = distribution(w, "dns")?;
