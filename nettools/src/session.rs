@@ -70,8 +70,9 @@ pub struct Started<W: Write = Box<dyn Write>> {
     pub kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
-/// Whether to read `/proc/kallsyms` to name the kernel functions that drop packets (reports
-/// show them; the agent's metrics never do, so it needs no CAP_SYSLOG).
+/// Whether to read `/proc/kallsyms` (at the first location named) to name the kernel functions
+/// that drop packets (reports show them; the agent's metrics never do, so it needs no
+/// CAP_SYSLOG).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Symbols {
     Load,
@@ -115,10 +116,7 @@ impl<W: Write> Started<W> {
         }
         loaded.kernel.notes.extend(notes);
         let kallsyms = match symbols {
-            Symbols::Load => Kallsyms::load().unwrap_or_else(|e| {
-                log::warn!("{e:#}; kernel locations are shown as addresses");
-                Kallsyms::default()
-            }),
+            Symbols::Load => Kallsyms::when_needed(),
             Symbols::Skip => Kallsyms::default(),
         };
         let kernel_log = if options.verbose {

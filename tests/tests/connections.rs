@@ -932,11 +932,30 @@ const CONNECTION_MAPS: [&str; 7] = [
     "CLOSED_WITH_ERR",
 ];
 
-/// A trace without `connections` does not pay for that probe's maps: their kernel memory
-/// (`memlock` of each map fd nettools holds) is a few KiB, while a trace with the probe gets
-/// them at full size (megabytes), so the check can tell the two apart.
+/// The maps of the default probes that a `--probes connections` trace does not run, as the
+/// kernel names them: the drops, retransmits, neighbours, handshake, DNS and ICMP probes' and
+/// the tc programs' (no probe of that trace is on the veth), and the stack counts (no
+/// `--stacks`).
+const OTHER_PROBES_MAPS: [&str; 11] = [
+    "DROP_COUNTS",
+    "DROP_STACKS",
+    "RETRANSMIT_FLOW",
+    "RETRANSMIT_TOTA",
+    "NEIGH_FAILURES",
+    "HANDSHAKES",
+    "DNS_PENDING",
+    "ICMP_PENDING",
+    "IF_SLOTS",
+    "TRAFFIC_OVERFLO",
+    "NEIGH_PROBES",
+];
+
+/// A trace pays only for the maps of the probes it runs: their kernel memory (`memlock` of each
+/// map fd nettools holds, the kernel's own figure) is a few KiB when the probe is off, megabytes
+/// when it is on. A default trace holds the default probes' maps and not the connections
+/// probe's; `--probes connections` the reverse.
 #[test]
-fn connection_maps_cost_nothing_when_the_probe_is_off() -> Result<()> {
+fn maps_of_probes_that_are_off_cost_nothing() -> Result<()> {
     require_root();
     let mut lab = Lab::new()?;
     let node = lab.node("mem", "10.237.0.1/24", None)?;
@@ -951,33 +970,50 @@ fn connection_maps_cost_nothing_when_the_probe_is_off() -> Result<()> {
         trace.stop()?;
         let maps = maps?;
         let total: u64 = maps.values().sum();
-        let conns: u64 = CONNECTION_MAPS
-            .iter()
-            .map(|n| {
-                maps.get(*n)
-                    .copied()
-                    .with_context(|| format!("nettools holds no map {n}: {maps:?}"))
-            })
-            .sum::<Result<u64>>()?;
+        let sum_of = |names: &[&str]| -> Result<u64> {
+            names
+                .iter()
+                .map(|n| {
+                    maps.get(*n)
+                        .copied()
+                        .with_context(|| format!("nettools holds no map {n}: {maps:?}"))
+                })
+                .sum()
+        };
+        let (conns, others) = (sum_of(&CONNECTION_MAPS)?, sum_of(&OTHER_PROBES_MAPS)?);
         eprintln!(
-            "probes {}: {} maps, {:.1} MiB in all, {:.1} KiB for the connections maps",
+            "probes {}: {} maps, {:.1} MiB in all; {:.1} KiB for the connections maps, {:.1} \
+             KiB for the other probes' maps",
             probes.unwrap_or("(default)"),
             maps.len(),
             total as f64 / (1 << 20) as f64,
-            conns as f64 / 1024.0
+            conns as f64 / 1024.0,
+            others as f64 / 1024.0
         );
-        measured.push(conns);
+        measured.push((conns, others, maps));
     }
+    let small = 64 << 10;
+    let (conns, others, maps) = &measured[0];
     assert!(
-        measured[0] <= 256 << 10,
-        "a default trace holds {} bytes of connections maps",
-        measured[0]
+        *conns <= 256 << 10,
+        "a default trace holds {conns} bytes of connections maps"
     );
     assert!(
-        measured[1] >= 1 << 20,
-        "with the probe its maps hold only {} bytes",
-        measured[1]
+        *others >= 4 << 20,
+        "a default trace holds only {others} bytes of its probes' maps: {maps:?}"
     );
+    let (conns, _, maps) = &measured[1];
+    assert!(
+        *conns >= 1 << 20,
+        "with the probe its maps hold only {conns} bytes"
+    );
+    for name in OTHER_PROBES_MAPS {
+        let bytes = maps.get(name).copied().unwrap_or(u64::MAX);
+        assert!(
+            bytes <= small,
+            "a --probes connections trace holds {bytes} bytes for {name}, a map it never writes"
+        );
+    }
     Ok(())
 }
 

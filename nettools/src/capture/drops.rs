@@ -106,10 +106,7 @@ impl Drops {
         loaded.trace_netns(netns)?;
         let ring = loaded.take_events()?;
         loaded.attach(ProbeKind::Drops)?;
-        let kallsyms = Kallsyms::load().unwrap_or_else(|e| {
-            log::warn!("{e:#}; kernel locations are shown as addresses");
-            Kallsyms::default()
-        });
+        let kallsyms = Kallsyms::when_needed();
         Ok(Self {
             loaded,
             ring,

@@ -1,55 +1,81 @@
-//! Kernel addresses to `function+0xoffset`, from `/proc/kallsyms` (read once, then binary search).
+//! Kernel addresses to `function+0xoffset`, from `/proc/kallsyms` (read once, at the first
+//! lookup, then binary search).
+
+use std::sync::OnceLock;
 
 use anyhow::{Context as _, Result};
+
+/// A kernel text symbol: address, name, module.
+type Symbol = (u64, String, Option<String>);
 
 /// A sorted table of kernel text symbols.
 #[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
-    /// (address, name, module) sorted by address.
-    symbols: Vec<(u64, String, Option<String>)>,
+    /// Sorted by address; filled at the first lookup when `deferred`.
+    symbols: OnceLock<Vec<Symbol>>,
+    /// Read `/proc/kallsyms` at the first lookup. The kernel formats every symbol for each read
+    /// (over 100 000 lines: 25 ms of a core here, a fifth of a second under emulation), and a
+    /// run without drops or stacks never needs one.
+    deferred: bool,
 }
 
 impl Kallsyms {
     /// Reads `/proc/kallsyms`. As root the addresses are real; otherwise they read as zero and
     /// every lookup fails (the report then shows raw addresses).
     pub fn load() -> Result<Self> {
+        Ok(Self {
+            symbols: OnceLock::from(Self::read()?),
+            deferred: false,
+        })
+    }
+
+    /// A table that reads `/proc/kallsyms` when the first address is looked up; when that
+    /// fails it says so once (a warning) and every location is shown as an address.
+    pub fn when_needed() -> Self {
+        Self {
+            symbols: OnceLock::new(),
+            deferred: true,
+        }
+    }
+
+    fn read() -> Result<Vec<Symbol>> {
         let text = std::fs::read_to_string("/proc/kallsyms")
             .context("cannot read /proc/kallsyms to name kernel locations")?;
-        Ok(Self::parse(&text))
+        Ok(parse_symbols(&text))
     }
 
     /// Parses kallsyms text: `ffffffff81000000 T _stext` or `… t name\t[module]`.
     pub fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, String, Option<String>)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
-                let kind = parts.next()?;
-                let name = parts.next()?;
-                // Text symbols only: data symbols are never a code location.
-                if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
-                    return None;
-                }
-                let module = parts
-                    .next()
-                    .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
-                Some((addr, name.to_string(), module))
+        Self {
+            symbols: OnceLock::from(parse_symbols(text)),
+            deferred: false,
+        }
+    }
+
+    /// The table, read now if it was deferred and this is the first lookup.
+    fn table(&self) -> &[Symbol] {
+        if self.deferred {
+            self.symbols.get_or_init(|| {
+                Self::read().unwrap_or_else(|e| {
+                    log::warn!("{e:#}; kernel locations are shown as addresses");
+                    Vec::new()
+                })
             })
-            .collect();
-        symbols.sort_by_key(|s| s.0);
-        Self { symbols }
+        } else {
+            self.symbols.get().map_or(&[], Vec::as_slice)
+        }
     }
 
     /// Whether any symbol is known (false when kallsyms hides addresses).
     pub fn is_empty(&self) -> bool {
-        self.symbols.is_empty()
+        self.table().is_empty()
     }
 
     /// The function containing `addr`, as `name+0xoff` (with ` [module]` for module code).
     pub fn symbolize(&self, addr: u64) -> Option<String> {
-        let idx = self.symbols.partition_point(|s| s.0 <= addr);
-        let (start, name, module) = self.symbols.get(idx.checked_sub(1)?)?;
+        let symbols = self.table();
+        let idx = symbols.partition_point(|s| s.0 <= addr);
+        let (start, name, module) = symbols.get(idx.checked_sub(1)?)?;
         // Past the last symbol by more than any function is long: not kernel text we know.
         if addr - start > 1 << 20 {
             return None;
@@ -62,8 +88,9 @@ impl Kallsyms {
 
     /// The function name only (no offset), e.g. for flame graph frames.
     pub fn function(&self, addr: u64) -> Option<&str> {
-        let idx = self.symbols.partition_point(|s| s.0 <= addr);
-        let (start, name, _) = self.symbols.get(idx.checked_sub(1)?)?;
+        let symbols = self.table();
+        let idx = symbols.partition_point(|s| s.0 <= addr);
+        let (start, name, _) = symbols.get(idx.checked_sub(1)?)?;
         (addr - start <= 1 << 20).then_some(name.as_str())
     }
 
@@ -71,6 +98,29 @@ impl Kallsyms {
     pub fn describe(&self, addr: u64) -> String {
         self.symbolize(addr).unwrap_or_else(|| format!("{addr:#x}"))
     }
+}
+
+/// Kallsyms text to a sorted table of text symbols (data symbols are never a code location;
+/// hidden addresses read as zero and are left out).
+fn parse_symbols(text: &str) -> Vec<Symbol> {
+    let mut symbols: Vec<Symbol> = text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let kind = parts.next()?;
+            let name = parts.next()?;
+            if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
+                return None;
+            }
+            let module = parts
+                .next()
+                .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+            Some((addr, name.to_string(), module))
+        })
+        .collect();
+    symbols.sort_by_key(|s| s.0);
+    symbols
 }
 
 #[cfg(test)]

@@ -256,6 +256,51 @@ pub fn tc_features(probes: &[ProbeKind]) -> u32 {
     })
 }
 
+/// The maps only one probe's programs write, by probe. Hash maps are preallocated: each costs
+/// its full size in locked kernel memory (per CPU for per-CPU maps) and its allocation at every
+/// start, whether or not anything writes it.
+const PROBE_MAPS: [(ProbeKind, &[&str]); 8] = [
+    (ProbeKind::Drops, &["DROP_COUNTS"]),
+    (
+        ProbeKind::Retransmits,
+        &["RETRANSMIT_FLOWS", "RETRANSMIT_TOTALS"],
+    ),
+    (
+        ProbeKind::Neighbours,
+        &["NEIGH_FAILURES", "NEIGH_FAILURE_TOTALS"],
+    ),
+    (ProbeKind::Handshake, &["HANDSHAKES"]),
+    (ProbeKind::Dns, &["DNS_PENDING"]),
+    (ProbeKind::Icmp, &["ICMP_PENDING"]),
+    (ProbeKind::Transit, &["TRANSIT"]),
+    (ProbeKind::Connections, &connections::MAPS),
+];
+
+/// Maps the tc programs write for every packet once they are attached (any probe on the veth).
+const TC_MAPS: [&str; 3] = ["IF_SLOTS", "TRAFFIC_OVERFLOW", "NEIGH_PROBES"];
+
+/// Maps written only with stack traces on (`--stacks`).
+const STACK_COUNT_MAPS: [&str; 2] = ["DROP_STACKS", "RETRANSMIT_STACKS"];
+
+/// The maps nothing will write with these options: they get one entry each (a map with none
+/// cannot be created). Without this a `--probes drops` run or a capture allocated all 26 MiB
+/// of every probe's maps, and every start paid for allocating them.
+fn unused_maps(opts: &LoadOptions) -> Vec<&'static str> {
+    let wants = |p: ProbeKind| opts.probes.contains(&p);
+    let mut unused: Vec<&'static str> = PROBE_MAPS
+        .iter()
+        .filter(|(probe, _)| !wants(*probe))
+        .flat_map(|(_, maps)| maps.iter().copied())
+        .collect();
+    if !opts.probes.iter().any(|p| p.on_veth()) {
+        unused.extend(TC_MAPS);
+    }
+    if !opts.stacks {
+        unused.extend(STACK_COUNT_MAPS);
+    }
+    unused
+}
+
 /// Checks privileges, resolves this kernel's layouts for the selected probes and loads the
 /// object (nothing attached yet).
 pub fn load(opts: &LoadOptions) -> Result<Loaded> {
@@ -326,12 +371,8 @@ pub fn load_capturing_drops(opts: &LoadOptions, drop_bytes: u32) -> Result<Loade
     let slots = traffic_slots(opts.all_namespaces);
     let synthetic = synthetic_netns();
     let mut loader = EbpfLoader::new();
-    // The connections maps are preallocated (11.5 MiB of locked kernel memory on 2 CPUs):
-    // without the probe nothing writes them, so they get one entry each.
-    if !wants(ProbeKind::Connections) {
-        for name in connections::MAPS {
-            loader.map_max_entries(name, 1);
-        }
+    for name in unused_maps(opts) {
+        loader.map_max_entries(name, 1);
     }
     let mut ebpf = loader
         .override_global(OFFSETS_GLOBAL, &offsets, true)
