@@ -10,7 +10,11 @@
 //! | dns | asks dns-slow (answers in 200 ms) and dns-fail (SERVFAIL; never answers lost.lab) | DNS latency, rcodes, unanswered |
 //! | slow | answers late: SYNs and pings to it wait 50 ms (NFQUEUE) | its answer time; client's connect and ping latency |
 //! | router | forwards for noroute but has no route to 10.99.0.0/16 | drops IP_INNOROUTES |
+//! | client | also connects to TCP 8080 on sink, where nothing listens | resets sent by sink, received by client; ECONNREFUSED |
 //!
+//! With the connections probe (the lab runs every probe) the report also has the TCP round-trip
+//! times: the lossy stream's, and the client's connections to slow (their handshake waits 50 ms,
+//! the kernel's first RTT sample).
 //! sink, client, lossy-rx, noroute, dns-slow and dns-fail are the peers.
 //!
 //! Latency is measured on each workload's veth, so a delay inside a namespace shows as that
@@ -57,6 +61,8 @@ pub const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 /// The slow DNS server's delay and the slow namespace's added latency.
 pub const DNS_DELAY: Duration = Duration::from_millis(200);
 pub const ADDED_LATENCY: Duration = Duration::from_millis(50);
+/// How often the client connects to sink's closed TCP port (ms).
+pub const REFUSED_EVERY_MS: u64 = 300;
 
 /// The namespaces of the lab, by role.
 pub struct Staged {
@@ -101,10 +107,13 @@ impl Staged {
                 &self.router,
                 "routing: forwards for noroute but has no route to 10.99.0.0/16",
             ),
-            (&self.sink, "healthy: UDP sink"),
+            (
+                &self.sink,
+                "UDP sink; resets the connects to its TCP 8080 (nothing listens)",
+            ),
             (
                 &self.client,
-                "healthy: sends to firewall and sink, connects to and pings slow",
+                "sends to firewall and sink, connects to and pings slow, connects to sink's closed port",
             ),
             (
                 &self.lossy_rx,
@@ -410,6 +419,21 @@ pub fn traffic(s: &Staged, stop: &Arc<AtomicBool>) -> Result<Vec<JoinHandle<()>>
             let mut rest = Vec::new();
             let _ = conn.read_to_end(&mut rest);
             Ok(())
+        },
+    ));
+    // Connects to a port where nothing listens: sink answers each SYN with a reset, and the
+    // client's connect fails with ECONNREFUSED (the expected outcome, so not an error here).
+    threads.push(every(
+        &s.client,
+        Duration::from_millis(REFUSED_EVERY_MS),
+        stop,
+        move || match TcpStream::connect_timeout(
+            &SocketAddr::from((sink, SINK_TCP)),
+            Duration::from_secs(1),
+        ) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => anyhow::bail!("a connection to sink's closed port succeeded"),
         },
     ));
     threads.push(every(

@@ -7,6 +7,7 @@ use hdrhistogram::Histogram;
 use nettools_common::{
     config::ABSENT,
     connections::{ConnectionEvent, ROLE_CLIENT, ROLE_SERVER},
+    flow::Flow,
 };
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use std::fmt::Write as _;
 
 use super::{TOP_FLOWS, format_flow, text::Safe};
 use crate::{
-    collect::connections::ConnectionStats,
+    collect::{connections::ConnectionStats, flow::FlowOrd},
     probe::{
         connections::{errno_name, how_name},
         retransmits::state_name,
@@ -174,39 +175,107 @@ pub fn state_text(state: u32) -> &'static str {
     }
 }
 
+/// Flows that differ only in one side's port are one line, that port shown as `*`: a client
+/// that opens a socket per attempt is one flow to a person, whichever end the flow is seen
+/// from (a reset sent to a client's ephemeral port, an error on the client's own socket). The
+/// port that varies is the one collapsed, so a server port stays. Counts are summed under
+/// the same `rest` (direction, state, errno…); most first.
+fn collapse_ports<R: Ord + Clone>(items: Vec<(Flow, R, u64)>) -> Vec<(String, R, u64)> {
+    let without = |f: &Flow, source: bool| {
+        let mut f = *f;
+        if source {
+            f.sport = 0;
+        } else {
+            f.dport = 0;
+        }
+        FlowOrd(f)
+    };
+    // How many different flows share each flow with its source (or destination) port unset.
+    let mut sharing: BTreeMap<(bool, FlowOrd, R), u64> = BTreeMap::new();
+    for (flow, rest, _) in &items {
+        for source in [true, false] {
+            *sharing
+                .entry((source, without(flow, source), rest.clone()))
+                .or_default() += 1;
+        }
+    }
+    let mut groups: BTreeMap<(String, R), u64> = BTreeMap::new();
+    for (flow, rest, count) in items {
+        let ported = matches!(flow.l4_proto, 6 | 17 | 132) && flow.family != 0;
+        let shared = |source: bool| {
+            sharing
+                .get(&(source, without(&flow, source), rest.clone()))
+                .is_some_and(|n| *n > 1)
+        };
+        let text = if ported && shared(true) {
+            format_flow(&without(&flow, true).0).replacen(":0 ->", ":* ->", 1)
+        } else if ported && shared(false) {
+            let t = format_flow(&without(&flow, false).0);
+            match t.rsplit_once(":0") {
+                Some((head, tail)) if !tail.contains(':') => format!("{head}:*{tail}"),
+                _ => t,
+            }
+        } else {
+            format_flow(&flow)
+        };
+        *groups.entry((text, rest)).or_default() += count;
+    }
+    let mut out: Vec<(String, R, u64)> = groups.into_iter().map(|((t, r), n)| (t, r, n)).collect();
+    out.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    out
+}
+
 pub fn summary(c: &ConnectionStats, reset_reasons: &[(u32, String)]) -> ConnectionSummary {
-    let mut reset_flows: Vec<ResetFlow> = c
+    let resets = c
         .reset_flows
         .iter()
-        .map(|(&(direction, state, reason, flow), &resets)| ResetFlow {
+        .map(|(&(direction, state, reason, flow), &resets)| {
+            (flow.0, (direction, state, reason), resets)
+        })
+        .collect();
+    let mut reset_flows: Vec<ResetFlow> = collapse_ports(resets)
+        .into_iter()
+        .map(|(flow, (direction, state, reason), resets)| ResetFlow {
             direction: if direction == nettools_common::connections::SENT {
                 "sent"
             } else {
                 "received"
             },
-            flow: format_flow(&flow.0),
+            flow,
             state: state_text(state),
             reason: reason_text(reason, reset_reasons),
             resets,
         })
         .collect();
-    reset_flows.sort_by(|a, b| b.resets.cmp(&a.resets).then(a.flow.cmp(&b.flow)));
     reset_flows.truncate(TOP_FLOWS);
-    let mut error_flows: Vec<SocketErrorFlow> = c
+    // The process of a collapsed line: the first flow's owner with that errno, where known.
+    let errors = c
         .error_flows
         .iter()
         .map(|(key, &count)| {
-            let owner = c.owners.get(key);
-            SocketErrorFlow {
-                error: errno_text(key.0),
-                errno: key.0,
-                flow: format_flow(&key.1.0),
-                count,
-                pid: owner.map(|o| o.pid),
-                comm: owner.map(|o| o.comm.clone()),
-            }
+            let owner = c.owners.get(key).map(|o| (o.pid, o.comm.clone()));
+            (key.1.0, (key.0, owner), count)
         })
         .collect();
+    let mut error_flows: Vec<SocketErrorFlow> = Vec::new();
+    for (flow, (errno, owner), count) in collapse_ports(errors) {
+        // Lines that differ only by owner are one, with the owner of the first.
+        if let Some(same) = error_flows
+            .iter_mut()
+            .find(|e| e.errno == errno && e.flow == flow)
+        {
+            same.count += count;
+            continue;
+        }
+        error_flows.push(SocketErrorFlow {
+            error: errno_text(errno),
+            errno,
+            flow,
+            count,
+            pid: owner.as_ref().map(|o| o.0),
+            comm: owner.map(|o| o.1),
+        });
+    }
     error_flows.sort_by(|a, b| b.count.cmp(&a.count).then(a.flow.cmp(&b.flow)));
     error_flows.truncate(TOP_FLOWS);
     ConnectionSummary {
@@ -276,6 +345,29 @@ fn finished(out: &mut String, c: &ConnectionSummary) {
     }
 }
 
+/// A workload's connections in a few words, for its one-line entry when no problem names it:
+/// `TCP srtt p50 50.3 ms, 22 resets received, ECONNREFUSED 21` (`None` when nothing happened).
+pub fn in_brief(c: &ConnectionSummary) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(r) = &c.rtt {
+        parts.push(format!("TCP srtt p50 {:.1} ms", r.p50_ms));
+    }
+    for (n, what) in [(c.resets_sent, "sent"), (c.resets_received, "received")] {
+        if n > 0 {
+            parts.push(format!(
+                "{n} {} {what}",
+                if n == 1 { "reset" } else { "resets" }
+            ));
+        }
+    }
+    parts.extend(
+        c.socket_errors
+            .iter()
+            .map(|(e, n)| format!("{} {n}", Safe(e))),
+    );
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 /// The table's lines for a workload's resets, socket errors and finished connections.
 pub fn table(out: &mut String, c: &ConnectionSummary) {
     finished(out, c);
@@ -330,6 +422,56 @@ pub fn table(out: &mut String, c: &ConnectionSummary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tcp4(s: [u8; 4], sport: u16, d: [u8; 4], dport: u16) -> Flow {
+        let mut f = Flow {
+            family: nettools_common::flow::AF_INET,
+            l4_proto: 6,
+            sport,
+            dport,
+            ..Flow::default()
+        };
+        f.saddr[..4].copy_from_slice(&s);
+        f.daddr[..4].copy_from_slice(&d);
+        f
+    }
+
+    #[test]
+    fn flows_differing_in_one_port_are_one_line_with_the_varying_port_as_a_star() {
+        let (srv, cli, other) = ([10, 0, 0, 10], [10, 0, 0, 11], [10, 0, 0, 12]);
+        let got = collapse_ports(vec![
+            // Resets sent from the server's port to the client's ephemeral ones.
+            (tcp4(srv, 8080, cli, 40001), "sent", 1),
+            (tcp4(srv, 8080, cli, 40002), "sent", 2),
+            // Seen from the client: its ephemeral port is the source.
+            (tcp4(cli, 40001, srv, 8080), "received", 1),
+            (tcp4(cli, 40002, srv, 8080), "received", 1),
+            // One flow alone keeps both ports; the same flow under another `rest` too.
+            (tcp4(cli, 40003, other, 443), "received", 4),
+            (tcp4(cli, 40001, other, 443), "sent", 1),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "tcp 10.0.0.11:40003 -> 10.0.0.12:443".to_string(),
+                    "received",
+                    4
+                ),
+                ("tcp 10.0.0.10:8080 -> 10.0.0.11:*".to_string(), "sent", 3),
+                (
+                    "tcp 10.0.0.11:* -> 10.0.0.10:8080".to_string(),
+                    "received",
+                    2
+                ),
+                (
+                    "tcp 10.0.0.11:40001 -> 10.0.0.12:443".to_string(),
+                    "sent",
+                    1
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn names_of_errnos_states_and_reasons() {

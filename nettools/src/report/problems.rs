@@ -9,6 +9,7 @@
 //! | routing | packets dropped for want of a route (`IP_INNOROUTES`, `IP_OUTNOROUTES`) | drops |
 //! | arp | neighbours (ARP/NDP) that went FAILED or never answered | neighbours |
 //! | dns | error answers (SERVFAIL, NXDOMAIN, REFUSED, …), unanswered queries, slow answers | latency.dns |
+//! | refused | packets to a port where nothing listens (`NO_SOCKET`: the kernel answered a reset or port unreachable) | drops |
 //! | drops | packets dropped for any other reason | drops |
 //! | lossy | TCP segments retransmitted, at least a share of what was sent | retransmits |
 //! | latency | SYNs or pings answered slowly | latency |
@@ -56,6 +57,7 @@ pub enum Kind {
     Routing,
     Arp,
     Dns,
+    Refused,
     Drops,
     Lossy,
     Latency,
@@ -68,6 +70,7 @@ impl Kind {
             Self::Routing => "routing",
             Self::Arp => "arp",
             Self::Dns => "dns",
+            Self::Refused => "refused",
             Self::Drops => "drops",
             Self::Lossy => "lossy",
             Self::Latency => "latency",
@@ -117,6 +120,8 @@ pub struct Problem {
 const ROUTING_REASONS: [&str; 2] = ["IP_INNOROUTES", "IP_OUTNOROUTES"];
 /// The reason the kernel names a firewall drop with.
 const FIREWALL_REASON: &str = "NETFILTER_DROP";
+/// Packets to a port nothing listens on.
+const NO_SOCKET_REASON: &str = "NO_SOCKET";
 /// Packets that waited for a neighbour that never answered.
 const NEIGH_REASON: &str = "NEIGH_FAILED";
 /// What the report says when the kernel names no reasons (before 5.17).
@@ -139,6 +144,9 @@ fn drop_kind(reason: &str, location: &str) -> Option<Kind> {
         Some(Kind::Firewall)
     } else if ROUTING_REASONS.contains(&reason) || (by_location && function == "ip_error") {
         Some(Kind::Routing)
+    } else if reason == NO_SOCKET_REASON {
+        // Only by reason: before 5.17 the same functions free packets for many other causes.
+        Some(Kind::Refused)
     } else if reason == NEIGH_REASON
         || (by_location && ["neigh_invalidate", "neigh_timer_handler"].contains(&function))
     {
@@ -527,6 +535,52 @@ fn dns(w: &WorkloadSummary, t: &Thresholds, askers_traced: bool) -> Option<Probl
     ))
 }
 
+/// Packets to ports where nothing listens: the ports, most packets first.
+fn refused(w: &WorkloadSummary) -> Option<Problem> {
+    let c = drops_of(w, Some(Kind::Refused));
+    if c.count == 0 {
+        return None;
+    }
+    let flows = dropped_flows(w, &c.reasons);
+    let mut ports: Vec<String> = Vec::new();
+    for (proto, dst) in flows
+        .iter()
+        .filter_map(|(f, _)| protocol_and_destination(f))
+    {
+        push_unique(&mut ports, &format!("{proto} {dst}"));
+    }
+    let sentence = if ports.is_empty() {
+        format!(
+            "{} to ports where nothing listens {}",
+            plural(c.count, "packet", "packets"),
+            reasons_and_where(&c)
+        )
+    } else {
+        let named: Vec<String> = ports.iter().take(NAMED).cloned().collect();
+        format!(
+            "nothing listens on {}: {} refused {}",
+            listing(&named, ports.len()),
+            plural(c.count, "packet", "packets"),
+            reasons_and_where(&c)
+        )
+    };
+    Some(problem(
+        Kind::Refused,
+        w,
+        sentence,
+        Evidence {
+            section: "drops",
+            count: c.count,
+            unit: "packets",
+            subjects: flows.iter().map(|(f, _)| f.to_string()).collect(),
+            reasons: c.reasons,
+            locations: c.locations,
+            p90_ms: None,
+        },
+        0,
+    ))
+}
+
 fn other_drops(w: &WorkloadSummary) -> Option<Problem> {
     let c = drops_of(w, None);
     if c.count == 0 {
@@ -744,6 +798,7 @@ pub fn find(s: &Summary, t: &Thresholds) -> Vec<Problem> {
         out.extend(routing(w));
         out.extend(arp(w));
         out.extend(dns(w, t, dns_askers));
+        out.extend(refused(w));
         out.extend(other_drops(w));
         out.extend(lossy(w, t));
         out.extend(latency(w, t, &slow_answerers));
@@ -917,6 +972,31 @@ mod tests {
         let e = &s.problems[0].evidence;
         assert_eq!((e.section, e.count, e.unit), ("drops", 81, "packets"));
         assert_eq!(e.reasons, ["NETFILTER_DROP"]);
+    }
+
+    #[test]
+    fn packets_to_closed_ports_are_refused_naming_the_ports() {
+        let mut sink = workload("ntlab-1-sink", 3);
+        drops(
+            &mut sink,
+            vec![reason(
+                "NO_SOCKET",
+                &[("tcp_v4_rcv+0x12", 21), ("__udp4_lib_rcv+0x3", 2)],
+            )],
+            &[
+                ("tcp 10.231.0.11:* -> 10.231.0.10:8080", "NO_SOCKET", 21),
+                ("udp 10.231.0.11:* -> 10.231.0.10:53", "NO_SOCKET", 2),
+            ],
+        );
+        let s = summary(vec![sink]);
+        assert_eq!(
+            lines(&s),
+            [
+                "refused ntlab-1-sink nothing listens on TCP 10.231.0.10:8080 and UDP \
+              10.231.0.10:53: 23 packets refused (NO_SOCKET, tcp_v4_rcv, __udp4_lib_rcv)"
+            ]
+        );
+        assert_eq!(s.problems[0].evidence.count, 23);
     }
 
     #[test]

@@ -127,6 +127,13 @@ fn healthy(out: &mut String, w: &WorkloadSummary) {
             counts(&sent)
         );
     }
+    if let Some(brief) = w
+        .connections
+        .as_ref()
+        .and_then(super::connections::in_brief)
+    {
+        let _ = write!(line, "; {brief}");
+    }
     let _ = writeln!(out, "{line}");
 }
 
