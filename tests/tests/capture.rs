@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nettools_tests::*;
+use nettools_tests::{nsexec, runtimes, *};
 
 /// Two namespaces on a bridge, IPv4 only (nothing on the wire the test did not send but ARP).
 fn two_pods() -> Result<(Lab, Node, Node)> {
@@ -565,6 +565,79 @@ fn a_podman_pod_and_container_are_captured_on_their_veth() -> Result<()> {
             expected,
             "{target} {name}"
         );
+    }
+    Ok(())
+}
+
+/// A containerd pod, found through the CRI by name and namespace: the datagrams the host sent
+/// to it on its veth, and the ones its own firewall dropped on the drops interface, each with
+/// the reason, as many as the rule counted.
+#[test]
+fn a_containerd_pod_is_captured_by_name_with_what_its_firewall_dropped() -> Result<()> {
+    need!(&[runtimes::CONTAINERD_PROGRAMS, &["tshark"]].concat());
+    let mut ctd = runtimes::Containerd::start()?;
+    let socket = ctd.socket.display().to_string();
+    let uid = "2d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    let sandbox = ctd.run_pod("capweb", "nettools-test", uid, 0)?;
+    ctd.run_container(&sandbox, ("capweb", "nettools-test", uid, 0), "app")?;
+    let path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &sandbox)?);
+    // The pod's address as its own eth0 has it.
+    let addr = nsexec::in_ns(&path, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let ip: std::net::Ipv4Addr = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the pod has no IPv4 address: {addr}"))?;
+    nsexec::drop_udp(&path, 7777)?;
+    let file = TempFile::new(".pcapng");
+    let capture = Running::nettools(
+        &[
+            "--pod",
+            "capweb",
+            "-n",
+            "nettools-test",
+            "--cri-socket",
+            &socket,
+            "-w",
+            &file.0.display().to_string(),
+            "udp",
+            "port",
+            "7777",
+        ],
+        Stdio::null(),
+    )?;
+    nsexec::udp_from(
+        None,
+        SocketAddr::from((ip, 7777)),
+        20,
+        Duration::from_millis(5),
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, stderr) = capture.interrupt()?;
+    assert!(ok, "{stderr}");
+
+    let counted = nsexec::input_rule_packets(&path, 1)?;
+    assert_eq!(counted, 20, "the pod's rule counted {counted}");
+    let f = file.0.as_os_str();
+    let on_veth = tshark_fields(
+        f,
+        Some("frame.interface_name != \"nettools-drops\""),
+        &["ip.dst", "udp.dstport"],
+    )?;
+    assert_eq!(on_veth, vec![format!("{ip}\t7777"); 20]);
+    let dropped = on_interface(
+        f,
+        "nettools-drops",
+        &["ip.dst", "udp.dstport", "frame.comment"],
+    )?;
+    assert_eq!(dropped.len() as u64, counted, "{dropped:?}");
+    let netns = nsexec::inode(&path)?;
+    for line in &dropped {
+        let (packet, comment) = line.rsplit_once('\t').context("no comment")?;
+        assert_eq!(packet, format!("{ip}\t7777"));
+        assert_firewall_comment(comment, netns)?;
     }
     Ok(())
 }
