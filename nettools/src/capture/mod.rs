@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use nettools_common::drops::DROP_PACKET_MAX;
 
 use crate::{report::text::Safe, session::Stop};
@@ -396,6 +396,9 @@ struct Written {
 
 /// Reads packets (and dropped packets) until `count`, `duration` or `stopping`; returns how
 /// many were written.
+/// Packets taken from the ring in one call, and dropped packets written after each call at most.
+const BATCH: u64 = 64;
+
 fn read_loop(
     live: &mut pcap::Capture<pcap::Active>,
     drops: &mut Option<drops::Drops>,
@@ -422,38 +425,38 @@ fn read_loop(
                 break;
             }
         }
-        // One packet from the interface, then one the kernel dropped: a dropped packet crossed
-        // the veth before it died, so it is written after the veth's copy.
-        let (written, idle) = match live.next_packet() {
-            Ok(packet) => {
-                n.packets += 1;
-                (write_packet(sink, &packet, format), false)
-            }
-            Err(pcap::Error::TimeoutExpired) => (Ok(()), true),
-            Err(e) => bail!("the capture failed: {}", pcap_message(&e)),
-        };
-        let written = written.and_then(|()| {
-            if count.is_some_and(|c| n.packets + n.drops >= c) {
-                return Ok(());
-            }
-            // The drop ring is looked at when the interface is idle and every 64 packets, not
-            // after each one: a busy capture need not look for drops between every two packets.
-            if !idle && n.packets % 64 != 0 {
-                return Ok(());
-            }
-            match drops.as_mut().and_then(drops::Drops::next_matching) {
-                Some(packet) => {
-                    n.drops += 1;
-                    write_drop(sink, &packet, format.ts_decimals)
+        // A batch of packets from the interface, handed over in place from the ring (as
+        // tcpdump's pcap_loop does; `pcap_next_ex` would copy each one out of it first), then
+        // the packets the kernel dropped meanwhile: a dropped packet crossed the veth before it
+        // died, so it is written after the veth's copy.
+        let room = count.map_or(BATCH, |c| c.saturating_sub(total).min(BATCH));
+        let mut failed: Option<io::Error> = None;
+        let got = live
+            .dispatch(Some(usize::try_from(room).unwrap_or(1).max(1)), |packet| {
+                if failed.is_none()
+                    && let Err(e) = write_packet(sink, &packet, format)
+                {
+                    failed = Some(e);
                 }
-                None => {
-                    if idle {
+            })
+            .map_err(|e| anyhow!("the capture failed: {}", pcap_message(&e)))?;
+        n.packets += got as u64;
+        let idle = got == 0;
+        let written = failed.map_or(Ok(()), Err).and_then(|()| {
+            let mut taken = 0;
+            while taken < BATCH && !count.is_some_and(|c| n.packets + n.drops >= c) {
+                let Some(packet) = drops.as_mut().and_then(drops::Drops::next_matching) else {
+                    if idle && taken == 0 {
                         let ring = drops.as_ref().map(drops::Drops::fd);
                         wait_readable(live, ring, Duration::from_millis(100));
                     }
-                    Ok(())
-                }
+                    break;
+                };
+                n.drops += 1;
+                taken += 1;
+                write_drop(sink, &packet, format.ts_decimals)?;
             }
+            Ok(())
         });
         // Streams stay live for Wireshark reading stdout: flushed at least every 100 ms.
         let written = written.and_then(|()| {
