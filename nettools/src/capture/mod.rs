@@ -444,7 +444,7 @@ fn read_loop(
         let idle = got == 0;
         let written = failed.map_or(Ok(()), Err).and_then(|()| {
             let mut taken = 0;
-            while taken < BATCH && !count.is_some_and(|c| n.packets + n.drops >= c) {
+            while taken < BATCH && count.is_none_or(|c| n.packets + n.drops < c) {
                 let Some(packet) = drops.as_mut().and_then(drops::Drops::next_matching) else {
                     if idle && taken == 0 {
                         let ring = drops.as_ref().map(drops::Drops::fd);
