@@ -99,7 +99,9 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
         s.health.events_lost
     ));
     problem_lines(&mut lines, s);
-    lines.push(format!(
+    // With the connections probe: each workload's TCP srtt p50 and resets (sent + received).
+    let connections = s.workloads.iter().any(|w| w.connections.is_some());
+    let mut header = format!(
         "{:<NAME$} {:>7} {:<REASON$} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
         "WORKLOAD",
         "DROPS",
@@ -111,7 +113,11 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
         "TCP CONNECT p50/p99",
         "PING p50",
         "LOST"
-    ));
+    );
+    if connections {
+        let _ = write!(header, " {:>10} {:>6}", "SRTT p50", "RST");
+    }
+    lines.push(header);
     let mut ws: Vec<&WorkloadSummary> = s.workloads.iter().collect();
     ws.sort_by(|a, b| badness(b).cmp(&badness(a)).then(a.name.cmp(&b.name)));
     for w in ws {
@@ -132,7 +138,7 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
                     .find(|d| d.kind == LatencyKind::IcmpEcho)
             })
             .map_or_else(|| "-".to_string(), |d| duration(d.p50_ms * 1e6));
-        lines.push(format!(
+        let mut row = format!(
             "{} {:>7} {} {:>7} {:>5} {:>21} {:>5} {:>21} {:>10} {:>5}",
             name,
             p.drops,
@@ -144,7 +150,16 @@ pub fn frame(s: &Summary, elapsed_s: f64, width: usize) -> String {
             p50_p99(l, LatencyKind::TcpConnect),
             ping,
             p.ping_lost,
-        ));
+        );
+        if connections {
+            let c = w.connections.as_ref();
+            let srtt = c
+                .and_then(|c| c.rtt.as_ref())
+                .map_or_else(|| "-".to_string(), |r| duration(r.p50_ms * 1e6));
+            let resets = c.map_or(0, |c| c.resets_sent + c.resets_received);
+            let _ = write!(row, " {srtt:>10} {resets:>6}");
+        }
+        lines.push(row);
     }
     let mut out = String::new();
     for line in lines {
@@ -393,5 +408,55 @@ mod tests {
             Some("[    4s] bad: +30 drops")
         );
         assert_eq!(growth("bad", now, now, 5.0), None);
+        assert!(
+            !text.contains("SRTT"),
+            "no connections probe, no column: {text}"
+        );
+    }
+
+    #[test]
+    fn with_the_connections_probe_rows_have_srtt_and_resets() {
+        let mut busy = w("busy", 2, 0, 0);
+        busy.connections = Some(crate::report::connections::ConnectionSummary {
+            resets_sent: 2,
+            resets_received: 5,
+            rtt: Some(crate::report::connections::RttSummary {
+                count: 9,
+                min_ms: 1.0,
+                p50_ms: 20.5,
+                p90_ms: 21.0,
+                p99_ms: 22.0,
+                max_ms: 22.0,
+                histogram: crate::collect::latency::new_histogram(),
+            }),
+            ..Default::default()
+        });
+        let s = Summary {
+            kind: "summary",
+            duration_s: 1.0,
+            kernel: "x".into(),
+            probes: vec![],
+            all_namespaces: false,
+            health: Default::default(),
+            problems: vec![],
+            thresholds: Default::default(),
+            notes: vec![],
+            pairing: Default::default(),
+            waiting: Default::default(),
+            workloads: vec![busy, w("quiet", 1, 0, 0)],
+        };
+        let text = frame(&s, 3.0, 300);
+        let header = text
+            .lines()
+            .find(|l| l.starts_with("WORKLOAD"))
+            .unwrap_or("");
+        assert!(header.ends_with("  SRTT p50    RST"), "{text}");
+        let busy = text.lines().find(|l| l.starts_with("busy")).unwrap_or("");
+        assert!(
+            busy.ends_with(&format!("{:>10} {:>6}", duration(20.5e6), 7)),
+            "{text}"
+        );
+        let quiet = text.lines().find(|l| l.starts_with("quiet")).unwrap_or("");
+        assert!(quiet.ends_with(&format!("{:>10} {:>6}", "-", 0)), "{text}");
     }
 }
