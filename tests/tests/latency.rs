@@ -125,6 +125,9 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
     // really held each query (the configured 30 ms plus whatever the scheduler added). Each
     // query's latency at the client's veth is that plus the way there and back, and the
     // medians agree within 1 ms, per transport.
+    // 1 ms on hardware; the matrix's emulated CPU can hold a reply in the backlog for a few
+    // milliseconds after the server's send returned.
+    let tolerance = latency_tolerance_ms(1.0);
     for transport in ["udp", "tcp"] {
         let mut measured: Vec<f64> = Vec::new();
         let mut actual: Vec<f64> = Vec::new();
@@ -145,7 +148,7 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
             };
             let (before, after) = (before.as_secs_f64() * 1e3, after.as_secs_f64() * 1e3);
             assert!(
-                latency >= before - 0.05 && latency <= after + 1.0,
+                latency >= before - 0.05 && latency <= after + tolerance,
                 "{transport} query {id}: nettools {latency} ms, the server held it {before}..{after} ms"
             );
             margin = (
@@ -168,11 +171,11 @@ fn dns_latency_rcodes_and_unanswered_queries() -> Result<()> {
         }
         let (p50, held50, replied50) = (measured[10], actual[10], replied[10]);
         assert!(held50 >= 30.0, "the server answers after 30 ms");
-        // The medians agree within 1 ms, counted from the server's hold to the end of its send
-        // (which carries the reply through the veth pair): on the host the send takes some
-        // microseconds, under the matrix's emulated CPU up to a millisecond of its own.
+        // The medians agree within 1 ms (the guest's tolerance under emulation), counted from
+        // the server's hold to the end of its send (which carries the reply through the veth
+        // pair): on the host the send takes some microseconds, emulated up to a millisecond.
         assert!(
-            p50 >= held50 - 0.05 && p50 < replied50 + 1.0,
+            p50 >= held50 - 0.05 && p50 < replied50 + tolerance,
             "{transport} DNS p50 {p50} ms, the server's p50 hold {held50}..{replied50} ms"
         );
     }
