@@ -226,6 +226,9 @@ pub enum CheckProto {
     Udp,
     /// ICMP/ICMPv6 echo requests.
     Icmp,
+    /// DNS queries for the --to name to the source's own resolver (the first nameserver of its
+    /// resolv.conf), as its applications would ask.
+    Dns,
 }
 
 /// Formats of `nettools check`.
@@ -247,11 +250,14 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Where to: an IPv4 or IPv6 address, with a port for TCP and UDP (10.0.0.7:8080,
-    /// [fd00::7]:53), or a network namespace of this node, netns/NAME[:PORT] (its first
-    /// IPv4 address, else its first global IPv6 one).
+    /// [fd00::7]:53); a host name (db.shop.svc:5432), resolved from inside the source as its
+    /// applications would (its resolv.conf, its nameserver, its search domains); or a network
+    /// namespace of this node, netns/NAME[:PORT] (its first IPv4 address, else its first
+    /// global IPv6 one).
     #[arg(long, value_name = "ADDRESS[:PORT]", value_parser = parse_destination)]
     pub to: Destination,
-    /// The probes' protocol [default: tcp when --to has a port, else icmp].
+    /// The probes' protocol [default: tcp when --to has a port, else icmp; dns looks the
+    /// --to name up, nothing more].
     #[arg(long, value_enum)]
     pub proto: Option<CheckProto>,
     /// How many probes to send.
@@ -275,6 +281,8 @@ pub struct Destination {
     pub port: Option<u16>,
     /// `netns/NAME`: a network namespace of this node, whose address is the destination.
     pub netns: Option<String>,
+    /// A host name, resolved from inside the source (its resolv.conf, its resolver).
+    pub name: Option<String>,
 }
 
 /// `10.0.0.7`, `10.0.0.7:80`, `fd00::7`, `[fd00::7]`, `[fd00::7]:53`, `netns/NAME[:PORT]`.
@@ -299,6 +307,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
             port: p,
             netns: Some(name.to_string()),
+            name: None,
         });
     }
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
@@ -306,6 +315,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             ip,
             port: None,
             netns: None,
+            name: None,
         });
     }
     if let Some(rest) = text.strip_prefix('[') {
@@ -326,6 +336,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             ip: ip.into(),
             port,
             netns: None,
+            name: None,
         });
     }
     if let Some((addr, p)) = text.rsplit_once(':')
@@ -335,12 +346,40 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             ip: ip.into(),
             port: Some(port(p)?),
             netns: None,
+            name: None,
+        });
+    }
+    let (host, p) = match text.rsplit_once(':') {
+        Some((host, p)) => (host, Some(port(p)?)),
+        None => (text, None),
+    };
+    if is_host_name(host) {
+        return Ok(Destination {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: p,
+            netns: None,
+            // A trailing dot stays: the name is then absolute, no search domain is tried.
+            name: Some(host.to_ascii_lowercase()),
         });
     }
     Err(format!(
-        "{text:?} is not an address: give an IPv4 or IPv6 address or netns/NAME, with :PORT for \
-         tcp and udp (host names are not resolved yet)"
+        "{text:?} is not an address: give an IPv4 or IPv6 address, a host name or netns/NAME, \
+         with :PORT for tcp and udp"
     ))
+}
+
+/// A name DNS can carry: dot-separated labels of letters, digits, `-` and `_`, each 1 to 63
+/// bytes, 253 in all, not all digits (that would be a mistyped address).
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
 }
 
 #[derive(Debug, Args)]
@@ -835,11 +874,24 @@ mod tests {
             "10.1.2.3:65536",
             "10.1.2.3:x",
             "[fd00::7]x",
-            "web",
+            "10.1.2",
+            "we b",
+            "a..b",
+            "web:0",
             "",
         ] {
             assert!(d(bad).is_err(), "{bad}");
         }
+        // Host names, resolved later from inside the source.
+        assert_eq!(
+            d("DB.shop.svc:5432").map(|d| (d.name, d.port)),
+            Ok((Some("db.shop.svc".to_string()), Some(5432)))
+        );
+        assert_eq!(d("web").map(|d| d.name), Ok(Some("web".to_string())));
+        assert_eq!(
+            d("db.lab.").map(|d| d.name),
+            Ok(Some("db.lab.".to_string()))
+        );
         assert!(d("10.1.2.3:70000").is_err_and(|e| e.contains("out of range")));
         assert_eq!(
             d("netns/web:8080").map(|d| (d.netns, d.port)),

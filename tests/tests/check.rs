@@ -577,6 +577,152 @@ fn a_peer_that_takes_the_datagrams_and_never_answers_is_a_timeout() -> Result<()
     Ok(())
 }
 
+/// A namespace's own resolver configuration, `/etc/netns/NAME/resolv.conf` (where `ip netns
+/// exec` puts it in place, and where `check` reads it), removed when dropped.
+struct NetnsResolvConf(std::path::PathBuf);
+
+impl NetnsResolvConf {
+    fn new(node: &Node, text: &str) -> Result<Self> {
+        let dir = std::path::Path::new("/etc/netns").join(&node.netns);
+        std::fs::create_dir_all(&dir)?;
+        let conf = Self(dir);
+        std::fs::write(conf.0.join("resolv.conf"), text)?;
+        Ok(conf)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Names are resolved as the source's applications resolve them: its own resolv.conf (the
+/// search domain `lab` makes `app` into `app.lab`), its nameserver, from inside it. The
+/// oracles: the lab DNS server's zone and its count of queries received, and the listener's
+/// accepted connection.
+#[test]
+fn names_resolve_through_the_sources_resolver_and_failed_lookups_are_dns_failure() -> Result<()> {
+    use nettools::lab::dns::{Behaviour, DnsServer, Zone};
+    use std::sync::atomic::Ordering;
+    let (_lab, a, b) = two_pods()?;
+    let zone: Zone = [
+        (
+            "app.lab".to_string(),
+            Behaviour::Answer {
+                delay: Duration::ZERO,
+                addr: b.ipv4,
+            },
+        ),
+        ("db.lab".to_string(), Behaviour::Rcode(2)),
+        ("lost.lab".to_string(), Behaviour::Never),
+    ]
+    .into_iter()
+    .collect();
+    let server = DnsServer::start(&b, b.ipv4.into(), zone, Behaviour::Rcode(3))?;
+    let _conf = NetnsResolvConf::new(&a, &format!("nameserver {}\nsearch lab\n", b.ipv4))?;
+    let listener = b.enter(|| TcpListener::bind("0.0.0.0:8080"))??;
+    let queries = || server.queries.load(Ordering::Relaxed);
+
+    // A name with a port: resolved from inside a, then connected to.
+    let (v, code, _) = check(&a, &["--to", "app:8080", "--count", "1"])?;
+    assert_eq!((v["verdict"].as_str(), code), (Some("ok"), 0), "{v:#}");
+    let resolved = evidence(&v, "dns");
+    assert!(
+        resolved
+            .first()
+            .and_then(|e| e["text"].as_str())
+            .is_some_and(|t| t.starts_with(&format!(
+                "app resolved as app.lab: {} (resolver {}",
+                b.ipv4, b.ipv4
+            ))),
+        "{v:#}"
+    );
+    listener.set_nonblocking(true)?;
+    assert_eq!(std::iter::from_fn(|| listener.accept().ok()).count(), 1);
+
+    // The lookup itself: SERVFAIL is dns_failure, one query per lookup reached the server.
+    let before = queries();
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "db.lab",
+            "--proto",
+            "dns",
+            "--count",
+            "2",
+            "--timeout",
+            "1s",
+        ],
+    )?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("dns_failure"), 1),
+        "{v:#}"
+    );
+    assert_eq!(
+        v["summary"],
+        format!(
+            "the resolver {} answered db.lab: SERVFAIL (2 of 2 lookups of db.lab)",
+            b.ipv4
+        )
+    );
+    assert_eq!(queries() - before, 2, "{v:#}");
+
+    // Never answered: dns_failure naming the silence; the server did get the query, and
+    // nothing on the node dropped it.
+    let before = queries();
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "lost.lab",
+            "--proto",
+            "dns",
+            "--count",
+            "1",
+            "--timeout",
+            "500ms",
+        ],
+    )?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("dns_failure"), 1),
+        "{v:#}"
+    );
+    assert!(
+        v["summary"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!(
+                "no answer from the resolver {} within 500 ms for lost.lab",
+                b.ipv4
+            ))),
+        "{v:#}"
+    );
+    assert_eq!(queries() - before, 1, "{v:#}");
+    assert!(evidence(&v, "drop").is_empty(), "{v:#}");
+
+    // A name nobody has: NXDOMAIN for it and its search name, and nothing is sent to it.
+    let before = queries();
+    let (v, code, _) = check(&a, &["--to", "nope.lab:8080"])?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("dns_failure"), 1),
+        "{v:#}"
+    );
+    assert!(
+        v["summary"].as_str().is_some_and(
+            |t| t.starts_with("nope.lab does not resolve from ") && t.contains("NXDOMAIN")
+        ),
+        "{v:#}"
+    );
+    assert_eq!(v["probes"].as_array().map(Vec::len), Some(0));
+    // nope.lab (A: NXDOMAIN), then nope.lab.lab (A: NXDOMAIN).
+    assert_eq!(queries() - before, 2, "{v:#}");
+    Ok(())
+}
+
 #[test]
 fn bad_input_is_one_sentence_and_exit_2() -> Result<()> {
     let (_lab, a, _b) = two_pods()?;
@@ -604,7 +750,16 @@ fn bad_input_is_one_sentence_and_exit_2() -> Result<()> {
             "--proto",
             "tcp",
         ],
-        &["check", "--netns", a.netns.as_str(), "--to", "no.such.name"],
+        &["check", "--netns", a.netns.as_str(), "--to", "no such name"],
+        &[
+            "check",
+            "--netns",
+            a.netns.as_str(),
+            "--to",
+            "10.245.0.2",
+            "--proto",
+            "dns",
+        ],
         &["check", "--to", "10.245.0.2"],
         &[
             "check",

@@ -5,6 +5,7 @@
 //! evidence ([`verdict`]).
 
 pub mod probes;
+pub mod resolver;
 pub mod rules;
 pub mod verdict;
 
@@ -66,17 +67,73 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     let Some(source_path) = source.netns_path.clone() else {
         return Err(UsageError(format!("{} has no network namespace path", source.name)).into());
     };
-    let dst = match &args.to.netns {
-        Some(name) => address_of(name)?,
-        None => args.to.ip,
-    };
-    let port = args.to.port;
-    let proto = match (args.proto, port) {
+    let proto = match (args.proto, args.to.port) {
         (Some(p), _) => p,
         (None, Some(_)) => CheckProto::Tcp,
         (None, None) => CheckProto::Icmp,
     };
-    if proto != CheckProto::Icmp && port.is_none() {
+    let name = args.to.name.clone();
+    if proto == CheckProto::Dns && name.is_none() {
+        return Err(UsageError(
+            "--proto dns looks a host name up from the source: --to NAME".to_string(),
+        )
+        .into());
+    }
+    // A host name: the source's own resolver configuration.
+    let conf = match &name {
+        Some(_) => Some(resolver::ResolvConf::of(&source)?),
+        None => None,
+    };
+    let mut resolved = None;
+    let (dst, port) = match (&args.to.netns, &name, &conf) {
+        (Some(ns), _, _) => (address_of(ns)?, args.to.port),
+        (None, Some(_), Some(conf)) if proto == CheckProto::Dns => {
+            let server = conf.servers.first().copied().with_context(|| {
+                format!(
+                    "{} names no nameserver: there is no resolver to ask",
+                    conf.file.display()
+                )
+            })?;
+            (server, Some(53))
+        }
+        (None, Some(n), Some(conf)) => {
+            let (c, asked_for, timeout) = (conf.clone(), n.clone(), args.timeout);
+            let (asked, answer, ms) = discover::enter::in_netns(&source_path, move || {
+                resolver::resolve(&c, &asked_for, timeout)
+            })?;
+            let server = conf.servers.first().copied();
+            let chosen = match &answer {
+                resolver::Answer::Addresses(a) => a
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or_else(|| a.first())
+                    .copied(),
+                _ => None,
+            };
+            let (Some(addr), Some(server)) = (chosen, server) else {
+                let v = verdict::unresolved(
+                    &source.name,
+                    proto,
+                    n,
+                    &asked,
+                    &resolver::describe(&answer),
+                    server,
+                );
+                print_verdict(&v, args.output)?;
+                return Ok(false);
+            };
+            resolved = Some(verdict::resolved(
+                n,
+                &asked,
+                &resolver::describe(&answer),
+                server,
+                ms,
+            ));
+            (addr, args.to.port)
+        }
+        _ => (args.to.ip, args.to.port),
+    };
+    if matches!(proto, CheckProto::Tcp | CheckProto::Udp) && port.is_none() {
         return Err(UsageError(format!(
             "--proto {} needs a port: --to {}",
             if proto == CheckProto::Tcp {
@@ -139,10 +196,18 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     // The probes, from a thread inside the source.
     let (count, timeout) = (args.count, args.timeout);
     let path = source_path.clone();
+    let lookups = match (proto, &conf, &name) {
+        (CheckProto::Dns, Some(c), Some(n)) => Some((c.clone(), n.clone())),
+        _ => None,
+    };
     let sender = std::thread::spawn(move || {
         discover::enter::in_netns(&path, || {
             let route = probes::route_to(dst).unwrap_or_default();
-            (route, probes::send(proto, dst, port, count, timeout))
+            let results = match &lookups {
+                Some((conf, name)) => resolver::send(conf, name, count, timeout),
+                None => probes::send(proto, dst, port, count, timeout),
+            };
+            (route, results)
         })
     });
     let mut watch = Watch::new(dst, port, proto);
@@ -201,20 +266,31 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         results,
         &seen,
     );
+    if let (CheckProto::Dns, Some(n)) = (proto, &name) {
+        verdict = verdict::dns(verdict, n, dst, args.timeout);
+    }
+    if let Some(e) = resolved {
+        verdict.evidence.insert(0, e);
+    }
     if events_lost > 0 {
         verdict.evidence.push(verdict::Evidence::note(format!(
             "{events_lost} kernel event(s) did not fit in the ring buffer: the evidence may be \
              incomplete (the node is busy; run the check again)"
         )));
     }
-    match args.output {
-        CheckFormat::Table => print!("{}", verdict::render(&verdict)),
+    print_verdict(&verdict, args.output)?;
+    Ok(verdict.ok())
+}
+
+fn print_verdict(verdict: &verdict::Verdict, output: CheckFormat) -> Result<()> {
+    match output {
+        CheckFormat::Table => print!("{}", verdict::render(verdict)),
         CheckFormat::Json => println!(
             "{}",
-            serde_json::to_string(&verdict).context("cannot write the verdict as JSON")?
+            serde_json::to_string(verdict).context("cannot write the verdict as JSON")?
         ),
     }
-    Ok(verdict.ok())
+    Ok(())
 }
 
 /// The source, named as `trace` names its targets.
@@ -311,7 +387,8 @@ impl Watch {
             port,
             l4: match (proto, dst) {
                 (CheckProto::Tcp, _) => 6,
-                (CheckProto::Udp, _) => 17,
+                // DNS queries go out as UDP datagrams.
+                (CheckProto::Udp | CheckProto::Dns, _) => 17,
                 (CheckProto::Icmp, IpAddr::V4(_)) => 1,
                 (CheckProto::Icmp, IpAddr::V6(_)) => 58,
             },

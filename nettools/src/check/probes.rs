@@ -33,6 +33,10 @@ pub struct ProbeResult {
     pub error: Option<String>,
     /// Time from sending to the answer (or to the error), in milliseconds.
     pub ms: f64,
+    /// `--proto dns`: the name asked last and its answer (`db.lab: 10.0.0.7`, `db.lab:
+    /// SERVFAIL`, `db.lab: no answer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<String>,
 }
 
 /// The source's route to the destination.
@@ -80,6 +84,7 @@ pub fn send(
             error,
             // Microseconds are what a clock read around a syscall can tell.
             ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            dns: None,
         });
         // Probes a little apart, so each one's packets are told from the next one's.
         std::thread::sleep(Duration::from_millis(50));

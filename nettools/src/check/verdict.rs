@@ -35,7 +35,7 @@ pub type DropKey = (String, u32, String, String);
 /// One piece of evidence.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Evidence {
-    /// `drop`, `rule`, `reset`, `neighbour`, `errno`, `route`, `note`.
+    /// `drop`, `rule`, `reset`, `neighbour`, `errno`, `route`, `dns`, `note`.
     pub kind: &'static str,
     /// The namespace it happened in (its name).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,8 +99,8 @@ pub struct Hop {
 /// The answer.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Verdict {
-    /// `ok`, `firewall`, `rejected`, `refused`, `no_route`, `neighbour_unreachable`, `dropped`,
-    /// `timeout`.
+    /// `ok`, `dns_failure`, `firewall`, `rejected`, `refused`, `no_route`,
+    /// `neighbour_unreachable`, `dropped`, `timeout`.
     pub verdict: &'static str,
     /// The verdict as one sentence.
     pub summary: String,
@@ -513,6 +513,7 @@ fn proto_name(proto: CheckProto, dst: IpAddr) -> &'static str {
         (CheckProto::Udp, _) => "udp",
         (CheckProto::Icmp, IpAddr::V4(_)) => "icmp",
         (CheckProto::Icmp, IpAddr::V6(_)) => "icmpv6",
+        (CheckProto::Dns, _) => "dns",
     }
 }
 
@@ -526,6 +527,107 @@ fn route_text(r: &Route) -> String {
         let _ = write!(s, " via {via}");
     }
     s
+}
+
+/// `--proto dns`: the verdict of the lookups. Answers are `ok`; an error rcode or a name
+/// without address records is `dns_failure`, and so is no answer when nothing on this node
+/// dropped the queries (the resolver got them, or they left the node); a drop, a missing route
+/// or a refusal on the way stays that verdict: it is why the resolver did not answer.
+pub fn dns(mut v: Verdict, name: &str, server: IpAddr, timeout: std::time::Duration) -> Verdict {
+    let total = v.probes.len();
+    let first = |outcome: &str| {
+        v.probes
+            .iter()
+            .find(|p| p.outcome == outcome)
+            .and_then(|p| p.dns.clone())
+            .unwrap_or_default()
+    };
+    let failed = v.probes.iter().filter(|p| p.outcome == "dns_error").count();
+    v.destination = format!("{name} (resolver {})", v.destination);
+    if let Some(l) = v.latency_ms.filter(|_| v.verdict == "ok") {
+        v.summary = format!(
+            "{} (the resolver {server} answered {} of {total} lookups: {} p50, {} max)",
+            Safe(&first("answered")),
+            v.probes.iter().filter(|p| p.outcome == "answered").count(),
+            ms_text(l.p50),
+            ms_text(l.max)
+        );
+    } else if failed > 0 {
+        let what = first("dns_error");
+        v.verdict = "dns_failure";
+        v.summary = format!(
+            "the resolver {server} answered {} ({failed} of {total} lookups of {})",
+            Safe(&what),
+            Safe(name)
+        );
+        let mut e = Evidence::new("dns", format!("resolver {server}: {}", Safe(&what)));
+        e.count = Some(failed as u64);
+        e.address = Some(server);
+        v.evidence.insert(0, e);
+    } else if v.verdict == "timeout" {
+        v.verdict = "dns_failure";
+        v.summary = format!(
+            "no answer from the resolver {server} within {} for {} ({total} lookups), and \
+             nothing on this node dropped the queries",
+            ms_text(timeout.as_secs_f64() * 1e3),
+            Safe(name)
+        );
+        let mut e = Evidence::new("dns", format!("resolver {server}: no answer"));
+        e.count = Some(total as u64);
+        e.address = Some(server);
+        v.evidence.insert(0, e);
+    }
+    v
+}
+
+/// A host name that did not resolve from the source, before any probe was sent:
+/// `dns_failure`, naming the name asked last, the answer and the resolver.
+pub fn unresolved(
+    source: &str,
+    proto: CheckProto,
+    name: &str,
+    asked: &str,
+    answer: &str,
+    server: Option<IpAddr>,
+) -> Verdict {
+    let by = server.map_or_else(|| "no resolver".to_string(), |s| format!("resolver {s}"));
+    let mut e = Evidence::new("dns", format!("{}: {} ({by})", Safe(asked), Safe(answer)));
+    e.address = server;
+    e.namespace = Some(source.to_string());
+    Verdict {
+        verdict: "dns_failure",
+        summary: format!(
+            "{} does not resolve from {}: {}: {} ({by}); nothing was sent to it (`--proto dns` \
+             traces the lookup itself)",
+            Safe(name),
+            Safe(source),
+            Safe(asked),
+            Safe(answer)
+        ),
+        source: source.to_string(),
+        destination: name.to_string(),
+        protocol: proto,
+        latency_ms: None,
+        evidence: vec![e],
+        probes: Vec::new(),
+        path: Vec::new(),
+    }
+}
+
+/// The evidence of how the destination's name resolved (`check --to NAME`).
+pub fn resolved(name: &str, asked: &str, answer: &str, server: IpAddr, ms: f64) -> Evidence {
+    let mut e = Evidence::new(
+        "dns",
+        format!(
+            "{} resolved as {}: {} (resolver {server}, {})",
+            Safe(name),
+            Safe(asked),
+            Safe(answer),
+            ms_text(ms)
+        ),
+    );
+    e.address = Some(server);
+    e
 }
 
 fn latency(ms: &[f64]) -> Latency {
@@ -563,18 +665,22 @@ pub fn render(v: &Verdict) -> String {
             let _ = writeln!(out, "  {:<9} {}", e.kind, e.text);
         }
     }
-    let _ = writeln!(out, "probes:");
+    if !v.probes.is_empty() {
+        let _ = writeln!(out, "probes:");
+    }
     for p in &v.probes {
         let line = format!(
             "  {:>3}  {:<11} {:>10}  {}",
             p.n,
             p.outcome,
             ms_text(p.ms),
-            p.error.as_deref().unwrap_or("")
+            Safe(p.error.as_deref().or(p.dns.as_deref()).unwrap_or(""))
         );
         let _ = writeln!(out, "{}", line.trim_end());
     }
-    let _ = writeln!(out, "path:");
+    if !v.path.is_empty() {
+        let _ = writeln!(out, "path:");
+    }
     for h in &v.path {
         let _ = writeln!(out, "  {}  {}", Safe(&h.namespace), h.what);
     }
@@ -586,6 +692,7 @@ fn proto_label(p: CheckProto) -> &'static str {
         CheckProto::Tcp => "tcp",
         CheckProto::Udp => "udp",
         CheckProto::Icmp => "icmp",
+        CheckProto::Dns => "dns",
     }
 }
 
@@ -599,7 +706,86 @@ mod tests {
             outcome,
             error: error.map(str::to_string),
             ms,
+            dns: None,
         }
+    }
+
+    #[test]
+    fn dns_lookups_are_ok_a_failure_or_the_drop_on_their_way() {
+        let route = Route::default();
+        let server = IpAddr::from([10, 0, 0, 53]);
+        let q = Question {
+            source: "a",
+            dst: server,
+            port: Some(53),
+            proto: CheckProto::Dns,
+            route: &route,
+        };
+        let lookup = |outcome: &'static str, answer: &str| ProbeResult {
+            dns: Some(format!("db.lab: {answer}")),
+            ..probe(outcome, None, 1.5)
+        };
+        let t = std::time::Duration::from_secs(1);
+        let ok = dns(
+            decide(&q, vec![lookup("answered", "10.0.0.7")], &Seen::default()),
+            "db.lab",
+            server,
+            t,
+        );
+        assert_eq!(ok.verdict, "ok");
+        assert!(
+            ok.summary
+                .starts_with("db.lab: 10.0.0.7 (the resolver 10.0.0.53 answered 1 of 1"),
+            "{}",
+            ok.summary
+        );
+        let servfail = dns(
+            decide(
+                &q,
+                vec![lookup("dns_error", "SERVFAIL"); 2],
+                &Seen::default(),
+            ),
+            "db.lab",
+            server,
+            t,
+        );
+        assert_eq!(servfail.verdict, "dns_failure");
+        assert_eq!(
+            servfail.summary,
+            "the resolver 10.0.0.53 answered db.lab: SERVFAIL (2 of 2 lookups of db.lab)"
+        );
+        let silent = dns(
+            decide(&q, vec![lookup("timeout", "no answer")], &Seen::default()),
+            "lost.lab",
+            server,
+            t,
+        );
+        assert_eq!(silent.verdict, "dns_failure");
+        assert!(
+            silent
+                .summary
+                .starts_with("no answer from the resolver 10.0.0.53 within"),
+            "{}",
+            silent.summary
+        );
+        // Dropped on the way: the firewall is the answer, not the resolver.
+        let mut seen = Seen::default();
+        seen.drops.insert(
+            (
+                "b".into(),
+                7,
+                "NETFILTER_DROP".into(),
+                "nft_do_chain+0x1".into(),
+            ),
+            1,
+        );
+        let dropped = dns(
+            decide(&q, vec![lookup("timeout", "no answer")], &seen),
+            "db.lab",
+            server,
+            t,
+        );
+        assert_eq!(dropped.verdict, "firewall");
     }
 
     fn question(route: &Route) -> Question<'_> {

@@ -199,7 +199,38 @@ pub fn qtype_name(t: u16) -> String {
     }
 }
 
-/// Builds a query for `name` (used by tests and the lab).
+/// The addresses of a response's A and AAAA answer records (class IN), in order. Records of
+/// other types (a CNAME before the address) are stepped over; a record cut short is an error.
+pub fn answer_addresses(msg: &[u8]) -> Result<Vec<std::net::IpAddr>, DnsError> {
+    let m = parse(msg)?;
+    let (_, _, mut pos) = question_with_end(msg)?;
+    let mut out = Vec::new();
+    for _ in 0..m.answers {
+        let (_, after) = read_name(msg, pos)?;
+        let fixed = msg.get(after..after + 10).ok_or(DnsError::Truncated)?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+        let len = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let data = msg
+            .get(after + 10..after + 10 + len)
+            .ok_or(DnsError::Truncated)?;
+        match (rtype, class, data.len()) {
+            (1, 1, 4) => {
+                out.push(std::net::Ipv4Addr::new(data[0], data[1], data[2], data[3]).into())
+            }
+            (28, 1, 16) => {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(data);
+                out.push(std::net::Ipv6Addr::from(a).into());
+            }
+            _ => {}
+        }
+        pos = after + 10 + len;
+    }
+    Ok(out)
+}
+
+/// Builds a query for `name` (used by tests and the lab, and by `check --proto dns`).
 pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
     let mut q = Vec::with_capacity(32 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
@@ -216,6 +247,38 @@ pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn answer_addresses_are_read_and_cut_records_refused() {
+        let q = build_query(7, "db.lab", 1);
+        let r = build_response(&q, 0, Some(std::net::Ipv4Addr::new(10, 0, 0, 7)));
+        let r = r.unwrap_or_default();
+        assert_eq!(
+            answer_addresses(&r),
+            Ok(vec![std::net::Ipv4Addr::new(10, 0, 0, 7).into()])
+        );
+        // An AAAA record after it (compressed name, class IN, 16 bytes).
+        let mut two = r.clone();
+        two[7] = 2;
+        two.extend_from_slice(&[0xc0, 12, 0, 28, 0, 1, 0, 0, 0, 30, 0, 16]);
+        two.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        let v6: std::net::IpAddr = "fd00::7"
+            .parse()
+            .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into());
+        assert_eq!(answer_addresses(&two).map(|a| a.len()), Ok(2));
+        assert_eq!(
+            answer_addresses(&two).ok().and_then(|a| a.get(1).copied()),
+            Some(v6)
+        );
+        // Cut anywhere inside the record: an error, never a panic.
+        for end in r.len() - 15..r.len() {
+            assert!(answer_addresses(&r[..end]).is_err(), "cut at {end}");
+        }
+        // No answer (SERVFAIL): no addresses.
+        let fail = build_response(&q, 2, None).unwrap_or_default();
+        assert_eq!(answer_addresses(&fail), Ok(vec![]));
+    }
+
     use super::*;
 
     #[test]
