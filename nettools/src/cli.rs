@@ -251,9 +251,9 @@ pub struct CheckArgs {
     pub runtime: RuntimeArgs,
     /// Where to: an IPv4 or IPv6 address, with a port for TCP and UDP (10.0.0.7:8080,
     /// [fd00::7]:53); a host name (db.shop.svc:5432), resolved from inside the source as its
-    /// applications would (its resolv.conf, its nameserver, its search domains); or a network
-    /// namespace of this node, netns/NAME[:PORT] (its first IPv4 address, else its first
-    /// global IPv6 one).
+    /// applications would (its resolv.conf, its nameserver, its search domains); or a
+    /// workload of this node, netns/NAME[:PORT], pod/[NAMESPACE/]NAME[:PORT] or
+    /// container/NAME[:PORT] (its first IPv4 address, else its first global IPv6 one).
     #[arg(long, value_name = "ADDRESS[:PORT]", value_parser = parse_destination)]
     pub to: Destination,
     /// The probes' protocol [default: tcp when --to has a port, else icmp; dns looks the
@@ -283,6 +283,19 @@ pub struct Destination {
     pub netns: Option<String>,
     /// A host name, resolved from inside the source (its resolv.conf, its resolver).
     pub name: Option<String>,
+    /// `pod/[NAMESPACE/]NAME` or `container/NAME`: a workload of this node, found through the
+    /// container runtimes as a source is, whose address is the destination.
+    pub workload: Option<DestinationWorkload>,
+}
+
+/// A pod or container of this node as a destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationWorkload {
+    Pod {
+        namespace: Option<String>,
+        name: String,
+    },
+    Container(String),
 }
 
 /// `10.0.0.7`, `10.0.0.7:80`, `fd00::7`, `[fd00::7]`, `[fd00::7]:53`, `netns/NAME[:PORT]`.
@@ -295,6 +308,43 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             Err(_) => Err(format!("{p:?} is not a port number")),
         }
     };
+    for (prefix, pod) in [("pod/", true), ("container/", false)] {
+        let Some(rest) = text.strip_prefix(prefix) else {
+            continue;
+        };
+        let (spec, p) = match rest.rsplit_once(':') {
+            Some((spec, p)) => (spec, Some(port(p)?)),
+            None => (rest, None),
+        };
+        let workload = match (pod, spec.split_once('/')) {
+            (true, Some((ns, name)))
+                if !ns.is_empty() && !name.is_empty() && !name.contains('/') =>
+            {
+                DestinationWorkload::Pod {
+                    namespace: Some(ns.to_string()),
+                    name: name.to_string(),
+                }
+            }
+            (true, None) if !spec.is_empty() => DestinationWorkload::Pod {
+                namespace: None,
+                name: spec.to_string(),
+            },
+            (false, None) if !spec.is_empty() => DestinationWorkload::Container(spec.to_string()),
+            _ => {
+                return Err(format!(
+                    "{text:?}: give pod/NAME, pod/NAMESPACE/NAME or container/NAME, with :PORT \
+                     for tcp and udp"
+                ));
+            }
+        };
+        return Ok(Destination {
+            ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            port: p,
+            netns: None,
+            name: None,
+            workload: Some(workload),
+        });
+    }
     if let Some(rest) = text.strip_prefix("netns/") {
         let (name, p) = match rest.rsplit_once(':') {
             Some((name, p)) => (name, Some(port(p)?)),
@@ -308,6 +358,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             port: p,
             netns: Some(name.to_string()),
             name: None,
+            workload: None,
         });
     }
     if let Ok(ip) = text.parse::<std::net::IpAddr>() {
@@ -316,6 +367,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             port: None,
             netns: None,
             name: None,
+            workload: None,
         });
     }
     if let Some(rest) = text.strip_prefix('[') {
@@ -337,6 +389,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             port,
             netns: None,
             name: None,
+            workload: None,
         });
     }
     if let Some((addr, p)) = text.rsplit_once(':')
@@ -347,6 +400,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             port: Some(port(p)?),
             netns: None,
             name: None,
+            workload: None,
         });
     }
     let (host, p) = match text.rsplit_once(':') {
@@ -360,6 +414,7 @@ pub fn parse_destination(text: &str) -> Result<Destination, String> {
             netns: None,
             // A trailing dot stays: the name is then absolute, no search domain is tried.
             name: Some(host.to_ascii_lowercase()),
+            workload: None,
         });
     }
     Err(format!(
@@ -879,6 +934,37 @@ mod tests {
             "a..b",
             "web:0",
             "",
+        ] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        // Workloads of this node, found through the runtimes later.
+        assert_eq!(
+            d("pod/web:8080").map(|d| (d.workload, d.port)),
+            Ok((
+                Some(DestinationWorkload::Pod {
+                    namespace: None,
+                    name: "web".into()
+                }),
+                Some(8080)
+            ))
+        );
+        assert_eq!(
+            d("pod/shop/web").map(|d| d.workload),
+            Ok(Some(DestinationWorkload::Pod {
+                namespace: Some("shop".into()),
+                name: "web".into()
+            }))
+        );
+        assert_eq!(
+            d("container/db:5432").map(|d| d.workload),
+            Ok(Some(DestinationWorkload::Container("db".into())))
+        );
+        for bad in [
+            "pod/",
+            "pod/a/b/c",
+            "container/",
+            "container/a/b",
+            "pod/web:0",
         ] {
             assert!(d(bad).is_err(), "{bad}");
         }

@@ -723,6 +723,72 @@ fn names_resolve_through_the_sources_resolver_and_failed_lookups_are_dns_failure
     Ok(())
 }
 
+/// A containerd pod as the destination, found through the CRI by namespace and name (from the
+/// host's namespace): it answers pings; its own firewall drops datagrams to a port, and check names that
+/// rule in the pod with the packets its counter grew by.
+#[test]
+fn a_pod_of_the_node_is_a_destination_by_name() -> Result<()> {
+    need!(nettools_tests::runtimes::CONTAINERD_PROGRAMS);
+    let mut ctd = nettools_tests::runtimes::Containerd::start()?;
+    let socket = ctd.socket.display().to_string();
+    let uid = "3d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    let sandbox = ctd.run_pod("chkweb", "nettools-test", uid, 0)?;
+    ctd.run_container(&sandbox, ("chkweb", "nettools-test", uid, 0), "app")?;
+    let path = format!("/proc/{}/ns/net", ctd.sandbox_pid(uid, &sandbox)?);
+    let addr =
+        nettools_tests::nsexec::in_ns(&path, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])?;
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .with_context(|| format!("the pod has no IPv4 address: {addr}"))?
+        .to_string();
+    let me = std::process::id().to_string();
+    let run = |args: &[&str]| -> Result<(Value, i32)> {
+        // From this test's own namespace (the host's), which routes to the pods' bridge.
+        let mut full = vec!["check", "--pid", &me, "--cri-socket", &socket, "-o", "json"];
+        full.extend_from_slice(args);
+        let out = nettools(&full)?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((v, out.status.code().unwrap_or(-1)))
+    };
+    let (v, code) = run(&["--to", "pod/nettools-test/chkweb", "--count", "2"])?;
+    assert_eq!((v["verdict"].as_str(), code), (Some("ok"), 0), "{v:#}");
+    assert_eq!(v["destination"], ip.as_str(), "{v:#}");
+
+    nettools_tests::nsexec::drop_udp(&path, 7777)?;
+    let (v, code) = run(&[
+        "--to",
+        "pod/nettools-test/chkweb:7777",
+        "--proto",
+        "udp",
+        "--count",
+        "2",
+        "--timeout",
+        "500ms",
+    ])?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("firewall"), 1),
+        "{v:#}"
+    );
+    let counted = nettools_tests::nsexec::input_rule_packets(&path, 1)?;
+    assert_eq!(counted, 2, "the pod's rule counted {counted}");
+    if have_iptables_save() {
+        let rules = evidence(&v, "rule");
+        assert!(
+            rules.iter().any(|r| r["rule"]["delta"] == counted
+                && r["namespace"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("chkweb"))),
+            "{v:#}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_input_is_one_sentence_and_exit_2() -> Result<()> {
     let (_lab, a, _b) = two_pods()?;

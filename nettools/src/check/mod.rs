@@ -23,7 +23,7 @@ use nettools_common::{
 };
 
 use crate::{
-    cli::{CheckArgs, CheckFormat, CheckProto},
+    cli::{CheckArgs, CheckFormat, CheckProto, DestinationWorkload},
     collect::{self, Event},
     discover::{self, Workload},
     probe::{self, ProbeKind},
@@ -87,6 +87,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     let mut resolved = None;
     let (dst, port) = match (&args.to.netns, &name, &conf) {
         (Some(ns), _, _) => (address_of(ns)?, args.to.port),
+        _ if args.to.workload.is_some() => (workload_address(args).await?, args.to.port),
         (None, Some(_), Some(conf)) if proto == CheckProto::Dns => {
             let server = conf.servers.first().copied().with_context(|| {
                 format!(
@@ -325,8 +326,45 @@ async fn resolve_source(args: &CheckArgs) -> Result<Workload> {
 fn address_of(name: &str) -> Result<IpAddr> {
     let w = discover::netns::by_name_or_path(name)
         .map_err(|e| anyhow::Error::from(UsageError(format!("{e}"))))?;
-    let path = w.netns_path.unwrap_or_default();
-    let addresses = discover::enter::in_netns(&path, discover::netlink::addresses)??;
+    address_in(
+        &w.netns_path.unwrap_or_default(),
+        &format!("network namespace {name:?}"),
+    )
+}
+
+/// The address of a pod or container of this node (`--to pod/…`, `container/…`), found through
+/// the runtimes as a source is.
+async fn workload_address(args: &CheckArgs) -> Result<IpAddr> {
+    let usage = |e: anyhow::Error| anyhow::Error::from(UsageError(format!("{e}")));
+    let (pods, namespace, containers) = match &args.to.workload {
+        Some(DestinationWorkload::Pod { namespace, name }) => {
+            (vec![name.clone()], namespace.as_deref(), Vec::new())
+        }
+        Some(DestinationWorkload::Container(name)) => (Vec::new(), None, vec![name.clone()]),
+        None => return Err(UsageError("no pod or container given".to_string()).into()),
+    };
+    let (found, _) = discover::watch::lookup(
+        &pods,
+        namespace,
+        &containers,
+        &args.runtime.sources(),
+        false,
+    )
+    .await
+    .map_err(usage)?;
+    let w = found
+        .into_iter()
+        .next()
+        .ok_or_else(|| UsageError("no such pod or container".to_string()))?;
+    let Some(path) = w.netns_path.clone() else {
+        return Err(UsageError(format!("{} has no network namespace path", w.name)).into());
+    };
+    address_in(&path, &w.name)
+}
+
+/// The first IPv4 address of the namespace at `path`, else its first global IPv6 one.
+fn address_in(path: &std::path::Path, what: &str) -> Result<IpAddr> {
+    let addresses = discover::enter::in_netns(path, discover::netlink::addresses)??;
     let usable = |a: &IpAddr| match a {
         IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
         IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local(),
@@ -336,12 +374,7 @@ fn address_of(name: &str) -> Result<IpAddr> {
         .map(|(_, a, _)| *a)
         .filter(usable)
         .min_by_key(|a| a.is_ipv6())
-        .ok_or_else(|| {
-            UsageError(format!(
-                "network namespace {name:?} has no address to send to"
-            ))
-            .into()
-        })
+        .ok_or_else(|| UsageError(format!("{what} has no address to send to")).into())
 }
 
 /// The namespaces whose firewall rules are read: the source's, the host's, then the others,
