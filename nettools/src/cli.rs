@@ -260,6 +260,12 @@ pub struct CheckArgs {
     /// --to name up, nothing more].
     #[arg(long, value_enum)]
     pub proto: Option<CheckProto>,
+    /// ICMP and UDP probes as IP packets of this many bytes with Don't Fragment set (the path
+    /// MTU the kernel learnt is ignored, as tracepath does): finds where a path's MTU is too
+    /// small for what is sent (the `mtu` verdict).
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u32).range(64..=65_000))]
+    pub size: Option<u32>,
     /// How many probes to send.
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]

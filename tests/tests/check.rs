@@ -453,6 +453,75 @@ fn a_missing_route_in_a_router_is_no_route_there() -> Result<()> {
     Ok(())
 }
 
+/// A router whose route onwards allows 1280 bytes: 1400-byte echo requests with Don't
+/// Fragment are `mtu`, naming the router and the MTU it sent back; 1200-byte ones get through.
+/// The oracle: the router's own IpFragFails (packets it could not forward unfragmented) grew by
+/// the probes sent.
+#[test]
+fn a_router_with_a_smaller_mtu_onwards_is_an_mtu_verdict_naming_it() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.245.0.1/24", None)?;
+    let router = lab.node("router", "10.245.0.254/24", None)?;
+    let b = lab.node("b", "10.247.0.2/24", None)?;
+    router.sysctl("net.ipv4.ip_forward", "1")?;
+    router.run(&[
+        "ip",
+        "route",
+        "add",
+        "10.247.0.0/24",
+        "dev",
+        "eth0",
+        "mtu",
+        "lock",
+        "1280",
+    ])?;
+    a.run(&["ip", "route", "add", "10.247.0.0/24", "via", "10.245.0.254"])?;
+    b.run(&["ip", "route", "add", "10.245.0.0/24", "dev", "eth0"])?;
+    let (v, code, _) = check(
+        &a,
+        &["--to", "10.247.0.2", "--size", "1200", "--count", "1"],
+    )?;
+    assert_eq!((v["verdict"].as_str(), code), (Some("ok"), 0), "{v:#}");
+
+    let before = nstat(&router, "IpFragFails")?;
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "10.247.0.2",
+            "--size",
+            "1400",
+            "--count",
+            "2",
+            "--timeout",
+            "1s",
+        ],
+    )?;
+    let fails = nstat(&router, "IpFragFails")? - before;
+    assert_eq!(fails, 2, "the lab itself misbehaved: {v:#}");
+    assert_eq!((v["verdict"].as_str(), code), (Some("mtu"), 1), "{v:#}");
+    assert_eq!(
+        v["summary"],
+        format!(
+            "1400-byte packets do not fit the path to 10.247.0.2: {} (10.245.0.254) passes at \
+             most 1280 bytes with Don't Fragment",
+            router.netns
+        ),
+        "{v:#}"
+    );
+    let mtu = evidence(&v, "mtu");
+    assert_eq!(mtu.len(), 1, "{v:#}");
+    assert_eq!(mtu[0]["namespace"], router.netns.as_str());
+    assert!(
+        mtu[0]["count"]
+            .as_u64()
+            .is_some_and(|n| (1..=fails).contains(&n)),
+        "{v:#}"
+    );
+    Ok(())
+}
+
 #[test]
 fn an_address_nobody_owns_is_neighbour_unreachable() -> Result<()> {
     let (_lab, a, _b) = two_pods()?;

@@ -134,6 +134,13 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         }
         _ => (args.to.ip, args.to.port),
     };
+    if args.size.is_some() && !matches!(proto, CheckProto::Icmp | CheckProto::Udp) {
+        return Err(UsageError(
+            "--size sets the size of icmp and udp probes: use it with --proto icmp or udp"
+                .to_string(),
+        )
+        .into());
+    }
     if matches!(proto, CheckProto::Tcp | CheckProto::Udp) && port.is_none() {
         return Err(UsageError(format!(
             "--proto {} needs a port: --to {}",
@@ -195,7 +202,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
     } = started;
 
     // The probes, from a thread inside the source.
-    let (count, timeout) = (args.count, args.timeout);
+    let (count, timeout, size) = (args.count, args.timeout, args.size);
     let path = source_path.clone();
     let lookups = match (proto, &conf, &name) {
         (CheckProto::Dns, Some(c), Some(n)) => Some((c.clone(), n.clone())),
@@ -206,7 +213,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
             let route = probes::route_to(dst).unwrap_or_default();
             let results = match &lookups {
                 Some((conf, name)) => resolver::send(conf, name, count, timeout),
-                None => probes::send(proto, dst, port, count, timeout),
+                None => probes::send(proto, dst, port, count, timeout, size),
             };
             (route, results)
         })
@@ -243,6 +250,16 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
             *seen.neighbour_requests.entry(addr).or_default() += v.requests.iter().sum::<u64>();
         }
     }
+    // The namespaces that sent the ICMP errors the probes got (a router says where the path
+    // is too small).
+    for from in results.iter().filter_map(|p| p.icmp_from) {
+        if seen.owners.contains_key(&from) {
+            continue;
+        }
+        if let Some(name) = owner_of(from, &rule_paths) {
+            seen.owners.insert(from, name);
+        }
+    }
     for (name, path) in &rule_paths {
         let after = rules::snapshot(path);
         let was = before
@@ -263,6 +280,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
             port,
             proto,
             route: &route,
+            size: args.size,
         },
         results,
         &seen,
@@ -360,6 +378,19 @@ async fn workload_address(args: &CheckArgs) -> Result<IpAddr> {
         return Err(UsageError(format!("{} has no network namespace path", w.name)).into());
     };
     address_in(&path, &w.name)
+}
+
+/// The namespace, of those whose rules are read, that owns `addr`: its name.
+fn owner_of(addr: IpAddr, namespaces: &[(String, PathBuf)]) -> Option<String> {
+    namespaces
+        .iter()
+        .find(|(_, path)| {
+            discover::enter::in_netns(path, discover::netlink::addresses)
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|list| list.iter().any(|(_, a, _)| *a == addr))
+        })
+        .map(|(name, _)| name.clone())
 }
 
 /// The first IPv4 address of the namespace at `path`, else its first global IPv6 one.

@@ -6,6 +6,7 @@
 use std::{
     io::ErrorKind,
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::RawFd,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
@@ -37,7 +38,23 @@ pub struct ProbeResult {
     /// SERVFAIL`, `db.lab: no answer`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<String>,
+    /// Who sent the ICMP error the probe got (a router on the way, or the destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_from: Option<IpAddr>,
+    /// The MTU an ICMP "fragmentation needed" / ICMPv6 "packet too big" named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
+
+/// What an ICMP error says beyond its name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct IcmpDetail {
+    from: Option<IpAddr>,
+    mtu: Option<u32>,
+}
+
+/// A probe's outcome, the error it got, and the ICMP error's detail.
+type Outcome = (&'static str, Option<String>, IcmpDetail);
 
 /// The source's route to the destination.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -51,32 +68,44 @@ pub struct Route {
 }
 
 /// Sends `count` probes to `dst` (`port` for TCP and UDP), one after the other, each waiting
-/// at most `timeout`. Runs in the caller's network namespace.
+/// at most `timeout`; with `size`, ICMP and UDP probes are IP packets of that many bytes with
+/// Don't Fragment set. Runs in the caller's network namespace.
 pub fn send(
     proto: CheckProto,
     dst: IpAddr,
     port: Option<u16>,
     count: u32,
     timeout: Duration,
+    size: Option<u32>,
 ) -> Vec<ProbeResult> {
     let mut out = Vec::new();
     let mut icmp = None;
     for n in 1..=count {
         let started = Instant::now();
-        let (outcome, error) = match (proto, port) {
-            (CheckProto::Tcp, Some(port)) => tcp(SocketAddr::new(dst, port), timeout),
-            (CheckProto::Udp, Some(port)) => udp(SocketAddr::new(dst, port), timeout),
+        let (outcome, error, detail) = match (proto, port) {
+            (CheckProto::Tcp, Some(port)) => {
+                let (o, e) = tcp(SocketAddr::new(dst, port), timeout);
+                (o, e, IcmpDetail::default())
+            }
+            (CheckProto::Udp, Some(port)) => {
+                let (o, e) = udp(SocketAddr::new(dst, port), timeout, size);
+                (o, e, IcmpDetail::default())
+            }
             (CheckProto::Icmp, _) => {
                 if icmp.is_none() {
-                    icmp = Some(Echo::open(dst));
+                    icmp = Some(Echo::open(dst, size.is_some()));
                 }
                 match icmp.as_ref() {
-                    Some(Ok(echo)) => echo.ping(dst, n as u16, timeout),
-                    Some(Err(e)) => ("error", Some(format!("{e:#}"))),
-                    None => ("error", None),
+                    Some(Ok(echo)) => echo.ping(dst, n as u16, timeout, size),
+                    Some(Err(e)) => ("error", Some(format!("{e:#}")), IcmpDetail::default()),
+                    None => ("error", None, IcmpDetail::default()),
                 }
             }
-            _ => ("error", Some("tcp and udp need a port".to_string())),
+            _ => (
+                "error",
+                Some("tcp and udp need a port".to_string()),
+                IcmpDetail::default(),
+            ),
         };
         out.push(ProbeResult {
             n,
@@ -85,6 +114,8 @@ pub fn send(
             // Microseconds are what a clock read around a syscall can tell.
             ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             dns: None,
+            icmp_from: detail.from,
+            mtu: detail.mtu,
         });
         // Probes a little apart, so each one's packets are told from the next one's.
         std::thread::sleep(Duration::from_millis(50));
@@ -132,7 +163,54 @@ fn tcp(dst: SocketAddr, timeout: Duration) -> (&'static str, Option<String>) {
     }
 }
 
-fn udp(dst: SocketAddr, timeout: Duration) -> (&'static str, Option<String>) {
+/// Sets Don't Fragment on `fd`'s packets and ignores the path MTU the kernel has learnt (as
+/// `tracepath` probes): each probe of a given size goes out as that size and meets the path.
+fn dont_fragment(fd: RawFd, v6: bool) -> std::io::Result<()> {
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: an int option on a valid socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    if v6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+        set(libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)
+    } else {
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    }
+}
+
+/// The payload that makes an IP packet of `size` bytes with an 8-byte ICMP or UDP header.
+fn payload(size: Option<u32>, v6: bool, default: &[u8]) -> Vec<u8> {
+    match size {
+        Some(size) => {
+            let headers = if v6 { 48 } else { 28 };
+            vec![0x6e; (size as usize).saturating_sub(headers)]
+        }
+        None => default.to_vec(),
+    }
+}
+
+fn udp(dst: SocketAddr, timeout: Duration, size: Option<u32>) -> (&'static str, Option<String>) {
     let bind: SocketAddr = if dst.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
@@ -145,8 +223,12 @@ fn udp(dst: SocketAddr, timeout: Duration) -> (&'static str, Option<String>) {
     // Connected: an ICMP error for the datagram comes back as the socket's error.
     let sent = socket
         .connect(dst)
+        .and_then(|()| match size {
+            Some(_) => dont_fragment(socket.as_raw_fd(), dst.is_ipv6()),
+            None => Ok(()),
+        })
         .and_then(|()| socket.set_read_timeout(Some(timeout)))
-        .and_then(|()| socket.send(b"nettools check"));
+        .and_then(|()| socket.send(&payload(size, dst.is_ipv6(), b"nettools check")));
     if let Err(e) = sent {
         return classify(&e);
     }
@@ -165,7 +247,7 @@ struct Echo {
 }
 
 impl Echo {
-    fn open(dst: IpAddr) -> Result<Self> {
+    fn open(dst: IpAddr, dont_fragment_packets: bool) -> Result<Self> {
         let v6 = dst.is_ipv6();
         let (family, proto) = if v6 {
             (libc::AF_INET6, libc::IPPROTO_ICMPV6)
@@ -182,6 +264,10 @@ impl Echo {
         }
         // SAFETY: a descriptor socket(2) just returned, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if dont_fragment_packets {
+            dont_fragment(fd.as_raw_fd(), v6)
+                .map_err(|e| anyhow::anyhow!("cannot set Don't Fragment: {e}"))?;
+        }
         Ok(Self {
             fd,
             v6,
@@ -189,12 +275,13 @@ impl Echo {
         })
     }
 
-    /// Sends echo request `seq` and waits for its reply, or an ICMP error about it.
-    fn ping(&self, dst: IpAddr, seq: u16, timeout: Duration) -> (&'static str, Option<String>) {
+    /// Sends echo request `seq` (an IP packet of `size` bytes when given) and waits for its
+    /// reply, or an ICMP error about it.
+    fn ping(&self, dst: IpAddr, seq: u16, timeout: Duration, size: Option<u32>) -> Outcome {
         let mut packet = vec![if self.v6 { 128 } else { 8 }, 0, 0, 0];
         packet.extend_from_slice(&self.id.to_be_bytes());
         packet.extend_from_slice(&seq.to_be_bytes());
-        packet.extend_from_slice(b"nettools check..");
+        packet.extend_from_slice(&payload(size, self.v6, b"nettools check.."));
         if !self.v6 {
             let sum = checksum(&packet);
             packet[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -212,14 +299,15 @@ impl Echo {
             )
         };
         if sent < 0 {
-            return classify(&std::io::Error::last_os_error());
+            let (o, e) = classify(&std::io::Error::last_os_error());
+            return (o, e, IcmpDetail::default());
         }
         let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 1500];
+        let mut buf = vec![0u8; 65536];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return ("timeout", None);
+                return ("timeout", None, IcmpDetail::default());
             }
             let mut pfd = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
@@ -249,21 +337,38 @@ impl Echo {
                 continue;
             }
             let data = &buf[..n as usize];
-            if let Some(answer) = answer(self.v6, self.id, data, dst, seq) {
+            let sender = sender_of(&from, from_len);
+            if let Some(answer) = answer(self.v6, self.id, data, dst, seq, sender) {
                 return answer;
             }
         }
     }
 }
 
-/// An echo reply to `seq` from `dst`, or an ICMP error quoting our request: its outcome.
+/// The address in a `recvfrom` source address.
+fn sender_of(from: &[u8; 128], len: libc::socklen_t) -> Option<IpAddr> {
+    let family = u16::from_ne_bytes([from[0], from[1]]);
+    match (i32::from(family), len as usize) {
+        (libc::AF_INET, l) if l >= 8 => Some(IpAddr::from([from[4], from[5], from[6], from[7]])),
+        (libc::AF_INET6, l) if l >= 24 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&from[8..24]);
+            Some(IpAddr::from(a))
+        }
+        _ => None,
+    }
+}
+
+/// An echo reply to `seq` from `dst`, or an ICMP error quoting our request (sent by `sender`):
+/// its outcome, with the MTU a "fragmentation needed" / "packet too big" names.
 fn answer(
     v6: bool,
     id: u16,
     data: &[u8],
     dst: IpAddr,
     seq: u16,
-) -> Option<(&'static str, Option<String>)> {
+    sender: Option<IpAddr>,
+) -> Option<Outcome> {
     // IPv4 raw sockets get the IP header; ICMPv6 raw sockets do not.
     let (icmp, from) = if v6 {
         (data, None)
@@ -285,7 +390,7 @@ fn answer(
     let kind = *icmp.first()?;
     let code = *icmp.get(1)?;
     if kind == reply && ours(icmp) && from.is_none_or(|f| f == dst) {
-        return Some(("answered", None));
+        return Some(("answered", None, IcmpDetail::default()));
     }
     if error_types.contains(&kind) {
         // The quoted request: after the 8-byte error header, its IP header, then the echo.
@@ -297,7 +402,29 @@ fn answer(
             quoted.get(ihl..)?
         };
         if ours(inner) {
-            return Some(("unreachable", Some(icmp_error_name(v6, kind, code))));
+            // IPv4 "fragmentation needed" names the next hop's MTU in bytes 6-7, ICMPv6
+            // "packet too big" the MTU in bytes 4-7.
+            let mtu = match (v6, kind, code) {
+                (false, 3, 4) => icmp
+                    .get(6..8)
+                    .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
+                (true, 2, _) => icmp
+                    .get(4..8)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+                _ => None,
+            };
+            let mut name = icmp_error_name(v6, kind, code);
+            if let Some(m) = mtu {
+                name.push_str(&format!(" (mtu {m})"));
+            }
+            return Some((
+                "unreachable",
+                Some(name),
+                IcmpDetail {
+                    from: sender.or(from),
+                    mtu,
+                },
+            ));
         }
     }
     None
@@ -429,23 +556,45 @@ mod tests {
         let mut reply = ip.clone();
         reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 7]);
         assert_eq!(
-            answer(false, 0x1234, &reply, dst, 7),
-            Some(("answered", None))
+            answer(false, 0x1234, &reply, dst, 7, None),
+            Some(("answered", None, IcmpDetail::default()))
         );
-        assert_eq!(answer(false, 0x1234, &reply, dst, 8), None);
+        assert_eq!(answer(false, 0x1234, &reply, dst, 8, None), None);
         // A router's "net unreachable" quoting request 7.
         ip[12..16].copy_from_slice(&[10, 0, 0, 254]);
         let mut error = ip.clone();
         error.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
         error.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1]);
         error.extend_from_slice(&[10, 9, 9, 9, 8, 0, 0, 0, 0x12, 0x34, 0, 7]);
+        let router = Some(IpAddr::from([10, 0, 0, 254]));
         assert_eq!(
-            answer(false, 0x1234, &error, dst, 7),
-            Some(("unreachable", Some("ICMP net unreachable".to_string())))
+            answer(false, 0x1234, &error, dst, 7, None),
+            Some((
+                "unreachable",
+                Some("ICMP net unreachable".to_string()),
+                IcmpDetail {
+                    from: router,
+                    mtu: None
+                }
+            ))
+        );
+        // "Fragmentation needed" names the next hop's MTU (bytes 6-7): 1280.
+        let mut too_big = error.clone();
+        too_big[20..28].copy_from_slice(&[3, 4, 0, 0, 0, 0, 0x05, 0x00]);
+        assert_eq!(
+            answer(false, 0x1234, &too_big, dst, 7, router),
+            Some((
+                "unreachable",
+                Some("ICMP fragmentation needed (mtu 1280)".to_string()),
+                IcmpDetail {
+                    from: router,
+                    mtu: Some(1280)
+                }
+            ))
         );
         // Truncated packets are no answer, never a panic.
         for cut in 0..error.len() {
-            let _ = answer(false, 0x1234, &error[..cut], dst, 7);
+            let _ = answer(false, 0x1234, &error[..cut], dst, 7, None);
         }
     }
 }

@@ -259,6 +259,8 @@ pub fn send(conf: &ResolvConf, name: &str, count: u32, timeout: Duration) -> Vec
                 error,
                 ms,
                 dns: Some(format!("{asked}: {}", describe(&answer))),
+                icmp_from: None,
+                mtu: None,
             };
             std::thread::sleep(Duration::from_millis(50));
             result

@@ -27,6 +27,8 @@ pub struct Seen {
     pub neighbour_requests: BTreeMap<IpAddr, u64>,
     /// Rules whose counter grew, per namespace name.
     pub rules: BTreeMap<String, Vec<Grown>>,
+    /// The namespaces that own the addresses ICMP errors came from.
+    pub owners: BTreeMap<IpAddr, String>,
 }
 
 /// A drop, named: (namespace name, netns, reason, location).
@@ -135,6 +137,8 @@ pub struct Question<'a> {
     pub port: Option<u16>,
     pub proto: CheckProto,
     pub route: &'a Route,
+    /// `--size`: the probes' packet size, with Don't Fragment.
+    pub size: Option<u32>,
 }
 
 impl Question<'_> {
@@ -240,6 +244,57 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
             probes,
             path,
         };
+    } else if let Some(mtu) = too_big(&probes, &drops_with(&|r| r == "PKT_TOO_BIG")) {
+        let owner = |a: IpAddr| {
+            seen.owners
+                .get(&a)
+                .map_or_else(|| a.to_string(), |ns| format!("{} ({a})", Safe(ns)))
+        };
+        let size = q
+            .size
+            .map_or_else(|| "these".to_string(), |s| format!("{s}-byte"));
+        let mut e = Evidence::new("mtu", String::new());
+        e.count = Some(mtu.probes);
+        e.address = mtu.from;
+        e.namespace = mtu.from.and_then(|a| seen.owners.get(&a).cloned());
+        let summary = match (mtu.from, mtu.mtu) {
+            (Some(from), Some(m)) => {
+                e.text = format!(
+                    "{} of {} probe(s) got \"fragmentation needed\" / \"packet too big\" from {}: \
+                     MTU {m}",
+                    mtu.probes,
+                    probes.len(),
+                    owner(from)
+                );
+                path.push(Hop {
+                    namespace: e.namespace.clone().unwrap_or_else(|| from.to_string()),
+                    what: format!("MTU {m}: too big here"),
+                });
+                format!(
+                    "{size} packets do not fit the path to {dest}: {} passes at most {m} bytes \
+                     with Don't Fragment",
+                    owner(from)
+                )
+            }
+            _ if mtu.local => {
+                e.text = format!(
+                    "{} of {} probe(s) got EMSGSIZE in the source: its own route's MTU is smaller",
+                    mtu.probes,
+                    probes.len()
+                );
+                format!(
+                    "{size} packets do not fit the source's own route to {dest} (EMSGSIZE in {})",
+                    Safe(q.source)
+                )
+            }
+            _ => {
+                e.text = "packets too big for the path were dropped (PKT_TOO_BIG)".to_string();
+                format!("{size} packets to {dest} were dropped as too big for the path")
+            }
+        };
+        evidence.insert(0, e);
+        drop_evidence(&mut evidence, &mut path, &mtu.drops);
+        ("mtu", summary)
     } else if let Some((ns, g)) = seen
         .rules
         .iter()
@@ -529,6 +584,36 @@ fn route_text(r: &Route) -> String {
     s
 }
 
+/// What says the probes were too big for the path.
+struct TooBig<'a> {
+    /// Probes that got an ICMP "fragmentation needed"/"packet too big", or EMSGSIZE.
+    probes: u64,
+    /// Who sent the ICMP error, and the MTU it named (the first such probe's).
+    from: Option<IpAddr>,
+    mtu: Option<u32>,
+    /// The source's own route refused them (EMSGSIZE).
+    local: bool,
+    drops: Vec<(&'a DropKey, u64)>,
+}
+
+fn too_big<'a>(probes: &[ProbeResult], drops: &[(&'a DropKey, u64)]) -> Option<TooBig<'a>> {
+    let told: Vec<&ProbeResult> = probes.iter().filter(|p| p.mtu.is_some()).collect();
+    let local = probes
+        .iter()
+        .filter(|p| p.error.as_deref() == Some("EMSGSIZE"))
+        .count() as u64;
+    if told.is_empty() && local == 0 && drops.is_empty() {
+        return None;
+    }
+    Some(TooBig {
+        probes: told.len() as u64 + local,
+        from: told.first().and_then(|p| p.icmp_from),
+        mtu: told.first().and_then(|p| p.mtu),
+        local: local > 0,
+        drops: drops.to_vec(),
+    })
+}
+
 /// `--proto dns`: the verdict of the lookups. Answers are `ok`; an error rcode or a name
 /// without address records is `dns_failure`, and so is no answer when nothing on this node
 /// dropped the queries (the resolver got them, or they left the node); a drop, a missing route
@@ -707,6 +792,8 @@ mod tests {
             error: error.map(str::to_string),
             ms,
             dns: None,
+            icmp_from: None,
+            mtu: None,
         }
     }
 
@@ -720,6 +807,7 @@ mod tests {
             port: Some(53),
             proto: CheckProto::Dns,
             route: &route,
+            size: None,
         };
         let lookup = |outcome: &'static str, answer: &str| ProbeResult {
             dns: Some(format!("db.lab: {answer}")),
@@ -795,6 +883,7 @@ mod tests {
             port: Some(80),
             proto: CheckProto::Tcp,
             route,
+            size: None,
         }
     }
 
