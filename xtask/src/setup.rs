@@ -17,12 +17,16 @@ use anyhow::{Context as _, Result, bail};
 use crate::process::status;
 
 /// Packages the tests and the lab run (network tools), the TLS client and certificate
-/// maker the agent's TLS tests use, libpcap's headers (`nettools capture` links libpcap) and the
-/// capture tests' oracles (tcpdump, tshark; tshark's debconf question is answered by default).
+/// maker the agent's TLS tests use, libpcap's headers (`nettools capture` links libpcap), the
+/// capture tests' oracles (tcpdump, tshark; tshark's debconf question is answered by default),
+/// bpftool (the kernel's own account of the maps' memory) and nft (native nftables rules,
+/// whose counters `check` and `trace --rules` read).
 const LAB_PACKAGES: &[&str] = &[
     "libpcap-dev",
     "tcpdump",
     "tshark",
+    "bpftool",
+    "nftables",
     "iproute2",
     "iptables",
     "iputils-ping",
