@@ -706,3 +706,34 @@ pub fn latency_tolerance_ms(on_hardware: f64) -> f64 {
         on_hardware
     }
 }
+
+/// Whether a system tool is installed (the kernel matrix's guests carry what this machine has).
+pub fn have_tool(name: &str) -> bool {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .any(|d| std::path::Path::new(d).join(name).is_file())
+}
+
+/// A native nftables rule's handle and packet counter, from `nft -a list chain` in `node` (the
+/// line holding `matching`: `… counter packets 6 bytes 360 drop # handle 2`; 0 packets for a
+/// rule without a counter).
+pub fn nft_rule(
+    node: &Node,
+    family: &str,
+    table: &str,
+    chain: &str,
+    matching: &str,
+) -> Result<(u64, u64)> {
+    let out = node.run(&["nft", "-a", "list", "chain", family, table, chain])?;
+    let line = out
+        .lines()
+        .find(|l| l.contains(matching))
+        .with_context(|| format!("no rule with {matching:?} in:\n{out}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| -> Option<u64> {
+        let i = words.iter().position(|w| *w == key)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    let handle = after("handle").with_context(|| format!("no handle in {line:?}"))?;
+    Ok((handle, after("packets").unwrap_or(0)))
+}

@@ -247,6 +247,125 @@ fn rule_packets(node: Option<&Node>, program: &str, chain: &str, text: &str) -> 
         .with_context(|| format!("no rule {text:?} in:\n{out}"))
 }
 
+/// A native nftables table (as kube-proxy's nftables mode, firewalld or a hand-written ruleset
+/// makes): the rule is named with its handle, its counter's growth equal to nft's own count;
+/// a drop rule without `counter` is named as one that counts nothing.
+#[test]
+fn a_native_nftables_rule_is_named_by_its_handle_and_an_uncounted_one_as_such() -> Result<()> {
+    if !have_tool("nft") {
+        skip("nft is not installed: native nftables rules cannot be read");
+        return Ok(());
+    }
+    let (_lab, a, b) = two_pods()?;
+    b.run(&["nft", "add", "table", "inet", "ntfw"])?;
+    b.run(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "ntfw",
+        "input",
+        "{ type filter hook input priority 0 ; }",
+    ])?;
+    b.run(&[
+        "nft", "add", "rule", "inet", "ntfw", "input", "tcp", "dport", "5432", "counter", "drop",
+    ])?;
+    b.run(&[
+        "nft", "add", "rule", "inet", "ntfw", "input", "tcp", "dport", "5433", "drop",
+    ])?;
+    let args = |port: &'static str| ["--to", port, "--count", "2", "--timeout", "1500ms"];
+
+    let (v, code, _) = check(&a, &args("10.245.0.2:5432"))?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("firewall"), 1),
+        "{v:#}"
+    );
+    let (handle, counted) = nft_rule(&b, "inet", "ntfw", "input", "dport 5432")?;
+    assert!(counted >= 2, "the lab itself misbehaved: {counted}");
+    let drops = evidence(&v, "drop");
+    assert_eq!(drops.len(), 1, "{v:#}");
+    assert_eq!(
+        (drops[0]["namespace"].as_str(), drops[0]["count"].as_u64()),
+        (Some(b.netns.as_str()), Some(counted))
+    );
+    let rules = evidence(&v, "rule");
+    assert_eq!(rules.len(), 1, "{v:#}");
+    let rule = &rules[0]["rule"];
+    assert_eq!(
+        (
+            rule["backend"].as_str(),
+            rule["family"].as_str(),
+            rule["table"].as_str(),
+            rule["chain"].as_str(),
+            rule["handle"].as_u64(),
+            rule["text"].as_str(),
+            rule["counted"].as_bool(),
+        ),
+        (
+            Some("nftables"),
+            Some("inet"),
+            Some("ntfw"),
+            Some("input"),
+            Some(handle),
+            Some("tcp dport 5432 counter drop"),
+            Some(true)
+        ),
+        "{v:#}"
+    );
+    assert_eq!(
+        rule["delta"], counted,
+        "the rule's counter grew by what nft counted"
+    );
+    let summary = v["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains(&format!(
+            "handle {handle}: tcp dport 5432 counter drop (+{counted} packets)"
+        )),
+        "{summary}"
+    );
+
+    // Without a counter nobody can count: the rule is named as such, with no figure.
+    let (v, code, _) = check(&a, &args("10.245.0.2:5433"))?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("firewall"), 1),
+        "{v:#}"
+    );
+    let (handle, _) = nft_rule(&b, "inet", "ntfw", "input", "dport 5433")?;
+    let drops = evidence(&v, "drop");
+    // Each connect sends its SYN again after a second: two or more packets per probe.
+    assert!(
+        drops.len() == 1 && drops[0]["count"].as_u64().is_some_and(|n| n >= 2),
+        "{v:#}"
+    );
+    let rules = evidence(&v, "rule");
+    assert_eq!(rules.len(), 1, "{v:#}");
+    assert_eq!(
+        (
+            rules[0]["rule"]["handle"].as_u64(),
+            rules[0]["rule"]["text"].as_str(),
+            rules[0]["rule"]["counted"].as_bool(),
+            rules[0]["count"].as_u64()
+        ),
+        (Some(handle), Some("tcp dport 5433 drop"), Some(false), None),
+        "{v:#}"
+    );
+    assert!(
+        rules[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("without a counter")),
+        "{v:#}"
+    );
+    assert!(
+        v["summary"].as_str().is_some_and(|s| s.ends_with(&format!(
+            "drops without a counter: nftables inet table ntfw, chain input, handle {handle}: tcp dport 5433 drop"
+        ))),
+        "{v:#}"
+    );
+    Ok(())
+}
+
 #[test]
 fn an_ipv6_drop_rule_in_the_destination_is_named() -> Result<()> {
     let (_lab, a, b) = two_pods()?;

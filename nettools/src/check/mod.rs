@@ -1,12 +1,11 @@
 //! `nettools check`: why can A not reach B? Traces the whole node (every namespace and the
 //! host) while a thread inside the source's namespace sends a few probes ([`probes`]), follows
 //! those probes' packets through the drops, resets and neighbour failures the kernel reports,
-//! reads the firewall rules' counters around them ([`rules`]), and prints one verdict with its
+//! reads the firewall rules' counters around them ([`collect::rules`]), and prints one verdict with its
 //! evidence ([`verdict`]).
 
 pub mod probes;
 pub mod resolver;
-pub mod rules;
 pub mod verdict;
 
 use std::{
@@ -171,9 +170,9 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
 
     status.say("reading the firewall rules' counters");
     let rule_paths = rule_namespaces(&labels, &source);
-    let before: Vec<(String, Vec<rules::Rule>)> = rule_paths
+    let before: Vec<(String, Vec<collect::rules::Rule>)> = rule_paths
         .iter()
-        .map(|(name, path)| (name.clone(), rules::snapshot(path)))
+        .map(|(name, path)| (name.clone(), collect::rules::snapshot(path)))
         .collect();
 
     let started = Started::load(
@@ -186,6 +185,8 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
             transit_sample_shift: 0,
             stacks: false,
             verbose,
+            // Read around the probes here, in the namespaces on their path.
+            rules: false,
         },
         Vec::new(),
         labels.clone(),
@@ -261,15 +262,19 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
         }
     }
     for (name, path) in &rule_paths {
-        let after = rules::snapshot(path);
+        let after = collect::rules::snapshot(path);
         let was = before
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, r)| r.as_slice())
             .unwrap_or_default();
-        let grown = rules::grown(was, &after);
+        let grown = collect::rules::grown(was, &after);
         if !grown.is_empty() {
             seen.rules.insert(name.clone(), grown);
+        }
+        let uncounted = collect::rules::uncounted_drops(&after);
+        if !uncounted.is_empty() {
+            seen.uncounted.insert(name.clone(), uncounted);
         }
     }
 

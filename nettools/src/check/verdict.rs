@@ -5,11 +5,13 @@ use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use serde::Serialize;
 
-use super::{
-    probes::{ProbeResult, Route},
-    rules::Grown,
+use super::probes::{ProbeResult, Route};
+use crate::{
+    cli::CheckProto,
+    collect::rules::{Grown, Rule},
+    report::text::Safe,
+    units::humantime,
 };
-use crate::{cli::CheckProto, report::text::Safe, units::humantime};
 
 /// What the kernel did, in the terms a verdict needs (names already resolved).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub struct Seen {
     pub neighbour_requests: BTreeMap<IpAddr, u64>,
     /// Rules whose counter grew, per namespace name.
     pub rules: BTreeMap<String, Vec<Grown>>,
+    /// Rules that drop without counting, per namespace name (read after the probes).
+    pub uncounted: BTreeMap<String, Vec<Rule>>,
     /// The namespaces that own the addresses ICMP errors came from.
     pub owners: BTreeMap<IpAddr, String>,
 }
@@ -299,7 +303,7 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         .rules
         .iter()
         .flat_map(|(ns, rules)| rules.iter().map(move |g| (ns, g)))
-        .find(|(_, g)| g.rule.rejects())
+        .find(|(_, g)| g.rule.rejects)
         .filter(|_| probes.iter().any(|p| p.outcome != "timeout"))
     {
         evidence.push(rule_evidence(ns, g));
@@ -311,12 +315,10 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
         (
             "rejected",
             format!(
-                "a REJECT rule in {} answered {} packet(s) to {dest}: {} table {}, chain {}: {}",
+                "a REJECT rule in {} answered {} packet(s) to {dest}: {}: {}",
                 Safe(ns),
                 g.delta,
-                g.rule.family,
-                g.rule.table,
-                g.rule.chain,
+                Safe(&g.rule.place()),
                 Safe(&g.rule.text)
             ),
         )
@@ -328,16 +330,21 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
             Safe(ns)
         );
         if let Some(rules) = seen.rules.get(ns)
-            && let Some(first) = rules.iter().find(|g| g.rule.drops()).or(rules.first())
+            && let Some(first) = rules.iter().find(|g| g.rule.drops).or(rules.first())
         {
             let _ = write!(
                 summary,
-                "; rule: {} table {}, chain {}: {} (+{} packets)",
-                first.rule.family,
-                first.rule.table,
-                first.rule.chain,
+                "; rule: {}: {} (+{} packets)",
+                Safe(&first.rule.place()),
                 Safe(&first.rule.text),
                 first.delta
+            );
+        } else if let Some(first) = seen.uncounted.get(ns).and_then(|r| r.first()) {
+            let _ = write!(
+                summary,
+                "; no rule counted them, this one drops without a counter: {}: {}",
+                Safe(&first.place()),
+                Safe(&first.text),
             );
         }
         for (ns, rules) in &seen.rules {
@@ -345,6 +352,17 @@ pub fn decide(q: &Question, probes: Vec<ProbeResult>, seen: &Seen) -> Verdict {
                 continue;
             }
             evidence.extend(rules.iter().map(|g| rule_evidence(ns, g)));
+        }
+        // Where no counted rule that drops grew, the rules that drop without counting.
+        for (ns, rules) in &seen.uncounted {
+            let counted = seen
+                .rules
+                .get(ns)
+                .is_some_and(|g| g.iter().any(|g| g.rule.drops));
+            if counted || !firewall.iter().any(|((n, ..), _)| n == ns) {
+                continue;
+            }
+            evidence.extend(rules.iter().map(|r| uncounted_evidence(ns, r)));
         }
         ("firewall", summary)
     } else if !seen.resets_sent.is_empty() || errors.keys().any(|e| e == "ECONNREFUSED") {
@@ -522,12 +540,9 @@ fn rule_evidence(ns: &str, g: &Grown) -> Evidence {
     let mut e = Evidence::new(
         "rule",
         format!(
-            "{} {} {} table {}, chain {} rule {}: {} counted {} packet(s) during the check",
+            "{} {} rule {}: {} counted {} packet(s) during the check",
             Safe(ns),
-            g.rule.backend,
-            g.rule.family,
-            g.rule.table,
-            g.rule.chain,
+            Safe(&with_backend(&g.rule)),
             g.rule.position,
             Safe(&g.rule.text),
             g.delta
@@ -536,6 +551,35 @@ fn rule_evidence(ns: &str, g: &Grown) -> Evidence {
     e.namespace = Some(ns.to_string());
     e.count = Some(g.delta);
     e.rule = Some(g.clone());
+    e
+}
+
+/// `nf_tables ipv4 table filter, chain INPUT` (iptables), `nftables inet table fw, …` (native).
+fn with_backend(r: &Rule) -> String {
+    if r.handle.is_some() {
+        r.place()
+    } else {
+        format!("{} {}", r.backend, r.place())
+    }
+}
+
+/// A rule in namespace `ns` that drops without counting (no nftables `counter`): it may have
+/// dropped the probes, nobody can tell how many.
+fn uncounted_evidence(ns: &str, r: &Rule) -> Evidence {
+    let mut e = Evidence::new(
+        "rule",
+        format!(
+            "{} {}: {} (a rule that drops without a counter: add `counter` to it to see its count)",
+            Safe(ns),
+            Safe(&with_backend(r)),
+            Safe(&r.text),
+        ),
+    );
+    e.namespace = Some(ns.to_string());
+    e.rule = Some(Grown {
+        rule: r.clone(),
+        delta: 0,
+    });
     e
 }
 

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod flow;
 pub mod kallsyms;
 pub mod latency;
+pub mod rules;
 
 use bytes::Buf as _;
 use nettools_common::{

@@ -38,6 +38,7 @@ const TOOLS: &[&str] = &[
     "ip6tables-restore",
     "iptables-legacy",
     "iptables-nft",
+    "nft",
     "setpriv",
     "nsenter",
     "unshare",
