@@ -644,6 +644,11 @@ pub struct TraceArgs {
     /// How to attach tc programs: tcx where the kernel has it (6.6+), else clsact.
     #[arg(long, value_enum, default_value = "auto")]
     pub tc_mode: crate::probe::tc::Mode,
+    /// Name the firewall rules that dropped: read every traced namespace's rule counters
+    /// (iptables-save -c, nft -j) at the start and the end, and list the DROP/REJECT rules whose
+    /// counters grew next to the drops (off by default: it runs those tools in each namespace).
+    #[arg(long)]
+    pub rules: bool,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }

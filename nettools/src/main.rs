@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     transit_sample_shift: args.transit_sample.trailing_zeros(),
                     stacks: false,
                     verbose: cli.verbose,
+                    rules: args.rules,
                 },
                 duration: args.duration,
                 output: args.output,

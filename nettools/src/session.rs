@@ -35,6 +35,9 @@ pub struct Options {
     pub stacks: bool,
     /// Forward kernel-side debug messages.
     pub verbose: bool,
+    /// Read the firewall rules' counters of the namespaces traced from the start just before
+    /// the drop probe attaches ([`Probes::rules`]), to name the rules that dropped at the end.
+    pub rules: bool,
 }
 
 /// How often the collector reads the ring buffer without being woken: events below a wakeup
@@ -131,6 +134,18 @@ impl<W: Write> Started<W> {
             None
         };
         let events = loaded.take_events()?;
+        // Just before the drop probe attaches: the rules count what it will count.
+        let rules = options.rules.then(|| {
+            status.say("reading the firewall rules' counters");
+            let mut rules = collect::rules::Watched::default();
+            rules.read_new(
+                workloads
+                    .iter()
+                    .chain(labels.values())
+                    .filter_map(|w| Some((w.netns, w.netns_path.as_deref()?))),
+            );
+            rules
+        });
         status.say("attaching tracepoints");
         for p in &options.probes {
             loaded.attach(*p)?;
@@ -151,6 +166,7 @@ impl<W: Write> Started<W> {
                 loaded,
                 collector,
                 waiting: probe::latency::Waiting::default(),
+                rules,
             },
             events,
             kernel_log,
@@ -193,6 +209,11 @@ pub struct Probes<W: Write> {
     pub collector: Collector<W>,
     /// Requests still waiting for an answer at the last expiry.
     pub waiting: probe::latency::Waiting,
+    /// With [`Options::rules`]: the rules as they were when the probes started. Read them
+    /// again ([`collect::rules::Watched::grown_drops`]) once the probes are detached: the
+    /// tools' netlink sockets drop a few messages as they close (`QUEUE_PURGE`), which the
+    /// drop probe must not see.
+    pub rules: Option<collect::rules::Watched>,
 }
 
 impl<W: Write> Probes<W> {

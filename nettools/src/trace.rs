@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
+    collect,
     discover::Workload,
     probe,
     report::{
@@ -169,8 +170,18 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
     }
 
     session.finish()?;
+    let grown = session
+        .probes
+        .rules
+        .as_ref()
+        .map(collect::rules::Watched::grown_drops);
     let duration_s = started.elapsed().as_secs_f64();
     let mut summary = session.summarize(duration_s)?;
+    if let Some(grown) = &grown {
+        for w in &mut summary.workloads {
+            w.drops.rules = grown.get(&w.netns).cloned();
+        }
+    }
     summary.find_problems(spec.thresholds);
     if let Some(live) = live.as_mut() {
         live.finish();

@@ -201,6 +201,118 @@ fn table_and_json_report_the_same_figures() -> Result<()> {
     Ok(())
 }
 
+/// `trace --rules` names the rules that dropped next to the drops: the iptables rule (its
+/// counter's growth equal to `iptables -L -v` and to the drops traced), a native nftables rule
+/// with its handle (equal to nft's count), not the ACCEPT rule that counted too, and an empty
+/// list for a namespace whose rules dropped nothing.
+#[test]
+fn trace_rules_names_the_rules_that_dropped_with_their_counts() -> Result<()> {
+    let (_lab, a, b, c) = three_pods()?;
+    a.run(&[
+        "iptables", "-A", "INPUT", "-p", "udp", "--dport", "7010", "-j", "ACCEPT",
+    ])?;
+    drop_udp_port(&a, 7011)?;
+    let nft = have_tool("nft");
+    if nft {
+        b.run(&["nft", "add", "table", "ip", "ntfw"])?;
+        b.run(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "ntfw",
+            "input",
+            "{ type filter hook input priority 0 ; }",
+        ])?;
+        b.run(&[
+            "nft", "add", "rule", "ip", "ntfw", "input", "udp", "dport", "7012", "counter", "drop",
+        ])?;
+    } else {
+        skip("nft is not installed: the native nftables half is left out");
+        drop_udp_port(&b, 7012)?;
+    }
+    let dir = Scratch::new("rules")?;
+    let table = dir.file("table.txt");
+    let trace = Trace::start(&[
+        "--netns", &a.netns, "--netns", &b.netns, "--netns", &c.netns, "--rules", "-o", "json",
+        "--table", &table,
+    ])?;
+    udp_burst(&c, SocketAddr::from((a.ipv4, 7010)), 40)?;
+    udp_burst(&c, SocketAddr::from((a.ipv4, 7011)), 150)?;
+    udp_burst(&c, SocketAddr::from((b.ipv4, 7012)), 70)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "nettools failed: {}", done.stderr);
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+
+    let counted_a = iptables_packets(&a, "INPUT", 2)?;
+    assert_eq!(counted_a, 150, "the lab itself misbehaved");
+    let wa = workload(s, a.inode()?)?;
+    assert_eq!(firewall_drops(wa)?, counted_a, "{wa}");
+    let rules = wa["drops"]["rules"].as_array().context("no drops.rules")?;
+    assert_eq!(rules.len(), 1, "only the rule that drops: {wa}");
+    assert_eq!(
+        rules[0]["text"],
+        "-A INPUT -p udp -m udp --dport 7011 -j DROP"
+    );
+    assert_eq!(
+        (rules[0]["chain"].as_str(), rules[0]["position"].as_u64()),
+        (Some("INPUT"), Some(2))
+    );
+    assert_eq!(rules[0]["delta"], counted_a);
+
+    let wb = workload(s, b.inode()?)?;
+    let rules = wb["drops"]["rules"].as_array().context("no drops.rules")?;
+    assert_eq!(rules.len(), 1, "{wb}");
+    let counted_b = if nft {
+        let (handle, packets) = nft_rule(&b, "ip", "ntfw", "input", "dport 7012")?;
+        assert_eq!(
+            (
+                rules[0]["backend"].as_str(),
+                rules[0]["family"].as_str(),
+                rules[0]["handle"].as_u64()
+            ),
+            (Some("nftables"), Some("ipv4"), Some(handle)),
+            "{wb}"
+        );
+        assert_eq!(rules[0]["text"], "udp dport 7012 counter drop");
+        packets
+    } else {
+        iptables_packets(&b, "INPUT", 1)?
+    };
+    assert_eq!(counted_b, 70, "the lab itself misbehaved");
+    assert_eq!(firewall_drops(wb)?, counted_b, "{wb}");
+    assert_eq!(rules[0]["delta"], counted_b);
+
+    // Reading the rules drops nothing the trace sees (the tools' netlink sockets do drop a few
+    // messages when they close: read while the probes are detached).
+    let wc = workload(s, c.inode()?)?;
+    assert_eq!(wc["drops"]["total"], 0, "{wc}");
+    assert_eq!(
+        wc["drops"]["rules"].as_array().map(Vec::len),
+        Some(0),
+        "{wc}"
+    );
+
+    // The problems name the rule; the drops section lists it with its count.
+    let table = std::fs::read_to_string(&table)?;
+    let problem = table
+        .lines()
+        .find(|l| l.contains("firewall") && l.contains(&a.netns))
+        .with_context(|| format!("no firewall problem for {}:\n{table}", a.netns))?;
+    assert!(
+        problem.ends_with("rule ipv4 table filter, chain INPUT: -A INPUT -p udp -m udp --dport 7011 -j DROP (+150)"),
+        "{problem}"
+    );
+    assert!(
+        table.lines().any(|l| l.trim()
+            == "150  ipv4 table filter, chain INPUT: -A INPUT -p udp -m udp --dport 7011 -j DROP"),
+        "{table}"
+    );
+    Ok(())
+}
+
 /// Namespaces with nothing wrong: the report says so first, JSON's problems[] is empty, and
 /// each healthy namespace is one line (its traffic) unless --verbose.
 #[test]

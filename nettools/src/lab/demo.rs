@@ -487,6 +487,8 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
             transit_sample_shift: 0,
             stacks: false,
             verbose,
+            // The lab's firewall problems name their rules.
+            rules: true,
         },
         duration: Some(args.duration),
         output: args.output,

@@ -130,6 +130,7 @@ fn summary(names: &[String]) -> Summary {
                 reason: n(first + 5),
                 count: 12,
             }],
+            rules: None,
         },
         retransmits: Some(RetransmitSummary {
             total: 3,

@@ -341,6 +341,7 @@ mod tests {
                     vec![]
                 },
                 top_flows: vec![],
+                rules: None,
             },
             retransmits: Some(RetransmitSummary {
                 total: retrans,

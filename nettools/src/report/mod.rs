@@ -144,6 +144,11 @@ pub struct DropSummary {
     pub by_reason: Vec<ReasonCount>,
     /// Most dropped flows, from events (a sample when events were lost).
     pub top_flows: Vec<FlowCount>,
+    /// With `trace --rules`, for the namespaces traced from the start: the firewall rules of
+    /// this namespace that drop and whose packet counters grew during the trace, dropping most
+    /// first (read just before the probes attach and just after they detach).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<Vec<crate::collect::rules::Grown>>,
 }
 
 /// Packets and bytes.
@@ -814,6 +819,7 @@ fn drop_summary(
                 count,
             })
             .collect(),
+        rules: None,
     }
 }
 

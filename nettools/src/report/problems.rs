@@ -275,10 +275,19 @@ fn firewall(w: &WorkloadSummary) -> Option<Problem> {
             plural(c.count, "packet", "packets")
         ),
     };
+    // With `trace --rules`: the rule that dropped most.
+    let rule = w
+        .drops
+        .rules
+        .iter()
+        .flatten()
+        .next()
+        .map(|g| format!("; rule {}: {} (+{})", g.rule.place(), g.rule.text, g.delta))
+        .unwrap_or_default();
     Some(problem(
         Kind::Firewall,
         w,
-        format!("{what} {}", reasons_and_where(&c)),
+        format!("{what} {}{rule}", reasons_and_where(&c)),
         Evidence {
             section: "drops",
             count: c.count,
@@ -899,6 +908,7 @@ mod tests {
                     count: *n,
                 })
                 .collect(),
+            rules: None,
         };
     }
 

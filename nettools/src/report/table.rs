@@ -417,6 +417,32 @@ fn drops(out: &mut String, w: &WorkloadSummary) {
             locs.join(", ")
         );
     }
+    match &d.rules {
+        Some(rules) if !rules.is_empty() => {
+            let _ = writeln!(
+                out,
+                "    firewall rules that dropped (their counters, during the trace):"
+            );
+            for g in rules {
+                let _ = writeln!(
+                    out,
+                    "      {:>8}  {}: {}",
+                    g.delta,
+                    Safe(&g.rule.place()),
+                    Safe(&g.rule.text)
+                );
+            }
+        }
+        Some(_) if d.by_reason.iter().any(|r| r.reason == "NETFILTER_DROP") => {
+            let _ = writeln!(
+                out,
+                "    firewall rules that dropped: no rule's counter grew (nftables rules without \
+                 `counter`, or tools that cannot read this namespace's rules)"
+            );
+        }
+        Some(_) => {}
+        None => {}
+    }
     if !d.top_flows.is_empty() {
         let _ = writeln!(out, "    top dropped flows:");
         for f in &d.top_flows {
@@ -517,6 +543,7 @@ mod tests {
                 }],
             }],
             top_flows: vec![],
+            rules: None,
         };
         web.retransmits = Some(RetransmitSummary {
             total: 7,

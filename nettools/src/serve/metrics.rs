@@ -702,6 +702,7 @@ mod tests {
                     locations: Vec::new(),
                 }],
                 top_flows: Vec::new(),
+                rules: None,
             },
             retransmits: None,
             neighbours: None,

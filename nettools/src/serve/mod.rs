@@ -184,6 +184,7 @@ pub async fn run(args: &ServeArgs, verbose: bool) -> Result<()> {
         transit_sample_shift: args.transit_sample.trailing_zeros(),
         stacks: false,
         verbose,
+        rules: false,
     };
     // The probes count every namespace from the start; veths are attached by the refresh
     // thread, which names the namespaces.
