@@ -36,7 +36,7 @@ pub struct Options {
     /// Forward kernel-side debug messages.
     pub verbose: bool,
     /// Read the firewall rules' counters of the namespaces traced from the start just before
-    /// the drop probe attaches ([`Probes::rules`]), to name the rules that dropped at the end.
+    /// the probes load ([`Probes::rules`]), to name the rules that dropped at the end.
     pub rules: bool,
 }
 
@@ -95,6 +95,20 @@ impl<W: Write> Started<W> {
         status: &Status,
         symbols: Symbols,
     ) -> Result<Self> {
+        // Before the probes load: reading runs nft and iptables-save, whose netlink sockets,
+        // freed an RCU grace period after they close, drop their unread messages
+        // (`QUEUE_PURGE`). Loading takes long enough that the probes never see those.
+        let rules = options.rules.then(|| {
+            status.say("reading the firewall rules' counters");
+            let mut rules = collect::rules::Watched::default();
+            rules.read_new(
+                workloads
+                    .iter()
+                    .chain(labels.values())
+                    .filter_map(|w| Some((w.netns, w.netns_path.as_deref()?))),
+            );
+            rules
+        });
         status.say("loading probes into the kernel");
         let mut loaded = probe::load(&LoadOptions {
             probes: options.probes.clone(),
@@ -134,18 +148,6 @@ impl<W: Write> Started<W> {
             None
         };
         let events = loaded.take_events()?;
-        // Just before the drop probe attaches: the rules count what it will count.
-        let rules = options.rules.then(|| {
-            status.say("reading the firewall rules' counters");
-            let mut rules = collect::rules::Watched::default();
-            rules.read_new(
-                workloads
-                    .iter()
-                    .chain(labels.values())
-                    .filter_map(|w| Some((w.netns, w.netns_path.as_deref()?))),
-            );
-            rules
-        });
         status.say("attaching tracepoints");
         for p in &options.probes {
             loaded.attach(*p)?;

@@ -283,6 +283,21 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> 
             .as_str()
             .is_some_and(|t| t.contains(":7777 dropped by netfilter"))
     );
+    // The lab reads the rules (`--rules`) from just before the probes load to just after they
+    // detach: the rule's growth lies between what the trace saw and the rule's whole count.
+    let fw_rules = &by_suffix(s, "firewall")?["drops"]["rules"];
+    let delta = fw_rules[0]["delta"].as_u64().unwrap_or(0);
+    assert!(
+        fw_rules.as_array().map(Vec::len) == Some(1) && count(fw) <= delta && delta <= rule,
+        "firewall: {} dropped, the rule counted {rule}, its growth named: {fw_rules}",
+        count(fw)
+    );
+    assert!(
+        fw["sentence"].as_str().is_some_and(|t| t.ends_with(&format!(
+            "rule ipv4 table filter, chain INPUT: -A INPUT -p udp -m udp --dport 7777 -j DROP (+{delta})"
+        ))),
+        "{fw}"
+    );
 
     // Routing: noroute sends to 10.99.0.1 every 300 ms.
     let route = problem(s, "routing", "router")?;
