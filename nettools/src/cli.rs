@@ -731,6 +731,10 @@ pub struct LabArgs {
     /// Leave the lab up after the trace and print how to trace it and remove it by hand.
     #[arg(long)]
     pub keep: bool,
+    /// No checks after the report (with the table, the lab runs `nettools check` from each
+    /// problem's namespace and prints the command and its verdict: about 25 s more).
+    #[arg(long)]
+    pub no_checks: bool,
     #[command(flatten)]
     pub thresholds: ThresholdArgs,
 }

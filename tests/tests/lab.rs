@@ -488,3 +488,121 @@ fn problems_first(s: &Value, table: &str, lab_seconds: f64, res_failed: u64) -> 
     }
     Ok(())
 }
+
+/// After its table report the lab runs `nettools check` from the namespace of each problem and
+/// prints each command with its verdict: each problem's own verdict, naming where it is (the
+/// rule with as many packets as the probes sent, the namespace that refused or had no route,
+/// the address nobody owns, the failing resolver, the slow namespace's added 50 ms).
+#[test]
+fn the_lab_checks_each_problem_from_its_namespace() -> Result<()> {
+    require_root();
+    if in_vmtest_guest() {
+        skip("six checks after the lab take minutes in an emulated guest; the host runs them");
+        return Ok(());
+    }
+    let run = nettools(&["lab", "-d", "2s"])?;
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let checks: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("checks ("))
+        .skip(1)
+        .collect();
+    let verdict = |problem: &str| -> Result<(String, String)> {
+        let i = checks
+            .iter()
+            .position(|l| l.trim_start().starts_with(&format!("{problem} ")))
+            .with_context(|| format!("no check for {problem}:\n{stdout}"))?;
+        let command = checks[i].trim_start()[problem.len()..].trim().to_string();
+        let verdict = checks
+            .get(i + 1)
+            .map(|l| l.trim().to_string())
+            .unwrap_or_default();
+        Ok((command, verdict))
+    };
+    let expect = [
+        (
+            "firewall",
+            "-client --to 10.231.0.12:7777 --proto udp",
+            "firewall: a firewall in ",
+        ),
+        (
+            "refused",
+            "-client --to 10.231.0.10:8080 --proto tcp",
+            "refused: nothing listens on tcp port 8080 at 10.231.0.10 (answered by ",
+        ),
+        (
+            "routing",
+            "-noroute --to 10.99.0.1 --proto icmp",
+            "no_route: ",
+        ),
+        (
+            "arp",
+            "-arp --to 10.231.0.99 --proto icmp",
+            "neighbour_unreachable: 10.231.0.99 on eth0 in ",
+        ),
+        (
+            "dns",
+            "-dns --to db.lab --proto dns",
+            "dns_failure: the resolver 10.231.0.17 answered db.lab: SERVFAIL (2 of 2 lookups",
+        ),
+        (
+            "latency",
+            "-client --to 10.231.0.18 --proto icmp",
+            "ok: 10.231.0.18 answered 2 of 2 icmp probe(s) from ",
+        ),
+    ];
+    for (problem, command, starts) in expect {
+        let (c, v) = verdict(problem)?;
+        assert!(
+            c.starts_with("check --netns ntlab-") && c.contains(command),
+            "{problem}: {c}"
+        );
+        assert!(v.starts_with(starts), "{problem}: {v}");
+    }
+    let (_, firewall) = verdict("firewall")?;
+    assert!(
+        firewall.contains("-firewall dropped 2 udp packet(s)")
+            && firewall.ends_with("rule: ipv4 table filter, chain INPUT: -A INPUT -p udp -m udp --dport 7777 -j DROP (+2 packets)"),
+        "one packet per probe, dropped in firewall by its rule: {firewall}"
+    );
+    let (_, routing) = verdict("routing")?;
+    assert!(
+        routing.contains("-router has no route to 10.99.0.1 (IP_INNOROUTES"),
+        "{routing}"
+    );
+    // The slow namespace holds pings 50 ms (the lab's NFQUEUE holder).
+    let (_, latency) = verdict("latency")?;
+    let p50: f64 = latency
+        .split(" ms p50")
+        .next()
+        .and_then(|t| t.rsplit(' ').next())
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("no p50 in {latency}"))?;
+    assert!((50.0..60.0).contains(&p50), "{latency}");
+    // The lab's resolver file went with the lab.
+    assert!(
+        std::fs::read_dir("/etc/netns")
+            .map(|d| d.flatten().all(|e| !e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("ntlab-{}", run_pid_prefix(&stdout)))))
+            .unwrap_or(true),
+        "/etc/netns keeps the lab's directory"
+    );
+    Ok(())
+}
+
+/// `ntlab-PID.START` of the lab named in the report.
+fn run_pid_prefix(report: &str) -> String {
+    report
+        .split("ntlab-")
+        .nth(1)
+        .and_then(|rest| rest.split("-0-").next())
+        .unwrap_or("")
+        .to_string()
+}

@@ -60,8 +60,15 @@ const GRACE: Duration = Duration::from_millis(500);
 /// At most this many namespaces have their firewall rules read (two `*-save` runs each).
 const MAX_RULE_NAMESPACES: usize = 64;
 
-/// Runs the check; `Ok(true)` when the verdict is `ok`.
+/// Runs the check and prints its verdict; `Ok(true)` when the verdict is `ok`.
 pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
+    let verdict = decide(args, verbose).await?;
+    print_verdict(&verdict, args.output)?;
+    Ok(verdict.ok())
+}
+
+/// Runs the check: the probes, what the kernel did to them, the verdict.
+pub async fn decide(args: &CheckArgs, verbose: bool) -> Result<verdict::Verdict> {
     let source = resolve_source(args).await?;
     let Some(source_path) = source.netns_path.clone() else {
         return Err(UsageError(format!("{} has no network namespace path", source.name)).into());
@@ -119,8 +126,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
                     &resolver::describe(&answer),
                     server,
                 );
-                print_verdict(&v, args.output)?;
-                return Ok(false);
+                return Ok(v);
             };
             resolved = Some(verdict::resolved(
                 n,
@@ -302,8 +308,7 @@ pub async fn run(args: &CheckArgs, verbose: bool) -> Result<bool> {
              incomplete (the node is busy; run the check again)"
         )));
     }
-    print_verdict(&verdict, args.output)?;
-    Ok(verdict.ok())
+    Ok(verdict)
 }
 
 fn print_verdict(verdict: &verdict::Verdict, output: CheckFormat) -> Result<()> {

@@ -12,6 +12,9 @@
 //! | router | forwards for noroute but has no route to 10.99.0.0/16 | drops IP_INNOROUTES |
 //! | client | also connects to TCP 8080 on sink, where nothing listens | resets sent by sink, received by client; ECONNREFUSED |
 //!
+//! After the table report it runs `nettools check` from the namespace of each problem (the
+//! traffic stopped, the faults still up) and prints each command with its verdict ([`checks`]).
+//!
 //! With the connections probe (the lab runs every probe) the report also has the TCP round-trip
 //! times: the lossy stream's, and the client's connections to slow (their handshake waits 50 ms,
 //! the kernel's first RTT sample).
@@ -23,6 +26,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
@@ -45,7 +49,7 @@ use crate::{
     discover::Workload,
     preflight,
     probe::ProbeKind,
-    report::Output,
+    report::{Output, text::Safe},
     trace::{self, TraceSpec},
 };
 
@@ -286,6 +290,8 @@ pub fn stage(lab: &mut Lab) -> Result<(Staged, Vec<Delay>, Vec<DnsServer>)> {
             Behaviour::Rcode(2),
         )?,
     ];
+    // dns's resolver, for the lab's `check --proto dns` (its traffic asks both servers).
+    s.dns.resolv_conf(&[s.dns_fail.ipv4.into()])?;
     Ok((s, delays, servers))
 }
 
@@ -448,6 +454,72 @@ pub fn traffic(s: &Staged, stop: &Arc<AtomicBool>) -> Result<Vec<JoinHandle<()>>
     Ok(threads)
 }
 
+/// After the trace, `nettools check` from the namespace of each problem: (problem, source,
+/// `--to`, `--proto`).
+fn checks(s: &Staged) -> [(&'static str, &Node, String, &'static str); 6] {
+    [
+        (
+            "firewall",
+            &s.client,
+            format!("{}:{BLOCKED_PORT}", s.firewall.ipv4),
+            "udp",
+        ),
+        (
+            "refused",
+            &s.client,
+            format!("{}:{SINK_TCP}", s.sink.ipv4),
+            "tcp",
+        ),
+        ("routing", &s.noroute, UNROUTED.to_string(), "icmp"),
+        ("arp", &s.arp, NOBODY.to_string(), "icmp"),
+        // Through its resolv.conf, which names dns-fail (see `stage`).
+        ("dns", &s.dns, "db.lab".to_string(), "dns"),
+        ("latency", &s.client, s.slow.ipv4.to_string(), "icmp"),
+    ]
+}
+
+/// How many probes each of the lab's checks sends, and how long each waits.
+const CHECK_PROBES: &str = "2";
+const CHECK_TIMEOUT: &str = "1s";
+
+/// Runs the lab's checks one after the other and prints each command and its verdict.
+async fn run_checks(s: &Staged, verbose: bool) -> Result<()> {
+    let mut out = format!(
+        "\nchecks (`nettools check` from the namespace with the problem, {CHECK_PROBES} probes each):\n"
+    );
+    for (problem, source, to, proto) in checks(s) {
+        let argv = [
+            "nettools",
+            "check",
+            "--netns",
+            &source.netns,
+            "--to",
+            &to,
+            "--proto",
+            proto,
+            "--count",
+            CHECK_PROBES,
+            "--timeout",
+            CHECK_TIMEOUT,
+        ];
+        let args = match <crate::cli::Cli as clap::Parser>::try_parse_from(argv)?.command {
+            crate::cli::Command::Check(args) => args,
+            _ => anyhow::bail!("the lab's check command did not parse as a check"),
+        };
+        let verdict = crate::check::decide(&args, verbose).await?;
+        let _ = writeln!(
+            out,
+            "  {problem:<8}  {}\n            {}: {}",
+            Safe(&argv[1..].join(" ")),
+            verdict.verdict,
+            verdict.summary
+        );
+    }
+    print!("{out}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
 pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
     preflight::require_privileges()?;
     let mut lab = Lab::new()?;
@@ -506,11 +578,18 @@ pub async fn run(args: &LabArgs, verbose: bool) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
+    // With the traffic stopped (the checks follow their own packets), the faults still up.
+    let checked = match traced {
+        Ok(()) if args.output == Output::Table && !args.no_checks => {
+            run_checks(&staged, verbose).await
+        }
+        other => other,
+    };
     drop(servers);
     for d in delays {
         let _ = d.stop();
     }
-    traced?;
+    checked?;
     if args.keep {
         lab.keep();
         let names: Vec<String> = staged

@@ -84,6 +84,20 @@ impl Node {
             .map(|_| ())
     }
 
+    /// Gives the namespace its own resolver configuration, `/etc/netns/NAME/resolv.conf` (as
+    /// `ip netns exec` and `nettools check` read it), naming `servers`; removed with the lab.
+    pub fn resolv_conf(&self, servers: &[std::net::IpAddr]) -> Result<()> {
+        let dir = std::path::Path::new(NETNS_ETC).join(&self.netns);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let text: String = servers
+            .iter()
+            .map(|s| format!("nameserver {s}\n"))
+            .collect();
+        let file = dir.join("resolv.conf");
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))
+    }
+
     /// Runs `f` in this namespace (see [`in_netns`]).
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         in_netns(&self.path, f)
@@ -226,6 +240,7 @@ impl Lab {
             // Deleting the host end removes the pair at once; the namespace itself is
             // destroyed asynchronously by the kernel once its last user is gone.
             let _ = sh(&["ip", "link", "del", &node.host_veth]);
+            remove_netns_etc(&node.netns);
             if let Err(e) = sh(&["ip", "netns", "del", &node.netns]) {
                 errors.push(e.to_string());
             }
@@ -255,6 +270,17 @@ impl Drop for Lab {
         if let Err(e) = self.teardown() {
             eprintln!("nettools: {e}");
         }
+    }
+}
+
+/// Where `ip netns exec NAME` finds a namespace's own files (its resolv.conf).
+const NETNS_ETC: &str = "/etc/netns";
+
+/// Removes a lab namespace's `/etc/netns/NAME` (made by [`Node::resolv_conf`]); only lab
+/// names come here, so nothing else is touched.
+fn remove_netns_etc(name: &str) {
+    if name.starts_with(TAG) && !name.contains('/') && !name.contains("..") {
+        let _ = std::fs::remove_dir_all(std::path::Path::new(NETNS_ETC).join(name));
     }
 }
 
@@ -366,6 +392,7 @@ fn stale(name: &str) -> bool {
 pub fn remove_stale() {
     for (name, _) in crate::discover::netns::named() {
         if stale(&name) {
+            remove_netns_etc(&name);
             let _ = sh(&["ip", "netns", "del", &name]);
         }
     }
