@@ -4,6 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context as _, Result};
 use nettools_tests::*;
+use serde_json::Value;
 
 /// Three namespaces on a bridge, like three pods on a node, with IPv6 off so that only the
 /// test's own traffic crosses the lab.
@@ -309,6 +310,85 @@ fn trace_rules_names_the_rules_that_dropped_with_their_counts() -> Result<()> {
         table.lines().any(|l| l.trim()
             == "150  ipv4 table filter, chain INPUT: -A INPUT -p udp -m udp --dport 7011 -j DROP"),
         "{table}"
+    );
+    Ok(())
+}
+
+/// A router whose route onwards has a smaller MTU drops what is too big with Don't Fragment:
+/// the classic overlay failure. The trace names it an `mtu` problem in the router, with as
+/// many packets as the router's own `IpFragFails` counted.
+#[test]
+fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<()> {
+    require_root();
+    let mut lab = Lab::new()?;
+    let a = lab.node("a", "10.238.0.1/24", None)?;
+    let router = lab.node("router", "10.238.0.254/24", None)?;
+    let b = lab.node("b", "10.239.0.2/24", None)?;
+    router.sysctl("net.ipv4.ip_forward", "1")?;
+    router.run(&[
+        "ip",
+        "route",
+        "add",
+        "10.239.0.0/24",
+        "dev",
+        "eth0",
+        "mtu",
+        "lock",
+        "1280",
+    ])?;
+    a.run(&["ip", "route", "add", "10.239.0.0/24", "via", "10.238.0.254"])?;
+    b.run(&["ip", "route", "add", "10.238.0.0/24", "dev", "eth0"])?;
+    let before = nstat(&router, "IpFragFails")?;
+    let trace = Trace::start(&["--netns", &router.netns, "--netns", &a.netns, "-o", "json"])?;
+    // 1400-byte datagrams with Don't Fragment, whatever path MTU a's kernel learns meanwhile.
+    a.enter(|| -> Result<()> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let probe: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        // SAFETY: a valid socket and an int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&probe as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        anyhow::ensure!(
+            rc == 0,
+            "IP_MTU_DISCOVER: {}",
+            std::io::Error::last_os_error()
+        );
+        for _ in 0..40 {
+            socket.send_to(&[0x5a; 1372], "10.239.0.2:9")?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    })??;
+    std::thread::sleep(Duration::from_millis(200));
+    let done = trace.stop()?;
+    assert!(done.success, "nettools failed: {}", done.stderr);
+    let fails = nstat(&router, "IpFragFails")? - before;
+    assert_eq!(fails, 40, "the lab itself misbehaved");
+    let lines = json_lines(&done.report)?;
+    let s = summary(&lines)?;
+    let w = workload(s, router.inode()?)?;
+    assert_eq!(w["drops"]["total"], fails, "{w}");
+    if drops_with_reason(w, "PKT_TOO_BIG") == 0 {
+        skip(
+            "this kernel frees packets too big for the next hop without naming PKT_TOO_BIG: no mtu problem, the drops are counted",
+        );
+        return Ok(());
+    }
+    let problems = s["problems"].as_array().context("no problems[]")?;
+    let mtu: Vec<&Value> = problems.iter().filter(|p| p["kind"] == "mtu").collect();
+    assert_eq!(mtu.len(), 1, "{s}");
+    assert_eq!(mtu[0]["workload"], router.netns.as_str());
+    assert_eq!(mtu[0]["evidence"]["count"], fails);
+    assert_eq!(
+        mtu[0]["sentence"],
+        "40 packets too big for the next hop's MTU, UDP to 10.239.0.2:9 (PKT_TOO_BIG, ip_forward)",
+        "{s}"
     );
     Ok(())
 }

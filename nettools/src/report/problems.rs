@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | firewall | packets dropped by netfilter (`NETFILTER_DROP`; before 5.17: freed in netfilter) | drops |
 //! | routing | packets dropped for want of a route (`IP_INNOROUTES`, `IP_OUTNOROUTES`) | drops |
+//! | mtu | packets dropped as too big for the next hop (`PKT_TOO_BIG`: a router's smaller MTU onwards, Don't Fragment set) | drops |
 //! | arp | neighbours (ARP/NDP) that went FAILED or never answered | neighbours |
 //! | dns | error answers (SERVFAIL, NXDOMAIN, REFUSED, …), unanswered queries, slow answers | latency.dns |
 //! | refused | packets to a port where nothing listens (`NO_SOCKET`: the kernel answered a reset or port unreachable) | drops |
@@ -55,6 +56,7 @@ impl Default for Thresholds {
 pub enum Kind {
     Firewall,
     Routing,
+    Mtu,
     Arp,
     Dns,
     Refused,
@@ -68,6 +70,7 @@ impl Kind {
         match self {
             Self::Firewall => "firewall",
             Self::Routing => "routing",
+            Self::Mtu => "mtu",
             Self::Arp => "arp",
             Self::Dns => "dns",
             Self::Refused => "refused",
@@ -120,6 +123,8 @@ pub struct Problem {
 const ROUTING_REASONS: [&str; 2] = ["IP_INNOROUTES", "IP_OUTNOROUTES"];
 /// The reason the kernel names a firewall drop with.
 const FIREWALL_REASON: &str = "NETFILTER_DROP";
+/// Packets too big for the next hop's MTU (with Don't Fragment, or IPv6).
+const MTU_REASON: &str = "PKT_TOO_BIG";
 /// Packets to a port nothing listens on.
 const NO_SOCKET_REASON: &str = "NO_SOCKET";
 /// Packets that waited for a neighbour that never answered.
@@ -144,6 +149,9 @@ fn drop_kind(reason: &str, location: &str) -> Option<Kind> {
         Some(Kind::Firewall)
     } else if ROUTING_REASONS.contains(&reason) || (by_location && function == "ip_error") {
         Some(Kind::Routing)
+    } else if reason == MTU_REASON {
+        // Only by reason: before it, ip_forward frees these as it frees other drops.
+        Some(Kind::Mtu)
     } else if reason == NO_SOCKET_REASON {
         // Only by reason: before 5.17 the same functions free packets for many other causes.
         Some(Kind::Refused)
@@ -338,6 +346,52 @@ fn routing(w: &WorkloadSummary) -> Option<Problem> {
         Kind::Routing,
         w,
         format!("no route{to} {evidence}"),
+        Evidence {
+            section: "drops",
+            count: c.count,
+            unit: "packets",
+            subjects: destinations,
+            reasons: c.reasons,
+            locations: c.locations,
+            p90_ms: None,
+        },
+        0,
+    ))
+}
+
+/// Packets too big for the path: the classic overlay failure (small requests work, large
+/// transfers hang), named where they died with their destinations.
+fn mtu(w: &WorkloadSummary) -> Option<Problem> {
+    let c = drops_of(w, Some(Kind::Mtu));
+    if c.count == 0 {
+        return None;
+    }
+    let flows = dropped_flows(w, &c.reasons);
+    let mut destinations: Vec<String> = Vec::new();
+    for (f, _) in &flows {
+        if let Some((proto, dst)) = protocol_and_destination(f) {
+            push_unique(&mut destinations, &format!("{proto} to {dst}"));
+        }
+    }
+    let to = if destinations.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", {}",
+            listing(
+                &destinations[..destinations.len().min(NAMED)],
+                destinations.len()
+            )
+        )
+    };
+    Some(problem(
+        Kind::Mtu,
+        w,
+        format!(
+            "{} too big for the next hop's MTU{to} {}",
+            plural(c.count, "packet", "packets"),
+            reasons_and_where(&c)
+        ),
         Evidence {
             section: "drops",
             count: c.count,
@@ -805,6 +859,7 @@ pub fn find(s: &Summary, t: &Thresholds) -> Vec<Problem> {
     for w in &s.workloads {
         out.extend(firewall(w));
         out.extend(routing(w));
+        out.extend(mtu(w));
         out.extend(arp(w));
         out.extend(dns(w, t, dns_askers));
         out.extend(refused(w));
@@ -926,6 +981,28 @@ mod tests {
             .iter()
             .map(|p| format!("{} {} {}", p.kind.name(), p.workload, p.sentence))
             .collect()
+    }
+
+    #[test]
+    fn packets_too_big_for_the_path_are_an_mtu_problem_not_other_drops() {
+        let mut router = workload("router", 7);
+        drops(
+            &mut router,
+            vec![reason("PKT_TOO_BIG", &[("ip_forward+0x1d4", 12)])],
+            &[(
+                "icmp 10.242.0.2 -> 10.242.1.2 type 8 code 0",
+                "PKT_TOO_BIG",
+                12,
+            )],
+        );
+        let s = summary(vec![router]);
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        let p = &s.problems[0];
+        assert_eq!((p.kind, p.evidence.count), (Kind::Mtu, 12));
+        assert_eq!(
+            p.sentence,
+            "12 packets too big for the next hop's MTU, ICMP to 10.242.1.2 (PKT_TOO_BIG, ip_forward)"
+        );
     }
 
     #[test]
