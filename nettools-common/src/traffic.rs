@@ -120,7 +120,36 @@ pub struct NeighProbeValue {
     pub last_request_ns: u64,
 }
 
+/// Key of the in-kernel `TOO_BIG` LRU per-CPU hash: ICMP "fragmentation needed" (type 3, code
+/// 4) and ICMPv6 "packet too big" (type 2) messages that passed an interface, by hook direction,
+/// who sent them (the outer source: the router whose next hop is too small) and where the packet
+/// they are about was going (the quoted header's destination).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TooBigKey {
+    pub ifindex: u32,
+    /// [`INGRESS`] or [`EGRESS`].
+    pub direction: u8,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    pub _pad: [u8; 2],
+    /// Network byte order (4 bytes used for IPv4).
+    pub from: [u8; 16],
+    pub to: [u8; 16],
+}
+
+/// How many such messages, and the smallest MTU they named (0: none named one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TooBigValue {
+    pub messages: u64,
+    pub mtu: u32,
+    pub _pad: u32,
+}
+
 crate::user_pod!(
+    TooBigKey,
+    TooBigValue,
     TrafficKey,
     TrafficValue,
     SlotCounters,

@@ -27,7 +27,7 @@ use nettools_common::{
         BUCKET_ARP, BUCKET_IPV4_ICMP, BUCKET_IPV4_TCP, BUCKET_IPV4_UDP, BUCKET_IPV6_ICMP,
         BUCKET_IPV6_TCP, BUCKET_IPV6_UDP, BUCKET_OTHER, CLASS_ARP, CLASS_IPV4, CLASS_IPV6,
         CLASS_OTHER, DEFAULT_SLOTS, IF_SLOTS_ENTRIES, INGRESS, IfSlot, NeighProbeKey,
-        NeighProbeValue, SlotCounters, TrafficKey, TrafficValue,
+        NeighProbeValue, SlotCounters, TooBigKey, TooBigValue, TrafficKey, TrafficValue,
     },
 };
 
@@ -40,7 +40,10 @@ use crate::{
     },
     transit,
 };
-use network_types::{arp::ArpHdr, ip::Ipv6Hdr};
+use network_types::{
+    arp::ArpHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 
 /// Which latency probes run ([`features`] bits), written by userspace before load.
 #[unsafe(no_mangle)]
@@ -54,6 +57,11 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
 const ICMPV6_ECHO: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+/// Length of the ICMP and ICMPv6 headers before the quoted packet of an error.
+const ICMP_ERROR_HEADER: usize = 8;
 const TCP_SYN_RST: u8 = 0x06;
 const DNS_PORT: u16 = 53;
 
@@ -76,6 +84,12 @@ static TRAFFIC_OVERFLOW: PerCpuHashMap<TrafficKey, TrafficValue> =
 #[map]
 static NEIGH_PROBES: LruPerCpuHashMap<NeighProbeKey, NeighProbeValue> =
     LruPerCpuHashMap::with_max_entries(8192, 0);
+
+/// ICMP "fragmentation needed" and ICMPv6 "packet too big" messages per (interface, direction,
+/// sender, destination of the packet too big).
+#[map]
+static TOO_BIG: LruPerCpuHashMap<TooBigKey, TooBigValue> =
+    LruPerCpuHashMap::with_max_entries(1024, 0);
 
 /// Ingress of the attached interface (for a host-side veth: what the workload sends).
 #[classifier]
@@ -145,6 +159,9 @@ fn observe(ctx: &TcContext, direction: u8) {
     }
     if v6 && l4.proto == IPPROTO_ICMPV6 {
         ndp(ctx, ifindex, direction, l4.offset);
+    }
+    if l4.first && (l4.proto == IPPROTO_ICMP || l4.proto == IPPROTO_ICMPV6) {
+        too_big(ctx, ifindex, direction, v6, l4.offset);
     }
 
     let enabled = NETTOOLS_TC_FEATURES.load();
@@ -303,6 +320,70 @@ fn ndp(ctx: &TcContext, ifindex: u32, direction: u8, icmp: usize) {
         }
     } else {
         record(ifindex, AF_INET6, target, false, direction);
+    }
+}
+
+/// Counts an ICMP "fragmentation needed" or ICMPv6 "packet too big" at `icmp` (the ICMP header's
+/// offset), with its sender, the destination of the packet it quotes and the MTU it names.
+#[inline(always)]
+fn too_big(ctx: &TcContext, ifindex: u32, direction: u8, v6: bool, icmp: usize) {
+    let Some(h) = packet::at::<[u8; 8]>(ctx, icmp) else {
+        return;
+    };
+    let mtu = if v6 {
+        if h[0] != ICMPV6_PACKET_TOO_BIG {
+            return;
+        }
+        u32::from_be_bytes([h[4], h[5], h[6], h[7]])
+    } else {
+        if h[0] != ICMP_DEST_UNREACH || h[1] != ICMP_FRAG_NEEDED {
+            return;
+        }
+        u32::from(u16::from_be_bytes([h[6], h[7]]))
+    };
+    let quoted = icmp + ICMP_ERROR_HEADER;
+    let mut key = TooBigKey {
+        ifindex,
+        direction,
+        family: if v6 { AF_INET6 } else { AF_INET },
+        ..Default::default()
+    };
+    if v6 {
+        let (Some(from), Some(to)) = (
+            packet::at::<[u8; 16]>(ctx, L3 + offset_of!(Ipv6Hdr, src_addr)),
+            packet::at::<[u8; 16]>(ctx, quoted + offset_of!(Ipv6Hdr, dst_addr)),
+        ) else {
+            return;
+        };
+        key.from = from;
+        key.to = to;
+    } else {
+        let (Some(from), Some(to)) = (
+            packet::at::<[u8; 4]>(ctx, L3 + offset_of!(Ipv4Hdr, src_addr)),
+            packet::at::<[u8; 4]>(ctx, quoted + offset_of!(Ipv4Hdr, dst_addr)),
+        ) else {
+            return;
+        };
+        key.from[..4].copy_from_slice(&from);
+        key.to[..4].copy_from_slice(&to);
+    }
+    if let Some(v) = TOO_BIG.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a per-CPU map.
+        unsafe {
+            (*v).messages += 1;
+            if mtu != 0 && ((*v).mtu == 0 || mtu < (*v).mtu) {
+                (*v).mtu = mtu;
+            }
+        }
+        return;
+    }
+    let value = TooBigValue {
+        messages: 1,
+        mtu,
+        _pad: 0,
+    };
+    if TOO_BIG.insert(&key, &value, 0).is_err() {
+        bump(counters::TC_MAP_FULL);
     }
 }
 

@@ -248,6 +248,7 @@ impl<W: Write> Probes<W> {
         agg.set_interfaces(
             &probe::tc::read_traffic(&loaded.ebpf, &loaded.tc)?,
             &probe::tc::read_neigh_probes(&loaded.ebpf)?,
+            &probe::tc::read_too_big(&loaded.ebpf)?,
         );
         let mut health = Health::from_counters(&counters, agg.undecodable, skipped);
         health.neighbour_failures_not_seen = not_seen;

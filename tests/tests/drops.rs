@@ -339,6 +339,10 @@ fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<(
     a.run(&["ip", "route", "add", "10.239.0.0/24", "via", "10.238.0.254"])?;
     b.run(&["ip", "route", "add", "10.238.0.0/24", "dev", "eth0"])?;
     let before = nstat(&router, "IpFragFails")?;
+    let (told_before, heard_before) = (
+        nstat(&router, "IcmpOutDestUnreachs")?,
+        nstat(&a, "IcmpInDestUnreachs")?,
+    );
     let trace = Trace::start(&["--netns", &router.netns, "--netns", &a.netns, "-o", "json"])?;
     // 1400-byte datagrams with Don't Fragment, whatever path MTU a's kernel learns meanwhile.
     a.enter(|| -> Result<()> {
@@ -370,24 +374,65 @@ fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<(
     assert!(done.success, "nettools failed: {}", done.stderr);
     let fails = nstat(&router, "IpFragFails")? - before;
     assert_eq!(fails, 40, "the lab itself misbehaved");
+    // The router tells the sender, as often as its ICMP rate limit lets it.
+    let told = nstat(&router, "IcmpOutDestUnreachs")? - told_before;
+    let heard = nstat(&a, "IcmpInDestUnreachs")? - heard_before;
+    assert!(
+        told >= 1 && heard == told,
+        "the lab itself misbehaved: told {told}, heard {heard}"
+    );
     let lines = json_lines(&done.report)?;
     let s = summary(&lines)?;
+    let problems = s["problems"].as_array().context("no problems[]")?;
+    let mtu_problem = |netns: &str| -> Result<&Value> {
+        let p: Vec<&Value> = problems
+            .iter()
+            .filter(|p| p["kind"] == "mtu" && p["workload"] == netns)
+            .collect();
+        anyhow::ensure!(p.len() == 1, "no single mtu problem for {netns}: {s}");
+        Ok(p[0])
+    };
+    // The sender's veth carried the router's ICMP "fragmentation needed", the router's veth
+    // the same messages leaving: each as many as the kernels counted, with the MTU.
+    for (node, direction, n) in [(&a, "received", heard), (&router, "sent", told)] {
+        let w = workload(s, node.inode()?)?;
+        let too_big = &w["interfaces"][0]["too_big"];
+        assert_eq!(
+            too_big,
+            &serde_json::json!([{"direction": direction, "from": "10.238.0.254", "to": "10.239.0.2", "mtu": 1280, "messages": n}]),
+            "{}: {w}",
+            node.netns
+        );
+    }
+    assert_eq!(
+        mtu_problem(&a.netns)?["sentence"],
+        format!(
+            "10.238.0.254 says its packets to 10.239.0.2 are too big ({heard} ICMP 'fragmentation needed', MTU 1280)"
+        )
+    );
     let w = workload(s, router.inode()?)?;
     assert_eq!(w["drops"]["total"], fails, "{w}");
-    if drops_with_reason(w, "PKT_TOO_BIG") == 0 {
+    let named = drops_with_reason(w, "PKT_TOO_BIG");
+    let p = mtu_problem(&router.netns)?;
+    if named == 0 {
         skip(
-            "this kernel frees packets too big for the next hop without naming PKT_TOO_BIG: no mtu problem, the drops are counted",
+            "this kernel frees packets too big for the next hop without naming PKT_TOO_BIG: the router is named by the ICMP errors it sent",
+        );
+        assert_eq!(
+            p["sentence"],
+            format!(
+                "answered {told} packets too big for its next hop with ICMP 'fragmentation needed', MTU 1280"
+            )
         );
         return Ok(());
     }
-    let problems = s["problems"].as_array().context("no problems[]")?;
-    let mtu: Vec<&Value> = problems.iter().filter(|p| p["kind"] == "mtu").collect();
-    assert_eq!(mtu.len(), 1, "{s}");
-    assert_eq!(mtu[0]["workload"], router.netns.as_str());
-    assert_eq!(mtu[0]["evidence"]["count"], fails);
+    assert_eq!(named, fails, "{w}");
+    assert_eq!(p["evidence"]["count"], fails);
     assert_eq!(
-        mtu[0]["sentence"],
-        "40 packets too big for the next hop's MTU, UDP to 10.239.0.2:9 (PKT_TOO_BIG, ip_forward)",
+        p["sentence"],
+        format!(
+            "40 packets too big for the next hop's MTU, UDP to 10.239.0.2:9 (PKT_TOO_BIG, ip_forward); it answered {told} of them with ICMP 'fragmentation needed', MTU 1280"
+        ),
         "{s}"
     );
     Ok(())

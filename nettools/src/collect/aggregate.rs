@@ -8,7 +8,7 @@ use nettools_common::{
     flow::Flow,
     neighbours::{NeighbourEvent, NeighbourKey},
     retransmits::{RetransmitEvent, RetransmitKey},
-    traffic::{NeighProbeKey, NeighProbeValue, TrafficKey, TrafficValue},
+    traffic::{NeighProbeKey, NeighProbeValue, TooBigKey, TooBigValue, TrafficKey, TrafficValue},
 };
 
 pub use super::flow::{FlowOrd, MAX_FLOWS_PER_NAMESPACE};
@@ -86,6 +86,9 @@ pub struct InterfaceStats {
     pub traffic: BTreeMap<(u8, u8, u8), (u64, u64)>,
     /// ARP/NDP lookups: (family, address) → requests, replies, first and last request (ktime).
     pub probes: BTreeMap<(u8, [u8; 16]), NeighProbeValue>,
+    /// ICMP "fragmentation needed" / "packet too big": (direction, family, sender,
+    /// destination of the packet too big) → messages and the smallest MTU named.
+    pub too_big: BTreeMap<(u8, u8, [u8; 16], [u8; 16]), TooBigValue>,
 }
 
 /// All namespaces, keyed by inode.
@@ -195,6 +198,7 @@ impl Aggregate {
         &mut self,
         traffic: &[(TrafficKey, TrafficValue)],
         probes: &[(NeighProbeKey, NeighProbeValue)],
+        too_big: &[(TooBigKey, TooBigValue)],
     ) {
         self.interfaces.clear();
         for (k, v) in traffic {
@@ -214,6 +218,13 @@ impl Aggregate {
                 .or_default()
                 .probes
                 .insert((k.family, k.addr), *v);
+        }
+        for (k, v) in too_big {
+            self.interfaces
+                .entry(k.ifindex)
+                .or_default()
+                .too_big
+                .insert((k.direction, k.family, k.from, k.to), *v);
         }
     }
 

@@ -277,7 +277,7 @@ const PROBE_MAPS: [(ProbeKind, &[&str]); 8] = [
 ];
 
 /// Maps the tc programs write for every packet once they are attached (any probe on the veth).
-const TC_MAPS: [&str; 3] = ["IF_SLOTS", "TRAFFIC_OVERFLOW", "NEIGH_PROBES"];
+const TC_MAPS: [&str; 4] = ["IF_SLOTS", "TRAFFIC_OVERFLOW", "NEIGH_PROBES", "TOO_BIG"];
 
 /// Maps written only with stack traces on (`--stacks`).
 const STACK_COUNT_MAPS: [&str; 2] = ["DROP_STACKS", "RETRANSMIT_STACKS"];

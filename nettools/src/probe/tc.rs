@@ -21,7 +21,7 @@ use aya::{
 };
 use nettools_common::traffic::{
     BUCKETS, EGRESS, IF_SLOTS_ENTRIES, INGRESS, IfSlot, NeighProbeKey, NeighProbeValue,
-    SlotCounters, TrafficKey, TrafficValue,
+    SlotCounters, TooBigKey, TooBigValue, TrafficKey, TrafficValue,
 };
 
 use crate::preflight;
@@ -371,6 +371,24 @@ pub fn slot_figures<'a>(
         }
     }
     out
+}
+
+/// ICMP "fragmentation needed" / ICMPv6 "packet too big" messages per (interface, direction,
+/// sender, destination), summed over CPUs, with the smallest MTU any CPU saw named.
+pub fn read_too_big(ebpf: &Ebpf) -> Result<Vec<(TooBigKey, TooBigValue)>> {
+    super::merge_per_cpu(ebpf, "TOO_BIG", |per_cpu| merge_too_big(per_cpu.iter()))
+}
+
+/// Sums the messages over CPUs; the MTU is the smallest named (0: none).
+pub fn merge_too_big<'a>(values: impl Iterator<Item = &'a TooBigValue>) -> TooBigValue {
+    let mut sum = TooBigValue::default();
+    for v in values {
+        sum.messages += v.messages;
+        if v.mtu != 0 && (sum.mtu == 0 || v.mtu < sum.mtu) {
+            sum.mtu = v.mtu;
+        }
+    }
+    sum
 }
 
 /// ARP/NDP requests and replies per (interface, address), summed over CPUs.

@@ -112,6 +112,7 @@ fn summary(names: &[String]) -> Summary {
             sent: Default::default(),
             by_protocol: vec![],
             unanswered: vec![],
+            too_big: vec![],
         }],
         drops: DropSummary {
             total: 12,

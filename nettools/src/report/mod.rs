@@ -197,6 +197,25 @@ pub struct InterfaceSummary {
     pub by_protocol: Vec<ProtocolCounts>,
     /// Addresses asked for with ARP/NDP that never answered during the trace.
     pub unanswered: Vec<NeighbourLookup>,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" messages that passed the
+    /// interface: a path whose MTU is smaller than what is sent with Don't Fragment.
+    pub too_big: Vec<TooBig>,
+}
+
+/// ICMP "fragmentation needed" (IPv4) or "packet too big" (IPv6) messages of one sender about
+/// packets to one destination, in one direction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TooBig {
+    /// `received` (the workload was told its packets are too big) or `sent` (it told others:
+    /// it is the router whose next hop is too small), as [`ProtocolCounts::direction`].
+    pub direction: &'static str,
+    /// Who sent the messages.
+    pub from: String,
+    /// Where the packets too big were going.
+    pub to: String,
+    /// The smallest MTU the messages named (`null`: none named one).
+    pub mtu: Option<u32>,
+    pub messages: u64,
 }
 
 /// A retransmitting flow.
@@ -577,7 +596,23 @@ fn interface_summary(
     let mut sent = Counts::default();
     let mut by_protocol = Vec::new();
     let mut unanswered_lookups = Vec::new();
+    let mut too_big = Vec::new();
     if let Some(stats) = i.aggregate.interfaces.get(&v.ifindex) {
+        for (&(dir, family, from, to), value) in &stats.too_big {
+            let text =
+                |raw: &[u8; 16]| addr(family, raw).map(|a| a.to_string()).unwrap_or_default();
+            too_big.push(TooBig {
+                direction: if dir == received_hook {
+                    "received"
+                } else {
+                    "sent"
+                },
+                from: text(&from),
+                to: text(&to),
+                mtu: (value.mtu != 0).then_some(value.mtu),
+                messages: value.messages,
+            });
+        }
         for (&(dir, class, l4), &(packets, bytes)) in &stats.traffic {
             let (slot, direction) = if dir == received_hook {
                 (&mut received, "received")
@@ -622,6 +657,7 @@ fn interface_summary(
         sent,
         by_protocol,
         unanswered: unanswered_lookups,
+        too_big,
     }
 }
 

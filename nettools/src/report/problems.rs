@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | firewall | packets dropped by netfilter (`NETFILTER_DROP`; before 5.17: freed in netfilter) | drops |
 //! | routing | packets dropped for want of a route (`IP_INNOROUTES`, `IP_OUTNOROUTES`) | drops |
-//! | mtu | packets dropped as too big for the next hop (`PKT_TOO_BIG`: a router's smaller MTU onwards, Don't Fragment set) | drops |
+//! | mtu | packets dropped as too big for the next hop (`PKT_TOO_BIG`: a router's smaller MTU onwards, Don't Fragment set); ICMP "fragmentation needed" / "packet too big" received or sent on its veth | drops, interfaces |
 //! | arp | neighbours (ARP/NDP) that went FAILED or never answered | neighbours |
 //! | dns | error answers (SERVFAIL, NXDOMAIN, REFUSED, …), unanswered queries, slow answers | latency.dns |
 //! | refused | packets to a port where nothing listens (`NO_SOCKET`: the kernel answered a reset or port unreachable) | drops |
@@ -85,13 +85,13 @@ impl Kind {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Evidence {
     /// The section of the workload's report (and its JSON object) that holds the figures:
-    /// `drops`, `retransmits`, `neighbours`, `latency.dns`, `latency`.
+    /// `drops`, `retransmits`, `neighbours`, `latency.dns`, `latency`, `interfaces`.
     pub section: &'static str,
     /// The figure the problem is ranked by, in `unit`s.
     pub count: u64,
     /// `packets` (dropped), `segments` (retransmitted), `failures` (neighbour entries FAILED or
     /// addresses unanswered), `queries` (failed or unanswered DNS queries), `answers` (slow
-    /// answers sampled).
+    /// answers sampled), `messages` (ICMP "too big" messages, for `mtu` without drops).
     pub unit: &'static str,
     /// Drop reasons, TCP states, DNS rcodes (most first).
     pub reasons: Vec<String>,
@@ -360,49 +360,108 @@ fn routing(w: &WorkloadSummary) -> Option<Problem> {
 }
 
 /// Packets too big for the path: the classic overlay failure (small requests work, large
-/// transfers hang), named where they died with their destinations.
+/// transfers hang). Named where they died (`PKT_TOO_BIG` drops, with their destinations), and
+/// by the ICMP "fragmentation needed" / "packet too big" messages on the workload's veth: the
+/// ones it received (who said its packets are too big, for where, which MTU) and the ones it
+/// sent (it is the router whose next hop is too small; on kernels that free those packets
+/// without naming the reason, the only sign).
 fn mtu(w: &WorkloadSummary) -> Option<Problem> {
     let c = drops_of(w, Some(Kind::Mtu));
-    if c.count == 0 {
+    let messages = |direction: &str| -> Vec<&super::TooBig> {
+        w.interfaces
+            .iter()
+            .flat_map(|i| &i.too_big)
+            .filter(|t| t.direction == direction)
+            .collect()
+    };
+    let (received, sent) = (messages("received"), messages("sent"));
+    if c.count == 0 && received.is_empty() && sent.is_empty() {
         return None;
     }
-    let flows = dropped_flows(w, &c.reasons);
-    let mut destinations: Vec<String> = Vec::new();
-    for (f, _) in &flows {
-        if let Some((proto, dst)) = protocol_and_destination(f) {
-            push_unique(&mut destinations, &format!("{proto} to {dst}"));
+    let mut parts: Vec<String> = Vec::new();
+    let mut subjects: Vec<String> = Vec::new();
+    if c.count > 0 {
+        let flows = dropped_flows(w, &c.reasons);
+        let mut destinations: Vec<String> = Vec::new();
+        for (f, _) in &flows {
+            if let Some((proto, dst)) = protocol_and_destination(f) {
+                push_unique(&mut destinations, &format!("{proto} to {dst}"));
+            }
         }
-    }
-    let to = if destinations.is_empty() {
-        String::new()
-    } else {
-        format!(
-            ", {}",
-            listing(
-                &destinations[..destinations.len().min(NAMED)],
-                destinations.len()
+        let to = if destinations.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", {}",
+                listing(
+                    &destinations[..destinations.len().min(NAMED)],
+                    destinations.len()
+                )
             )
+        };
+        parts.push(format!(
+            "{} too big for the next hop's MTU{to} {}",
+            plural(c.count, "packet", "packets"),
+            reasons_and_where(&c)
+        ));
+        subjects.extend(destinations);
+    }
+    let mtu_of = |t: &super::TooBig| t.mtu.map_or(String::new(), |m| format!(", MTU {m}"));
+    for t in received.iter().take(NAMED) {
+        parts.push(format!(
+            "{} says its packets to {} are too big ({} ICMP {}{})",
+            t.from,
+            t.to,
+            t.messages,
+            icmp_name(&t.from),
+            mtu_of(t)
+        ));
+        push_unique(&mut subjects, &t.to);
+    }
+    let told: u64 = sent.iter().map(|t| t.messages).sum();
+    if let Some(first) = sent.first() {
+        let (icmp, mtu) = (icmp_name(&first.from), mtu_of(first));
+        parts.push(if c.count > 0 {
+            format!("it answered {told} of them with ICMP {icmp}{mtu}")
+        } else {
+            format!(
+                "answered {} too big for its next hop with ICMP {icmp}{mtu}",
+                plural(told, "packet", "packets")
+            )
+        });
+    }
+    let (count, unit) = if c.count > 0 {
+        (c.count, "packets")
+    } else {
+        (
+            received.iter().map(|t| t.messages).sum::<u64>() + told,
+            "messages",
         )
     };
     Some(problem(
         Kind::Mtu,
         w,
-        format!(
-            "{} too big for the next hop's MTU{to} {}",
-            plural(c.count, "packet", "packets"),
-            reasons_and_where(&c)
-        ),
+        parts.join("; "),
         Evidence {
-            section: "drops",
-            count: c.count,
-            unit: "packets",
-            subjects: destinations,
+            section: if c.count > 0 { "drops" } else { "interfaces" },
+            count,
+            unit,
+            subjects,
             reasons: c.reasons,
             locations: c.locations,
             p90_ms: None,
         },
         0,
     ))
+}
+
+/// The ICMP message that says a packet is too big, by the sender's address family.
+fn icmp_name(from: &str) -> &'static str {
+    if from.contains(':') {
+        "'packet too big'"
+    } else {
+        "'fragmentation needed'"
+    }
 }
 
 fn arp(w: &WorkloadSummary) -> Option<Problem> {
@@ -1230,6 +1289,7 @@ mod tests {
                 bytes: 0,
             }],
             unanswered: vec![],
+            too_big: vec![],
         }];
         w
     }

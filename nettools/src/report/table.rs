@@ -377,6 +377,17 @@ fn interface(out: &mut String, i: &InterfaceSummary) {
             );
         }
     }
+    for t in &i.too_big {
+        let _ = writeln!(
+            out,
+            "    ICMP too big {}: {} from {} about packets to {}{}",
+            t.direction,
+            t.messages,
+            t.from,
+            t.to,
+            t.mtu.map_or(String::new(), |m| format!(", MTU {m}"))
+        );
+    }
 }
 
 fn drops(out: &mut String, w: &WorkloadSummary) {
