@@ -314,57 +314,102 @@ fn trace_rules_names_the_rules_that_dropped_with_their_counts() -> Result<()> {
     Ok(())
 }
 
-/// A router whose route onwards has a smaller MTU drops what is too big with Don't Fragment:
-/// the classic overlay failure. The trace names it an `mtu` problem in the router, with as
-/// many packets as the router's own `IpFragFails` counted.
+/// A router whose route onwards has a smaller MTU drops what is too big (IPv4 with Don't
+/// Fragment; IPv6 routers never fragment): the classic overlay failure. The trace names it an
+/// `mtu` problem in the router, with as many packets as the router's own count, and in the
+/// sender, told by the router's ICMP errors as many times as the sender's kernel counted them.
 #[test]
 fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<()> {
+    too_big_for_the_path(false)
+}
+
+#[test]
+fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there_ipv6() -> Result<()> {
+    too_big_for_the_path(true)
+}
+
+fn too_big_for_the_path(v6: bool) -> Result<()> {
     require_root();
     let mut lab = Lab::new()?;
-    let a = lab.node("a", "10.238.0.1/24", None)?;
-    let router = lab.node("router", "10.238.0.254/24", None)?;
-    let b = lab.node("b", "10.239.0.2/24", None)?;
-    router.sysctl("net.ipv4.ip_forward", "1")?;
+    let a = lab.node("a", "10.238.0.1/24", Some("fd00:238::1/64"))?;
+    let router = lab.node("router", "10.238.0.254/24", Some("fd00:238::fe/64"))?;
+    let b = lab.node("b", "10.239.0.2/24", Some("fd00:239::2/64"))?;
+    // (family flag, router, onward net, back net, destination, dropped counter, ICMP out, in)
+    let (ip, router_addr, onward, back, to, dropped, told_counter, heard_counter) = if v6 {
+        (
+            "-6",
+            "fd00:238::fe",
+            "fd00:239::/64",
+            "fd00:238::/64",
+            "fd00:239::2",
+            "Ip6InTooBigErrors",
+            "Icmp6OutPktTooBigs",
+            "Icmp6InPktTooBigs",
+        )
+    } else {
+        (
+            "-4",
+            "10.238.0.254",
+            "10.239.0.0/24",
+            "10.238.0.0/24",
+            "10.239.0.2",
+            "IpFragFails",
+            "IcmpOutDestUnreachs",
+            "IcmpInDestUnreachs",
+        )
+    };
+    router.sysctl(
+        if v6 {
+            "net.ipv6.conf.all.forwarding"
+        } else {
+            "net.ipv4.ip_forward"
+        },
+        "1",
+    )?;
     router.run(&[
-        "ip",
-        "route",
-        "add",
-        "10.239.0.0/24",
-        "dev",
-        "eth0",
-        "mtu",
-        "lock",
-        "1280",
+        "ip", ip, "route", "add", onward, "dev", "eth0", "mtu", "lock", "1280",
     ])?;
-    a.run(&["ip", "route", "add", "10.239.0.0/24", "via", "10.238.0.254"])?;
-    b.run(&["ip", "route", "add", "10.238.0.0/24", "dev", "eth0"])?;
-    let before = nstat(&router, "IpFragFails")?;
-    let (told_before, heard_before) = (
-        nstat(&router, "IcmpOutDestUnreachs")?,
-        nstat(&a, "IcmpInDestUnreachs")?,
-    );
+    a.run(&["ip", ip, "route", "add", onward, "via", router_addr])?;
+    b.run(&["ip", ip, "route", "add", back, "dev", "eth0"])?;
+    let before = nstat(&router, dropped)?;
+    let (told_before, heard_before) = (nstat(&router, told_counter)?, nstat(&a, heard_counter)?);
     let trace = Trace::start(&["--netns", &router.netns, "--netns", &a.netns, "-o", "json"])?;
-    // 1400-byte datagrams with Don't Fragment, whatever path MTU a's kernel learns meanwhile.
+    // 1400-byte IP packets, not fragmented whatever path MTU a's kernel learns meanwhile.
+    let payload = if v6 { 1400 - 48 } else { 1400 - 28 };
+    let dst: std::net::SocketAddr = if v6 {
+        format!("[{to}]:9")
+    } else {
+        format!("{to}:9")
+    }
+    .parse()?;
     a.enter(|| -> Result<()> {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        let probe: libc::c_int = libc::IP_PMTUDISC_PROBE;
+        let socket = std::net::UdpSocket::bind(if v6 { "[::]:0" } else { "0.0.0.0:0" })?;
+        let (level, name, probe) = if v6 {
+            (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_PROBE,
+            )
+        } else {
+            (
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_PROBE,
+            )
+        };
         // SAFETY: a valid socket and an int option of the size given.
         let rc = unsafe {
             libc::setsockopt(
                 std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
+                level,
+                name,
                 (&probe as *const libc::c_int).cast(),
                 size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        anyhow::ensure!(
-            rc == 0,
-            "IP_MTU_DISCOVER: {}",
-            std::io::Error::last_os_error()
-        );
+        anyhow::ensure!(rc == 0, "MTU_DISCOVER: {}", std::io::Error::last_os_error());
         for _ in 0..40 {
-            socket.send_to(&[0x5a; 1372], "10.239.0.2:9")?;
+            socket.send_to(&vec![0x5a; payload], dst)?;
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
@@ -372,11 +417,11 @@ fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<(
     std::thread::sleep(Duration::from_millis(200));
     let done = trace.stop()?;
     assert!(done.success, "nettools failed: {}", done.stderr);
-    let fails = nstat(&router, "IpFragFails")? - before;
+    let fails = nstat(&router, dropped)? - before;
     assert_eq!(fails, 40, "the lab itself misbehaved");
     // The router tells the sender, as often as its ICMP rate limit lets it.
-    let told = nstat(&router, "IcmpOutDestUnreachs")? - told_before;
-    let heard = nstat(&a, "IcmpInDestUnreachs")? - heard_before;
+    let told = nstat(&router, told_counter)? - told_before;
+    let heard = nstat(&a, heard_counter)? - heard_before;
     assert!(
         told >= 1 && heard == told,
         "the lab itself misbehaved: told {told}, heard {heard}"
@@ -392,22 +437,27 @@ fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<(
         anyhow::ensure!(p.len() == 1, "no single mtu problem for {netns}: {s}");
         Ok(p[0])
     };
-    // The sender's veth carried the router's ICMP "fragmentation needed", the router's veth
-    // the same messages leaving: each as many as the kernels counted, with the MTU.
+    // The sender's veth carried the router's ICMP errors, the router's veth the same messages
+    // leaving: each as many as the kernels counted, with the MTU.
     for (node, direction, n) in [(&a, "received", heard), (&router, "sent", told)] {
         let w = workload(s, node.inode()?)?;
         let too_big = &w["interfaces"][0]["too_big"];
         assert_eq!(
             too_big,
-            &serde_json::json!([{"direction": direction, "from": "10.238.0.254", "to": "10.239.0.2", "mtu": 1280, "messages": n}]),
+            &serde_json::json!([{"direction": direction, "from": router_addr, "to": to, "mtu": 1280, "messages": n}]),
             "{}: {w}",
             node.netns
         );
     }
+    let icmp = if v6 {
+        "'packet too big'"
+    } else {
+        "'fragmentation needed'"
+    };
     assert_eq!(
         mtu_problem(&a.netns)?["sentence"],
         format!(
-            "10.238.0.254 says its packets to 10.239.0.2 are too big ({heard} ICMP 'fragmentation needed', MTU 1280)"
+            "{router_addr} says its packets to {to} are too big ({heard} ICMP {icmp}, MTU 1280)"
         )
     );
     let w = workload(s, router.inode()?)?;
@@ -420,18 +470,22 @@ fn packets_too_big_for_a_routers_next_hop_are_an_mtu_problem_there() -> Result<(
         );
         assert_eq!(
             p["sentence"],
-            format!(
-                "answered {told} packets too big for its next hop with ICMP 'fragmentation needed', MTU 1280"
-            )
+            format!("answered {told} packets too big for its next hop with ICMP {icmp}, MTU 1280")
         );
         return Ok(());
     }
     assert_eq!(named, fails, "{w}");
     assert_eq!(p["evidence"]["count"], fails);
+    let sentence = p["sentence"].as_str().unwrap_or("");
+    let (udp_to, forward) = if v6 {
+        (format!("UDP to [{to}]:9"), "ip6_forward")
+    } else {
+        (format!("UDP to {to}:9"), "ip_forward")
+    };
     assert_eq!(
-        p["sentence"],
+        sentence,
         format!(
-            "40 packets too big for the next hop's MTU, UDP to 10.239.0.2:9 (PKT_TOO_BIG, ip_forward); it answered {told} of them with ICMP 'fragmentation needed', MTU 1280"
+            "40 packets too big for the next hop's MTU, {udp_to} (PKT_TOO_BIG, {forward}); it answered {told} of them with ICMP {icmp}, MTU 1280"
         ),
         "{s}"
     );
