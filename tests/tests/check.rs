@@ -247,6 +247,69 @@ fn rule_packets(node: Option<&Node>, program: &str, chain: &str, text: &str) -> 
         .with_context(|| format!("no rule {text:?} in:\n{out}"))
 }
 
+/// A NetworkPolicy as kube-router writes it: a `KUBE-NWPLCY-…` chain jumped to from INPUT whose
+/// DROP rule carries the policy's name in a comment. The verdict names the chain's owner and
+/// the rule with the policy, its count equal to the rule's own counter.
+#[test]
+fn a_network_policy_chain_is_named_with_its_owner_and_policy() -> Result<()> {
+    let (_lab, a, b) = two_pods()?;
+    b.run(&["iptables", "-N", "KUBE-NWPLCY-LABDB"])?;
+    b.run(&["iptables", "-A", "INPUT", "-j", "KUBE-NWPLCY-LABDB"])?;
+    b.run(&[
+        "iptables",
+        "-A",
+        "KUBE-NWPLCY-LABDB",
+        "-p",
+        "tcp",
+        "--dport",
+        "5432",
+        "-m",
+        "comment",
+        "--comment",
+        "default/deny-db",
+        "-j",
+        "DROP",
+    ])?;
+    let (v, code, _) = check(
+        &a,
+        &[
+            "--to",
+            "10.245.0.2:5432",
+            "--count",
+            "2",
+            "--timeout",
+            "1500ms",
+        ],
+    )?;
+    assert_eq!(
+        (v["verdict"].as_str(), code),
+        (Some("firewall"), 1),
+        "{v:#}"
+    );
+    if !have_iptables_save() {
+        skip("iptables-save is not installed: the rule cannot be named");
+        return Ok(());
+    }
+    let text = "-A KUBE-NWPLCY-LABDB -p tcp -m tcp --dport 5432 -m comment --comment \"default/deny-db\" -j DROP";
+    let counted = rule_packets(Some(&b), "iptables", "KUBE-NWPLCY-LABDB", text)?;
+    assert!(counted >= 2, "the lab itself misbehaved: {counted}");
+    let summary = v["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.ends_with(&format!(
+            "; rule: ipv4 table filter, chain KUBE-NWPLCY-LABDB (kube-router network policy): {text} (+{counted} packets)"
+        )),
+        "{summary}"
+    );
+    let rules = evidence(&v, "rule");
+    let rule = rules
+        .iter()
+        .find(|r| r["rule"]["chain"] == "KUBE-NWPLCY-LABDB")
+        .with_context(|| format!("the policy's rule is not named: {v:#}"))?;
+    assert_eq!(rule["rule"]["owner"], "kube-router network policy");
+    assert_eq!(rule["rule"]["delta"], counted);
+    Ok(())
+}
+
 /// A native nftables table (as kube-proxy's nftables mode, firewalld or a hand-written ruleset
 /// makes): the rule is named with its handle, its counter's growth equal to nft's own count;
 /// a drop rule without `counter` is named as one that counts nothing.

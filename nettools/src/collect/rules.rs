@@ -45,6 +45,10 @@ pub struct Rule {
     pub drops: bool,
     /// Whether it answers the packet with an ICMP error or a reset: `-j REJECT`, `reject`.
     pub rejects: bool,
+    /// Which cluster component made its chain or table, from the names they give them
+    /// ([`owner`]): `kube-proxy`, `kube-router network policy`, `Calico network policy`, …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<&'static str>,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -62,9 +66,18 @@ impl Rule {
         )
     }
 
-    /// `ipv4 table filter, chain INPUT` / `nftables inet table fw, chain input, handle 2`
+    /// `ipv4 table filter, chain INPUT` / `nftables inet table fw, chain input, handle 2`, with
+    /// the chain's owner where known: `…, chain KUBE-NWPLCY-X (kube-router network policy)`
     /// (raw: escape it when printing).
     pub fn place(&self) -> String {
+        let place = self.place_only();
+        match self.owner {
+            Some(owner) => format!("{place} ({owner})"),
+            None => place,
+        }
+    }
+
+    fn place_only(&self) -> String {
         match self.handle {
             Some(h) => format!(
                 "{} {} table {}, chain {}, handle {h}",
@@ -82,6 +95,34 @@ pub struct Grown {
     pub rule: Rule,
     /// Packets it counted in between.
     pub delta: u64,
+}
+
+/// Chain (or nftables table) name prefixes of the components that write a node's firewall, most
+/// specific first.
+const OWNERS: [(&str, &str); 11] = [
+    ("KUBE-NWPLCY-", "kube-router network policy"),
+    ("KUBE-POD-FW-", "kube-router network policy"),
+    ("KUBE-FIREWALL", "kubelet"),
+    ("KUBE-", "kube-proxy"),
+    ("cali-pi-", "Calico network policy"),
+    ("cali-po-", "Calico network policy"),
+    ("cali-", "Calico"),
+    ("CILIUM_", "Cilium"),
+    ("ANTREA-", "Antrea"),
+    ("WEAVE-NPC", "Weave Net network policy"),
+    ("FLANNEL-", "Flannel"),
+];
+
+/// Which component made a chain, by the name it gave it (or, for kube-proxy's nftables mode,
+/// its table `kube-proxy`).
+pub fn owner(table: &str, chain: &str) -> Option<&'static str> {
+    if table == "kube-proxy" {
+        return Some("kube-proxy");
+    }
+    OWNERS
+        .iter()
+        .find(|(prefix, _)| chain.starts_with(prefix))
+        .map(|(_, owner)| *owner)
 }
 
 /// The save commands, each for one family.
@@ -183,6 +224,7 @@ pub fn parse(text: &str, family: &'static str) -> Vec<Rule> {
                 counted: true,
                 drops: rejects || target.starts_with("DROP"),
                 rejects,
+                owner: owner(&table, chain),
                 packets,
                 bytes,
             });
@@ -247,6 +289,7 @@ pub fn parse_nft(json: &str, text: &str) -> Vec<Rule> {
             counted: counter.is_some(),
             drops: rejects || has("drop"),
             rejects,
+            owner: owner(table, chain),
             packets: counter.and_then(|c| c["packets"].as_u64()).unwrap_or(0),
             bytes: counter.and_then(|c| c["bytes"].as_u64()).unwrap_or(0),
         });
@@ -509,5 +552,30 @@ table ip filter { # handle 2
         let g = grown(&rules, &after);
         assert_eq!(g.len(), 1);
         assert_eq!((g[0].rule.handle, g[0].delta), (Some(2), 3));
+    }
+
+    #[test]
+    fn chains_of_cluster_components_are_named_with_their_owner() {
+        let saved = "*filter\n[4:240] -A KUBE-NWPLCY-LAB -p tcp -m comment --comment \"default/deny-db\" -j DROP\n[1:60] -A INPUT -j ACCEPT\nCOMMIT\n";
+        let rules = parse(saved, "ipv4");
+        assert_eq!(rules[0].owner, Some("kube-router network policy"));
+        assert_eq!(
+            rules[0].place(),
+            "ipv4 table filter, chain KUBE-NWPLCY-LAB (kube-router network policy)"
+        );
+        assert_eq!(
+            (rules[1].owner, rules[1].place().as_str()),
+            (None, "ipv4 table filter, chain INPUT")
+        );
+        assert_eq!(owner("filter", "KUBE-SVC-ABCDEF"), Some("kube-proxy"));
+        assert_eq!(owner("filter", "KUBE-FIREWALL"), Some("kubelet"));
+        assert_eq!(
+            owner("filter", "cali-pi-_abc"),
+            Some("Calico network policy")
+        );
+        assert_eq!(owner("filter", "cali-FORWARD"), Some("Calico"));
+        assert_eq!(owner("kube-proxy", "filter-forward"), Some("kube-proxy"));
+        assert_eq!(owner("filter", "CILIUM_INPUT"), Some("Cilium"));
+        assert_eq!(owner("filter", "kube-lowercase"), None);
     }
 }
