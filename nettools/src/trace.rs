@@ -169,13 +169,15 @@ pub async fn run(mut spec: TraceSpec) -> Result<()> {
         }
     }
 
+    // The trace's length: until now, when the probes start to detach (tracepoints first);
+    // detaching the tc links of many veths takes a while that is no part of it.
+    let duration_s = started.elapsed().as_secs_f64();
     session.finish()?;
     let grown = session
         .probes
         .rules
         .as_ref()
         .map(collect::rules::Watched::grown_drops);
-    let duration_s = started.elapsed().as_secs_f64();
     let mut summary = session.summarize(duration_s)?;
     if let Some(grown) = &grown {
         for w in &mut summary.workloads {

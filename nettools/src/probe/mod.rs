@@ -598,16 +598,21 @@ impl Loaded {
     /// Detaches and unloads every program, so nothing more is counted; the maps stay readable.
     pub fn detach_all(&mut self) {
         self.skipped_runs();
-        for (name, program) in self.ebpf.programs_mut() {
-            let result = match program {
-                Program::TracePoint(p) => p.unload(),
-                Program::RawTracePoint(p) => p.unload(),
-                Program::SchedClassifier(p) => p.unload(),
-                _ => Ok(()),
-            };
-            match result {
-                Ok(()) | Err(ProgramError::NotLoaded) => {}
-                Err(e) => log::warn!("detaching {name} failed: {e}"),
+        // Tracepoints first: they detach at once, so drops, retransmits and resets stop being
+        // counted when the trace ends; tc links take an RCU grace period each (about a second
+        // for a few dozen veths), during which only traffic is still counted.
+        for tc_pass in [false, true] {
+            for (name, program) in self.ebpf.programs_mut() {
+                let result = match program {
+                    Program::TracePoint(p) if !tc_pass => p.unload(),
+                    Program::RawTracePoint(p) if !tc_pass => p.unload(),
+                    Program::SchedClassifier(p) if tc_pass => p.unload(),
+                    _ => Ok(()),
+                };
+                match result {
+                    Ok(()) | Err(ProgramError::NotLoaded) => {}
+                    Err(e) => log::warn!("detaching {name} failed: {e}"),
+                }
             }
         }
         self.tc.detached();
