@@ -176,10 +176,8 @@ pub async fn decide(args: &CheckArgs, verbose: bool) -> Result<verdict::Verdict>
 
     status.say("reading the firewall rules' counters");
     let rule_paths = rule_namespaces(&labels, &source);
-    let before: Vec<(String, Vec<collect::rules::Rule>)> = rule_paths
-        .iter()
-        .map(|(name, path)| (name.clone(), collect::rules::snapshot(path)))
-        .collect();
+    let paths: Vec<&std::path::Path> = rule_paths.iter().map(|(_, p)| p.as_path()).collect();
+    let before = collect::rules::snapshots(&paths);
 
     let started = Started::load(
         session::Options {
@@ -267,13 +265,11 @@ pub async fn decide(args: &CheckArgs, verbose: bool) -> Result<verdict::Verdict>
             seen.owners.insert(from, name);
         }
     }
-    for (name, path) in &rule_paths {
-        let after = collect::rules::snapshot(path);
-        let was = before
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| r.as_slice())
-            .unwrap_or_default();
+    for (((name, _), was), after) in rule_paths
+        .iter()
+        .zip(&before)
+        .zip(collect::rules::snapshots(&paths))
+    {
         let grown = collect::rules::grown(was, &after);
         if !grown.is_empty() {
             seen.rules.insert(name.clone(), grown);

@@ -379,7 +379,7 @@ const READ_AT_ONCE: usize = 8;
 
 /// The rules of each namespace, read [`READ_AT_ONCE`] at a time, so that the reads of many
 /// namespaces take little longer than one.
-fn snapshots(paths: &[&Path]) -> Vec<Vec<Rule>> {
+pub fn snapshots(paths: &[&Path]) -> Vec<Vec<Rule>> {
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(READ_AT_ONCE) {
         std::thread::scope(|scope| {

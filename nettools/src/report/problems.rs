@@ -245,8 +245,26 @@ fn listing(items: &[String], total: usize) -> String {
     s
 }
 
+/// The first [`NAMED`] of `items` and how many more: `a and b`, `a, b and 3 more`.
+fn first_named(items: &[String]) -> String {
+    listing(&items[..items.len().min(NAMED)], items.len())
+}
+
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The evidence of a problem made of one class of drops: in `drops`, counted in packets.
+fn drop_evidence(c: DropClass, subjects: Vec<String>) -> Evidence {
+    Evidence {
+        section: "drops",
+        count: c.count,
+        unit: "packets",
+        subjects,
+        reasons: c.reasons,
+        locations: c.locations,
+        p90_ms: None,
+    }
 }
 
 /// `(NETFILTER_DROP, nft_do_chain)`.
@@ -296,15 +314,7 @@ fn firewall(w: &WorkloadSummary) -> Option<Problem> {
         Kind::Firewall,
         w,
         format!("{what} {}{rule}", reasons_and_where(&c)),
-        Evidence {
-            section: "drops",
-            count: c.count,
-            unit: "packets",
-            subjects: flows.iter().map(|(f, _)| f.to_string()).collect(),
-            reasons: c.reasons,
-            locations: c.locations,
-            p90_ms: None,
-        },
+        drop_evidence(c, flows.iter().map(|(f, _)| f.to_string()).collect()),
         0,
     ))
 }
@@ -329,13 +339,7 @@ fn routing(w: &WorkloadSummary) -> Option<Problem> {
     let to = if destinations.is_empty() {
         String::new()
     } else {
-        format!(
-            " to {}",
-            listing(
-                &destinations[..destinations.len().min(NAMED)],
-                destinations.len()
-            )
-        )
+        format!(" to {}", first_named(&destinations))
     };
     let mut evidence = reasons_and_where(&c);
     evidence.insert_str(
@@ -346,15 +350,7 @@ fn routing(w: &WorkloadSummary) -> Option<Problem> {
         Kind::Routing,
         w,
         format!("no route{to} {evidence}"),
-        Evidence {
-            section: "drops",
-            count: c.count,
-            unit: "packets",
-            subjects: destinations,
-            reasons: c.reasons,
-            locations: c.locations,
-            p90_ms: None,
-        },
+        drop_evidence(c, destinations),
         0,
     ))
 }
@@ -391,13 +387,7 @@ fn mtu(w: &WorkloadSummary) -> Option<Problem> {
         let to = if destinations.is_empty() {
             String::new()
         } else {
-            format!(
-                ", {}",
-                listing(
-                    &destinations[..destinations.len().min(NAMED)],
-                    destinations.len()
-                )
-            )
+            format!(", {}", first_named(&destinations))
         };
         parts.push(format!(
             "{} too big for the next hop's MTU{to} {}",
@@ -690,15 +680,7 @@ fn refused(w: &WorkloadSummary) -> Option<Problem> {
         Kind::Refused,
         w,
         sentence,
-        Evidence {
-            section: "drops",
-            count: c.count,
-            unit: "packets",
-            subjects: flows.iter().map(|(f, _)| f.to_string()).collect(),
-            reasons: c.reasons,
-            locations: c.locations,
-            p90_ms: None,
-        },
+        drop_evidence(c, flows.iter().map(|(f, _)| f.to_string()).collect()),
         0,
     ))
 }
@@ -721,15 +703,7 @@ fn other_drops(w: &WorkloadSummary) -> Option<Problem> {
         Kind::Drops,
         w,
         sentence,
-        Evidence {
-            section: "drops",
-            count: c.count,
-            unit: "packets",
-            subjects: flows.iter().map(|(f, _)| f.to_string()).collect(),
-            reasons: c.reasons,
-            locations: c.locations,
-            p90_ms: None,
-        },
+        drop_evidence(c, flows.iter().map(|(f, _)| f.to_string()).collect()),
         0,
     ))
 }
