@@ -367,9 +367,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn worst_first_and_growth_lines() {
-        let mut s = Summary {
+    /// A one-second summary of `workloads`.
+    fn summary(workloads: Vec<WorkloadSummary>) -> Summary {
+        Summary {
             kind: "summary",
             duration_s: 1.0,
             kernel: "x".into(),
@@ -381,8 +381,13 @@ mod tests {
             notes: vec![],
             pairing: Default::default(),
             waiting: Default::default(),
-            workloads: vec![w("quiet", 1, 0, 0), w("bad", 2, 40, 7)],
-        };
+            workloads,
+        }
+    }
+
+    #[test]
+    fn worst_first_and_growth_lines() {
+        let mut s = summary(vec![w("quiet", 1, 0, 0), w("bad", 2, 40, 7)]);
         s.find_problems(Default::default());
         let text = frame(&s, 3.0, 200);
         // The header names the problem first, then the table, worst first.
@@ -432,20 +437,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let s = Summary {
-            kind: "summary",
-            duration_s: 1.0,
-            kernel: "x".into(),
-            probes: vec![],
-            all_namespaces: false,
-            health: Default::default(),
-            problems: vec![],
-            thresholds: Default::default(),
-            notes: vec![],
-            pairing: Default::default(),
-            waiting: Default::default(),
-            workloads: vec![busy, w("quiet", 1, 0, 0)],
-        };
+        let s = summary(vec![busy, w("quiet", 1, 0, 0)]);
         let text = frame(&s, 3.0, 300);
         let header = text
             .lines()
