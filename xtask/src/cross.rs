@@ -30,6 +30,9 @@ const LIBDIR: &str = "/usr/lib/aarch64-linux-gnu";
 /// Debian packages the arm64 build needs (`:arm64` ones need the architecture added to dpkg).
 pub const PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
+    // The cross C library the static link takes (only a recommendation of the compiler, which
+    // setup does not install).
+    "libc6-dev-arm64-cross",
     "rustc-web",
     "libstd-rust-web-dev:arm64",
     "libpcap0.8-dev:arm64",
