@@ -32,6 +32,9 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "bsdutils",
     "bpftool",
+    // nft: the tests read native nftables rules (x86_64 guests copy this machine's, which setup
+    // installs).
+    "nftables",
     "busybox-static",
     // tc's ATM qdisc plugin (q_atm.so, in iproute2's plugin directory) links it.
     "libatm1",
