@@ -89,6 +89,9 @@ fn run() -> Result<(), String> {
         .arg(&target_dir);
     let mut flags = OsString::new();
     for (i, flag) in [
+        // Only aya's pt_regs accessors (kprobe arguments) read it; no nettools program uses
+        // them (tracepoints and tc only), so this one object serves x86_64 and arm64 kernels
+        // alike (`cargo xtask vmtest --arch arm64` runs it there).
         "--cfg=bpf_target_arch=\"x86_64\"",
         "-Cdebuginfo=2",
         "-Clink-arg=--btf",
