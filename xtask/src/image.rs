@@ -9,6 +9,12 @@
 //! `target/image/`, keyed by the suite, the mirror, the package list and this recipe's version,
 //! so changing any of them builds a new one (and removes the old). The binary is added on every
 //! run, so a code change costs only the release build and the tar (a few seconds).
+//!
+//! `--arch arm64` makes the same image for arm64 nodes: debootstrap `--foreign` unpacks Debian's
+//! arm64 packages, and its second stage (the packages' maintainer scripts) and the upgrade run
+//! in the root under `qemu-user-static`, which binfmt_misc hands arm64 programs to; the binary
+//! is the static arm64 build (cross.rs). `--arch all` builds both and a manifest list naming
+//! them, which `podman manifest push --all` sends to a registry as one multi-arch image.
 
 use std::{
     path::{Path, PathBuf},
@@ -18,10 +24,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::process::{build_nettools, status, workspace};
+use crate::{
+    process::{build_nettools, status, workspace},
+    vmtest::arch::Arch,
+};
 
 /// The tag `cargo xtask image` imports the image as.
 pub const TAG: &str = "localhost/nettools:latest";
+/// The tag of the arm64 image.
+pub const TAG_ARM64: &str = "localhost/nettools:latest-arm64";
+/// The manifest list naming both (`--arch all`).
+pub const MANIFEST: &str = "localhost/nettools:multiarch";
 /// Bump when the way the root filesystem is made changes (the cache key includes it).
 const RECIPE: u32 = 2;
 /// What `podman import` sets besides the filesystem: the same as the Containerfile's.
@@ -57,65 +70,142 @@ pub fn dir() -> PathBuf {
 }
 
 /// The image as one tar (what `podman import` reads).
-pub fn tar_path() -> PathBuf {
-    dir().join("nettools-image.tar")
+pub fn tar_path(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => dir().join("nettools-image.tar"),
+        Arch::Arm64 => dir().join("nettools-image-arm64.tar"),
+    }
 }
 
-/// `cargo xtask image [--no-import]`.
+/// The tag the image of `arch` is imported as.
+pub fn tag(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => TAG,
+        Arch::Arm64 => TAG_ARM64,
+    }
+}
+
+/// `cargo xtask image [--arch x86_64|arm64|all] [--no-import]`.
 pub fn run(args: &[String]) -> Result<()> {
-    let import = !args.iter().any(|a| a == "--no-import");
-    let started = Instant::now();
-    let tar = build()?;
+    let mut import = true;
+    let mut arches = vec![Arch::X86_64];
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--no-import" => import = false,
+            "--arch" => {
+                arches = Arch::parse(it.next().context("--arch needs x86_64, arm64 or all")?)?
+            }
+            other => bail!("image: unknown option {other:?} (see cargo xtask --help)"),
+        }
+    }
+    for arch in &arches {
+        let started = Instant::now();
+        let tar = build(*arch)?;
+        if import {
+            import_tar(*arch, &tar)?;
+            eprintln!(
+                "xtask: image {} ({}) ready in {:.0} s",
+                tag(*arch),
+                arch.debian(),
+                started.elapsed().as_secs_f64()
+            );
+        } else {
+            eprintln!(
+                "xtask: image tar {} ready in {:.0} s (not imported)",
+                tar.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if import && arches.len() > 1 {
+        manifest(&arches)?;
+    }
     if import {
-        // The image the tag named before: removed once the tag moves (unless something else
-        // still uses it), so rebuilding does not pile up untagged images.
-        let previous = Command::new("podman")
-            .args(["image", "inspect", "--format", "{{.Id}}", TAG])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        let mut cmd = Command::new("podman");
-        cmd.arg("import");
-        for change in CHANGES {
-            cmd.arg("--change").arg(change);
-        }
-        cmd.arg(&tar).arg(TAG);
-        status(&mut cmd).context("importing the image into Podman failed")?;
-        if let Some(id) = previous.filter(|id| !id.is_empty()) {
-            let _ = Command::new("podman")
-                .args(["rmi", &id])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        }
         eprintln!(
-            "xtask: image {TAG} ready in {:.0} s; try:\n  podman run --rm -it --privileged --pid host --net host \
-             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {TAG} nettools list",
-            started.elapsed().as_secs_f64()
-        );
-    } else {
-        eprintln!(
-            "xtask: image tar {} ready in {:.0} s (not imported)",
-            tar.display(),
-            started.elapsed().as_secs_f64()
+            "xtask: try:\n  podman run --rm -it --privileged --pid host --net host \
+             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {TAG} nettools list"
         );
     }
     Ok(())
 }
 
-/// Builds the release binary and the cached root filesystem, and writes the image tar.
-/// Returns its path.
-pub fn build() -> Result<PathBuf> {
-    let bin = build_nettools(true)?;
-    let rootfs = rootfs()?;
-    let overlay = dir().join("overlay");
+/// Imports the tar as `tag(arch)`, marked with its architecture; the image the tag named
+/// before is removed once the tag moves (unless something else still uses it), so rebuilding
+/// does not pile up untagged images.
+fn import_tar(arch: Arch, tar: &Path) -> Result<()> {
+    let tag = tag(arch);
+    let previous = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let mut cmd = Command::new("podman");
+    cmd.args(["import", "--os", "linux", "--arch", arch.debian()]);
+    for change in CHANGES {
+        cmd.arg("--change").arg(change);
+    }
+    cmd.arg(tar).arg(tag);
+    status(&mut cmd).context("importing the image into Podman failed")?;
+    if let Some(id) = previous.filter(|id| !id.is_empty()) {
+        let _ = Command::new("podman")
+            .args(["rmi", &id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
+/// The manifest list `MANIFEST`, made anew with the images just imported.
+fn manifest(arches: &[Arch]) -> Result<()> {
+    let _ = Command::new("podman")
+        .args(["manifest", "rm", MANIFEST])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    status(Command::new("podman").args(["manifest", "create", MANIFEST]))
+        .context("podman cannot make a manifest list")?;
+    for arch in arches {
+        status(Command::new("podman").args([
+            "manifest",
+            "add",
+            MANIFEST,
+            &format!("containers-storage:{}", tag(*arch)),
+        ]))
+        .with_context(|| format!("podman cannot add {} to {MANIFEST}", tag(*arch)))?;
+    }
+    eprintln!(
+        "xtask: manifest list {MANIFEST} names {} (podman manifest inspect {MANIFEST}; \
+         podman manifest push --all {MANIFEST} REGISTRY/nettools:TAG)",
+        arches
+            .iter()
+            .map(|a| tag(*a))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    );
+    Ok(())
+}
+
+/// Builds the release binary of `arch` and the cached root filesystem, and writes the image
+/// tar. Returns its path.
+pub fn build(arch: Arch) -> Result<PathBuf> {
+    let bin = match arch {
+        Arch::X86_64 => build_nettools(true)?,
+        Arch::Arm64 => {
+            crate::setup::arm64()?;
+            crate::cross::build(true)?
+        }
+    };
+    let rootfs = rootfs(arch)?;
+    let overlay = dir().join(format!("overlay-{}", arch.debian()));
     let _ = std::fs::remove_dir_all(&overlay);
     let target = overlay.join("usr/local/bin");
     std::fs::create_dir_all(&target)?;
     std::fs::copy(&bin, target.join("nettools"))
         .with_context(|| format!("cannot copy {}", bin.display()))?;
-    let tar = tar_path();
+    let tar = tar_path(arch);
     let partial = tar.with_extension("tar.partial");
     let started = Instant::now();
     status(
@@ -218,8 +308,25 @@ fn key(parts: &[&str]) -> String {
     format!("{hash:016x}")
 }
 
+/// The cache names of `arch`'s root filesystems begin with this (x86_64 keeps the names it had
+/// before there was an arm64 image).
+fn prefix(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "rootfs-",
+        Arch::Arm64 => "rootfs-arm64-",
+    }
+}
+
+/// Whether the cached root filesystem `name` is one of `arch`'s.
+fn is_of(name: &str, arch: Arch) -> bool {
+    match arch {
+        Arch::X86_64 => name.starts_with("rootfs-") && !name.starts_with(prefix(Arch::Arm64)),
+        Arch::Arm64 => name.starts_with(prefix(Arch::Arm64)),
+    }
+}
+
 /// The cached root filesystem, made with debootstrap when it is missing or its inputs changed.
-fn rootfs() -> Result<PathBuf> {
+fn rootfs(arch: Arch) -> Result<PathBuf> {
     let suite = suite()?;
     let mirror = mirror();
     let packages = packages()?;
@@ -227,7 +334,7 @@ fn rootfs() -> Result<PathBuf> {
     let security = security_mirror();
     let mut parts: Vec<&str> = vec![&recipe, &suite, &mirror, &security];
     parts.extend(packages.iter().map(String::as_str));
-    let name = format!("rootfs-{suite}-{}", key(&parts));
+    let name = format!("{}{suite}-{}", prefix(arch), key(&parts));
     let base = dir();
     let root = base.join(&name);
     if root.join(".complete").exists() {
@@ -244,22 +351,41 @@ fn rootfs() -> Result<PathBuf> {
             .with_context(|| format!("cannot remove {}", partial.display()))?;
     }
     eprintln!(
-        "xtask: making the image's root filesystem: debootstrap {suite} from {mirror} with {} \
-         toolbox packages (about 1.5 minutes, cached afterwards)",
-        packages.len()
+        "xtask: making the {} image's root filesystem: debootstrap {suite} from {mirror} with {} \
+         toolbox packages ({}, cached afterwards)",
+        arch.debian(),
+        packages.len(),
+        match arch {
+            Arch::X86_64 => "about 1.5 minutes",
+            Arch::Arm64 => "about 10 minutes: its programs run under emulation",
+        }
     );
     let started = Instant::now();
-    status(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--include={}", packages.join(",")))
-            .arg(&suite)
-            .arg(&partial)
-            .arg(&mirror),
-    )
-    .context(
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", packages.join(",")));
+    if arch != Arch::X86_64 {
+        emulation(arch)?;
+        debootstrap
+            .arg(format!("--arch={}", arch.debian()))
+            .arg("--foreign");
+    }
+    status(debootstrap.arg(&suite).arg(&partial).arg(&mirror)).context(
         "debootstrap failed (its log is in the root filesystem's debootstrap/debootstrap.log)",
     )?;
+    if arch != Arch::X86_64 {
+        // The packages' maintainer scripts, run by the root's own (arm64) programs.
+        status(
+            Command::new("chroot")
+                .arg(&partial)
+                .args(["/debootstrap/debootstrap", "--second-stage"]),
+        )
+        .context(
+            "debootstrap's second stage failed (its log is in the root filesystem's \
+             debootstrap/debootstrap.log)",
+        )?;
+    }
     // debootstrap installs from one suite; the image follows the updates and security suites
     // too, as Debian's own images do.
     let _ = std::fs::remove_file(partial.join("etc/apt/sources.list"));
@@ -290,7 +416,7 @@ fn rootfs() -> Result<PathBuf> {
     if let Ok(entries) = std::fs::read_dir(&base) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("rootfs-") && n != name && !n.ends_with(".partial") {
+            if is_of(&n, arch) && n != name && !n.ends_with(".partial") {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -301,6 +427,59 @@ fn rootfs() -> Result<PathBuf> {
         started.elapsed().as_secs_f64()
     );
     Ok(root)
+}
+
+/// binfmt_misc's entry for `arch`'s programs on this machine.
+fn binfmt_entry(arch: Arch) -> PathBuf {
+    Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{}", arch.qemu_user()))
+}
+
+/// Makes this machine run `arch`'s programs under `qemu-user-static`, in chroots too: Debian's
+/// package registers the emulator with binfmt_misc (flag F: the kernel holds the emulator open,
+/// so it need not exist inside the root). Mounts binfmt_misc and enables the entry where the
+/// package could not (a machine without systemd or with binfmt_misc unmounted at install).
+fn emulation(arch: Arch) -> Result<()> {
+    crate::setup::install(&["qemu-user-static", "binfmt-support"])?;
+    let misc = Path::new("/proc/sys/fs/binfmt_misc");
+    if !misc.join("register").exists() {
+        status(
+            Command::new("mount")
+                .args(["-t", "binfmt_misc", "binfmt_misc"])
+                .arg(misc),
+        )
+        .context("cannot mount binfmt_misc, which running arm64 programs here needs")?;
+    }
+    let entry = binfmt_entry(arch);
+    if !entry.exists() {
+        status(
+            Command::new("update-binfmts")
+                .args(["--enable", &format!("qemu-{}", arch.qemu_user())]),
+        )
+        .context("update-binfmts cannot register qemu-user-static")?;
+    }
+    let text = std::fs::read_to_string(&entry).with_context(|| {
+        format!(
+            "{} is missing: qemu-user-static is not registered with binfmt_misc",
+            entry.display()
+        )
+    })?;
+    if text.lines().next() != Some("enabled") {
+        bail!(
+            "{} is disabled: enable it with update-binfmts --enable",
+            entry.display()
+        );
+    }
+    if !text
+        .lines()
+        .find_map(|l| l.strip_prefix("flags: "))
+        .is_some_and(|f| f.contains('F'))
+    {
+        bail!(
+            "{} lacks binfmt_misc's F flag, so the emulator cannot run inside the image's root",
+            entry.display()
+        );
+    }
+    Ok(())
 }
 
 /// `apt-get update && apt-get upgrade` inside the new root filesystem (with /proc mounted for

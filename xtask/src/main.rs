@@ -7,7 +7,8 @@
 //!   root, one at a time (they build real network labs in this kernel), then the same tests on
 //!   the kernel matrix under QEMU.
 //! - `vmtest [--kernel VERSION]…`: the integration tests on other kernels, under QEMU.
-//! - `image [--no-import]`: build the container image offline and import it into Podman.
+//! - `image [--arch x86_64|arm64|all] [--no-import]`: build the container image offline and
+//!   import it into Podman (arm64 and a manifest list of both too).
 //! - `lab [ARGS…]`: build and run `nettools lab`, the demo.
 //! - `fuzz [SECONDS]`: fuzz the DNS parser.
 //! - `bench [--quick] [--only SECTION]`: what tracing costs, next to tcpdump and bpftrace (BENCHMARKS.md).
@@ -49,9 +50,12 @@ commands:
                    build (setup --arch arm64). --jobs: guests at a time (default 2);
                    --shards: guests per kernel, each running part of the test binaries (default 2).
                    TEST-ARGS go to every test binary
-  image [--no-import]
+  image [--arch x86_64|arm64|all] [--no-import]
                    build the container image offline (debootstrap + toolbox + release nettools)
-                   and import it into Podman as localhost/nettools:latest
+                   and import it into Podman as localhost/nettools:latest. --arch arm64: the
+                   arm64 image (debootstrap's second stage under qemu-user-static, ~10 min),
+                   imported as localhost/nettools:latest-arm64; all: both, and the manifest list
+                   localhost/nettools:multiarch naming them (push it with podman manifest push)
   lab [ARGS...]    build and run `nettools lab ARGS...`: a throwaway lab with a firewall drop, traced
   fuzz [SECONDS]   fuzz the DNS parser (cargo-fuzz on nightly; default 60 s)
   bench [--quick] [--only throughput|costs|capture|storm|memory|scale|pipeline]
@@ -150,7 +154,6 @@ fn run(args: &[String]) -> Result<()> {
             vmtest::run(rest)
         }
         "image" => {
-            known(&["--no-import"])?;
             setup::run()?;
             image::run(rest)
         }

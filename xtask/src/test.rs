@@ -39,7 +39,7 @@ pub fn run(quick: bool, vm: bool) -> Result<()> {
     step(
         "container image (offline; the root filesystem is cached)",
         || {
-            image = crate::image::build()?;
+            image = crate::image::build(crate::vmtest::arch::Arch::X86_64)?;
             Ok(())
         },
     )?;

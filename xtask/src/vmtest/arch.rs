@@ -71,6 +71,14 @@ impl Arch {
         }
     }
 
+    /// The name of QEMU's user-mode emulator and its binfmt_misc entry (`qemu-aarch64`).
+    pub fn qemu_user(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Arm64 => "aarch64",
+        }
+    }
+
     /// The serial console the kernel writes to.
     pub fn console(self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@
 //! (unpacked kernels), `images/` (initramfs parts, reused while their inputs are unchanged) and
 //! `logs/<release>.log` (each guest's whole serial output).
 
-mod arch;
+pub mod arch;
 mod cpio;
 mod image;
 mod kernel;
