@@ -82,6 +82,69 @@ fn daemonset_agent() -> Result<(Vec<String>, Vec<String>)> {
     Ok((caps, mounts))
 }
 
+/// The toolbox's programs and what each prints about its version.
+const TOOLS: &[(&str, &str)] = &[
+    ("iperf3 --version", "iperf 3"),
+    ("tcpdump --version", "tcpdump version"),
+    ("netstat --version", "net-tools"),
+    ("ip -V", "iproute2"),
+    ("nsenter --version", "util-linux"),
+    ("brctl -V", "bridge-utils"),
+    ("dig -v", "DiG 9"),
+    ("ab -V", "ApacheBench"),
+    ("ping -V", "iputils"),
+    ("curl --version", "curl 7"),
+    ("ethtool --version", "ethtool version"),
+    ("nmap --version", "Nmap version"),
+    ("conntrack --version", "conntrack v"),
+    ("socat -V", "socat version"),
+    ("iptables --version", "iptables v"),
+    ("nettools --version", "nettools 0."),
+];
+
+/// A bash script running every program of `TOOLS`, each section headed `== COMMAND:` and
+/// ended by its exit status. ipvsadm cannot print its version without IPVS in the kernel (this
+/// one has none): it must at least run and say so.
+fn toolbox_script() -> String {
+    let mut script = String::new();
+    for (command, _) in TOOLS {
+        script.push_str(&format!(
+            "echo \"== {command}: $({command} 2>&1; echo rc=$?)\"\n"
+        ));
+    }
+    script.push_str(
+        "if ipvsadm --version >/tmp/o 2>&1 || grep -q 'IP Virtual Server' /tmp/o; then \
+         echo '== ipvsadm: ok'; fi\n",
+    );
+    script
+}
+
+/// Every program of `TOOLS` named its version and exited 0 in `out` (`toolbox_script`'s).
+/// Under qemu-user (`emulated`) the two that open a netfilter netlink socket first, conntrack
+/// and iptables (nft backend), are refused it: qemu-user translates only the route, audit and
+/// uevent netlink families. There they must have run far enough to be refused, in those words.
+fn check_toolbox(out: &str, emulated: bool) -> Result<()> {
+    for (command, expected) in TOOLS {
+        let section = out
+            .split("== ")
+            .find(|s| s.starts_with(&format!("{command}:")))
+            .with_context(|| format!("{command} printed nothing:\n{out}"))?;
+        if emulated && (command.starts_with("conntrack ") || command.starts_with("iptables ")) {
+            assert!(
+                section.contains("Protocol not supported"),
+                "`{command}` in the emulated image: {section}"
+            );
+            continue;
+        }
+        assert!(
+            section.contains(expected) && section.trim_end().ends_with("rc=0"),
+            "`{command}` in the image: {section}"
+        );
+    }
+    assert!(out.contains("== ipvsadm: ok"), "ipvsadm: {out}");
+    Ok(())
+}
+
 #[test]
 fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> Result<()> {
     require_root();
@@ -201,51 +264,12 @@ fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> 
         "{traced:#}"
     );
 
-    // The toolbox: each program runs and names its version. ipvsadm cannot print its version
-    // without IPVS in the kernel (this one has none): it must at least run and say so.
-    let tools: &[(&str, &str)] = &[
-        ("iperf3 --version", "iperf 3"),
-        ("tcpdump --version", "tcpdump version"),
-        ("netstat --version", "net-tools"),
-        ("ip -V", "iproute2"),
-        ("nsenter --version", "util-linux"),
-        ("brctl -V", "bridge-utils"),
-        ("dig -v", "DiG 9"),
-        ("ab -V", "ApacheBench"),
-        ("ping -V", "iputils"),
-        ("curl --version", "curl 7"),
-        ("ethtool --version", "ethtool version"),
-        ("nmap --version", "Nmap version"),
-        ("conntrack --version", "conntrack v"),
-        ("socat -V", "socat version"),
-        ("iptables --version", "iptables v"),
-        ("nettools --version", "nettools 0."),
-    ];
-    let mut script = String::new();
-    for (command, _) in tools {
-        script.push_str(&format!(
-            "echo \"== {command}: $({command} 2>&1; echo rc=$?)\"\n"
-        ));
-    }
-    script.push_str(
-        "if ipvsadm --version >/tmp/o 2>&1 || grep -q 'IP Virtual Server' /tmp/o; then \
-         echo '== ipvsadm: ok'; fi\n",
-    );
+    // The toolbox: each program runs and names its version.
     let mut args = vec!["run", "--rm"];
     args.extend(&flags);
+    let script = toolbox_script();
     args.extend([IMAGE, "bash", "-c", &script]);
-    let out = podman.cmd(&args)?;
-    for (command, expected) in tools {
-        let section = out
-            .split("== ")
-            .find(|s| s.starts_with(&format!("{command}:")))
-            .with_context(|| format!("{command} printed nothing:\n{out}"))?;
-        assert!(
-            section.contains(expected) && section.trim_end().ends_with("rc=0"),
-            "`{command}` in the image: {section}"
-        );
-    }
-    assert!(out.contains("== ipvsadm: ok"), "ipvsadm: {out}");
+    check_toolbox(&podman.cmd(&args)?, false)?;
 
     // As the DaemonSet runs it: not privileged, only its capabilities, a read-only root, only
     // its host mounts, read-only (the runtime's socket is Podman's here); the agent inside
@@ -336,4 +360,66 @@ fn the_image_lists_and_traces_a_pod_started_outside_it_and_has_its_toolbox() -> 
         "{received} packets on the veth: {text}"
     );
     Ok(())
+}
+
+/// The arm64 image (`cargo xtask image --arch arm64`), run on this x86_64 machine under
+/// qemu-user-static, the way Podman runs a foreign image: Podman knows it as arm64, its shell
+/// and nettools are arm64 programs, and every program of the toolbox answers.
+#[test]
+fn the_arm64_image_holds_an_arm64_nettools_and_toolbox() -> Result<()> {
+    require_root();
+    if let Some(reason) = missing(&["podman", "runc", "conmon"]) {
+        skip(&reason);
+        return Ok(());
+    }
+    let tar = std::env::var_os("NETTOOLS_IMAGE_ARM64_TAR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/image/nettools-image-arm64.tar")
+        });
+    if !tar.is_file() {
+        skip(
+            "no arm64 image was built: `cargo xtask image --arch arm64 --no-import` builds it \
+             (about 10 minutes, its packages' scripts run under emulation), the test command \
+             does not",
+        );
+        return Ok(());
+    }
+    if !std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists() {
+        skip("this machine cannot run arm64 programs: qemu-user-static is not registered");
+        return Ok(());
+    }
+    const ARM64: &str = "localhost/nettools-image:test-arm64";
+    let podman = Podman::start()?;
+    podman.cmd(&[
+        "import",
+        "--os",
+        "linux",
+        "--arch",
+        "arm64",
+        &tar.display().to_string(),
+        ARM64,
+    ])?;
+    let platform = podman.cmd(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Os}}/{{.Architecture}}",
+        ARM64,
+    ])?;
+    assert_eq!(platform.trim(), "linux/arm64");
+    // uname -m says what the shell runs as (an x86_64 shell would run natively and say
+    // x86_64); the ELF header's e_machine (bytes 18-19) is AArch64's 183 = 0xb7.
+    let script = format!(
+        "echo \"== uname: $(uname -m)\"\n\
+         echo \"== machine: $(od -An -tx1 -j18 -N2 /usr/local/bin/nettools)\"\n{}",
+        toolbox_script()
+    );
+    let out = podman.cmd(&[
+        "run", "--rm", "--arch", "arm64", ARM64, "bash", "-c", &script,
+    ])?;
+    assert!(out.contains("== uname: aarch64\n"), "{out}");
+    assert!(out.contains("== machine:  b7 00\n"), "{out}");
+    check_toolbox(&out, true)
 }
