@@ -916,7 +916,7 @@ fn dropped_packets_are_lines_with_the_reason() -> Result<()> {
         let why = why.strip_suffix(']').context("no closing bracket")?;
         assert_firewall_comment(&format!("dropped: {why}"), a.inode()?)?;
     }
-    assert_eq!(text.lines().count(), 4, "{text}");
+    assert_eq!(text.lines().count(), 4, "{text}\n{stderr}");
     assert!(
         stderr.contains("2 packets captured, 0 packets dropped by kernel, 2 dropped packets captured, 0 drop events lost"),
         "{stderr}"

@@ -377,12 +377,15 @@ struct Format {
     /// 9: timestamps in nanoseconds, 6: in microseconds.
     ts_decimals: u8,
     /// Packets come in ring blocks (not immediate mode): on stopping, the block the kernel
-    /// still fills is waited for.
+    /// still fills is waited for. In immediate mode, what the rings already hold is read.
     batched: bool,
 }
 
 /// How long a stopping capture keeps reading in batched mode: the kernel hands over a partly
 /// filled block after the 100 ms block timeout; the packets in it were seen before the stop.
+/// In immediate mode it reads until a pass finds nothing (a reader that lags, as in an
+/// emulated guest, otherwise left a packet the kernel had already handed over unread), at most
+/// this long.
 const DRAIN: Duration = Duration::from_millis(250);
 
 /// How many packets a capture wrote.
@@ -412,16 +415,18 @@ fn read_loop(
     let mut n = Written::default();
     let mut flushed = Instant::now();
     let mut drain_until: Option<Instant> = None;
+    // Whether the last pass, made while draining, took nothing from either ring.
+    let mut drained = false;
     loop {
         let total = n.packets + n.drops;
         if count.is_some_and(|c| total >= c) {
             break;
         }
         if stopping.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
-            if !format.batched {
-                break;
-            }
-            if Instant::now() >= *drain_until.get_or_insert_with(|| Instant::now() + DRAIN) {
+            let draining = drain_until.is_some();
+            if Instant::now() >= *drain_until.get_or_insert_with(|| Instant::now() + DRAIN)
+                || (!format.batched && draining && drained)
+            {
                 break;
             }
         }
@@ -442,11 +447,13 @@ fn read_loop(
             .map_err(|e| anyhow!("the capture failed: {}", pcap_message(&e)))?;
         n.packets += got as u64;
         let idle = got == 0;
+        let drops_before = n.drops;
+        let wait = drain_until.is_none();
         let written = failed.map_or(Ok(()), Err).and_then(|()| {
             let mut taken = 0;
             while taken < BATCH && count.is_none_or(|c| n.packets + n.drops < c) {
                 let Some(packet) = drops.as_mut().and_then(drops::Drops::next_matching) else {
-                    if idle && taken == 0 {
+                    if idle && taken == 0 && wait {
                         let ring = drops.as_ref().map(drops::Drops::fd);
                         wait_readable(live, ring, Duration::from_millis(100));
                     }
@@ -458,6 +465,9 @@ fn read_loop(
             }
             Ok(())
         });
+        if !wait {
+            drained = idle && n.drops == drops_before;
+        }
         // Streams stay live for Wireshark reading stdout: flushed at least every 100 ms.
         let written = written.and_then(|()| {
             if flushed.elapsed() >= Duration::from_millis(100) || count == Some(n.packets + n.drops)
