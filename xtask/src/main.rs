@@ -15,6 +15,7 @@
 
 mod bench;
 mod cross;
+mod emulation;
 mod fuzz;
 mod image;
 mod process;

@@ -1,5 +1,5 @@
 //! A foreign architecture's tools for its guests: a Debian root filesystem of that architecture
-//! whose packages are unpacked, never run (this machine cannot execute them).
+//! whose packages are unpacked, never run (the guests need only their files).
 //!
 //! `debootstrap --foreign` downloads the base system and the packages the guests need
 //! (`PACKAGES`: iproute2, iptables, ping, …), and unpacks only the essential ones; every
