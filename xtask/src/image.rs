@@ -478,6 +478,15 @@ mod tests {
     }
 
     #[test]
+    fn each_architecture_replaces_only_its_own_cached_roots() {
+        let x86 = format!("{}bookworm-0123", prefix(Arch::X86_64));
+        let arm = format!("{}bookworm-0123", prefix(Arch::Arm64));
+        assert!(is_of(&x86, Arch::X86_64) && !is_of(&x86, Arch::Arm64));
+        assert!(is_of(&arm, Arch::Arm64) && !is_of(&arm, Arch::X86_64));
+        assert!(!is_of("overlay-amd64", Arch::X86_64) && !is_of("overlay-arm64", Arch::Arm64));
+    }
+
+    #[test]
     fn the_toolbox_list_is_read() -> Result<()> {
         let p = packages()?;
         assert!(p.iter().any(|p| p == "tcpdump"), "{p:?}");
