@@ -123,8 +123,18 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if import {
         eprintln!(
-            "xtask: try:\n  podman run --rm -it --privileged --pid host --net host \
-             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {TAG} nettools list"
+            "xtask: try{}:\n  podman run --rm -it --privileged --pid host --net host \
+             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {} nettools list",
+            if arches.contains(&Arch::X86_64) {
+                ""
+            } else {
+                " (on an arm64 node)"
+            },
+            if arches.contains(&Arch::X86_64) {
+                TAG
+            } else {
+                TAG_ARM64
+            }
         );
     }
     Ok(())
