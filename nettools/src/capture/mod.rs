@@ -415,7 +415,7 @@ fn read_loop(
     let mut n = Written::default();
     let mut flushed = Instant::now();
     let mut drain_until: Option<Instant> = None;
-    // Whether the last pass, made while draining, took nothing from either ring.
+    // Whether the last pass took nothing from either ring.
     let mut drained = false;
     loop {
         let total = n.packets + n.drops;
@@ -423,6 +423,7 @@ fn read_loop(
             break;
         }
         if stopping.load(Ordering::Relaxed) || duration.is_some_and(|d| started.elapsed() >= d) {
+            // Draining already: the last pass was made after the stop.
             let draining = drain_until.is_some();
             if Instant::now() >= *drain_until.get_or_insert_with(|| Instant::now() + DRAIN)
                 || (!format.batched && draining && drained)
@@ -465,9 +466,7 @@ fn read_loop(
             }
             Ok(())
         });
-        if !wait {
-            drained = idle && n.drops == drops_before;
-        }
+        drained = idle && n.drops == drops_before;
         // Streams stay live for Wireshark reading stdout: flushed at least every 100 ms.
         let written = written.and_then(|()| {
             if flushed.elapsed() >= Duration::from_millis(100) || count == Some(n.packets + n.drops)
