@@ -2,18 +2,18 @@
 //! image's second stage (its packages' maintainer scripts) needs. `qemu-user-static` does the
 //! running; binfmt_misc hands it the programs.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{process::status, vmtest::arch::Arch};
 
-/// binfmt_misc's entry for `arch`'s programs on this machine.
-fn binfmt_entry(arch: Arch) -> PathBuf {
-    Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{}", arch.qemu_user()))
+/// Where binfmt_misc is mounted.
+const BINFMT_MISC: &str = "/proc/sys/fs/binfmt_misc";
+
+/// The name of binfmt_misc's entry for `arch`'s programs (`qemu-aarch64`).
+fn binfmt_name(arch: Arch) -> String {
+    format!("qemu-{}", arch.qemu_user())
 }
 
 /// Makes this machine run `arch`'s programs under `qemu-user-static`, in chroots too: Debian's
@@ -22,7 +22,7 @@ fn binfmt_entry(arch: Arch) -> PathBuf {
 /// package could not (a machine without systemd or with binfmt_misc unmounted at install).
 pub fn enable(arch: Arch) -> Result<()> {
     crate::setup::install(&["qemu-user-static", "binfmt-support"])?;
-    let misc = Path::new("/proc/sys/fs/binfmt_misc");
+    let misc = Path::new(BINFMT_MISC);
     if !misc.join("register").exists() {
         status(
             Command::new("mount")
@@ -31,13 +31,10 @@ pub fn enable(arch: Arch) -> Result<()> {
         )
         .context("cannot mount binfmt_misc, which running arm64 programs here needs")?;
     }
-    let entry = binfmt_entry(arch);
+    let entry = misc.join(binfmt_name(arch));
     if !entry.exists() {
-        status(
-            Command::new("update-binfmts")
-                .args(["--enable", &format!("qemu-{}", arch.qemu_user())]),
-        )
-        .context("update-binfmts cannot register qemu-user-static")?;
+        status(Command::new("update-binfmts").args(["--enable", &binfmt_name(arch)]))
+            .context("update-binfmts cannot register qemu-user-static")?;
     }
     let text = std::fs::read_to_string(&entry).with_context(|| {
         format!(

@@ -122,19 +122,14 @@ pub fn run(args: &[String]) -> Result<()> {
         manifest(&arches)?;
     }
     if import {
+        let (tag, where_) = if arches.contains(&Arch::X86_64) {
+            (TAG, "")
+        } else {
+            (TAG_ARM64, " (on an arm64 node)")
+        };
         eprintln!(
-            "xtask: try{}:\n  podman run --rm -it --privileged --pid host --net host \
-             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {} nettools list",
-            if arches.contains(&Arch::X86_64) {
-                ""
-            } else {
-                " (on an arm64 node)"
-            },
-            if arches.contains(&Arch::X86_64) {
-                TAG
-            } else {
-                TAG_ARM64
-            }
+            "xtask: try{where_}:\n  podman run --rm -it --privileged --pid host --net host \
+             -v /sys/fs/bpf:/sys/fs/bpf -v /run:/run:ro {tag} nettools list"
         );
     }
     Ok(())
@@ -371,11 +366,13 @@ fn rootfs(arch: Arch) -> Result<PathBuf> {
         }
     );
     let started = Instant::now();
+    // Another architecture's root: its programs run under emulation.
+    let foreign = arch != Arch::X86_64;
     let mut debootstrap = Command::new("debootstrap");
     debootstrap
         .arg("--variant=minbase")
         .arg(format!("--include={}", packages.join(",")));
-    if arch != Arch::X86_64 {
+    if foreign {
         crate::emulation::enable(arch)?;
         debootstrap
             .arg(format!("--arch={}", arch.debian()))
@@ -384,7 +381,7 @@ fn rootfs(arch: Arch) -> Result<PathBuf> {
     status(debootstrap.arg(&suite).arg(&partial).arg(&mirror)).context(
         "debootstrap failed (its log is in the root filesystem's debootstrap/debootstrap.log)",
     )?;
-    if arch != Arch::X86_64 {
+    if foreign {
         // The packages' maintainer scripts, run by the root's own (arm64) programs.
         status(
             Command::new("chroot")
